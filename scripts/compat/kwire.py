@@ -166,7 +166,7 @@ class DecodeError(Exception):
 
 class Reader:
     def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
+        self.data = bytes(data)
         self.pos = pos
 
     def remaining(self) -> int:

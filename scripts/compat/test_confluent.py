@@ -274,3 +274,68 @@ def check_message(msg, topic, seen, last_offset, problems) -> None:
         problems.append(f"#{i}: headers {hdrs} != {headers}")
     if msg.timestamp() != (TIMESTAMP_CREATE_TIME, ts):
         problems.append(f"#{i}: timestamp {msg.timestamp()} != {(TIMESTAMP_CREATE_TIME, ts)}")
+
+
+# -- offsets -------------------------------------------------------------------
+
+def test_list_offsets_watermarks_and_timestamps(broker):
+    """ListOffsets: earliest/latest, and by timestamp using the records' CreateTime."""
+    admin = admin_for(broker)
+    topic = unique("offsets")
+    create_topic(admin, topic, 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                         "acks": "all", "linger.ms": 0, "enable.idempotence": False})
+    for i in range(100):
+        producer.produce(topic, value=f"m{i}".encode(), partition=0, timestamp=BASE_TS + 10 * i)
+        if i % 10 == 9:
+            producer.flush(30)  # several batches, so lookups cross batch boundaries
+    assert producer.flush(30) == 0
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                         "group.id": "compat-unused", "enable.auto.commit": False})
+    try:
+        assert consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 100)
+        cases = {
+            BASE_TS: 0,              # exact first timestamp
+            BASE_TS + 505: 51,       # between records: first record with ts >= target
+            BASE_TS + 990: 99,       # exact last timestamp
+            BASE_TS + 10_000: -1,    # after the last record: no offset (Kafka answers -1)
+        }
+        for ts, want in cases.items():
+            got = consumer.offsets_for_times([TopicPartition(topic, 0, ts)], timeout=10)[0]
+            assert got.error is None, got.error
+            if want == -1:
+                assert got.offset in (-1, 100), f"ts {ts}: offset {got.offset}, want end of log"
+            else:
+                assert got.offset == want, f"ts {ts}: offset {got.offset}, want {want}"
+    finally:
+        consumer.close()
+
+
+def test_fetch_from_inside_a_batch(broker):
+    """A fetch offset in the middle of a batch: the broker returns the whole
+    batch and the client skips the records before its offset."""
+    admin = admin_for(broker)
+    topic = unique("midbatch")
+    create_topic(admin, topic, 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                         "acks": "all", "linger.ms": 200, "enable.idempotence": False})
+    for i in range(20):  # one linger window: one or two batches
+        producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=0)
+    assert producer.flush(30) == 0
+
+    for start in (7, 13, 19):
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                             "group.id": "compat-unused", "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition(topic, 0, start)])
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < 20 - start and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=100, timeout=0.5):
+                    assert m.error() is None, m.error()
+                    got.append((m.offset(), m.key(), m.value()))
+        finally:
+            consumer.close()
+        want = [(i, f"k{i}".encode(), f"v{i}".encode()) for i in range(start, 20)]
+        assert got == want, f"from offset {start}: {got[:3]}..."
