@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,6 +231,9 @@ def _run_broker(request, tmp_path_factory, scope_name: str):
         yield b
     finally:
         b.stop()
+        # Keep the log for post-mortems; the data dir may hold a preallocated
+        # WAL, and a run starts a few dozen brokers.
+        shutil.rmtree(b.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
