@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +40,9 @@ STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 60
 
 _FIGURES: list[str] = []
+_BROKER_WARNINGS: dict[str, dict[str, int]] = {}  # broker workdir name -> message -> count
+_LOG_LEVEL = re.compile(r"\b(WARN|ERROR)\b\s+(.*)")
+_PEER = re.compile(r"\s*peer=\S+")
 
 
 def broker_bin() -> Path:
@@ -137,6 +141,7 @@ class Broker:
             env = dict(os.environ)
             env.setdefault("RUST_LOG", "info")
             env.setdefault("RUST_BACKTRACE", "1")
+            env.setdefault("NO_COLOR", "1")  # plain logs in test reports
             with open(self.log_path, "ab") as log:
                 log.write(f"### start attempt {attempt}: {' '.join(self.command())}\n".encode())
                 log.flush()
@@ -210,6 +215,16 @@ class Broker:
         self._panics_seen = len(lines)
         return new
 
+    def warnings(self) -> dict[str, int]:
+        """Distinct WARN/ERROR log messages (timestamps stripped) and their counts."""
+        out: dict[str, int] = {}
+        for line in self.log_text().splitlines():
+            m = _LOG_LEVEL.search(line)
+            if m:
+                msg = _PEER.sub("", f"{m.group(1)} {m.group(2)}")[:300]
+                out[msg] = out.get(msg, 0) + 1
+        return out
+
     def __repr__(self) -> str:
         return f"Broker(pid={self.proc.pid if self.proc else None}, bootstrap={self.bootstrap}, log={self.log_path})"
 
@@ -231,6 +246,9 @@ def _run_broker(request, tmp_path_factory, scope_name: str):
         yield b
     finally:
         b.stop()
+        warnings = b.warnings()
+        if warnings:
+            _BROKER_WARNINGS[workdir.name] = warnings
         # Keep the log for post-mortems; the data dir may hold a preallocated
         # WAL, and a run starts a few dozen brokers.
         shutil.rmtree(b.data_dir, ignore_errors=True)
@@ -298,6 +316,12 @@ def figures() -> Figures:
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _BROKER_WARNINGS:
+        terminalreporter.section("broker WARN/ERROR log lines (distinct, per broker run)")
+        for name, msgs in _BROKER_WARNINGS.items():
+            terminalreporter.write_line(f"{name}:")
+            for msg, n in sorted(msgs.items(), key=lambda kv: -kv[1])[:5]:
+                terminalreporter.write_line(f"  {n:5d} x {msg}")
     if _FIGURES:
         terminalreporter.section("throughput (measured by the tests)")
         for line in _FIGURES:

@@ -272,6 +272,19 @@ def encode_request(api_key: int, version: int, correlation_id: int, body: bytes,
     return frame(request_header(api_key, version, correlation_id, client_id, flexible_header) + body)
 
 
+def response_reader(payload: bytes, api_key: int, version: int, corr: int) -> Reader:
+    """A Reader at the body of a response frame, after checking the
+    correlation id. ApiVersions responses always use response header v0
+    (no tagged fields); other flexible versions use header v1."""
+    r = Reader(payload)
+    got = r.int32()
+    if got != corr:
+        raise DecodeError(f"correlation id {got}, expected {corr}")
+    if api_key != API_VERSIONS:
+        r.skip_tags(is_flexible(api_key, version))
+    return r
+
+
 class Closed(Exception):
     """The peer closed (or reset) the connection."""
 
@@ -332,15 +345,8 @@ class Conn:
 
     def recv_response(self, api_key: int, version: int, corr: int) -> Reader:
         """Reads one response frame, checks its correlation id, and returns a
-        Reader positioned at the body. ApiVersions responses always use
-        response header v0 (no tagged fields)."""
-        r = Reader(self.recv_frame())
-        got = r.int32()
-        if got != corr:
-            raise DecodeError(f"correlation id {got}, expected {corr}")
-        if api_key != API_VERSIONS:
-            r.skip_tags(is_flexible(api_key, version))
-        return r
+        Reader positioned at the body."""
+        return response_reader(self.recv_frame(), api_key, version, corr)
 
     def request(self, api_key: int, version: int, body: bytes) -> Reader:
         corr = self.send_request(api_key, version, body)

@@ -250,7 +250,7 @@ def test_produce_with_inconsistent_batch_length(fresh_broker):
                 c.close()
                 c = leader_conn(fresh_broker, t, 0)
                 continue
-            resp = kwire.parse_produce(kwire.Reader(payload, 4), v)[(topic, 0)]
+            resp = kwire.parse_produce(kwire.response_reader(payload, kwire.PRODUCE, v, 900), v)[(topic, 0)]
             assert resp.error_code in (kwire.CORRUPT_MESSAGE, 87), \
                 f"batch_length {bogus}: expected CORRUPT_MESSAGE or INVALID_RECORD, got {resp}"
         good = kwire.produce(c, v, topic, 0, kwire.record_batch(records(1, "ok")))

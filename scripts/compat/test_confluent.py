@@ -112,7 +112,8 @@ def test_create_topic_with_invalid_partition_count_fails(broker):
 
 
 def test_describe_cluster(broker):
-    desc = admin_for(broker).describe_cluster(request_timeout=ADMIN_TIMEOUT).result(timeout=ADMIN_TIMEOUT)
+    admin = admin_for(broker)  # keep a reference: a freed handle cancels the request
+    desc = admin.describe_cluster(request_timeout=ADMIN_TIMEOUT).result(timeout=ADMIN_TIMEOUT)
     got = {n.id: (n.host, n.port) for n in desc.nodes}
     assert got == broker.expected_nodes
     assert desc.controller is None or desc.controller.id in broker.expected_nodes

@@ -24,9 +24,14 @@ N_LINES = 3000
 pytestmark = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed")
 
 
-def kcat(args: list[str], input_bytes: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def kcat(args: list[str], input_bytes: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     cmd = ["kcat", "-X", "broker.address.family=v4", *args]
-    p = subprocess.run(cmd, input=input_bytes, capture_output=True, timeout=timeout)
+    try:
+        p = subprocess.run(cmd, input=input_bytes, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout}s; stdout had "
+                    f"{len((e.stdout or b'').splitlines())} lines\nstderr: "
+                    f"{(e.stderr or b'').decode(errors='replace')[-2000:]}", pytrace=False)
     assert p.returncode == 0, (f"{' '.join(cmd)} exited {p.returncode}\n"
                                f"stderr: {p.stderr.decode(errors='replace')[-2000:]}")
     return p
