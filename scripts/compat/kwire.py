@@ -382,6 +382,7 @@ class ApiVersionsResponse:
     error_code: int
     api_keys: dict[int, tuple[int, int]]
     throttle_time_ms: int = 0
+    tags: dict[int, bytes] = field(default_factory=dict)  # top-level tagged fields (v3+)
 
 
 def parse_api_versions(r: Reader, version: int) -> ApiVersionsResponse:
@@ -394,9 +395,9 @@ def parse_api_versions(r: Reader, version: int) -> ApiVersionsResponse:
         r.skip_tags(flex)
         keys[key] = (lo, hi)
     throttle = r.int32() if version >= 1 else 0
-    r.skip_tags(flex)
+    tags = r.skip_tags(flex)
     r.expect_end(f"ApiVersions v{version} response")
-    return ApiVersionsResponse(error, keys, throttle)
+    return ApiVersionsResponse(error, keys, throttle, tags)
 
 
 def api_versions(conn: Conn, version: int = 3) -> ApiVersionsResponse:
@@ -645,3 +646,69 @@ def negotiate(conn: Conn) -> dict[int, tuple[int, int]]:
     if resp.error_code != NONE:
         raise AssertionError(f"ApiVersions v3 error {resp.error_code}")
     return resp.api_keys
+
+
+# --- Fetch (v4..v11, non-flexible) ---------------------------------------------
+
+def fetch_body(version: int, topic: str, partition: int, offset: int, max_wait_ms: int,
+               min_bytes: int = 1, max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20) -> bytes:
+    assert 4 <= version <= 11
+    w = Writer().int32(-1).int32(max_wait_ms).int32(min_bytes).int32(max_bytes).int8(0)
+    if version >= 7:
+        w.int32(0).int32(-1)  # session_id, session_epoch (-1: no fetch session)
+    w.int32(1).string(topic).int32(1).int32(partition)
+    if version >= 9:
+        w.int32(-1)  # current_leader_epoch
+    w.int64(offset)
+    if version >= 5:
+        w.int64(-1)  # log_start_offset (followers only)
+    w.int32(partition_max_bytes)
+    if version >= 7:
+        w.int32(0)  # forgotten_topics_data
+    if version >= 11:
+        w.string("")  # rack_id
+    return w.getvalue()
+
+
+@dataclass
+class FetchPartition:
+    error_code: int
+    high_watermark: int
+    records: bytes | None
+
+
+def parse_fetch(r: Reader, version: int) -> dict[tuple[str, int], FetchPartition]:
+    r.int32()  # throttle_time_ms
+    if version >= 7:
+        r.int16()  # error_code
+        r.int32()  # session_id
+    out = {}
+    for _ in range(max(r.array_len(), 0)):
+        name = r.string()
+        for _ in range(max(r.array_len(), 0)):
+            idx, err, hw = r.int32(), r.int16(), r.int64()
+            r.int64()  # last_stable_offset
+            if version >= 5:
+                r.int64()  # log_start_offset
+            for _ in range(max(r.array_len(), 0)):
+                r.int64()
+                r.int64()
+            if version >= 11:
+                r.int32()  # preferred_read_replica
+            out[(name, idx)] = FetchPartition(err, hw, r.bytes_())
+    r.expect_end(f"Fetch v{version} response")
+    return out
+
+
+def split_batches(records: bytes | None) -> list[bytes]:
+    """Splits a records blob into whole v2 batches; a trailing partial batch
+    (allowed by the protocol when size limits cut it) is dropped."""
+    out, pos, data = [], 0, records or b""
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">i", data, pos + 8)
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        out.append(data[pos:end])
+        pos = end
+    return out

@@ -125,6 +125,40 @@ def test_unsupported_metadata_version_is_refused(fresh_broker):
     assert_serves(fresh_broker)
 
 
+# Defaults of ApiVersionsResponse v3 top-level tagged fields; a field sent
+# with its default breaks librdkafka 2.0.2 (Debian's kcat), DESIGN.md s.10.
+API_VERSIONS_TAG_DEFAULTS = {
+    0: b"\x01",              # SupportedFeatures: empty compact array
+    1: b"\xff" * 8,          # FinalizedFeaturesEpoch: -1
+    2: b"\x01",              # FinalizedFeatures: empty compact array
+    3: b"\x00",              # ZkMigrationReady: false
+}
+
+
+def test_api_versions_v3_omits_default_tagged_fields(fresh_broker):
+    with connect(fresh_broker) as c:
+        resp = kwire.api_versions(c, 3)
+    sent_defaults = {t: v.hex() for t, v in resp.tags.items() if API_VERSIONS_TAG_DEFAULTS.get(t) == v}
+    assert not sent_defaults, f"ApiVersions v3 sends default-valued tagged fields {sent_defaults}"
+
+
+def test_unknown_tagged_fields_are_skipped(fresh_broker):
+    unknown = kwire.Writer().uvarint(2).uvarint(90).uvarint(3).raw(b"abc").uvarint(91).uvarint(0).getvalue()
+    with connect(fresh_broker) as c:
+        # ApiVersions v3: unknown tags in the request header and in the body.
+        header = kwire.Writer().int16(kwire.API_VERSIONS).int16(3).int32(61).string("kwire").raw(unknown)
+        body = kwire.Writer().string("kwire", compact=True).string("0.1", compact=True).raw(unknown)
+        c.send(kwire.frame(header.getvalue() + body.getvalue()))
+        resp = kwire.parse_api_versions(c.recv_response(kwire.API_VERSIONS, 3, 61), 3)
+        assert resp.error_code == 0
+        # Metadata v12 (flexible): unknown tags at the end of the body.
+        if kwire.pick_version(resp.api_keys, kwire.METADATA, 9, 12) == 12:
+            body = kwire.metadata_body(12, None)[:-1] + unknown
+            c.send(kwire.encode_request(kwire.METADATA, 12, 62, body))
+            md = kwire.parse_metadata(c.recv_response(kwire.METADATA, 12, 62), 12)
+            assert md.brokers == fresh_broker.expected_nodes
+
+
 # -- malformed frames ----------------------------------------------------------
 
 def test_garbage_api_key(fresh_broker):
@@ -308,8 +342,10 @@ def test_acks0_produce_gets_no_response_but_is_written(fresh_broker):
         # The next frame must be the ApiVersions answer: acks=0 is never answered.
         r = c.recv_response(kwire.API_VERSIONS, 0, 501)
         assert kwire.parse_api_versions(r, 0).error_code == 0
-        resp = kwire.produce(c, v, topic, 0, kwire.record_batch(records(1, "a1")))
+        resp = kwire.produce(c, v, topic, 0, kwire.record_batch(records(1, "a1")), acks=1)
         assert (resp.error_code, resp.base_offset) == (0, 7), resp
+        resp = kwire.produce(c, v, topic, 0, kwire.record_batch(records(2, "a2")), acks=-1)
+        assert (resp.error_code, resp.base_offset) == (0, 8), resp
 
 
 # -- seeded fuzzing of real requests ------------------------------------------

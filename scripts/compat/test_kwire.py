@@ -135,3 +135,24 @@ def test_api_versions_response_from_kafka_python(version):
                                          AV(api_key=0, min_version=3, max_version=9)])
     out = kwire.parse_api_versions(kwire.Reader(resp.encode(version=version)), version)
     assert out.api_keys == {18: (0, 3), 0: (3, 9)}
+
+
+@pytest.mark.parametrize("version", range(4, 12))
+def test_fetch_request_matches_kafka_python(version):
+    from kafka.protocol.consumer import FetchRequest
+    body = kwire.fetch_body(version, "t", 3, 12345, 500, partition_max_bytes=777)
+    assert _reencode(FetchRequest, body, version) == body
+
+
+@pytest.mark.parametrize("version", range(4, 12))
+def test_fetch_response_from_kafka_python(version):
+    from kafka.protocol.consumer import FetchResponse
+    R = FetchResponse.FetchableTopicResponse
+    batch = kwire.record_batch([kwire.Record(b"k", b"v")], base_offset=5)
+    resp = FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=[R(topic="t", partitions=[
+        R.PartitionData(partition_index=3, error_code=0, high_watermark=6, last_stable_offset=6,
+                        log_start_offset=0, aborted_transactions=None, preferred_read_replica=-1,
+                        records=batch + batch[:20])])])
+    out = kwire.parse_fetch(kwire.Reader(resp.encode(version=version)), version)
+    assert (out[("t", 3)].error_code, out[("t", 3)].high_watermark) == (0, 6)
+    assert kwire.split_batches(out[("t", 3)].records) == [batch]
