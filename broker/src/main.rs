@@ -1,1 +1,128 @@
-fn main() {}
+//! The `broker` binary: reads the config, starts one pinned glommio executor
+//! per shard, joins them into the channel mesh, and serves until killed.
+//!
+//! The main thread only starts and joins shards; it never serves requests.
+
+mod config;
+mod control;
+mod handlers;
+mod metadata;
+mod shard;
+mod topic_config;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use clap::Parser;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Flags};
+use crate::control::{Control, MeshMsg};
+use crate::shard::Shard;
+
+/// Metadata messages in flight between two shards before a sender waits.
+const MESH_CAPACITY: usize = 1024;
+
+fn main() {
+    let cfg = match Config::load(Flags::parse()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("broker: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
+        error!(
+            "cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        );
+        std::process::exit(1);
+    }
+    check_memlock();
+    let cfg = Arc::new(cfg);
+    info!(
+        shards = cfg.shards,
+        base_port = cfg.base_port,
+        data_dir = %cfg.data_dir.display(),
+        "starting broker {}",
+        cfg.broker_id
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mesh = MeshBuilder::<MeshMsg, _>::full(cfg.shards, MESH_CAPACITY);
+    let mut handles = Vec::new();
+    for s in 0..cfg.shards {
+        let cfg = cfg.clone();
+        let mesh = mesh.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
+            .name(&format!("shard-{s}"))
+            .spawn(move || run_shard(s, cfg, mesh));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                error!(
+                    "cannot start shard {s}: {e} (glommio needs locked memory: check `ulimit -l`)"
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    for h in handles {
+        if let Err(e) = h.join() {
+            error!("shard failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_shard(
+    s: usize,
+    cfg: Arc<Config>,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+) {
+    let shards = cfg.shards;
+    let shard = Shard::new(s, cfg);
+    let (senders, receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            error!("shard {s} could not join the channel mesh: {e}");
+            std::process::exit(1);
+        }
+    };
+    let weak = Rc::downgrade(&shard);
+    let install = Box::new(move |image| {
+        if let Some(shard) = weak.upgrade() {
+            shard.install_image(image);
+        }
+    });
+    shard.set_control(Control::start(s, shards, senders, receivers, install));
+    if let Err(e) = shard.listen().await {
+        error!("shard {s} cannot listen: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// glommio registers io_uring buffers in locked memory; without enough of it
+/// executors fail to start. Root (CAP_IPC_LOCK) is not limited.
+fn check_memlock() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if ok && !root && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < 512 << 20 {
+        warn!(
+            "locked-memory limit is {} KiB; glommio may fail to start shards. Raise it (ulimit -l unlimited) or run as root",
+            lim.rlim_cur / 1024
+        );
+    }
+}

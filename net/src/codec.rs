@@ -118,7 +118,8 @@ pub fn encode_response(
     header
         .encode(&mut buf, api_key.response_header_version(version))
         .map_err(|e| err(e.to_string()))?;
-    body.encode(&mut buf, version).map_err(|e| err(e.to_string()))?;
+    body.encode(&mut buf, version)
+        .map_err(|e| err(e.to_string()))?;
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
@@ -147,10 +148,16 @@ mod tests {
         for v in [0, 3] {
             let f = request_frame(ApiKey::ApiVersions, v, 7, &ApiVersionsRequest::default());
             let r = decode_request(f).unwrap();
-            assert_eq!((r.api_key, r.version, r.correlation_id()), (ApiKey::ApiVersions, v, 7));
+            assert_eq!(
+                (r.api_key, r.version, r.correlation_id()),
+                (ApiKey::ApiVersions, v, 7)
+            );
         }
         let f = request_frame(ApiKey::Metadata, 12, 9, &MetadataRequest::default());
-        assert!(matches!(decode_request(f).unwrap().body, RequestKind::Metadata(_)));
+        assert!(matches!(
+            decode_request(f).unwrap().body,
+            RequestKind::Metadata(_)
+        ));
     }
 
     #[test]
@@ -161,7 +168,10 @@ mod tests {
         f.put_i32(5);
         assert_eq!(
             decode_request(f.freeze()).unwrap_err(),
-            DecodeError::UnknownApi { api_key: 9999, correlation_id: 5 }
+            DecodeError::UnknownApi {
+                api_key: 9999,
+                correlation_id: 5
+            }
         );
         let f = request_frame(ApiKey::ApiVersions, 0, 1, &ApiVersionsRequest::default());
         let mut raw = BytesMut::from(&f[..]);
@@ -172,8 +182,14 @@ mod tests {
         ));
         let f = request_frame(ApiKey::Metadata, 12, 9, &MetadataRequest::default());
         let cut = f.slice(0..f.len() - 3);
-        assert!(matches!(decode_request(cut), Err(DecodeError::Malformed { .. })));
-        assert_eq!(decode_request(Bytes::from_static(b"abc")).unwrap_err(), DecodeError::Truncated(3));
+        assert!(matches!(
+            decode_request(cut),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert_eq!(
+            decode_request(Bytes::from_static(b"abc")).unwrap_err(),
+            DecodeError::Truncated(3)
+        );
     }
 
     #[test]
@@ -185,14 +201,20 @@ mod tests {
         f.put_i32(1);
         f.put_i16(-1);
         f.put_i32(i32::MAX);
-        assert!(matches!(decode_request(f.freeze()), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn response_has_size_prefix_and_correlation_id() {
         let body = ResponseKind::ApiVersions(crate::versions::api_versions_response(0));
         let out = encode_response(ApiKey::ApiVersions, 3, 42, &body).unwrap();
-        assert_eq!(i32::from_be_bytes(out[0..4].try_into().unwrap()) as usize, out.len() - 4);
+        assert_eq!(
+            i32::from_be_bytes(out[0..4].try_into().unwrap()) as usize,
+            out.len() - 4
+        );
         assert_eq!(i32::from_be_bytes(out[4..8].try_into().unwrap()), 42);
         // ApiVersions' response header is v0 even for flexible versions: the
         // error code follows the correlation id directly.

@@ -39,7 +39,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = futures_lite::io::split(stream);
-    let (tx, rx) = local_channel::new_bounded::<glommio::Task<Option<Bytes>>>(MAX_IN_FLIGHT);
+    let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
     let writer_task = glommio::spawn_local(write_responses(writer, rx, peer.clone()));
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     loop {
@@ -63,7 +63,10 @@ where
                     let body = ResponseKind::ApiVersions(api_versions_response(
                         kafka_protocol::ResponseError::UnsupportedVersion.code(),
                     ));
-                    encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).ok()
+                    match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
+                        Ok(bytes) => Outcome::Respond(bytes),
+                        Err(_) => Outcome::Close,
+                    }
                 })
             }
             Err(e) => {
@@ -79,25 +82,42 @@ where
     writer_task.await;
 }
 
-async fn run_request<S: Service>(service: Rc<S>, request: Request) -> Option<Bytes> {
-    let (api_key, version, correlation_id) = (request.api_key, request.version, request.correlation_id());
-    let body = service.call(request).await?;
+/// What a request task hands the writer.
+enum Outcome {
+    Respond(Bytes),
+    /// Nothing to send (acks=0).
+    Silent,
+    /// The response could not be encoded: the client would wait forever, so
+    /// the connection is closed and the client retries.
+    Close,
+}
+
+async fn run_request<S: Service>(service: Rc<S>, request: Request) -> Outcome {
+    let (api_key, version, correlation_id) =
+        (request.api_key, request.version, request.correlation_id());
+    let Some(body) = service.call(request).await else {
+        return Outcome::Silent;
+    };
     match encode_response(api_key, version, correlation_id, &body) {
-        Ok(bytes) => Some(bytes),
+        Ok(bytes) => Outcome::Respond(bytes),
         Err(e) => {
-            warn!("{e}");
-            None
+            warn!("closing connection: {e}");
+            Outcome::Close
         }
     }
 }
 
 async fn write_responses<W: AsyncWrite + Unpin>(
     mut writer: W,
-    rx: local_channel::LocalReceiver<glommio::Task<Option<Bytes>>>,
+    rx: local_channel::LocalReceiver<glommio::Task<Outcome>>,
     peer: String,
 ) {
     while let Some(task) = rx.recv().await {
-        let Some(bytes) = task.await else { continue };
+        let bytes = match task.await {
+            Outcome::Respond(bytes) => bytes,
+            Outcome::Silent => continue,
+            Outcome::Close => break,
+        };
         if let Err(e) = writer.write_all(&bytes).await {
             debug!(%peer, "write failed, dropping connection: {e}");
             return;

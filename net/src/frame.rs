@@ -61,7 +61,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         let n = r.read(&mut buf[start..]).await?;
         buf.truncate(start + n);
         if n == 0 {
-            return Err(FrameError::Truncated { got: start, want: len });
+            return Err(FrameError::Truncated {
+                got: start,
+                want: len,
+            });
         }
     }
     Ok(Some(buf.freeze()))
@@ -85,16 +88,25 @@ mod tests {
         let mut r = futures_lite::io::Cursor::new(data);
         assert_eq!(&run(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"abc");
         assert_eq!(&run(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"");
-        assert_eq!(&run(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"hello world");
+        assert_eq!(
+            &run(read_frame(&mut r, 100)).unwrap().unwrap()[..],
+            b"hello world"
+        );
         assert!(run(read_frame(&mut r, 100)).unwrap().is_none());
     }
 
     #[test]
     fn refuses_negative_and_huge_lengths() {
         let mut r = futures_lite::io::Cursor::new((-5i32).to_be_bytes().to_vec());
-        assert!(matches!(run(read_frame(&mut r, 100)), Err(FrameError::Negative(-5))));
+        assert!(matches!(
+            run(read_frame(&mut r, 100)),
+            Err(FrameError::Negative(-5))
+        ));
         let mut r = futures_lite::io::Cursor::new(i32::MAX.to_be_bytes().to_vec());
-        assert!(matches!(run(read_frame(&mut r, 100)), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            run(read_frame(&mut r, 100)),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -58,7 +58,10 @@ mod tests {
     fn advertised_versions_are_within_the_codec() {
         for &(k, lo, hi) in SUPPORTED {
             let valid = k.valid_versions();
-            assert!(lo >= valid.min && hi <= valid.max, "{k:?} {lo}..{hi} vs {valid:?}");
+            assert!(
+                lo >= valid.min && hi <= valid.max,
+                "{k:?} {lo}..{hi} vs {valid:?}"
+            );
             assert!(lo <= hi);
         }
     }

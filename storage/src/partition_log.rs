@@ -144,7 +144,8 @@ impl PartitionLog {
                 break;
             }
             let fits = out.bytes + b.bytes.len() <= max_bytes;
-            if !fits && !(min_one && out.batches.is_empty()) {
+            let first_one = min_one && out.batches.is_empty();
+            if !(fits || first_one) {
                 break;
             }
             out.bytes += b.bytes.len();
@@ -224,7 +225,12 @@ mod tests {
         log.commit(6);
         let r = log.read(4, 1 << 20, true).unwrap();
         assert_eq!(r.batches.len(), 1);
-        assert_eq!(validate_batches(&r.batches[0], 1 << 20).unwrap()[0].header.base_offset, 3);
+        assert_eq!(
+            validate_batches(&r.batches[0], 1 << 20).unwrap()[0]
+                .header
+                .base_offset,
+            3
+        );
     }
 
     #[test]
