@@ -204,15 +204,38 @@ fn check_counts(h: &BatchHeader) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Returns a copy of `batch` with its base offset set to `base_offset`. The
-/// CRC does not cover the base offset, so it stays valid.
+/// How the stored copy of a batch differs from what the producer sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`:
+    /// the batch's timestamp type and max timestamp are set and the CRC is
+    /// computed again.
+    pub log_append_time: Option<i64>,
+}
+
+/// Copies `batch` after `prefix` into one buffer and stamps it: base offset
+/// (outside the CRC, so the CRC stays valid) and, for LogAppendTime topics,
+/// the timestamp fields (the CRC is recomputed). Returns the whole buffer.
 ///
 /// The copy is unavoidable: the batch is a slice of the request frame, which
-/// other partitions of the same request still share; the WAL copies it into
-/// aligned blocks anyway.
-pub fn with_base_offset(batch: &Bytes, base_offset: i64) -> Bytes {
-    let mut b = BytesMut::from(&batch[..]);
-    b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+/// other partitions of the same request still share. Putting the WAL record
+/// header in front in the same copy means the WAL and the log share one
+/// allocation.
+pub fn stamp_into(prefix: &[u8], batch: &Bytes, stamp: Stamp) -> Bytes {
+    let mut b = BytesMut::with_capacity(prefix.len() + batch.len());
+    b.extend_from_slice(prefix);
+    b.extend_from_slice(batch);
+    let body = &mut b[prefix.len()..];
+    body[0..8].copy_from_slice(&stamp.base_offset.to_be_bytes());
+    if let Some(now) = stamp.log_append_time {
+        let attributes = i16::from_be_bytes([body[21], body[22]]) | 0x8;
+        body[21..23].copy_from_slice(&attributes.to_be_bytes());
+        body[35..43].copy_from_slice(&now.to_be_bytes());
+        let crc = crc32c::crc32c(&body[CRC_START..]);
+        body[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
     b.freeze()
 }
 
@@ -333,10 +356,32 @@ pub(crate) mod tests {
     #[test]
     fn base_offset_rewrite_keeps_crc() {
         let b = make_batch(4, 0, b"v");
-        let r = with_base_offset(&b, 1234);
+        let r = stamp_into(
+            &[],
+            &b,
+            Stamp {
+                base_offset: 1234,
+                log_append_time: None,
+            },
+        );
         let v = validate_batches(&r, 1 << 20).unwrap();
         assert_eq!(v[0].header.base_offset, 1234);
         assert_eq!(v[0].header.last_offset(), 1237);
+    }
+
+    #[test]
+    fn log_append_time_restamps_and_keeps_crc_valid() {
+        let b = make_batch(2, 10, b"v");
+        let stamp = Stamp {
+            base_offset: 7,
+            log_append_time: Some(99_000),
+        };
+        let r = stamp_into(b"hdr", &b, stamp);
+        assert_eq!(&r[..3], b"hdr");
+        let v = validate_batches(&r.slice(3..), 1 << 20).unwrap();
+        assert!(v[0].header.log_append_time());
+        assert_eq!(v[0].header.max_timestamp, 99_000);
+        assert_eq!(v[0].header.base_offset, 7);
     }
 
     proptest! {

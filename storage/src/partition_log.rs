@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::batch::{with_base_offset, ValidatedBatch};
+use crate::batch::{stamp_into, Stamp, ValidatedBatch};
 
 /// One batch as stored: its offsets, its largest timestamp and its bytes
 /// (base offset already rewritten).
@@ -28,8 +28,8 @@ pub struct StoredBatch {
 pub struct Appended {
     pub base_offset: i64,
     pub last_offset: i64,
-    /// The batch as stored, ready to be written to the WAL.
-    pub bytes: Bytes,
+    /// The prefix followed by the batch as stored: the WAL record body.
+    pub framed: Bytes,
 }
 
 /// A fetch offset outside `[log_start, high_watermark]`.
@@ -76,21 +76,32 @@ impl PartitionLog {
     }
 
     /// Assigns offsets to `batch` and stores it. Not visible to readers until
-    /// `commit` moves the high watermark past it.
-    pub fn append(&mut self, batch: &ValidatedBatch) -> Appended {
+    /// `commit` moves the high watermark past it. `prefix` goes in front of
+    /// the stored copy in the same allocation (the WAL record header);
+    /// `log_append_time` restamps the batch for LogAppendTime topics.
+    pub fn append(
+        &mut self,
+        batch: &ValidatedBatch,
+        prefix: &[u8],
+        log_append_time: Option<i64>,
+    ) -> Appended {
         let base_offset = self.log_end;
         let last_offset = base_offset + batch.header.last_offset_delta as i64;
-        let bytes = with_base_offset(&batch.bytes, base_offset);
+        let stamp = Stamp {
+            base_offset,
+            log_append_time,
+        };
+        let framed = stamp_into(prefix, &batch.bytes, stamp);
         self.push_stored(StoredBatch {
             base_offset,
             last_offset,
-            max_timestamp: batch.header.max_timestamp,
-            bytes: bytes.clone(),
+            max_timestamp: log_append_time.unwrap_or(batch.header.max_timestamp),
+            bytes: framed.slice(prefix.len()..),
         });
         Appended {
             base_offset,
             last_offset,
-            bytes,
+            framed,
         }
     }
 
@@ -190,24 +201,30 @@ mod tests {
             .remove(0)
     }
 
+    impl PartitionLog {
+        fn append_plain(&mut self, b: &ValidatedBatch) -> Appended {
+            self.append(b, &[], None)
+        }
+    }
+
     #[test]
     fn offsets_are_assigned_in_order() {
         let mut log = PartitionLog::new();
-        let a = log.append(&batch(3, 0));
-        let b = log.append(&batch(2, 0));
+        let a = log.append_plain(&batch(3, 0));
+        let b = log.append_plain(&batch(2, 0));
         assert_eq!((a.base_offset, a.last_offset), (0, 2));
         assert_eq!((b.base_offset, b.last_offset), (3, 4));
         assert_eq!(log.log_end_offset(), 5);
         assert_eq!(log.high_watermark(), 0);
-        let parsed = validate_batches(&b.bytes, 1 << 20).unwrap();
+        let parsed = validate_batches(&b.framed, 1 << 20).unwrap();
         assert_eq!(parsed[0].header.base_offset, 3);
     }
 
     #[test]
     fn reads_stop_at_high_watermark() {
         let mut log = PartitionLog::new();
-        log.append(&batch(3, 0));
-        log.append(&batch(2, 0));
+        log.append_plain(&batch(3, 0));
+        log.append_plain(&batch(2, 0));
         assert_eq!(log.read(0, 1 << 20, true).unwrap().batches.len(), 0);
         log.commit(3);
         assert_eq!(log.read(0, 1 << 20, true).unwrap().batches.len(), 1);
@@ -220,8 +237,8 @@ mod tests {
     #[test]
     fn read_inside_a_batch_returns_whole_batch() {
         let mut log = PartitionLog::new();
-        log.append(&batch(3, 0));
-        log.append(&batch(3, 0));
+        log.append_plain(&batch(3, 0));
+        log.append_plain(&batch(3, 0));
         log.commit(6);
         let r = log.read(4, 1 << 20, true).unwrap();
         assert_eq!(r.batches.len(), 1);
@@ -236,8 +253,8 @@ mod tests {
     #[test]
     fn max_bytes_limits_but_first_batch_always_comes() {
         let mut log = PartitionLog::new();
-        log.append(&batch(1, 0));
-        log.append(&batch(1, 0));
+        log.append_plain(&batch(1, 0));
+        log.append_plain(&batch(1, 0));
         log.commit(2);
         let one = log.read(0, 1, true).unwrap();
         assert_eq!(one.batches.len(), 1);
@@ -247,9 +264,9 @@ mod tests {
     #[test]
     fn timestamps() {
         let mut log = PartitionLog::new();
-        log.append(&batch(2, 100)); // ts 100..101
-        log.append(&batch(2, 50)); // ts 50..51
-        log.append(&batch(2, 200)); // ts 200..201
+        log.append_plain(&batch(2, 100)); // ts 100..101
+        log.append_plain(&batch(2, 50)); // ts 50..51
+        log.append_plain(&batch(2, 200)); // ts 200..201
         log.commit(6);
         assert_eq!(log.offset_for_timestamp(101), Some((0, 101)));
         assert_eq!(log.offset_for_timestamp(150), Some((4, 201)));

@@ -16,7 +16,7 @@ use tracing::debug;
 use super::{find_topic, locate, str_bytes};
 use crate::metadata::MetadataImage;
 use crate::shard::Shard;
-use crate::topic_config::{self, MAX_MESSAGE_BYTES};
+use crate::topic_config::{self, MAX_MESSAGE_BYTES, TIMESTAMP_TYPE};
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
     let image = shard.image();
@@ -60,6 +60,13 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Op
 struct Produced {
     base_offset: i64,
     log_start_offset: i64,
+    log_append_time: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 type PartitionResult = Result<Produced, (ResponseError, String)>;
@@ -89,6 +96,9 @@ fn produce_partition(
         debug!(topic = %topic.name, partition, "rejecting batch: {e}");
         (batch_error_code(&e), e.to_string())
     })?;
+    let log_append_time = (topic_config::effective(&topic.configs, TIMESTAMP_TYPE, 0).as_deref()
+        == Some("LogAppendTime"))
+    .then(now_ms);
     let mut parts = shard.partitions.borrow_mut();
     let part = parts
         .get_mut(&key)
@@ -96,7 +106,7 @@ fn produce_partition(
     let mut base_offset = None;
     let mut end = 0;
     for b in &batches {
-        let appended = part.log.append(b);
+        let appended = part.log.append(b, &[], log_append_time);
         base_offset.get_or_insert(appended.base_offset);
         end = appended.last_offset + 1;
     }
@@ -108,6 +118,7 @@ fn produce_partition(
     Ok(Produced {
         base_offset: base_offset.unwrap_or(end),
         log_start_offset,
+        log_append_time,
     })
 }
 
@@ -128,6 +139,7 @@ fn partition_response(index: i32, result: PartitionResult) -> PartitionProduceRe
         Ok(p) => {
             r.base_offset = p.base_offset;
             r.log_start_offset = p.log_start_offset;
+            r.log_append_time_ms = p.log_append_time.unwrap_or(-1);
         }
         Err((err, msg)) => {
             r.error_code = err.code();
