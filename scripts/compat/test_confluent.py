@@ -9,7 +9,7 @@ import uuid
 import pytest
 from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, Consumer, KafkaError,
                              KafkaException, Producer, TopicPartition)
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
 
 BROKER_PARAMS = {"shards": 2, "broker_id": 0}
 
@@ -85,6 +85,11 @@ def test_create_describe_delete_topic(broker):
     for key in ("cleanup.policy", "segment.bytes", "max.message.bytes", "compression.type"):
         assert key in configs, f"DescribeConfigs lacks default config {key}: {sorted(configs)}"
     assert configs["cleanup.policy"].value == "delete"
+    # Source and default flag tell a set value from a default (what tools show).
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert not configs["retention.ms"].is_default
+    assert configs["cleanup.policy"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert configs["cleanup.policy"].is_default
 
     # CreatePartitions grows the topic.
     fs = admin.create_partitions([NewPartitions(name, N_PARTITIONS + 2)],
@@ -109,6 +114,14 @@ def test_create_topic_with_invalid_partition_count_fails(broker):
         fs[name].result(timeout=ADMIN_TIMEOUT)
     assert ei.value.args[0].code() == KafkaError.INVALID_PARTITIONS
     assert name not in admin.list_topics(timeout=10).topics
+
+
+def test_describe_broker_configs(broker):
+    admin = admin_for(broker)
+    res = ConfigResource(ConfigResource.Type.BROKER, str(broker.node_id(0)))
+    configs = admin.describe_configs([res])[res].result(timeout=ADMIN_TIMEOUT)
+    assert configs["num.partitions"].value == "1", configs["num.partitions"]
+    assert configs["auto.create.topics.enable"].value == "true", configs["auto.create.topics.enable"]
 
 
 def test_describe_cluster(broker):
