@@ -7,14 +7,17 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use event_listener::Event;
 use glommio::net::TcpListener;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::ResponseError;
 use net::connection::LocalBoxFuture;
 use net::{Request, Service};
+use storage::batch::ValidatedBatch;
 use storage::partition_log::PartitionLog;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -23,6 +26,13 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::handlers;
 use crate::metadata::MetadataImage;
+
+/// Where a durable append landed.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
 
 /// A partition this shard leads.
 #[derive(Debug, Default)]
@@ -99,6 +109,47 @@ impl Shard {
         *self.image.borrow_mut() = image;
         // Fetches waiting on a deleted partition must notice.
         self.appended.notify(usize::MAX);
+    }
+
+    /// Appends validated batches to a partition this shard leads. Offsets are
+    /// assigned before this returns, so appends keep call order; the future
+    /// resolves once the batches are durable, after which they are visible
+    /// to readers (high watermark) and long-polling fetches are woken.
+    pub fn append(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        log_append_time: Option<i64>,
+    ) -> Result<impl Future<Output = Result<AppendOutcome, ResponseError>> + 'static, ResponseError>
+    {
+        let mut parts = self.partitions.borrow_mut();
+        let part = parts
+            .get_mut(&key)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let mut base_offset = None;
+        let mut last_offset = part.log.log_end_offset() - 1;
+        for b in batches {
+            let appended = part.log.append(b, &[], log_append_time);
+            base_offset.get_or_insert(appended.base_offset);
+            last_offset = appended.last_offset;
+        }
+        drop(parts);
+        let shard = self.clone();
+        Ok(async move {
+            // Durability point: the WAL append is awaited here before commit.
+            let mut parts = shard.partitions.borrow_mut();
+            let part = parts
+                .get_mut(&key)
+                .ok_or(ResponseError::UnknownTopicOrPartition)?;
+            part.log.commit(last_offset + 1);
+            let log_start_offset = part.log.log_start_offset();
+            drop(parts);
+            shard.appended.notify(usize::MAX);
+            Ok(AppendOutcome {
+                base_offset: base_offset.unwrap_or(last_offset + 1),
+                log_start_offset,
+            })
+        })
     }
 
     /// Accepts connections on this shard's port until the process ends.

@@ -4,7 +4,10 @@
 //! Runs on the shard that leads the partitions. Never copies a payload
 //! except the one copy that stamps offsets (see `storage::batch`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -14,46 +17,54 @@ use storage::batch::{validate_batches, BatchError};
 use tracing::debug;
 
 use super::{find_topic, locate, str_bytes};
-use crate::metadata::MetadataImage;
-use crate::shard::Shard;
+use crate::metadata::TopicMeta;
+use crate::shard::{AppendOutcome, Shard};
 use crate::topic_config::{self, MAX_MESSAGE_BYTES, TIMESTAMP_TYPE};
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
     let image = shard.image();
     let acks = req.acks;
-    let mut responses = Vec::with_capacity(req.topic_data.len());
+    // Appends are issued for every partition first and awaited together, so
+    // all partitions of a request share one WAL flush.
+    let mut pending = Vec::new();
+    let mut shapes = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let meta = find_topic(&image, &topic.name, topic.topic_id);
-        let mut parts = Vec::with_capacity(topic.partition_data.len());
+        let mut indexes = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            let result = if !matches!(acks, -1..=1) {
+            let started = if matches!(acks, -1..=1) {
+                start_partition(shard, meta, p.index, p.records)
+            } else {
                 Err((
                     ResponseError::InvalidRequiredAcks,
                     format!("acks={acks} is not one of -1, 0, 1"),
                 ))
-            } else {
-                produce_partition(
-                    shard,
-                    &image,
-                    meta.map(|m| m.name.as_str()),
-                    topic.topic_id,
-                    p.index,
-                    p.records,
-                )
             };
-            parts.push(partition_response(p.index, result));
+            pending.push(finish_partition(started));
+            indexes.push(p.index);
         }
-        let mut t = TopicProduceResponse::default();
-        t.name = topic.name;
-        t.topic_id = topic.topic_id;
-        t.partition_responses = parts;
-        responses.push(t);
+        shapes.push((topic.name, topic.topic_id, indexes));
     }
+    let mut results = futures::future::join_all(pending).await.into_iter();
     if acks == 0 {
         return None;
     }
     let mut resp = ProduceResponse::default();
-    resp.responses = responses;
+    for (name, topic_id, indexes) in shapes {
+        let mut t = TopicProduceResponse::default();
+        t.name = name;
+        t.topic_id = topic_id;
+        t.partition_responses = indexes
+            .into_iter()
+            .map(|index| {
+                let r = results
+                    .next()
+                    .unwrap_or_else(|| Err((ResponseError::UnknownServerError, String::new())));
+                partition_response(index, r)
+            })
+            .collect();
+        resp.responses.push(t);
+    }
     Some(ResponseKind::Produce(resp))
 }
 
@@ -63,23 +74,29 @@ struct Produced {
     log_append_time: Option<i64>,
 }
 
+type PartitionError = (ResponseError, String);
+type PartitionResult = Result<Produced, PartitionError>;
+type Started = Result<
+    (
+        Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
+        Option<i64>,
+    ),
+    PartitionError,
+>;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-type PartitionResult = Result<Produced, (ResponseError, String)>;
-
-fn produce_partition(
-    shard: &Shard,
-    image: &MetadataImage,
-    name: Option<&str>,
-    id: uuid::Uuid,
+/// Validates a partition's records and appends them (offsets assigned now).
+fn start_partition(
+    shard: &Rc<Shard>,
+    topic: Option<&Arc<TopicMeta>>,
     partition: i32,
     records: Option<Bytes>,
-) -> PartitionResult {
-    let topic = find_topic(image, name.unwrap_or(""), id);
+) -> Started {
     let key = locate(shard, topic, partition).map_err(|e| (e, String::new()))?;
     let topic = topic.expect("located topics exist");
     let Some(records) = records else {
@@ -99,25 +116,18 @@ fn produce_partition(
     let log_append_time = (topic_config::effective(&topic.configs, TIMESTAMP_TYPE, 0).as_deref()
         == Some("LogAppendTime"))
     .then(now_ms);
-    let mut parts = shard.partitions.borrow_mut();
-    let part = parts
-        .get_mut(&key)
-        .ok_or((ResponseError::UnknownTopicOrPartition, String::new()))?;
-    let mut base_offset = None;
-    let mut end = 0;
-    for b in &batches {
-        let appended = part.log.append(b, &[], log_append_time);
-        base_offset.get_or_insert(appended.base_offset);
-        end = appended.last_offset + 1;
-    }
-    // Durability point: the WAL append will be awaited here before commit.
-    part.log.commit(end);
-    let log_start_offset = part.log.log_start_offset();
-    drop(parts);
-    shard.appended.notify(usize::MAX);
+    let durable = shard
+        .append(key, &batches, log_append_time)
+        .map_err(|e| (e, String::new()))?;
+    Ok((Box::pin(durable), log_append_time))
+}
+
+async fn finish_partition(started: Started) -> PartitionResult {
+    let (durable, log_append_time) = started?;
+    let outcome = durable.await.map_err(|e| (e, String::new()))?;
     Ok(Produced {
-        base_offset: base_offset.unwrap_or(end),
-        log_start_offset,
+        base_offset: outcome.base_offset,
+        log_start_offset: outcome.log_start_offset,
         log_append_time,
     })
 }
