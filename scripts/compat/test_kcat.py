@@ -48,8 +48,9 @@ def first_shard(broker) -> str:
     return f"{broker.host}:{broker.ports[0]}"
 
 
-def test_metadata_lists_every_shard(broker):
-    p = kcat(["-L", "-J", "-b", first_shard(broker)])
+@pytest.mark.parametrize("shard", [0, 1])
+def test_metadata_lists_every_shard(broker, shard):
+    p = kcat(["-L", "-J", "-b", f"{broker.host}:{broker.ports[shard]}"])
     md = json.loads(p.stdout)
     got = {b["id"]: b["name"] for b in md["brokers"]}
     want = {node: f"{host}:{port}" for node, (host, port) in broker.expected_nodes.items()}
