@@ -856,6 +856,7 @@ async fn recover(
         geo.capacity,
     )?;
     let scan = scan(dev, geo, &h).await?;
+    cut_torn_tail(dev, geo, scan.stop).await?;
     let generation = h.generation.checked_add(1).ok_or(WalError::Corrupt {
         what: "slice generation overflow",
     })?;
@@ -899,6 +900,8 @@ async fn recover(
 
 struct Scan {
     records: Vec<RecoveredRecord>,
+    /// Where the scan stopped (just after the last valid record).
+    stop: u64,
     /// Block-aligned position after the last valid record: the new tail.
     end: u64,
     /// Record and wrap-marker positions found, ascending.
@@ -921,6 +924,7 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
     };
     let mut out = Scan {
         records: Vec::new(),
+        stop: h.scan_start,
         end: h.scan_start,
         boundaries: VecDeque::new(),
     };
@@ -973,8 +977,33 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
         last_generation = rh.generation;
         pos += rh.record_len();
     }
+    out.stop = pos;
     out.end = align_up(pos, block).min(limit).max(h.scan_start);
     Ok(out)
+}
+
+/// When the scan stopped inside a block (after the last valid record came
+/// something invalid, e.g. the header of a torn record), rewrites that block
+/// with zeros after the valid bytes. Otherwise the next recovery would stop at
+/// the same invalid bytes and never reach the records appended after this
+/// one (which start at the next block). Made durable by the header flush that
+/// follows.
+async fn cut_torn_tail(dev: &dyn BlockDevice, geo: &Geometry, stop: u64) -> Result<(), WalError> {
+    let block = geo.block;
+    let keep = (stop % block) as usize;
+    if keep == 0 {
+        return Ok(());
+    }
+    let start = align_down(stop, block);
+    let old = dev
+        .read_at(geo.data_pos(start), block as usize)
+        .await
+        .map_err(io_err(geo.slice, "reading torn tail"))?;
+    let mut buf = dev.alloc(block as usize);
+    buf.as_mut_slice()[..keep].copy_from_slice(&old[..keep]);
+    dev.write_at(buf, geo.data_pos(start))
+        .await
+        .map_err(io_err(geo.slice, "cutting torn tail"))
 }
 
 /// Reads the ring through a window of about `chunk` bytes.
