@@ -66,6 +66,21 @@ impl Default for WalTuning {
     }
 }
 
+/// Counters of a slice since it was opened (for metrics and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Appends acknowledged.
+    pub appends: u64,
+    /// Batches (flush groups) written.
+    pub batches: u64,
+    /// Device writes issued.
+    pub writes: u64,
+    /// Flushes (fdatasync) of the append path.
+    pub flushes: u64,
+    /// Bytes written by the append path, padding included.
+    pub bytes_written: u64,
+}
+
 /// A record found by recovery, in log order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredRecord {
@@ -192,6 +207,7 @@ struct State {
     /// Durable positions where a recovery scan may start, ascending.
     boundaries: VecDeque<u64>,
     tasks_running: usize,
+    stats: WalStats,
 }
 
 struct Inner {
@@ -395,6 +411,11 @@ impl WalSlice {
     /// How many times the slice has been opened (recovery included).
     pub fn generation(&self) -> u32 {
         self.inner().st.borrow().generation
+    }
+
+    /// Counters since the slice was (re-)opened.
+    pub fn stats(&self) -> WalStats {
+        self.inner().st.borrow().stats
     }
 
     /// The failure reason once a write or flush failed.
@@ -607,6 +628,9 @@ impl Inner {
         st.next_batch_id += 1;
         st.tail = start + align_up(total, block);
         st.writes_in_flight += writes.len();
+        st.stats.batches += 1;
+        st.stats.writes += writes.len() as u64;
+        st.stats.bytes_written += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
         st.inflight.push_back(Batch {
             id,
             start: marker_at,
@@ -657,9 +681,11 @@ impl Inner {
             return;
         }
         let done: Vec<Batch> = st.inflight.drain(..n).collect();
+        st.stats.flushes += 1;
         for b in done {
             st.boundaries.push_back(b.start);
             st.durable_end = b.end;
+            st.stats.appends += b.acks.len() as u64;
             for (slot, offset) in b.acks {
                 slot.complete(Ok(offset));
             }
@@ -894,6 +920,7 @@ async fn recover(
         writes_in_flight: 0,
         boundaries,
         tasks_running: 0,
+        stats: WalStats::default(),
     };
     Ok((state, scan.records))
 }
