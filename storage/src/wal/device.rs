@@ -21,7 +21,10 @@ pub trait BlockDevice {
     fn block_size(&self) -> u64;
     /// Usable size in bytes.
     fn size(&self) -> u64;
-    /// A zeroed buffer suitable for `write_at` (DMA-aligned for real devices).
+    /// A buffer suitable for `write_at` (DMA-aligned for real devices). Its
+    /// contents are unspecified: the caller writes or zeroes every byte (the
+    /// append path fills it with records, so zeroing it first would be a
+    /// wasted pass over every byte written).
     fn alloc(&self, len: usize) -> IoBuf;
     /// Writes all of `buf` at `pos`; a short write is an error.
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, ()>;
@@ -109,9 +112,7 @@ impl BlockDevice for DmaDevice {
     }
 
     fn alloc(&self, len: usize) -> IoBuf {
-        let mut b = self.file.alloc_dma_buffer(len);
-        b.as_bytes_mut().fill(0);
-        IoBuf(IoBufKind::Dma(b))
+        IoBuf(IoBufKind::Dma(self.file.alloc_dma_buffer(len)))
     }
 
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, ()> {

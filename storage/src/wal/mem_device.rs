@@ -210,7 +210,11 @@ impl BlockDevice for MemDevice {
     }
 
     fn alloc(&self, len: usize) -> IoBuf {
-        IoBuf::heap(len)
+        // Garbage, not zeros: callers must not rely on fresh buffers being
+        // zeroed (a real DMA buffer may be recycled memory).
+        let mut b = IoBuf::heap(len);
+        b.as_mut_slice().fill(0xa5);
+        b
     }
 
     fn write_at(&self, buf: IoBuf, pos: u64) -> IoFuture<'_, ()> {

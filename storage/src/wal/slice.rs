@@ -620,6 +620,7 @@ impl Inner {
         let mut writes = packer.finish();
         if skip > 0 {
             let mut buf = dev.alloc(block as usize);
+            buf.as_mut_slice().fill(0);
             let marker = RecordHeader::wrap(marker_at, st.generation).encode(geo.epoch);
             buf.as_mut_slice()[..marker.len()].copy_from_slice(&marker);
             writes.insert(0, (geo.data_pos(marker_at), buf));
@@ -807,8 +808,12 @@ impl<'a> Packer<'a> {
         }
     }
 
-    /// The writes; the last buffer's tail stays zero (padding).
+    /// The writes; the rest of the last buffer is zero padding (a zero byte
+    /// where a record could start tells readers to skip to the next block).
     fn finish(mut self) -> Vec<(u64, IoBuf)> {
+        if let Some(buf) = &mut self.cur {
+            buf.as_mut_slice()[self.fill..].fill(0);
+        }
         self.seal();
         self.out
     }
@@ -850,6 +855,7 @@ async fn write_header(
     h: &SliceHeader,
 ) -> std::io::Result<()> {
     let mut buf = dev.alloc(geo.block as usize);
+    buf.as_mut_slice().fill(0);
     let bytes = h.encode();
     buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
     dev.write_at(buf, geo.header_pos(h.seq)).await?;
@@ -882,7 +888,7 @@ async fn recover(
         geo.capacity,
     )?;
     let scan = scan(dev, geo, &h).await?;
-    cut_torn_tail(dev, geo, scan.stop).await?;
+    cut_torn_tail(dev, geo, scan.stop, h.scan_start + geo.capacity).await?;
     let generation = h.generation.checked_add(1).ok_or(WalError::Corrupt {
         what: "slice generation overflow",
     })?;
@@ -1005,7 +1011,7 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
         pos += rh.record_len();
     }
     out.stop = pos;
-    out.end = align_up(pos, block).min(limit).max(h.scan_start);
+    out.end = align_up(pos, block).min(align_down(limit, block));
     Ok(out)
 }
 
@@ -1015,10 +1021,17 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
 /// the same invalid bytes and never reach the records appended after this
 /// one (which start at the next block). Made durable by the header flush that
 /// follows.
-async fn cut_torn_tail(dev: &dyn BlockDevice, geo: &Geometry, stop: u64) -> Result<(), WalError> {
+async fn cut_torn_tail(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    stop: u64,
+    limit: u64,
+) -> Result<(), WalError> {
     let block = geo.block;
     let keep = (stop % block) as usize;
-    if keep == 0 {
+    if keep == 0 || align_up(stop, block) > limit {
+        // Nothing to cut, or the block is the one holding the scan start a
+        // lap earlier (cannot happen with a consistent ring; never zero it).
         return Ok(());
     }
     let start = align_down(stop, block);
@@ -1027,6 +1040,7 @@ async fn cut_torn_tail(dev: &dyn BlockDevice, geo: &Geometry, stop: u64) -> Resu
         .await
         .map_err(io_err(geo.slice, "reading torn tail"))?;
     let mut buf = dev.alloc(block as usize);
+    buf.as_mut_slice()[keep..].fill(0);
     buf.as_mut_slice()[..keep].copy_from_slice(&old[..keep]);
     dev.write_at(buf, geo.data_pos(start))
         .await
