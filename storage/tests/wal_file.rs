@@ -146,6 +146,24 @@ fn file_backpressure_waits_for_trim() {
 }
 
 #[test]
+fn file_slice_reopen_resumes_after_recovery() {
+    let dir = temp_dir("reopen");
+    let layout = open_or_create(&cfg(&dir.join("wal"), 4 << 20, 1)).unwrap();
+    run(move || async move {
+        let (wal, _) = WalSlice::open(&layout, 0).await.unwrap();
+        let first = append_all(&wal, 0, 20, |i| i * 100).await;
+        let clone = wal.clone();
+        let recs = wal.reopen().await.unwrap();
+        assert_eq!(recs.iter().map(|r| r.offset).collect::<Vec<_>>(), first);
+        assert_eq!(wal.generation(), 2);
+        // Clones keep working after the re-open.
+        let next = append_all(&clone, 20, 1, |_| 10).await[0];
+        assert!(next > *first.last().unwrap());
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn file_with_another_slice_count_recovers_old_layout() {
     let dir = temp_dir("relayout");
     let path = dir.join("wal");

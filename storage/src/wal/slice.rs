@@ -1379,8 +1379,47 @@ mod tests {
         });
     }
 
+    /// Flips one byte anywhere in the written part of the ring: recovery
+    /// returns a prefix of the records, never the damaged one.
+    fn flipped_byte_case(sizes: Vec<usize>, at: proptest::sample::Index, x: u8) {
+        run(move || async move {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            let futs: Vec<_> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| wal.append(body(i, n)))
+                .collect();
+            let mut offs = Vec::new();
+            for f in futs {
+                offs.push(f.await.unwrap());
+            }
+            let end = wal.durable_offset();
+            wal.close().await;
+            let flip = at.index(end as usize) as u64;
+            let data_base = layout.slice_base(0) + 2 * 4096;
+            let mut img = dev.image();
+            img[(data_base + flip) as usize] ^= x;
+            let (_w, recs) = open(&layout, &MemDevice::from_image(img, 512)).await;
+            for (i, r) in recs.iter().enumerate() {
+                assert_eq!((r.offset, &r.body), (offs[i], &body(i, sizes[i])));
+                let damaged = r.offset <= flip && flip < r.offset + HEADER_LEN + sizes[i] as u64;
+                assert!(!damaged, "record {i} accepted with a flipped byte");
+            }
+        });
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn flipped_byte_in_ring_never_passes(
+            sizes in proptest::collection::vec(0usize..6000, 1..12),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            x in 1u8..=255,
+        ) {
+            flipped_byte_case(sizes, at, x);
+        }
+
         #[test]
         fn torn_last_block_leaves_exact_prefix(
             sizes in proptest::collection::vec(0usize..9000, 1..8),
