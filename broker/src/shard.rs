@@ -5,7 +5,7 @@
 //! Runs entirely on its own glommio executor. Never touches another shard's
 //! partitions; talks to other shards only through `Control` (metadata).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -19,13 +19,15 @@ use net::connection::LocalBoxFuture;
 use net::{Request, Service};
 use storage::batch::ValidatedBatch;
 use storage::partition_log::PartitionLog;
-use tracing::{info, warn};
+use storage::wal::{RecoveredRecord, WalError, WalLayout, WalSlice};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::control::Control;
 use crate::handlers;
 use crate::metadata::MetadataImage;
+use crate::wal_record::{self, WalEntry};
 
 /// Where a durable append landed.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +42,25 @@ pub struct Partition {
     pub log: PartitionLog,
 }
 
+/// Logs how full the WAL slice is: the ring is only trimmed once data is in
+/// object storage, so until then its size bounds what the shard holds.
+async fn watch_wal_fill(shard: std::rc::Weak<Shard>) {
+    let mut warned = false;
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_secs(10)).await;
+        let Some(shard) = shard.upgrade() else { return };
+        let Some(wal) = shard.wal.borrow().clone() else {
+            return;
+        };
+        let fill = wal.fill_ratio();
+        debug!(shard = shard.id, fill, "WAL fill");
+        if fill > 0.9 && !warned {
+            warn!(shard = shard.id, fill, "WAL slice is over 90% full; produce will wait for space (no trim before object storage lands)");
+        }
+        warned = fill > 0.9;
+    }
+}
+
 /// Partitions are keyed by topic id, so a topic deleted and created again
 /// under the same name never sees the old data.
 pub type PartitionKey = (Uuid, i32);
@@ -52,6 +73,14 @@ pub struct Shard {
     /// Notified after every append, to wake long-polling fetches.
     pub appended: Event,
     control: RefCell<Option<Rc<Control>>>,
+    /// This shard's WAL slice (set before the listener starts).
+    wal: RefCell<Option<WalSlice>>,
+    /// Set when a WAL write or flush failed: appends answer
+    /// KAFKA_STORAGE_ERROR until recovery has run again.
+    storage_failed: Cell<bool>,
+    /// Bumped by every recovery, so a failure reported late by an append
+    /// from before a recovery does not start another one.
+    wal_epoch: Cell<u64>,
 }
 
 impl Shard {
@@ -63,6 +92,9 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             appended: Event::new(),
             control: RefCell::new(None),
+            wal: RefCell::new(None),
+            storage_failed: Cell::new(false),
+            wal_epoch: Cell::new(0),
         })
     }
 
@@ -122,21 +154,38 @@ impl Shard {
         log_append_time: Option<i64>,
     ) -> Result<impl Future<Output = Result<AppendOutcome, ResponseError>> + 'static, ResponseError>
     {
+        if self.storage_failed.get() {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        let wal = self
+            .wal
+            .borrow()
+            .clone()
+            .ok_or(ResponseError::KafkaStorageError)?;
         let mut parts = self.partitions.borrow_mut();
         let part = parts
             .get_mut(&key)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let prefix = wal_record::batch_prefix(key.0, key.1);
         let mut base_offset = None;
         let mut last_offset = part.log.log_end_offset() - 1;
+        let mut durable = Vec::with_capacity(batches.len());
         for b in batches {
-            let appended = part.log.append(b, &[], log_append_time);
+            let appended = part.log.append(b, &prefix, log_append_time);
             base_offset.get_or_insert(appended.base_offset);
             last_offset = appended.last_offset;
+            durable.push(wal.append(appended.framed));
         }
         drop(parts);
         let shard = self.clone();
+        let epoch = self.wal_epoch.get();
         Ok(async move {
-            // Durability point: the WAL append is awaited here before commit.
+            for d in durable {
+                if let Err(e) = d.await {
+                    shard.on_wal_failure(epoch, &e);
+                    return Err(ResponseError::KafkaStorageError);
+                }
+            }
             let mut parts = shard.partitions.borrow_mut();
             let part = parts
                 .get_mut(&key)
@@ -150,6 +199,103 @@ impl Shard {
                 log_start_offset,
             })
         })
+    }
+
+    /// Opens this shard's WAL slice and rebuilds its partition logs from
+    /// what it recovers. Runs before the listener starts.
+    pub async fn open_wal(self: &Rc<Self>, layout: &WalLayout) -> Result<(), WalError> {
+        let (wal, records) = WalSlice::open(layout, self.id as u32).await?;
+        self.rebuild_from(records);
+        info!(
+            shard = self.id,
+            used_bytes = wal.used_bytes(),
+            capacity = wal.capacity(),
+            "WAL slice recovered"
+        );
+        *self.wal.borrow_mut() = Some(wal);
+        glommio::spawn_local(watch_wal_fill(Rc::downgrade(self))).detach();
+        Ok(())
+    }
+
+    /// Replaces every partition log with what the WAL holds. Records of
+    /// partitions this shard does not lead (deleted topics) are skipped.
+    fn rebuild_from(&self, records: Vec<RecoveredRecord>) {
+        let mut parts = self.partitions.borrow_mut();
+        for part in parts.values_mut() {
+            part.log = PartitionLog::new();
+        }
+        let (mut restored, mut skipped) = (0usize, 0usize);
+        for r in records {
+            match wal_record::decode(&r.body) {
+                Ok(WalEntry::Batch {
+                    topic,
+                    partition,
+                    batch,
+                }) => match parts.get_mut(&(topic, partition)) {
+                    Some(part) => {
+                        part.log.restore(batch);
+                        restored += 1;
+                    }
+                    None => skipped += 1,
+                },
+                Ok(WalEntry::Unknown(kind)) => {
+                    debug!(shard = self.id, kind, "skipping WAL record of unknown kind");
+                    skipped += 1;
+                }
+                Err(e) => {
+                    // The WAL checked the record's CRC, so this is a bug or
+                    // a newer format, not a torn write: keep going.
+                    warn!(
+                        shard = self.id,
+                        offset = r.offset,
+                        "unreadable WAL record: {e}"
+                    );
+                    skipped += 1;
+                }
+            }
+        }
+        drop(parts);
+        info!(
+            shard = self.id,
+            restored, skipped, "partition logs rebuilt from the WAL"
+        );
+        self.appended.notify(usize::MAX);
+    }
+
+    /// A WAL write or flush failed: stop acknowledging, then run recovery
+    /// again (never retry the failed flush and call it success).
+    fn on_wal_failure(self: &Rc<Self>, epoch: u64, err: &WalError) {
+        if self.storage_failed.get() || epoch != self.wal_epoch.get() {
+            return;
+        }
+        error!(
+            shard = self.id,
+            "WAL failed, refusing writes until recovery: {err}"
+        );
+        self.storage_failed.set(true);
+        let shard = self.clone();
+        glommio::spawn_local(async move { shard.recover_wal().await }).detach();
+    }
+
+    async fn recover_wal(self: Rc<Self>) {
+        let Some(wal) = self.wal.borrow().clone() else {
+            return;
+        };
+        loop {
+            match wal.reopen().await {
+                Ok(records) => {
+                    self.rebuild_from(records);
+                    self.wal_epoch.set(self.wal_epoch.get() + 1);
+                    self.storage_failed.set(false);
+                    info!(shard = self.id, "WAL recovered; accepting writes again");
+                    return;
+                }
+                Err(e) => {
+                    error!(shard = self.id, "WAL recovery failed, retrying in 1 s: {e}");
+                    glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Accepts connections on this shard's port until the process ends.
