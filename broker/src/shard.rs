@@ -205,6 +205,12 @@ impl Shard {
     /// what it recovers. Runs before the listener starts.
     pub async fn open_wal(self: &Rc<Self>, layout: &WalLayout) -> Result<(), WalError> {
         let (wal, records) = WalSlice::open(layout, self.id as u32).await?;
+        self.attach_wal(wal, records);
+        Ok(())
+    }
+
+    /// Takes a freshly opened slice and what it recovered.
+    fn attach_wal(self: &Rc<Self>, wal: WalSlice, records: Vec<RecoveredRecord>) {
         self.rebuild_from(records);
         info!(
             shard = self.id,
@@ -214,7 +220,6 @@ impl Shard {
         );
         *self.wal.borrow_mut() = Some(wal);
         glommio::spawn_local(watch_wal_fill(Rc::downgrade(self))).detach();
-        Ok(())
     }
 
     /// Replaces every partition log with what the WAL holds. Records of
@@ -371,5 +376,128 @@ impl Shard {
 impl Service for Shard {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>> {
         Box::pin(self.dispatch(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use storage::batch::validate_batches;
+    use storage::wal::{MemDevice, WalTuning};
+
+    use super::*;
+    use crate::metadata::{Command, TopicTable};
+
+    /// One uncompressed v2 batch with one record (built by kafka-protocol).
+    fn batch(value: &'static [u8]) -> Vec<ValidatedBatch> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let rec = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1,
+            key: None,
+            value: Some(bytes::Bytes::from_static(value)),
+            headers: Default::default(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&rec], &opts).unwrap();
+        validate_batches(&buf.freeze(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn flush_error_answers_storage_error_then_recovers() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let cfg = Arc::new(Config {
+                    shards: 1,
+                    ..Config::default()
+                });
+                let shard = Shard::new(0, cfg);
+                let mut table = TopicTable::new(1);
+                let create = Command::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    configs: BTreeMap::new(),
+                    assignment: None,
+                };
+                assert!(table.apply(&[create], false)[0].is_ok());
+                let image = Arc::new(table.image().clone());
+                let key = (image.topic("t").unwrap().id, 0);
+                shard.install_image(image);
+
+                let layout = WalLayout::plan("mem".into(), false, 4 << 20, 512, 1, 0, 7).unwrap();
+                let dev = MemDevice::formatted(&layout);
+                let (wal, recovered) =
+                    WalSlice::open_device(Rc::new(dev.clone()), &layout, 0, WalTuning::default())
+                        .await
+                        .unwrap();
+                shard.attach_wal(wal, recovered);
+                let hw = |s: &Shard| s.partitions.borrow()[&key].log.high_watermark();
+
+                let ok = shard
+                    .append(key, &batch(b"a"), None)
+                    .unwrap()
+                    .await
+                    .unwrap();
+                assert_eq!(ok.base_offset, 0);
+                assert_eq!(hw(&shard), 1);
+
+                dev.fail_flush(0);
+                let failed = shard.append(key, &batch(b"b"), None).unwrap().await;
+                assert_eq!(failed.unwrap_err(), ResponseError::KafkaStorageError);
+                assert_eq!(
+                    hw(&shard),
+                    1,
+                    "a failed flush is never acknowledged or made visible"
+                );
+
+                // Until recovery ran again, writes are refused outright.
+                let refused = shard.append(key, &batch(b"c"), None).err();
+                let mut waited = 0;
+                while shard.storage_failed.get() && waited < 100 {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    waited += 1;
+                }
+                assert!(refused.is_none() || refused == Some(ResponseError::KafkaStorageError));
+                assert!(!shard.storage_failed.get(), "recovery must finish");
+
+                // After recovery the log holds exactly what was durable, and
+                // new writes continue after it.
+                let again = shard
+                    .append(key, &batch(b"d"), None)
+                    .unwrap()
+                    .await
+                    .unwrap();
+                assert_eq!(hw(&shard), again.base_offset + 1);
+                let read = shard.partitions.borrow()[&key]
+                    .log
+                    .read(0, 1 << 20, true)
+                    .unwrap();
+                let offsets: Vec<i64> = read
+                    .batches
+                    .iter()
+                    .map(|b| storage::batch::parse_header(b).unwrap().base_offset)
+                    .collect();
+                assert_eq!(offsets.first(), Some(&0));
+                assert_eq!(offsets.last(), Some(&again.base_offset));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
