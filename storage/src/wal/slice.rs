@@ -9,8 +9,9 @@
 //!
 //! Pipeline: [`WalSlice::append`] queues the body and returns at once. A
 //! *writer* task packs whatever is queued into one block-aligned batch as soon
-//! as no write is in flight (or, under load, as soon as enough bytes are
-//! queued to fill another large write), and issues its writes. A *syncer*
+//! as the device is idle (no write or flush in flight), or, under load, as
+//! soon as enough bytes are queued to fill another large write, and issues its
+//! writes. A *syncer*
 //! task flushes as soon as the oldest unacknowledged batches are written, and
 //! then acknowledges them in order. A lone append therefore pays one write and
 //! one flush; under load batches grow and writes overlap flushes.
@@ -52,6 +53,11 @@ pub struct WalTuning {
     pub eager_write_bytes: usize,
     /// Read size during recovery.
     pub read_chunk_bytes: usize,
+    /// Start a new small batch while a flush is running (true), or let the
+    /// appends that arrive during a flush wait and go into the next batch
+    /// (false; fewer, larger writes and less padding). Large backlogs
+    /// (`eager_write_bytes`) are written during a flush either way.
+    pub write_during_flush: bool,
 }
 
 impl Default for WalTuning {
@@ -62,6 +68,7 @@ impl Default for WalTuning {
             max_inflight_writes: 8,
             eager_write_bytes: 256 << 10,
             read_chunk_bytes: 1 << 20,
+            write_during_flush: false,
         }
     }
 }
@@ -207,6 +214,8 @@ struct State {
     /// Durable positions where a recovery scan may start, ascending.
     boundaries: VecDeque<u64>,
     tasks_running: usize,
+    /// The syncer's flush is in flight.
+    flushing: bool,
     stats: WalStats,
 }
 
@@ -497,9 +506,9 @@ impl State {
         if self.pending.is_empty() {
             return false;
         }
-        self.writes_in_flight == 0
-            || (self.pending_bytes >= t.eager_write_bytes as u64
-                && self.writes_in_flight < t.max_inflight_writes)
+        let idle = self.writes_in_flight == 0 && (t.write_during_flush || !self.flushing);
+        idle || (self.pending_bytes >= t.eager_write_bytes as u64
+            && self.writes_in_flight < t.max_inflight_writes)
     }
 }
 
@@ -560,8 +569,12 @@ impl Inner {
             .await;
             let Some(n) = ready else { break };
             let dev = self.dev.borrow().clone();
+            self.st.borrow_mut().flushing = true;
+            let r = dev.flush().await;
+            self.st.borrow_mut().flushing = false;
+            self.writer_wake.wake();
             // Never retried: a failed flush fails the slice (see module doc).
-            match dev.flush().await {
+            match r {
                 Ok(()) => self.acknowledge(n),
                 Err(e) => self.fail(format!("flush failed: {e}")),
             }
@@ -926,6 +939,7 @@ async fn recover(
         writes_in_flight: 0,
         boundaries,
         tasks_running: 0,
+        flushing: false,
         stats: WalStats::default(),
     };
     Ok((state, scan.records))
