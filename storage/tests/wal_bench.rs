@@ -158,6 +158,34 @@ async fn throughput(
     wal.close().await;
 }
 
+/// Fills half the ring without trimming, then times recovery (what a broker
+/// restart costs per slice).
+async fn recovery_time(layout: &WalLayout, body_len: usize) {
+    let (wal, _) = WalSlice::open(layout, 0).await.unwrap();
+    wal.trim(wal.durable_offset()).await.unwrap();
+    let body = Bytes::from(vec![5u8; body_len]);
+    while wal.fill_ratio() < 0.5 {
+        let futs: Vec<_> = (0..64).map(|_| wal.append(body.clone())).collect();
+        for f in futs {
+            f.await.unwrap();
+        }
+    }
+    let used = wal.used_bytes();
+    wal.close().await;
+    drop(wal);
+    let t = Instant::now();
+    let (_wal, recs) = WalSlice::open(layout, 0).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "recovery of {} MiB ({} records of {} B): {:.2} s, {:.0} MiB/s",
+        used >> 20,
+        recs.len(),
+        body_len,
+        secs,
+        used as f64 / secs / (1 << 20) as f64
+    );
+}
+
 /// Raw sequential bandwidth of the same file: 1 MiB O_DIRECT writes, 8 in
 /// flight, one fdatasync at the end.
 async fn raw_sequential(layout: &WalLayout) {
@@ -218,6 +246,8 @@ fn wal_bench() {
             throughput(&l, 64 << 10, 16, 100, overlap).await;
             throughput(&l, 64 << 10, 64, 50, overlap).await;
         }
+        recovery_time(&l, 64 << 10).await;
+        recovery_time(&l, 1024).await;
         raw_sequential(&l).await;
     });
     std::fs::remove_dir_all(&dir).unwrap();
