@@ -840,7 +840,18 @@ fn geometry(layout: &WalLayout, slice: u32, dev: &dyn BlockDevice) -> Result<Geo
         )));
     }
     let block = u64::from(layout.block_size);
-    if block % dev.block_size() != 0 {
+    let min_slice = 2 * block + 16 * block.max(super::format::MIN_BLOCK_SIZE as u64);
+    if !block.is_power_of_two()
+        || block < HEADER_LEN
+        || !layout.slice_size.is_multiple_of(block)
+        || layout.slice_size < min_slice
+    {
+        return Err(WalError::Config(format!(
+            "unusable WAL layout: block size {block}, slice size {}",
+            layout.slice_size
+        )));
+    }
+    if !block.is_multiple_of(dev.block_size()) {
         return Err(WalError::Config(format!(
             "WAL block size {block} is not a multiple of the device block size {}",
             dev.block_size()
@@ -853,7 +864,8 @@ fn geometry(layout: &WalLayout, slice: u32, dev: &dyn BlockDevice) -> Result<Geo
         capacity: layout.slice_capacity(),
         epoch: layout.epoch,
     };
-    if geo.base + layout.slice_size > dev.size() {
+    let end = geo.base.checked_add(layout.slice_size);
+    if end.is_none_or(|end| end > dev.size()) {
         return Err(WalError::Config(format!(
             "slice {slice} ends past the end of the device ({} bytes)",
             dev.size()
@@ -901,12 +913,14 @@ async fn recover(
         geo.capacity,
     )?;
     let scan = scan(dev, geo, &h).await?;
-    cut_torn_tail(dev, geo, scan.stop, h.scan_start + geo.capacity).await?;
-    let generation = h.generation.checked_add(1).ok_or(WalError::Corrupt {
-        what: "slice generation overflow",
-    })?;
+    cut_torn_tail(dev, geo, scan.stop, scan.limit).await?;
+    let overflow = || WalError::Corrupt {
+        what: "slice header counter overflow",
+    };
+    let generation = h.generation.checked_add(1).ok_or_else(overflow)?;
+    let seq = h.seq.checked_add(1).ok_or_else(overflow)?;
     let next = SliceHeader {
-        seq: h.seq + 1,
+        seq,
         generation,
         last_write_ms: now_ms(),
         ..h
@@ -947,6 +961,8 @@ async fn recover(
 
 struct Scan {
     records: Vec<RecoveredRecord>,
+    /// One lap after the scan start: nothing at or past it is read.
+    limit: u64,
     /// Where the scan stopped (just after the last valid record).
     stop: u64,
     /// Block-aligned position after the last valid record: the new tail.
@@ -961,7 +977,8 @@ struct Scan {
 /// is newer than the header's, or a full lap.
 async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<Scan, WalError> {
     let (cap, block) = (geo.capacity, geo.block);
-    let limit = h.scan_start + cap;
+    // A header with a valid CRC holds what we wrote, but stay total anyway.
+    let limit = h.scan_start.saturating_add(cap);
     let mut reader = RingReader {
         dev,
         geo,
@@ -971,6 +988,7 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
     };
     let mut out = Scan {
         records: Vec::new(),
+        limit,
         stop: h.scan_start,
         end: h.scan_start,
         boundaries: VecDeque::new(),
