@@ -13,7 +13,15 @@
 //! * the trim point is at least the last trim completed before the barrier;
 //! * after recovery, new appends continue the log and a second recovery
 //!   returns the first one plus the new records, nothing else (stale records
-//!   beyond the recovered end never come back).
+//!   beyond the recovered end never come back);
+//! * a crash during recovery itself (its tail cut and header write lost or
+//!   torn) recovers the same log.
+//!
+//! The crash points this covers, by name: after a batch write and before its
+//! flush (any subset of a batch's writes, torn or not); after a trim's header
+//! write and before its flush; between the writes of a wrap-around (marker
+//! and batch); during recovery's tail cut and header write. Plus by hand: a
+//! lost batch followed by a surviving one, and an EIO on flush.
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
@@ -164,9 +172,13 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 /// next flush completed: only writes recorded before the next flush was
 /// issued are candidates (a write after it may depend on that flush, e.g.
 /// ring space freed by a trim).
+///
+/// `barrier == usize::MAX` means no barrier: the writes before the first
+/// flush.
 fn random_late(rng: &mut StdRng, events: &[IoEvent], barrier: usize) -> Vec<LateWrite> {
     let p_keep = rng.gen_range(0.0..1.0);
-    events[barrier + 1..]
+    let after = barrier.wrapping_add(1);
+    events[after..]
         .iter()
         .take_while(|e| matches!(e, IoEvent::Write { .. }))
         .filter_map(|e| match e {
@@ -238,7 +250,7 @@ fn crash_images_recover_a_durable_prefix() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
             let layout = layout();
-            let mut images = 0;
+            let (mut images, mut recovery_crashes) = (0, 0);
             for seed in 1..=4u64 {
                 let dev = MemDevice::formatted(&layout);
                 let base = dev.image();
@@ -259,10 +271,23 @@ fn crash_images_recover_a_durable_prefix() {
                     for k in 0..3 {
                         let late = random_late(&mut rng, &events, barrier);
                         let img = crash_image(&base, &events, barrier, &late);
-                        let crashed = MemDevice::from_image(img, 512);
+                        let crashed = MemDevice::from_image(img.clone(), 512);
                         let (wal, recs) = open(&layout, &crashed).await;
                         check_recovery(&run, barrier, &recs, wal.trim_offset());
                         images += 1;
+                        if (n + k) % 4 == 2 {
+                            // Crash again while recovery cuts the tail and
+                            // writes its header (before its flush).
+                            let events = crashed.events();
+                            let late = random_late(&mut rng, &events, usize::MAX);
+                            let img2 = crash_image(&img, &events, 0, &late);
+                            let (again, recs2) =
+                                open(&layout, &MemDevice::from_image(img2, 512)).await;
+                            assert_eq!(recs2, recs, "a crash during recovery changed the log");
+                            assert_eq!(again.trim_offset(), wal.trim_offset());
+                            again.close().await;
+                            recovery_crashes += 1;
+                        }
                         if (n + k) % 4 != 0 {
                             wal.close().await;
                             continue;
@@ -301,7 +326,7 @@ fn crash_images_recover_a_durable_prefix() {
                     }
                 }
             }
-            println!("checked {images} crash images");
+            println!("checked {images} crash images, {recovery_crashes} crashes during recovery");
             assert!(images > 100);
         })
         .unwrap()
