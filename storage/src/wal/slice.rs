@@ -11,10 +11,11 @@
 //! *writer* task packs whatever is queued into one block-aligned batch as soon
 //! as the device is idle (no write or flush in flight), or, under load, as
 //! soon as enough bytes are queued to fill another large write, and issues its
-//! writes. A *syncer*
-//! task flushes as soon as the oldest unacknowledged batches are written, and
-//! then acknowledges them in order. A lone append therefore pays one write and
-//! one flush; under load batches grow and writes overlap flushes.
+//! writes. A *syncer* task flushes as soon as the oldest unacknowledged
+//! batches are written, and then acknowledges them in order. A lone append
+//! therefore pays one write and one flush; appends that arrive meanwhile go
+//! into the next batch, so under load batches grow and large writes overlap
+//! flushes.
 
 use std::{
     cell::{Cell, RefCell},
