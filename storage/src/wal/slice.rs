@@ -1362,6 +1362,53 @@ mod tests {
         });
     }
 
+    #[test]
+    fn trim_inside_a_batch_keeps_exactly_the_later_records() {
+        run(|| async {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            // One batch of ten records (queued before the writer runs).
+            let futs: Vec<_> = (0..10).map(|i| wal.append(body(i, 300))).collect();
+            let mut offs = Vec::new();
+            for f in futs {
+                offs.push(f.await.unwrap());
+            }
+            assert_eq!(wal.stats().batches, 1);
+            wal.trim(offs[4] + 1).await.unwrap();
+            assert_eq!(wal.trim_offset(), offs[4] + 1);
+            let recs = recover_image(&layout, &dev).await;
+            let got: Vec<_> = recs.iter().map(|r| r.offset).collect();
+            assert_eq!(got, offs[5..]);
+            // Trimming past the durable end stops at it.
+            wal.trim(u64::MAX).await.unwrap();
+            assert_eq!(wal.trim_offset(), wal.durable_offset());
+            assert_eq!(wal.used_bytes(), 0);
+            assert!(recover_image(&layout, &dev).await.is_empty());
+        });
+    }
+
+    #[test]
+    fn dropping_the_slice_fails_queued_appends_and_stops_its_tasks() {
+        run(|| async {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            dev.set_delay(Duration::from_millis(5));
+            wal.append(body(0, 10)).await.unwrap();
+            let first = wal.append(body(1, 10));
+            let queued = wal.append(body(2, 10));
+            drop(wal);
+            // The first may already be in flight; the queued one never runs.
+            let _ = first.await;
+            assert!(matches!(queued.await, Err(WalError::Closed)));
+            // The slice can be opened again once its I/O is done.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            dev.set_delay(Duration::ZERO);
+            let (wal, recs) = open(&layout, &dev).await;
+            assert!(!recs.is_empty());
+            wal.append(body(3, 10)).await.unwrap();
+        });
+    }
+
     /// Records appended one by one (each its own write), then the last block
     /// written is cut (zeroed) or scribbled: recovery returns exactly the
     /// records that lie wholly before that block.
