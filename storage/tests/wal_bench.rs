@@ -19,7 +19,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use storage::wal::{open_or_create, BlockDevice, DmaDevice, WalConfig, WalLayout, WalSlice};
+use storage::wal::{
+    open_or_create, BlockDevice, DmaDevice, WalConfig, WalLayout, WalSlice, WalTuning,
+};
 
 const FILE_SIZE: u64 = 512 << 20;
 
@@ -92,8 +94,18 @@ async fn lone_latency(layout: &WalLayout, body_len: usize, n: usize, label: &str
 
 /// `tasks` appenders, each appending `per_task` bodies back to back, with a
 /// trimmer freeing the ring like the uploader would.
-async fn throughput(layout: &WalLayout, body_len: usize, tasks: usize, per_task: usize) {
-    let (wal, _) = WalSlice::open(layout, 0).await.unwrap();
+async fn throughput(
+    layout: &WalLayout,
+    body_len: usize,
+    tasks: usize,
+    per_task: usize,
+    overlap: bool,
+) {
+    let tuning = WalTuning {
+        write_during_flush: overlap,
+        ..WalTuning::default()
+    };
+    let (wal, _) = WalSlice::open_tuned(layout, 0, tuning).await.unwrap();
     let body = Bytes::from(vec![3u8; body_len]);
     let done = Rc::new(Cell::new(false));
     let trimmer = {
@@ -132,9 +144,10 @@ async fn throughput(layout: &WalLayout, body_len: usize, tasks: usize, per_task:
     let st = wal.stats();
     let n = (tasks * per_task) as f64;
     println!(
-        "throughput {:>6} B x {:>3} appenders: {:>8.0} appends/s  {:>7.1} MiB/s payload  {:>7.1} MiB/s written  avg batch {:>7.1} KiB  {:>6.0} flushes/s  worst append {:.2} ms",
+        "throughput {:>6} B x {:>3} appenders{}: {:>8.0} appends/s  {:>7.1} MiB/s payload  {:>7.1} MiB/s written  avg batch {:>7.1} KiB  {:>6.0} flushes/s  worst append {:.2} ms",
         body_len,
         tasks,
+        if overlap { " (write during flush)" } else { "" },
         n / secs,
         n * body_len as f64 / secs / (1 << 20) as f64,
         st.bytes_written as f64 / secs / (1 << 20) as f64,
@@ -143,6 +156,34 @@ async fn throughput(layout: &WalLayout, body_len: usize, tasks: usize, per_task:
         worst.as_secs_f64() * 1e3,
     );
     wal.close().await;
+}
+
+/// Fills half the ring without trimming, then times recovery (what a broker
+/// restart costs per slice).
+async fn recovery_time(layout: &WalLayout, body_len: usize) {
+    let (wal, _) = WalSlice::open(layout, 0).await.unwrap();
+    wal.trim(wal.durable_offset()).await.unwrap();
+    let body = Bytes::from(vec![5u8; body_len]);
+    while wal.fill_ratio() < 0.5 {
+        let futs: Vec<_> = (0..64).map(|_| wal.append(body.clone())).collect();
+        for f in futs {
+            f.await.unwrap();
+        }
+    }
+    let used = wal.used_bytes();
+    wal.close().await;
+    drop(wal);
+    let t = Instant::now();
+    let (_wal, recs) = WalSlice::open(layout, 0).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "recovery of {} MiB ({} records of {} B): {:.2} s, {:.0} MiB/s",
+        used >> 20,
+        recs.len(),
+        body_len,
+        secs,
+        used as f64 / secs / (1 << 20) as f64
+    );
 }
 
 /// Raw sequential bandwidth of the same file: 1 MiB O_DIRECT writes, 8 in
@@ -197,12 +238,16 @@ fn wal_bench() {
     run(move || async move {
         lone_latency(&l, 1024, 2000, "zero-filled").await;
         lone_latency(&l, 64 << 10, 1000, "zero-filled").await;
-        throughput(&l, 1024, 1, 2000).await;
-        throughput(&l, 1024, 64, 1000).await;
-        throughput(&l, 1024, 256, 500).await;
-        throughput(&l, 64 << 10, 1, 300).await;
-        throughput(&l, 64 << 10, 16, 100).await;
-        throughput(&l, 64 << 10, 64, 50).await;
+        for overlap in [false, true] {
+            throughput(&l, 1024, 1, 2000, overlap).await;
+            throughput(&l, 1024, 64, 1000, overlap).await;
+            throughput(&l, 1024, 256, 500, overlap).await;
+            throughput(&l, 64 << 10, 1, 300, overlap).await;
+            throughput(&l, 64 << 10, 16, 100, overlap).await;
+            throughput(&l, 64 << 10, 64, 50, overlap).await;
+        }
+        recovery_time(&l, 64 << 10).await;
+        recovery_time(&l, 1024).await;
         raw_sequential(&l).await;
     });
     std::fs::remove_dir_all(&dir).unwrap();

@@ -13,7 +13,15 @@
 //! * the trim point is at least the last trim completed before the barrier;
 //! * after recovery, new appends continue the log and a second recovery
 //!   returns the first one plus the new records, nothing else (stale records
-//!   beyond the recovered end never come back).
+//!   beyond the recovered end never come back);
+//! * a crash during recovery itself (its tail cut and header write lost or
+//!   torn) recovers the same log.
+//!
+//! The crash points this covers, by name: after a batch write and before its
+//! flush (any subset of a batch's writes, torn or not); after a trim's header
+//! write and before its flush; between the writes of a wrap-around (marker
+//! and batch); during recovery's tail cut and header write. Plus by hand: a
+//! lost batch followed by a surviving one, and an EIO on flush.
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
@@ -34,10 +42,16 @@ fn layout() -> WalLayout {
 }
 
 fn tuning() -> WalTuning {
+    tuning_with(false)
+}
+
+/// Small batches and writes so a short run has many overlapping I/Os.
+fn tuning_with(write_during_flush: bool) -> WalTuning {
     WalTuning {
         max_batch_bytes: 24 << 10,
         write_chunk_bytes: 8 << 10,
         eager_write_bytes: 8 << 10,
+        write_during_flush,
         ..WalTuning::default()
     }
 }
@@ -73,7 +87,11 @@ async fn open(layout: &WalLayout, dev: &MemDevice) -> (WalSlice, Vec<RecoveredRe
 /// times and hits backpressure), with I/O delays so writes and flushes
 /// overlap.
 async fn record_run(layout: &WalLayout, dev: &MemDevice, seed: u64) -> Run {
-    let (wal, recs) = open(layout, dev).await;
+    // Both pipeline policies: odd seeds also write while a flush runs.
+    let (wal, recs) =
+        WalSlice::open_device(Rc::new(dev.clone()), layout, 0, tuning_with(seed % 2 == 1))
+            .await
+            .expect("open");
     assert!(recs.is_empty());
     dev.set_delay(Duration::from_micros(200));
     let run = Rc::new(RefCell::new(Run::default()));
@@ -94,7 +112,7 @@ async fn record_run(layout: &WalLayout, dev: &MemDevice, seed: u64) -> Run {
                     r.lens.len() as u64 - 1
                 };
                 let fut = wal.append(body(seq, len));
-                let off = fut.await.expect("append");
+                let off = within(fut).await.expect("append");
                 run.borrow_mut().acks.push((seq, off, dev.event_count()));
                 if rng.gen_bool(0.3) {
                     glommio::timer::sleep(Duration::from_micros(rng.gen_range(0..500))).await;
@@ -113,14 +131,19 @@ async fn record_run(layout: &WalLayout, dev: &MemDevice, seed: u64) -> Run {
         glommio::spawn_local(async move {
             while !*done.borrow() {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
-                // Trim up to an acknowledged record a few behind the newest.
+                // Trim up to an acknowledged record a few behind the newest,
+                // or everything durable when appends wait for space (a few
+                // large records can fill the small ring on their own).
                 let target = {
                     let r = run.borrow();
                     let n = r.acks.len();
-                    if n < 6 {
+                    if wal.queued_bytes() > 0 {
+                        wal.durable_offset()
+                    } else if n >= 6 {
+                        r.acks[n - 6].1
+                    } else {
                         continue;
                     }
-                    r.acks[n - 6].1
                 };
                 wal.trim(target).await.expect("trim");
                 run.borrow_mut().trims.push((target, dev.event_count()));
@@ -136,13 +159,26 @@ async fn record_run(layout: &WalLayout, dev: &MemDevice, seed: u64) -> Run {
     Rc::try_unwrap(run).ok().unwrap().into_inner()
 }
 
+/// Fails the test instead of hanging it when an append never completes.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(Duration::from_secs(10)).await;
+        panic!("append did not complete within 10 s");
+    })
+    .await
+}
+
 /// What happened to the writes after the barrier, for a crash before the
 /// next flush completed: only writes recorded before the next flush was
 /// issued are candidates (a write after it may depend on that flush, e.g.
 /// ring space freed by a trim).
+///
+/// `barrier == usize::MAX` means no barrier: the writes before the first
+/// flush.
 fn random_late(rng: &mut StdRng, events: &[IoEvent], barrier: usize) -> Vec<LateWrite> {
     let p_keep = rng.gen_range(0.0..1.0);
-    events[barrier + 1..]
+    let after = barrier.wrapping_add(1);
+    events[after..]
         .iter()
         .take_while(|e| matches!(e, IoEvent::Write { .. }))
         .filter_map(|e| match e {
@@ -214,8 +250,8 @@ fn crash_images_recover_a_durable_prefix() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
             let layout = layout();
-            let mut images = 0;
-            for seed in 1..=2u64 {
+            let (mut images, mut recovery_crashes) = (0, 0);
+            for seed in 1..=4u64 {
                 let dev = MemDevice::formatted(&layout);
                 let base = dev.image();
                 let run = record_run(&layout, &dev, seed).await;
@@ -235,20 +271,37 @@ fn crash_images_recover_a_durable_prefix() {
                     for k in 0..3 {
                         let late = random_late(&mut rng, &events, barrier);
                         let img = crash_image(&base, &events, barrier, &late);
-                        let crashed = MemDevice::from_image(img, 512);
+                        let crashed = MemDevice::from_image(img.clone(), 512);
                         let (wal, recs) = open(&layout, &crashed).await;
                         check_recovery(&run, barrier, &recs, wal.trim_offset());
                         images += 1;
+                        if (n + k) % 4 == 2 {
+                            // Crash again while recovery cuts the tail and
+                            // writes its header (before its flush).
+                            let events = crashed.events();
+                            let late = random_late(&mut rng, &events, usize::MAX);
+                            let img2 = crash_image(&img, &events, 0, &late);
+                            let (again, recs2) =
+                                open(&layout, &MemDevice::from_image(img2, 512)).await;
+                            assert_eq!(recs2, recs, "a crash during recovery changed the log");
+                            assert_eq!(again.trim_offset(), wal.trim_offset());
+                            again.close().await;
+                            recovery_crashes += 1;
+                        }
                         if (n + k) % 4 != 0 {
                             wal.close().await;
                             continue;
                         }
-                        // Continue the log, then recover again.
+                        // Continue the log, then recover again. The recovered
+                        // ring may be full (a trim did not reach the image):
+                        // free it first, as the broker would after uploading.
+                        if wal.capacity() - wal.used_bytes() < 16 << 10 {
+                            wal.trim(wal.durable_offset()).await.expect("trim");
+                        }
                         let mut new = Vec::new();
                         for i in 0..3u64 {
                             let seq = 1_000_000 + i;
-                            let off = wal
-                                .append(body(seq, 700))
+                            let off = within(wal.append(body(seq, 700)))
                                 .await
                                 .expect("append after recovery");
                             new.push(RecoveredRecord {
@@ -273,7 +326,7 @@ fn crash_images_recover_a_durable_prefix() {
                     }
                 }
             }
-            println!("checked {images} crash images");
+            println!("checked {images} crash images, {recovery_crashes} crashes during recovery");
             assert!(images > 100);
         })
         .unwrap()

@@ -9,12 +9,12 @@
 //! I/O through io_uring (glommio `DmaFile`, `O_DIRECT`) and never blocks the
 //! core. Nothing in this module is shared between cores.
 //!
-//! * [`format`]: the on-disk format (pure, `nom`-parsed, property-tested).
+//! * [`format`](mod@format): the on-disk format (pure, `nom`-parsed, property-tested).
 //! * [`device`]: the [`BlockDevice`] seam and its glommio implementation.
 //! * [`mem_device`]: an in-memory device for tests that fails, tears, delays
 //!   and records I/O (crash images come from its record).
 //! * [`layout`]: configuration, device header, format and validation.
-//! * [`slice`]: a shard's ring: recovery, group-committed appends,
+//! * [`slice`](mod@slice): a shard's ring: recovery, group-committed appends,
 //!   backpressure, trim, failure and re-open.
 
 pub mod device;

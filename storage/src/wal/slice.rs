@@ -9,11 +9,13 @@
 //!
 //! Pipeline: [`WalSlice::append`] queues the body and returns at once. A
 //! *writer* task packs whatever is queued into one block-aligned batch as soon
-//! as no write is in flight (or, under load, as soon as enough bytes are
-//! queued to fill another large write), and issues its writes. A *syncer*
-//! task flushes as soon as the oldest unacknowledged batches are written, and
-//! then acknowledges them in order. A lone append therefore pays one write and
-//! one flush; under load batches grow and writes overlap flushes.
+//! as the device is idle (no write or flush in flight), or, under load, as
+//! soon as enough bytes are queued to fill another large write, and issues its
+//! writes. A *syncer* task flushes as soon as the oldest unacknowledged
+//! batches are written, and then acknowledges them in order. A lone append
+//! therefore pays one write and one flush; appends that arrive meanwhile go
+//! into the next batch, so under load batches grow and large writes overlap
+//! flushes.
 
 use std::{
     cell::{Cell, RefCell},
@@ -52,6 +54,11 @@ pub struct WalTuning {
     pub eager_write_bytes: usize,
     /// Read size during recovery.
     pub read_chunk_bytes: usize,
+    /// Start a new small batch while a flush is running (true), or let the
+    /// appends that arrive during a flush wait and go into the next batch
+    /// (false; fewer, larger writes and less padding). Large backlogs
+    /// (`eager_write_bytes`) are written during a flush either way.
+    pub write_during_flush: bool,
 }
 
 impl Default for WalTuning {
@@ -62,6 +69,7 @@ impl Default for WalTuning {
             max_inflight_writes: 8,
             eager_write_bytes: 256 << 10,
             read_chunk_bytes: 1 << 20,
+            write_during_flush: false,
         }
     }
 }
@@ -207,6 +215,8 @@ struct State {
     /// Durable positions where a recovery scan may start, ascending.
     boundaries: VecDeque<u64>,
     tasks_running: usize,
+    /// The syncer's flush is in flight.
+    flushing: bool,
     stats: WalStats,
 }
 
@@ -497,9 +507,9 @@ impl State {
         if self.pending.is_empty() {
             return false;
         }
-        self.writes_in_flight == 0
-            || (self.pending_bytes >= t.eager_write_bytes as u64
-                && self.writes_in_flight < t.max_inflight_writes)
+        let idle = self.writes_in_flight == 0 && (t.write_during_flush || !self.flushing);
+        idle || (self.pending_bytes >= t.eager_write_bytes as u64
+            && self.writes_in_flight < t.max_inflight_writes)
     }
 }
 
@@ -560,8 +570,12 @@ impl Inner {
             .await;
             let Some(n) = ready else { break };
             let dev = self.dev.borrow().clone();
+            self.st.borrow_mut().flushing = true;
+            let r = dev.flush().await;
+            self.st.borrow_mut().flushing = false;
+            self.writer_wake.wake();
             // Never retried: a failed flush fails the slice (see module doc).
-            match dev.flush().await {
+            match r {
                 Ok(()) => self.acknowledge(n),
                 Err(e) => self.fail(format!("flush failed: {e}")),
             }
@@ -827,7 +841,18 @@ fn geometry(layout: &WalLayout, slice: u32, dev: &dyn BlockDevice) -> Result<Geo
         )));
     }
     let block = u64::from(layout.block_size);
-    if block % dev.block_size() != 0 {
+    let min_slice = 2 * block + 16 * block.max(super::format::MIN_BLOCK_SIZE as u64);
+    if !block.is_power_of_two()
+        || block < HEADER_LEN
+        || !layout.slice_size.is_multiple_of(block)
+        || layout.slice_size < min_slice
+    {
+        return Err(WalError::Config(format!(
+            "unusable WAL layout: block size {block}, slice size {}",
+            layout.slice_size
+        )));
+    }
+    if !block.is_multiple_of(dev.block_size()) {
         return Err(WalError::Config(format!(
             "WAL block size {block} is not a multiple of the device block size {}",
             dev.block_size()
@@ -840,7 +865,8 @@ fn geometry(layout: &WalLayout, slice: u32, dev: &dyn BlockDevice) -> Result<Geo
         capacity: layout.slice_capacity(),
         epoch: layout.epoch,
     };
-    if geo.base + layout.slice_size > dev.size() {
+    let end = geo.base.checked_add(layout.slice_size);
+    if end.is_none_or(|end| end > dev.size()) {
         return Err(WalError::Config(format!(
             "slice {slice} ends past the end of the device ({} bytes)",
             dev.size()
@@ -888,12 +914,14 @@ async fn recover(
         geo.capacity,
     )?;
     let scan = scan(dev, geo, &h).await?;
-    cut_torn_tail(dev, geo, scan.stop, h.scan_start + geo.capacity).await?;
-    let generation = h.generation.checked_add(1).ok_or(WalError::Corrupt {
-        what: "slice generation overflow",
-    })?;
+    cut_torn_tail(dev, geo, scan.stop, scan.limit).await?;
+    let overflow = || WalError::Corrupt {
+        what: "slice header counter overflow",
+    };
+    let generation = h.generation.checked_add(1).ok_or_else(overflow)?;
+    let seq = h.seq.checked_add(1).ok_or_else(overflow)?;
     let next = SliceHeader {
-        seq: h.seq + 1,
+        seq,
         generation,
         last_write_ms: now_ms(),
         ..h
@@ -926,6 +954,7 @@ async fn recover(
         writes_in_flight: 0,
         boundaries,
         tasks_running: 0,
+        flushing: false,
         stats: WalStats::default(),
     };
     Ok((state, scan.records))
@@ -933,6 +962,8 @@ async fn recover(
 
 struct Scan {
     records: Vec<RecoveredRecord>,
+    /// One lap after the scan start: nothing at or past it is read.
+    limit: u64,
     /// Where the scan stopped (just after the last valid record).
     stop: u64,
     /// Block-aligned position after the last valid record: the new tail.
@@ -947,7 +978,8 @@ struct Scan {
 /// is newer than the header's, or a full lap.
 async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<Scan, WalError> {
     let (cap, block) = (geo.capacity, geo.block);
-    let limit = h.scan_start + cap;
+    // A header with a valid CRC holds what we wrote, but stay total anyway.
+    let limit = h.scan_start.saturating_add(cap);
     let mut reader = RingReader {
         dev,
         geo,
@@ -957,6 +989,7 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
     };
     let mut out = Scan {
         records: Vec::new(),
+        limit,
         stop: h.scan_start,
         end: h.scan_start,
         boundaries: VecDeque::new(),
@@ -1326,6 +1359,53 @@ mod tests {
             let recs = recover_image(&layout, &dev).await;
             let got: Vec<_> = recs.iter().map(|r| r.offset).collect();
             assert_eq!(got, vec![a, b]);
+        });
+    }
+
+    #[test]
+    fn trim_inside_a_batch_keeps_exactly_the_later_records() {
+        run(|| async {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            // One batch of ten records (queued before the writer runs).
+            let futs: Vec<_> = (0..10).map(|i| wal.append(body(i, 300))).collect();
+            let mut offs = Vec::new();
+            for f in futs {
+                offs.push(f.await.unwrap());
+            }
+            assert_eq!(wal.stats().batches, 1);
+            wal.trim(offs[4] + 1).await.unwrap();
+            assert_eq!(wal.trim_offset(), offs[4] + 1);
+            let recs = recover_image(&layout, &dev).await;
+            let got: Vec<_> = recs.iter().map(|r| r.offset).collect();
+            assert_eq!(got, offs[5..]);
+            // Trimming past the durable end stops at it.
+            wal.trim(u64::MAX).await.unwrap();
+            assert_eq!(wal.trim_offset(), wal.durable_offset());
+            assert_eq!(wal.used_bytes(), 0);
+            assert!(recover_image(&layout, &dev).await.is_empty());
+        });
+    }
+
+    #[test]
+    fn dropping_the_slice_fails_queued_appends_and_stops_its_tasks() {
+        run(|| async {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            dev.set_delay(Duration::from_millis(5));
+            wal.append(body(0, 10)).await.unwrap();
+            let first = wal.append(body(1, 10));
+            let queued = wal.append(body(2, 10));
+            drop(wal);
+            // The first may already be in flight; the queued one never runs.
+            let _ = first.await;
+            assert!(matches!(queued.await, Err(WalError::Closed)));
+            // The slice can be opened again once its I/O is done.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            dev.set_delay(Duration::ZERO);
+            let (wal, recs) = open(&layout, &dev).await;
+            assert!(!recs.is_empty());
+            wal.append(body(3, 10)).await.unwrap();
         });
     }
 
