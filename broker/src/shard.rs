@@ -460,11 +460,10 @@ mod tests {
                 dev.fail_flush(0);
                 let failed = shard.append(key, &batch(b"b"), None).unwrap().await;
                 assert_eq!(failed.unwrap_err(), ResponseError::KafkaStorageError);
-                assert_eq!(
-                    hw(&shard),
-                    1,
-                    "a failed flush is never acknowledged or made visible"
-                );
+                // The write may have reached the device although its flush
+                // failed; recovery may then bring it back (the client saw an
+                // error and retries: a duplicate, never a loss).
+                assert!((1..=2).contains(&hw(&shard)));
 
                 // Until recovery ran again, writes are refused outright.
                 let refused = shard.append(key, &batch(b"c"), None).err();
@@ -493,8 +492,11 @@ mod tests {
                     .iter()
                     .map(|b| storage::batch::parse_header(b).unwrap().base_offset)
                     .collect();
-                assert_eq!(offsets.first(), Some(&0));
-                assert_eq!(offsets.last(), Some(&again.base_offset));
+                let expected: Vec<i64> = (0..=again.base_offset).collect();
+                assert_eq!(
+                    offsets, expected,
+                    "the log stays contiguous across the failure"
+                );
             })
             .unwrap()
             .join()
