@@ -63,6 +63,9 @@ impl Default for Config {
 #[derive(Debug, Parser)]
 #[command(name = "broker", about = "Kafka-compatible streaming broker")]
 pub struct Flags {
+    /// A tool to run instead of the broker.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
     /// TOML file with any of the keys below (snake_case).
     #[arg(long, env = "BROKER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -90,6 +93,17 @@ pub struct Flags {
     pub cluster_id: Option<String>,
     #[arg(long, env = "BROKER_LOG_LEVEL")]
     pub log_level: Option<String>,
+}
+
+/// Subcommands: tools that inspect a data directory without serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print the metadata snapshot, log and resulting image of a data directory.
+    MetadataShell {
+        /// Data directory (default: the broker's `data_dir`).
+        #[arg(long = "data-dir")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
