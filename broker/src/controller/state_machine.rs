@@ -372,3 +372,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::records::tests::every_type;
+    use proptest::prelude::*;
+
+    fn sample() -> SnapshotFile {
+        SnapshotFile {
+            last_applied: Some(LogId::new(CommittedLeaderId::new(3, 0), 42)),
+            membership: Membership::default(),
+            snapshot_id: "42-1".into(),
+            records: every_type(),
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let s = sample();
+        let d = SnapshotFile::decode(&s.encode()).unwrap();
+        assert_eq!(d.records, s.records);
+        assert_eq!(d.last_applied, s.last_applied);
+        assert_eq!(d.snapshot_id, s.snapshot_id);
+        assert_eq!(d.image().version, 42);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_detected() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(SnapshotFile::decode(&b).is_err(), "flip at byte {i}");
+        }
+        assert!(SnapshotFile::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = SnapshotFile::decode(&bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            let _ = SnapshotFile::decode(&framed);
+        }
+    }
+}
