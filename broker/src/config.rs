@@ -38,6 +38,8 @@ pub struct Config {
     pub cluster_id: String,
     /// tracing filter, e.g. `info` or `broker=debug`.
     pub log_level: String,
+    /// Metadata log entries between two metadata snapshots.
+    pub metadata_snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             message_max_bytes: 1_048_588,
             cluster_id: "streaming-broker-cluster".into(),
             log_level: "info".into(),
+            metadata_snapshot_entries: 1000,
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Flags {
     pub cluster_id: Option<String>,
     #[arg(long, env = "BROKER_LOG_LEVEL")]
     pub log_level: Option<String>,
+    #[arg(long, env = "BROKER_METADATA_SNAPSHOT_ENTRIES")]
+    pub metadata_snapshot_entries: Option<u64>,
 }
 
 /// Subcommands: tools that inspect a data directory without serving.
@@ -152,7 +157,8 @@ impl Config {
             num_partitions,
             message_max_bytes,
             cluster_id,
-            log_level
+            log_level,
+            metadata_snapshot_entries
         );
         if flags.advertised_host.is_some() {
             cfg.advertised_host = flags.advertised_host;
@@ -176,6 +182,11 @@ impl Config {
         if self.num_partitions < 1 {
             return Err(ConfigError::Invalid(
                 "num_partitions must be at least 1".into(),
+            ));
+        }
+        if self.metadata_snapshot_entries < 2 {
+            return Err(ConfigError::Invalid(
+                "metadata_snapshot_entries must be at least 2".into(),
             ));
         }
         if self.broker_id < 0 || self.broker_id > 2_000_000 {

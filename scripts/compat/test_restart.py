@@ -3,12 +3,19 @@ and configs, alter some configs, delete 10, kill -9 the broker and start it
 again on the same data directory and ports. Metadata (byte for byte, from
 every shard) and DescribeConfigs answer exactly as before; topic ids and
 partition leaders are unchanged; the recovered topics still take writes on
-the same shards. `broker metadata-shell` reads the same data directory."""
+the same shards. `broker metadata-shell` reads the same data directory.
+
+Bad input: garbage after the metadata log's last entry is cut with a
+warning; a corrupted metadata snapshot stops the start with an error naming
+the file."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
+
+import pytest
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
@@ -145,3 +152,46 @@ def test_metadata_survives_kill9(fresh_broker):
     for n in deleted:
         assert f"  {n} id" not in shell.stdout
     assert "TopicDeleted" in shell.stdout and "TopicConfigChanged" in shell.stdout
+
+
+@pytest.mark.parametrize("fresh_broker", [{"args": ["--metadata-snapshot-entries", "5"]}],
+                         indirect=True)
+def test_corrupt_metadata_tail_cut_and_corrupt_snapshot_refused(fresh_broker):
+    broker = fresh_broker
+    admin = admin_for(broker)
+    names = [f"bad-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
+    for n in names:  # one log entry each, so snapshots are taken
+        admin.create_topics([NewTopic(n, 2, 1)])[n].result(timeout=30)
+    raw_before, md_before = raw_metadata(broker, 0)
+    mdir = broker.data_dir / "metadata"
+    deadline = time.monotonic() + 15
+    while not list(mdir.glob("snapshot-*.snap")):
+        assert time.monotonic() < deadline, f"no snapshot in {sorted(mdir.iterdir())}"
+        time.sleep(0.1)
+
+    # A torn write after the last entry: cut at start, with a warning.
+    broker.kill9()
+    with open(mdir / "raft.log", "ab") as f:
+        f.write(b"\x00\x00\x01\x00" + b"\xab" * 50)
+    broker.restart()
+    raw_after, _ = raw_metadata(broker, 0)
+    assert raw_after == raw_before, "snapshot + log tail replayed to the same metadata"
+    assert "torn or corrupt tail" in broker.log_text()
+
+    # A flipped bit in the newest snapshot: refuse to start, name the file.
+    broker.kill9()
+    snap = sorted(mdir.glob("snapshot-*.snap"))[-1]
+    good = snap.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01
+    snap.write_bytes(bytes(bad))
+    proc = subprocess.run(broker.command(), capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0, "a broker with a corrupt snapshot must not start"
+    assert "corrupt metadata snapshot" in proc.stderr and str(snap) in proc.stderr, proc.stderr[-2000:]
+
+    # Put the snapshot back: the broker starts and serves the same metadata.
+    snap.write_bytes(good)
+    broker.restart()
+    raw_again, _ = raw_metadata(broker, 0)
+    assert raw_again == raw_before

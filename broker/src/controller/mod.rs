@@ -51,8 +51,6 @@ openraft::declare_raft_types!(
     pub TypeConfig: D = RecordBatch, R = (), SnapshotData = std::io::Cursor<Vec<u8>>
 );
 
-/// Take a snapshot after this many entries; metadata entries are small.
-const SNAPSHOT_EVERY: u64 = 1000;
 /// Entries kept in the log behind a snapshot (for slow followers later).
 const KEEP_BEHIND_SNAPSHOT: u64 = 100;
 /// Requests queued for the controller before shard 0 waits.
@@ -244,7 +242,7 @@ impl Settings {
             },
             host: cfg.advertised_host().to_string(),
             base_port: cfg.base_port,
-            snapshot_every: SNAPSHOT_EVERY,
+            snapshot_every: cfg.metadata_snapshot_entries,
         }
     }
 }
