@@ -42,6 +42,8 @@ pub struct Config {
     pub cluster_id: String,
     /// tracing filter, e.g. `info` or `broker=debug`.
     pub log_level: String,
+    /// Metadata log entries between two metadata snapshots.
+    pub metadata_snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             message_max_bytes: 1_048_588,
             cluster_id: "streaming-broker-cluster".into(),
             log_level: "info".into(),
+            metadata_snapshot_entries: 1000,
         }
     }
 }
@@ -69,6 +72,9 @@ impl Default for Config {
 #[derive(Debug, Parser)]
 #[command(name = "broker", about = "Kafka-compatible streaming broker")]
 pub struct Flags {
+    /// A tool to run instead of the broker.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
     /// TOML file with any of the keys below (snake_case).
     #[arg(long, env = "BROKER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -100,6 +106,19 @@ pub struct Flags {
     pub cluster_id: Option<String>,
     #[arg(long, env = "BROKER_LOG_LEVEL")]
     pub log_level: Option<String>,
+    #[arg(long, env = "BROKER_METADATA_SNAPSHOT_ENTRIES")]
+    pub metadata_snapshot_entries: Option<u64>,
+}
+
+/// Subcommands: tools that inspect a data directory without serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print the metadata snapshot, log and resulting image of a data directory.
+    MetadataShell {
+        /// Data directory (default: the broker's `data_dir`).
+        #[arg(long = "data-dir")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +168,8 @@ impl Config {
             num_partitions,
             message_max_bytes,
             cluster_id,
-            log_level
+            log_level,
+            metadata_snapshot_entries
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -176,6 +196,11 @@ impl Config {
         if self.num_partitions < 1 {
             return Err(ConfigError::Invalid(
                 "num_partitions must be at least 1".into(),
+            ));
+        }
+        if self.metadata_snapshot_entries < 2 {
+            return Err(ConfigError::Invalid(
+                "metadata_snapshot_entries must be at least 2".into(),
             ));
         }
         if self.broker_id < 0 || self.broker_id > 2_000_000 {

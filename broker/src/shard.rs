@@ -363,6 +363,9 @@ impl Shard {
             RequestKind::DescribeConfigs(r) => {
                 ResponseKind::DescribeConfigs(handlers::configs::describe_configs(&self, r))
             }
+            RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+                handlers::configs::incremental_alter_configs(&self, r).await,
+            ),
             other => {
                 // The codec only lets through APIs listed in net::versions.
                 warn!("no handler for {other:?}");
