@@ -168,10 +168,31 @@ class Broker:
         self.proc.kill()
         self.proc.wait(STOP_TIMEOUT_S)
 
+    def _wait_ports_closed(self) -> None:
+        """A killed broker's listening sockets can outlive the process for a
+        moment (io_uring tears its ring down in a kernel worker): until they
+        go, connects succeed and the readiness check would pass before the
+        new process listens."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            open_ports = []
+            for port in self.ports:
+                try:
+                    socket.create_connection((self.host, port), timeout=0.2).close()
+                    open_ports.append(port)
+                except OSError:
+                    pass
+            if not open_ports:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"ports {open_ports} still accept connections after the broker exited",
+                    pytrace=False)
+
     def restart(self) -> None:
         """Starts the stopped broker again on the same data dir and ports
         (clients and node addresses stay the same)."""
         assert not self.alive(), "stop or kill the broker first"
+        self._wait_ports_closed()
         last_error = ""
         for attempt in range(5):
             ok, last_error = self._launch(f"restart attempt {attempt}")
