@@ -83,8 +83,10 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def report(label: str, xs: list[float]) -> None:
-    print(f"{label:<38} n={len(xs):4d}  p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  "
-          f"p99={pct(xs, 99):6.2f} ms  max={max(xs):6.2f} ms  mean={statistics.mean(xs):6.2f} ms")
+    worst = max(range(len(xs)), key=xs.__getitem__)
+    print(f"{label:<30} n={len(xs):4d}  p50={pct(xs, 50):6.2f} ms  p90={pct(xs, 90):6.2f} ms  "
+          f"p99={pct(xs, 99):6.2f} ms  max={max(xs):7.2f} ms (request #{worst})  "
+          f"mean={statistics.mean(xs):6.2f} ms")
 
 
 def main() -> int:
@@ -104,15 +106,18 @@ def main() -> int:
            "--base-port", str(base), "--listen-host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", base + args.shards - 1), 0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"broker did not start; see {data / 'broker.log'}")
-                time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        pending = set(range(base, base + args.shards))
+        while pending:
+            for port in sorted(pending):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.5).close()
+                    pending.discard(port)
+                except OSError:
+                    pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"broker did not start; see {data / 'broker.log'}")
+            time.sleep(0.1)
         print(f"broker {args.broker}: {args.shards} shards, data dir {data / 'data'} "
               f"(filesystem of {data}), {args.count} topics x {args.partitions} partitions per run")
         results = {}

@@ -4,7 +4,10 @@
 //!   `length u32 | crc32c u32 | body` (big endian), the CRC over the body;
 //!   body = `term u64 | leader node u64 | index u64 | kind u8 | payload`
 //!   (kind 0 blank, 1 metadata records, 2 membership as JSON);
-//! * `vote`, `committed`, `purged`: small JSON files replaced atomically.
+//! * `vote`, `purged`: small JSON files replaced atomically.
+//!
+//! The commit point is not stored: each commit would cost another file
+//! write, and a restarted one-voter leader commits its whole log at once.
 //!
 //! Every append is written and `fdatasync`ed before Raft is told it is
 //! durable. On open, the first frame whose header or CRC fails ends the log:
@@ -38,7 +41,6 @@ type StErr = StorageError<NodeId>;
 
 pub const LOG_FILE: &str = "raft.log";
 const VOTE_FILE: &str = "vote";
-const COMMITTED_FILE: &str = "committed";
 const PURGED_FILE: &str = "purged";
 
 /// Largest entry body accepted when reading the log back.
@@ -215,7 +217,6 @@ struct LogInner {
     end: u64,
     purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
-    committed: Option<LogId<NodeId>>,
 }
 
 /// The Raft log store. Cheap to clone (the reader is a clone).
@@ -249,7 +250,6 @@ impl LogStore {
         }
         let purged: Option<LogId<NodeId>> = read_json(dir, PURGED_FILE)?;
         let vote = read_json(dir, VOTE_FILE)?;
-        let committed = read_json(dir, COMMITTED_FILE)?;
         let entries = scan
             .entries
             .into_iter()
@@ -264,7 +264,6 @@ impl LogStore {
                 end: scan.valid_len,
                 purged,
                 vote,
-                committed,
             })),
         })
     }
@@ -392,20 +391,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StErr> {
         Ok(self.lock().vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StErr> {
-        let mut g = self.lock();
-        // Not synced: Raft recomputes the commit point if it is lost; this
-        // only lets a restart apply the log without waiting for a leader.
-        write_json(&g.dir, COMMITTED_FILE, &committed, false)
-            .map_err(|e| StorageIOError::write(&e))?;
-        g.committed = committed;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StErr> {
-        Ok(self.lock().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StErr>
