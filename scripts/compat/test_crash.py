@@ -39,7 +39,7 @@ def _produce(bootstrap: str, topic: str, tid: int, stop: threading.Event, acked:
     def on_delivery(err, msg):
         if err is None:
             with lock:
-                acked.append((msg.partition(), msg.offset(), msg.value()))
+                acked.append((msg.partition(), msg.offset(), msg.value(), tid))
 
     seq = 0
     while not stop.is_set():
@@ -112,16 +112,18 @@ def test_acknowledged_writes_survive_kill_9(tmp_path_factory):
             b.restart()
             log = _consume_all(b.bootstrap, topic)
             at = {(p, o): v for p, msgs in log.items() for o, v in msgs}
-            for p, o, v in acked_now:
+            for p, o, v, _ in acked_now:
                 assert at.get((p, o)) == v, f"acknowledged {v!r} at {p}/{o} is missing (found {at.get((p, o))!r})"
-            per_partition = defaultdict(list)
-            for p, o, _ in acked_now:
-                per_partition[p].append(o)
-            for p, offs in per_partition.items():
-                assert offs == sorted(offs), f"partition {p}: acknowledgements out of offset order"
+            # Each producer's acknowledgements for a partition arrive in the
+            # order it sent them; their offsets must follow that order.
+            per_producer_partition = defaultdict(list)
+            for p, o, _, tid in acked_now:
+                per_producer_partition[(tid, p)].append(o)
+            for (tid, p), offs in per_producer_partition.items():
+                assert offs == sorted(offs), f"producer {tid}, partition {p}: acknowledgements out of offset order"
             never_sent = [v for v in at.values() if v not in sent]
             assert not never_sent, f"{len(never_sent)} messages that were never sent, e.g. {never_sent[:3]}"
-            acked_values = {v for _, _, v in acked_now}
+            acked_values = {v for _, _, v, _ in acked_now}
             dup = defaultdict(int)
             for v in at.values():
                 dup[v] += 1

@@ -165,13 +165,10 @@ impl PartitionLog {
         Ok(out)
     }
 
-    /// The first visible batch with a timestamp at or after `timestamp`:
-    /// its base offset and largest timestamp. Batch granularity: the client
-    /// skips records before the one it wants.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<(i64, i64)> {
-        self.visible()
-            .find(|b| b.max_timestamp >= timestamp)
-            .map(|b| (b.base_offset.max(self.log_start), b.max_timestamp))
+    /// The first visible batch holding a record with a timestamp at or after
+    /// `timestamp` (the caller finds the exact record inside it).
+    pub fn batch_at_timestamp(&self, timestamp: i64) -> Option<&StoredBatch> {
+        self.visible().find(|b| b.max_timestamp >= timestamp)
     }
 
     /// The largest timestamp in the visible log and the last offset of the
@@ -268,9 +265,13 @@ mod tests {
         log.append_plain(&batch(2, 50)); // ts 50..51
         log.append_plain(&batch(2, 200)); // ts 200..201
         log.commit(6);
-        assert_eq!(log.offset_for_timestamp(101), Some((0, 101)));
-        assert_eq!(log.offset_for_timestamp(150), Some((4, 201)));
-        assert_eq!(log.offset_for_timestamp(300), None);
+        let at = |ts| {
+            log.batch_at_timestamp(ts)
+                .map(|b| (b.base_offset, b.max_timestamp))
+        };
+        assert_eq!(at(101), Some((0, 101)));
+        assert_eq!(at(150), Some((4, 201)));
+        assert_eq!(at(300), None);
         assert_eq!(log.max_timestamp(), Some((201, 5)));
     }
 

@@ -8,6 +8,10 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use kafka_protocol::records::RecordBatchDecoder;
+use storage::batch::parse_header;
+use storage::partition_log::StoredBatch;
+
 use super::{find_topic, locate};
 use crate::shard::Shard;
 
@@ -45,7 +49,9 @@ pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffse
                         EARLIEST => Some((-1, log.log_start_offset())),
                         LATEST => Some((-1, log.high_watermark())),
                         MAX_TIMESTAMP => log.max_timestamp(),
-                        ts => log.offset_for_timestamp(ts).map(|(o, t)| (t, o)),
+                        ts => log
+                            .batch_at_timestamp(ts)
+                            .map(|b| record_at_timestamp(b, ts)),
                     };
                     if let Some((ts, offset)) = found {
                         r.timestamp = ts;
@@ -63,4 +69,26 @@ pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffse
     let mut resp = ListOffsetsResponse::default();
     resp.topics = topics;
     resp
+}
+
+/// The first record of `batch` with a timestamp at or after `ts`:
+/// `(timestamp, offset)`. The batch is decoded (and decompressed) only here,
+/// off the produce and fetch paths. A batch that does not decode answers
+/// with its base offset: the client then skips the earlier records itself.
+fn record_at_timestamp(batch: &StoredBatch, ts: i64) -> (i64, i64) {
+    let whole_batch = (batch.max_timestamp, batch.base_offset);
+    let Ok(header) = parse_header(&batch.bytes) else {
+        return whole_batch;
+    };
+    if header.log_append_time() {
+        return whole_batch;
+    }
+    match RecordBatchDecoder::decode(&mut batch.bytes.clone()) {
+        Ok(set) => set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= ts)
+            .map_or(whole_batch, |r| (r.timestamp, r.offset)),
+        Err(_) => whole_batch,
+    }
 }
