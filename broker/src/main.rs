@@ -5,6 +5,7 @@
 
 mod config;
 mod control;
+mod group;
 mod handlers;
 mod metadata;
 mod shard;
