@@ -56,6 +56,12 @@ pub fn now_ms() -> i64 {
 /// A committed offset as OffsetFetch reports it.
 pub type Committed = OffsetValue;
 
+/// Partitions asked for, by topic.
+pub type WantedOffsets = Vec<(String, Vec<i32>)>;
+
+/// Committed offsets by topic (`None`: nothing committed).
+pub type TopicOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
 /// What DescribeGroups shows of a group.
 #[derive(Debug, Clone)]
 pub struct GroupSummary {
@@ -565,7 +571,7 @@ impl GroupCoordinator {
             return results;
         }
         if let Err(e) = write(&shard, key, records).await {
-            return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+            return results.into_iter().map(|r| r.and(Err(e))).collect();
         }
         if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
             for (topic, partition, value) in accepted {
@@ -579,8 +585,8 @@ impl GroupCoordinator {
     pub fn fetch_offsets(
         &self,
         group_id: &str,
-        wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError> {
+        wanted: Option<WantedOffsets>,
+    ) -> Result<TopicOffsets, ResponseError> {
         self.route(group_id)?;
         let groups = self.groups.borrow();
         let g = groups.get(group_id);
@@ -596,7 +602,7 @@ impl GroupCoordinator {
                 })
                 .collect(),
             None => {
-                let mut by_topic: Vec<(String, Vec<(i32, Option<Committed>)>)> = Vec::new();
+                let mut by_topic: TopicOffsets = Vec::new();
                 for ((t, p), v) in g.map(|g| g.offsets.iter()).into_iter().flatten() {
                     match by_topic.last_mut() {
                         Some((last, parts)) if last == t => parts.push((*p, Some(v.clone()))),

@@ -41,7 +41,7 @@ use net::Request;
 
 use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
 use crate::group::records::OffsetValue;
-use crate::group::{now_ms, partition_for, Committed, JoinRequest, OFFSETS_TOPIC};
+use crate::group::{now_ms, partition_for, Committed, JoinRequest, WantedOffsets, OFFSETS_TOPIC};
 use crate::metadata::Command;
 use crate::shard::Shard;
 
@@ -342,7 +342,8 @@ pub async fn offset_commit(
     let now = now_ms();
     // Partitions of unknown topics are refused up front; the rest go to
     // the coordinator in one batch.
-    let mut shape: Vec<(String, Vec<(i32, Option<ResponseError>)>)> = Vec::new();
+    type Refused = Vec<(i32, Option<ResponseError>)>;
+    let mut shape: Vec<(String, Refused)> = Vec::new();
     let mut offsets = Vec::new();
     for t in &req.topics {
         let name = t.name.to_string();
@@ -420,20 +421,6 @@ pub async fn offset_commit(
     resp
 }
 
-type FetchedTopics = Vec<(String, Vec<(i32, Option<Committed>)>)>;
-
-fn fetch_group(
-    shard: &Rc<Shard>,
-    group_id: &str,
-    wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> (
-    Result<FetchedTopics, ResponseError>,
-    Option<Vec<(String, Vec<i32>)>>,
-) {
-    let r = shard.groups.fetch_offsets(group_id, wanted.clone());
-    (r, wanted)
-}
-
 pub fn offset_fetch(
     shard: &Rc<Shard>,
     req: OffsetFetchRequest,
@@ -450,7 +437,7 @@ pub fn offset_fetch(
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let (r, _) = fetch_group(shard, &g.group_id, wanted);
+                let r = shard.groups.fetch_offsets(&g.group_id, wanted);
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
                 match r {
                     Err(e) => out.error_code = e.code(),
@@ -475,12 +462,12 @@ pub fn offset_fetch(
             .collect();
         return resp;
     }
-    let wanted = req.topics.map(|ts| {
+    let wanted: Option<WantedOffsets> = req.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let (r, wanted) = fetch_group(shard, &req.group_id, wanted);
+    let r = shard.groups.fetch_offsets(&req.group_id, wanted.clone());
     let topics = match r {
         Ok(t) => t,
         Err(e) => {
