@@ -346,6 +346,27 @@ def test_kafka_python_group_commit_and_committed(broker):
         consumer.commit({tp0: OffsetAndMetadata(3, "my-metadata", -1)})
         meta = consumer.committed(tp0, metadata=True)
         assert (meta.offset, meta.metadata) == (3, "my-metadata")
+
+        # kafka-python's admin: DescribeGroups (it rejects authorized
+        # operations sentinels other than INT32_MIN) and OffsetFetch of all
+        # partitions (no topics named).
+        from kafka.admin import KafkaAdminClient
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            desc = admin.describe_groups([group])[group]
+            assert desc["error"] is None
+            assert (desc["group_state"], desc["protocol_type"], desc["protocol_data"]) == \
+                ("Stable", "consumer", "range")
+            (member,) = desc["members"]
+            assert member["member_metadata"]["topics"] == [topic]
+            assert member["member_assignment"]["assigned_partitions"] == \
+                [{"topic": topic, "partitions": list(range(N_PARTITIONS))}]
+            offsets = admin.list_group_offsets(group)[group]
+            assert {tp.partition: om.offset for tp, om in offsets.items()} == \
+                {0: 3, **{p: len(values) // N_PARTITIONS for p in range(1, N_PARTITIONS)}}
+            assert offsets[KTP(topic, 0)].metadata == "my-metadata"
+        finally:
+            admin.close()
     finally:
         consumer.close()
 
