@@ -265,6 +265,26 @@ impl GroupCoordinator {
         );
     }
 
+    /// Replays every `__consumer_offsets` partition this shard leads: the
+    /// entry point after WAL recovery has refilled the partition logs.
+    #[allow(dead_code)] // called from main.rs once the WAL recovers partition logs
+    pub async fn reload_all(&self, shard: &Rc<Shard>) {
+        let image = shard.image();
+        let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        let led: Vec<i32> = (0..topic.leaders.len())
+            .filter(|&p| topic.leaders[p] == shard.id)
+            .map(|p| p as i32)
+            .collect();
+        // All of them answer COORDINATOR_LOAD_IN_PROGRESS until replayed.
+        self.loading.borrow_mut().extend(led.iter().copied());
+        for p in led {
+            self.load_partition(shard, p).await;
+        }
+        self.start_timer();
+    }
+
     // ---- timers ----
 
     fn start_timer(&self) {
@@ -393,7 +413,13 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id, now));
-            g.join(req, &self.settings, now)
+            let result = g.join(req, &self.settings, now);
+            // A refused first join must not leave an empty group behind
+            // (ListGroups would show it).
+            if g.is_empty() && g.offsets.is_empty() && g.generation == 0 {
+                groups.remove(group_id);
+            }
+            result
         };
         let rx = match &outcome {
             Outcome::Wait(id) => Some(Self::park(
@@ -859,5 +885,68 @@ mod tests {
         assert_eq!(h, i32::MIN);
         assert_eq!(partition_for("polygenelubricants", 50), 0);
         assert!((0..50).contains(&partition_for("console-consumer-1234", 50)));
+    }
+
+    fn offset(group: &str, p: i32, value: Option<i64>) -> GroupRecord {
+        GroupRecord::Offset {
+            group: group.into(),
+            topic: "t".into(),
+            partition: p,
+            value: value.map(|offset| OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: format!("m{offset}"),
+                commit_timestamp: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn replay_rebuilds_offsets_and_groups_and_honours_tombstones() {
+        let mut stable = Group::new("a", 0);
+        let mut settings = GroupSettings::default();
+        settings.initial_rebalance_delay_ms = 0;
+        let join = JoinRequest {
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/h".into(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 1000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"x"))],
+            require_known_member_id: false,
+        };
+        let _ = stable.join(join, &settings, 0);
+        let value = stable.to_value(0);
+        let log = vec![
+            offset("a", 0, Some(5)),
+            offset("a", 1, Some(6)),
+            offset("a", 0, Some(7)),
+            offset("a", 1, None),
+            GroupRecord::Group {
+                group: "a".into(),
+                value: Some(value),
+            },
+            offset("b", 0, Some(1)),
+            GroupRecord::Group {
+                group: "b".into(),
+                value: None,
+            },
+            offset("c", 0, Some(2)),
+        ];
+        let batch = encode_batch(&log, 0).unwrap();
+        let mut groups = HashMap::new();
+        for r in decode_batches(batch).unwrap() {
+            replay(&mut groups, r, 100);
+        }
+        let a = &groups["a"];
+        assert_eq!(a.offsets.len(), 1);
+        let committed = &a.offsets[&("t".to_string(), 0)];
+        assert_eq!((committed.offset, committed.metadata.as_str()), (7, "m7"));
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.members.len(), 1);
+        assert!(!groups.contains_key("b"), "deleted group stays deleted");
+        assert_eq!(groups["c"].state, GroupState::Empty);
     }
 }
