@@ -904,8 +904,10 @@ mod tests {
     #[test]
     fn replay_rebuilds_offsets_and_groups_and_honours_tombstones() {
         let mut stable = Group::new("a", 0);
-        let mut settings = GroupSettings::default();
-        settings.initial_rebalance_delay_ms = 0;
+        let settings = GroupSettings {
+            initial_rebalance_delay_ms: 0,
+            ..GroupSettings::default()
+        };
         let join = JoinRequest {
             member_id: String::new(),
             instance_id: None,
