@@ -175,7 +175,12 @@ async fn locate_coordinator(
         ));
     };
     let p = partition_for(key, topic.leaders.len() as i32);
-    Ok(topic.leaders[p as usize])
+    topic.leaders.get(p as usize).copied().ok_or_else(|| {
+        (
+            ResponseError::CoordinatorNotAvailable,
+            format!("{OFFSETS_TOPIC} has no partitions"),
+        )
+    })
 }
 
 async fn create_offsets_topic(shard: &Rc<Shard>) {
