@@ -248,6 +248,35 @@ def test_member_that_stops_heartbeating_is_removed_after_session_timeout(broker,
         survivor.c.close()
 
 
+def test_static_member_restart_keeps_its_partitions(broker):
+    """group.instance.id: a restarted static member (librdkafka sends no
+    LeaveGroup for it) takes its old partitions back at once, well before
+    its session would expire, and the other member keeps its own."""
+    topic, group = unique("grp-static"), unique("g-static")
+    create_topic(broker, topic)
+    session_ms = 10_000
+
+    def static(instance: str) -> Member:
+        c = group_consumer(broker, group, **{"group.instance.id": instance,
+                                             "session.timeout.ms": session_ms})
+        c.subscribe([topic])
+        return Member(c, instance)
+
+    members = [static("s1"), static("s2")]
+    try:
+        poll_until(members, lambda: split_evenly(members), "a stable static group")
+        before = {m.name: m.owned() for m in members}
+        members[0].c.close()
+        start = time.monotonic()
+        members[0] = static("s1")
+        poll_until(members, lambda: split_evenly(members), "s1 back in the group")
+        took = time.monotonic() - start
+        assert took < session_ms / 1000 / 2, f"took {took:.1f}s: waited for the session to expire?"
+        assert {m.name: m.owned() for m in members} == before
+    finally:
+        close_all(members)
+
+
 # -- AdminClient -----------------------------------------------------------------
 
 def test_admin_lists_describes_and_deletes_groups(broker):
