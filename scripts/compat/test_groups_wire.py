@@ -160,3 +160,36 @@ def test_bad_joins_get_kafka_errors_not_panics(broker):
         assert join_v1(c, group, protocol_type="connect")[0] == INCONSISTENT_GROUP_PROTOCOL
         assert join_v1(c, group, protocols=(("other", b""),))[0] == INCONSISTENT_GROUP_PROTOCOL
         assert heartbeat_v0(c, group, member, 99) == 22  # ILLEGAL_GENERATION
+
+
+def describe_v3(conn: Conn, group: str, include_ops: bool) -> tuple[int, str, int, int]:
+    w = Writer().array_len(1).string(group).bool(include_ops)
+    r = conn.request(kwire.DESCRIBE_GROUPS, 3, w.getvalue())
+    r.int32()
+    assert r.array_len() == 1
+    err, gid, state = r.int16(), r.string(), r.string()
+    assert gid == group
+    r.string()
+    r.string()
+    n_members = r.array_len()
+    for _ in range(n_members):
+        r.string(), r.string(), r.string(), r.bytes_(), r.bytes_()
+    ops = r.int32()
+    r.expect_end("DescribeGroups v3")
+    return err, state, n_members, ops
+
+
+def test_describe_groups_authorized_operations_sentinel(broker):
+    group = f"wire-desc-{uuid.uuid4().hex[:8]}"
+    with Conn(broker.host, broker.ports[0]) as c:
+        find_coordinator_v1(c, group)
+    coord = expected_node(broker, group, offsets_leaders(broker))
+    with conn_to_node(broker, coord) as c:
+        # An unknown group is reported Dead with no error, as Kafka does.
+        assert describe_v3(c, group, False) == (NONE, "Dead", 0, -(2 ** 31))
+        err, state, _, ops = describe_v3(c, group, True)
+        assert (err, state) == (NONE, "Dead") and ops != -(2 ** 31) and ops > 0
+        err, member = join_v1(c, group)
+        assert err == NONE
+        err, state, n, ops = describe_v3(c, group, False)
+        assert (err, state, n, ops) == (NONE, "CompletingRebalance", 1, -(2 ** 31))
