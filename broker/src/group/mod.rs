@@ -337,6 +337,7 @@ impl GroupCoordinator {
 
     /// Writes the group if `fx` asks for it, then sends the parked replies.
     async fn apply(&self, shard: &Rc<Shard>, group_id: &str, key: PartitionKey, fx: Effects) {
+        let mut replies = fx.replies;
         if fx.persist {
             let value = self
                 .groups
@@ -350,11 +351,33 @@ impl GroupCoordinator {
                 };
                 if let Err(e) = write(shard, key, vec![rec]).await {
                     warn!(group = group_id, "cannot write group metadata: {e:?}");
+                    replies = self.assignment_failed(group_id, replies, e);
                 }
             }
         }
-        self.deliver(group_id, fx.replies);
+        self.deliver(group_id, replies);
         self.timers_changed.notify(usize::MAX);
+    }
+
+    /// An assignment that was not written is not handed out: SyncGroup
+    /// answers carry the error and the group rebalances.
+    fn assignment_failed(
+        &self,
+        group_id: &str,
+        replies: Vec<Reply>,
+        e: ResponseError,
+    ) -> Vec<Reply> {
+        let mut out: Vec<Reply> = replies
+            .into_iter()
+            .map(|r| match r {
+                Reply::Sync(id, _) => Reply::Sync(id, SyncResult::error(e)),
+                other => other,
+            })
+            .collect();
+        if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
+            out.extend(g.assignment_not_persisted(&self.settings, now_ms()).replies);
+        }
+        out
     }
 
     fn deliver(&self, group_id: &str, replies: Vec<Reply>) {

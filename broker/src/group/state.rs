@@ -881,6 +881,19 @@ impl Group {
         fx
     }
 
+    /// The assignment just handed out could not be written: members get
+    /// the error instead (see the coordinator) and the group rebalances,
+    /// as Kafka does.
+    pub fn assignment_not_persisted(&mut self, settings: &GroupSettings, now: i64) -> Effects {
+        if self.state != GroupState::Stable {
+            return Effects::default();
+        }
+        for m in self.members.values_mut() {
+            m.assignment = Bytes::new();
+        }
+        self.prepare_rebalance(settings, now)
+    }
+
     // ---- timers ----
 
     /// Applies every deadline that has passed by `now`.

@@ -502,3 +502,14 @@ fn subscription_topics_are_read_from_consumer_metadata() {
         Some(vec!["t1".to_string(), "t2".to_string()])
     );
 }
+
+#[test]
+fn an_unwritten_assignment_is_taken_back() {
+    let mut sim = Sim::new();
+    let ids = sim.stable_with(2);
+    let fx = sim.g.assignment_not_persisted(&sim.s, sim.now);
+    assert!(fx.replies.is_empty());
+    assert_eq!(sim.g.state, GroupState::PreparingRebalance);
+    assert!(sim.g.members.values().all(|m| m.assignment.is_empty()));
+    assert_eq!(sim.hb(&ids[0]), Err(ResponseError::RebalanceInProgress));
+}
