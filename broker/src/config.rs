@@ -26,6 +26,10 @@ pub struct Config {
     pub shards: usize,
     /// Directory for the WAL file and metadata.
     pub data_dir: PathBuf,
+    /// WAL: a raw block device or a file (default `data_dir/wal`).
+    pub wal_path: Option<PathBuf>,
+    /// Size of a new WAL file (ignored for block devices and existing files).
+    pub wal_size_bytes: u64,
     /// Largest request frame accepted; larger frames close the connection.
     pub max_frame_bytes: usize,
     /// `auto.create.topics.enable`.
@@ -64,6 +68,8 @@ impl Default for Config {
             base_port: 9092,
             shards: 0,
             data_dir: PathBuf::from("./data"),
+            wal_path: None,
+            wal_size_bytes: 1 << 30,
             max_frame_bytes: 100 * 1024 * 1024,
             auto_create_topics: true,
             num_partitions: 1,
@@ -100,6 +106,10 @@ pub struct Flags {
     pub shards: Option<usize>,
     #[arg(long, env = "BROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "BROKER_WAL_PATH")]
+    pub wal_path: Option<PathBuf>,
+    #[arg(long, env = "BROKER_WAL_SIZE_BYTES")]
+    pub wal_size_bytes: Option<u64>,
     #[arg(long, env = "BROKER_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
     #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
@@ -169,6 +179,7 @@ impl Config {
             base_port,
             shards,
             data_dir,
+            wal_size_bytes,
             max_frame_bytes,
             auto_create_topics,
             num_partitions,
@@ -183,6 +194,9 @@ impl Config {
             group_max_member_metadata_bytes,
             offset_metadata_max_bytes
         );
+        if flags.wal_path.is_some() {
+            cfg.wal_path = flags.wal_path;
+        }
         if flags.advertised_host.is_some() {
             cfg.advertised_host = flags.advertised_host;
         }
@@ -240,6 +254,12 @@ impl Config {
         (0..self.shards as i32)
             .contains(&shard)
             .then_some(shard as usize)
+    }
+
+    pub fn wal_path(&self) -> PathBuf {
+        self.wal_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("wal"))
     }
 
     pub fn port(&self, shard: usize) -> u16 {

@@ -10,6 +10,7 @@ mod handlers;
 mod metadata;
 mod shard;
 mod topic_config;
+mod wal_record;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use storage::wal::{open_or_create, WalConfig, WalLayout};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Flags};
@@ -47,6 +49,13 @@ fn main() {
         std::process::exit(1);
     }
     check_memlock();
+    let wal = match open_wal(&cfg) {
+        Ok(layout) => Arc::new(layout),
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
     let cfg = Arc::new(cfg);
     info!(
         shards = cfg.shards,
@@ -61,9 +70,10 @@ fn main() {
     for s in 0..cfg.shards {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
+        let wal = wal.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
-            .spawn(move || run_shard(s, cfg, mesh));
+            .spawn(move || run_shard(s, cfg, mesh, wal));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -86,6 +96,7 @@ async fn run_shard(
     s: usize,
     cfg: Arc<Config>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    wal: Arc<WalLayout>,
 ) {
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
@@ -103,10 +114,44 @@ async fn run_shard(
         }
     });
     shard.set_control(Control::start(s, shards, senders, receivers, install));
+    if let Err(e) = shard.open_wal(&wal).await {
+        error!("shard {s} cannot open its WAL slice: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = shard.listen().await {
         error!("shard {s} cannot listen: {e}");
         std::process::exit(1);
     }
+}
+
+/// Opens (or creates) the WAL on the main thread, before any shard starts.
+fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
+    let wal_cfg = WalConfig {
+        path: cfg.wal_path(),
+        size_bytes: cfg.wal_size_bytes,
+        slices: cfg.shards as u32,
+        broker_id: cfg.broker_id,
+        zero_fill: true,
+    };
+    let layout = open_or_create(&wal_cfg).map_err(|e| format!("cannot open the WAL: {e}"))?;
+    if layout.slice_count as usize != cfg.shards {
+        return Err(format!(
+            "the WAL at {} has {} slices but {} shards are configured; start with shards = {} \
+             to recover it (the WAL is never reformatted while it may hold data)",
+            layout.path.display(),
+            layout.slice_count,
+            cfg.shards,
+            layout.slice_count
+        ));
+    }
+    info!(
+        path = %layout.path.display(),
+        slices = layout.slice_count,
+        slice_bytes = layout.slice_size,
+        block = layout.block_size,
+        "WAL open"
+    );
+    Ok(layout)
 }
 
 /// glommio registers io_uring buffers in locked memory; without enough of it

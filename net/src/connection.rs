@@ -16,7 +16,7 @@ use kafka_protocol::messages::{ApiKey, ResponseKind};
 use tracing::{debug, warn};
 
 use crate::codec::{decode_request, encode_response, DecodeError, Request};
-use crate::frame::read_frame;
+use crate::frame::{read_frame, FrameError};
 use crate::versions::api_versions_response;
 
 /// Requests decoded but not yet answered, per connection.
@@ -46,6 +46,11 @@ where
         let frame = match read_frame(&mut reader, max_frame).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                // Resets and aborts are how clients often leave.
+                debug!(%peer, "connection closed: {e}");
+                break;
+            }
             Err(e) => {
                 warn!(%peer, "closing connection: {e}");
                 break;

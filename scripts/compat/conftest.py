@@ -142,6 +142,8 @@ class Broker:
             env.setdefault("RUST_LOG", "info")
             env.setdefault("RUST_BACKTRACE", "1")
             env.setdefault("NO_COLOR", "1")  # plain logs in test reports
+            # A small WAL keeps the dozens of test brokers cheap on disk.
+            env.setdefault("BROKER_WAL_SIZE_BYTES", str(256 << 20))
             with open(self.log_path, "ab") as log:
                 log.write(f"### start attempt {attempt}: {' '.join(self.command())}\n".encode())
                 log.flush()

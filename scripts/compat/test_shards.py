@@ -126,3 +126,20 @@ def consume_all(broker, topic: str, n: int) -> dict[int, list]:
     finally:
         consumer.close()
     return got
+
+
+def test_fetch_routes_by_shard(broker, topic):
+    md = metadata_from(broker, 0, topic)
+    for part, p in sorted(md.topics[topic].partitions.items()):
+        right = broker.port_of_node(p.leader)
+        wrong = next(x for x in broker.ports if x != right)
+        for port, want in ((wrong, kwire.NOT_LEADER_OR_FOLLOWER), (right, kwire.NONE)):
+            with kwire.Conn(broker.host, port) as c:
+                fv = kwire.pick_version(kwire.negotiate(c), kwire.FETCH, 4, 11)
+                body = kwire.fetch_body(fv, topic, part, 0, 100)
+                got = kwire.parse_fetch(c.request(kwire.FETCH, fv, body), fv)[(topic, part)]
+                assert got.error_code == want, f"Fetch of partition {part} on port {port}: {got}"
+                if want == kwire.NONE:
+                    assert got.high_watermark >= 0
+                else:
+                    assert not kwire.split_batches(got.records), "records served by the wrong shard"

@@ -4,3 +4,4 @@
 
 pub mod batch;
 pub mod partition_log;
+pub mod wal;

@@ -98,6 +98,10 @@ pub struct GroupCoordinator {
     /// Notified when a deadline may have moved earlier.
     timers_changed: Event,
     timer_started: Cell<bool>,
+    /// The latest load of each partition: an older load that finds itself
+    /// superseded (a reload after WAL recovery) stops.
+    load_token: RefCell<HashMap<i32, u64>>,
+    next_load_token: Cell<u64>,
 }
 
 impl GroupCoordinator {
@@ -119,6 +123,8 @@ impl GroupCoordinator {
             sync_waiters: RefCell::new(HashMap::new()),
             timers_changed: Event::new(),
             timer_started: Cell::new(false),
+            load_token: RefCell::new(HashMap::new()),
+            next_load_token: Cell::new(0),
         }
     }
 
@@ -207,6 +213,10 @@ impl GroupCoordinator {
             return;
         };
         let n = topic.leaders.len() as i32;
+        let token = self.next_load_token.get();
+        self.next_load_token.set(token + 1);
+        self.load_token.borrow_mut().insert(p, token);
+        let superseded = || self.load_token.borrow().get(&p) != Some(&token);
         self.loading.borrow_mut().insert(p);
         self.loaded.borrow_mut().remove(&p);
         self.groups
@@ -222,7 +232,7 @@ impl GroupCoordinator {
         };
         let now = now_ms();
         let mut count = 0usize;
-        loop {
+        'replay: loop {
             let read = {
                 let parts = shard.partitions.borrow();
                 let Some(part) = parts.get(&key) else { break };
@@ -236,7 +246,8 @@ impl GroupCoordinator {
             }
             for b in read.batches {
                 let Ok(h) = storage::batch::parse_header(&b) else {
-                    break;
+                    warn!("{OFFSETS_TOPIC}-{p}: unreadable batch at offset {offset}; load stops there");
+                    break 'replay;
                 };
                 offset = offset.max(h.last_offset() + 1);
                 match decode_batches(b) {
@@ -251,6 +262,9 @@ impl GroupCoordinator {
                 }
             }
             glommio::yield_if_needed().await;
+            if superseded() {
+                return;
+            }
         }
         if !shard.partitions.borrow().contains_key(&key) {
             self.loading.borrow_mut().remove(&p);
@@ -266,9 +280,13 @@ impl GroupCoordinator {
     }
 
     /// Replays every `__consumer_offsets` partition this shard leads: the
-    /// entry point after WAL recovery has refilled the partition logs.
-    #[allow(dead_code)] // called from main.rs once the WAL recovers partition logs
-    pub async fn reload_all(&self, shard: &Rc<Shard>) {
+    /// entry point after WAL recovery has refilled the partition logs
+    /// (`Shard::rebuild_from`). The partitions answer
+    /// COORDINATOR_LOAD_IN_PROGRESS from this call until replayed.
+    pub fn reload(&self) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
         let image = shard.image();
         let Some(topic) = image.topic(OFFSETS_TOPIC) else {
             return;
@@ -277,11 +295,19 @@ impl GroupCoordinator {
             .filter(|&p| topic.leaders[p] == shard.id)
             .map(|p| p as i32)
             .collect();
-        // All of them answer COORDINATOR_LOAD_IN_PROGRESS until replayed.
-        self.loading.borrow_mut().extend(led.iter().copied());
-        for p in led {
-            self.load_partition(shard, p).await;
+        if led.is_empty() {
+            return;
         }
+        self.loading.borrow_mut().extend(led.iter().copied());
+        for &p in &led {
+            self.loaded.borrow_mut().remove(&p);
+        }
+        glommio::spawn_local(async move {
+            for p in led {
+                shard.groups.load_partition(&shard, p).await;
+            }
+        })
+        .detach();
         self.start_timer();
     }
 
