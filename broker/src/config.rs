@@ -57,6 +57,8 @@ pub struct Config {
     pub group_max_member_metadata_bytes: usize,
     /// `offset.metadata.max.bytes`: largest OffsetCommit metadata string.
     pub offset_metadata_max_bytes: usize,
+    /// Metadata log entries between two metadata snapshots.
+    pub metadata_snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             group_max_size: 10_000,
             group_max_member_metadata_bytes: 1 << 20,
             offset_metadata_max_bytes: 4096,
+            metadata_snapshot_entries: 1000,
         }
     }
 }
@@ -91,6 +94,9 @@ impl Default for Config {
 #[derive(Debug, Parser)]
 #[command(name = "broker", about = "Kafka-compatible streaming broker")]
 pub struct Flags {
+    /// A tool to run instead of the broker.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
     /// TOML file with any of the keys below (snake_case).
     #[arg(long, env = "BROKER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -136,6 +142,19 @@ pub struct Flags {
     pub group_max_member_metadata_bytes: Option<usize>,
     #[arg(long, env = "BROKER_OFFSET_METADATA_MAX_BYTES")]
     pub offset_metadata_max_bytes: Option<usize>,
+    #[arg(long, env = "BROKER_METADATA_SNAPSHOT_ENTRIES")]
+    pub metadata_snapshot_entries: Option<u64>,
+}
+
+/// Subcommands: tools that inspect a data directory without serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print the metadata snapshot, log and resulting image of a data directory.
+    MetadataShell {
+        /// Data directory (default: the broker's `data_dir`).
+        #[arg(long = "data-dir")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +211,8 @@ impl Config {
             group_max_session_timeout_ms,
             group_max_size,
             group_max_member_metadata_bytes,
-            offset_metadata_max_bytes
+            offset_metadata_max_bytes,
+            metadata_snapshot_entries
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -233,6 +253,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "group settings: delay >= 0, 1 <= min session timeout <= max, max size >= 1".into(),
+            ));
+        }
+        if self.metadata_snapshot_entries < 2 {
+            return Err(ConfigError::Invalid(
+                "metadata_snapshot_entries must be at least 2".into(),
             ));
         }
         if self.broker_id < 0 || self.broker_id > 2_000_000 {

@@ -1,10 +1,12 @@
 //! The control plane between shards: metadata commands go to shard 0, which
-//! applies them to the `TopicTable` and fans the new image out to every shard
-//! over glommio's channel mesh, then answers once every shard has installed
-//! it (so a client that created a topic finds it on every shard at once).
+//! hands them to the controller thread (validated, committed through Raft,
+//! applied), then fans the committed image out to every shard over glommio's
+//! channel mesh, and answers once every shard has installed it (so a client
+//! that created a topic finds it on every shard at once).
 //!
 //! One `Control` per shard, on that shard's executor. Carries metadata only,
-//! never record data. Never holds a `RefCell` borrow across an `.await`.
+//! never record data. Never holds a `RefCell` borrow across an `.await`, and
+//! never blocks on the controller: it awaits its answer on a oneshot.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -16,7 +18,8 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tracing::{error, warn};
 
-use crate::metadata::{Command, CommandError, CommandResult, MetadataImage, TopicTable};
+use crate::controller::ControllerHandle;
+use crate::metadata::{Command, CommandError, CommandResult, MetadataImage};
 
 /// What shards tell each other.
 #[derive(Debug)]
@@ -47,8 +50,8 @@ pub struct Control {
     senders: Senders<MeshMsg>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Vec<CommandResult>>>>,
     next_id: Cell<u64>,
-    /// Shard 0 only: the writable table and each shard's installed version.
-    table: Option<RefCell<TopicTable>>,
+    /// Shard 0 only: the controller, and each shard's installed version.
+    controller: Option<ControllerHandle>,
     applied: RefCell<Vec<u64>>,
     applied_changed: Event,
     install: InstallImage,
@@ -62,6 +65,7 @@ impl Control {
         senders: Senders<MeshMsg>,
         mut receivers: Receivers<MeshMsg>,
         install: InstallImage,
+        controller: Option<ControllerHandle>,
     ) -> Rc<Control> {
         let control = Rc::new(Control {
             shard,
@@ -69,7 +73,7 @@ impl Control {
             senders,
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
-            table: (shard == 0).then(|| RefCell::new(TopicTable::new(shards))),
+            controller,
             applied: RefCell::new(vec![0; shards]),
             applied_changed: Event::new(),
             install,
@@ -150,18 +154,14 @@ impl Control {
         cmds: Vec<Command>,
         dry_run: bool,
     ) -> Vec<CommandResult> {
-        let Some(table) = &self.table else {
-            unreachable!("only shard 0 applies commands");
+        let Some(controller) = &self.controller else {
+            unreachable!("only shard 0 talks to the controller");
         };
-        let (results, image) = {
-            let mut t = table.borrow_mut();
-            let results = t.apply(&cmds, dry_run);
-            (results, Arc::new(t.image().clone()))
-        };
-        if !dry_run && results.iter().any(|r| r.is_ok()) {
+        let submitted = controller.submit(cmds, dry_run).await;
+        if let Some(image) = submitted.image {
             self.publish(image).await;
         }
-        results
+        submitted.results
     }
 
     async fn publish(&self, image: Arc<MetadataImage>) {

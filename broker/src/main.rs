@@ -5,6 +5,7 @@
 
 mod config;
 mod control;
+mod controller;
 mod group;
 mod handlers;
 mod metadata;
@@ -21,15 +22,19 @@ use glommio::{LocalExecutorBuilder, Placement};
 use storage::wal::{open_or_create, WalConfig, WalLayout};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Flags};
+use crate::config::{Config, Flags, Tool};
 use crate::control::{Control, MeshMsg};
+use crate::controller::ControllerHandle;
+use crate::metadata::MetadataImage;
 use crate::shard::Shard;
 
 /// Metadata messages in flight between two shards before a sender waits.
 const MESH_CAPACITY: usize = 1024;
 
 fn main() {
-    let cfg = match Config::load(Flags::parse()) {
+    let mut flags = Flags::parse();
+    let tool = flags.tool.take();
+    let cfg = match Config::load(flags) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("broker: {e}");
@@ -37,10 +42,26 @@ fn main() {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
+        // openraft narrates every election at info; keep its warnings only
+        // unless log_level names it.
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "openraft=warn,{}",
+            cfg.log_level
+        )))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Tool::MetadataShell { dir }) = tool {
+        let dir = dir.unwrap_or_else(|| cfg.data_dir.clone());
+        match controller::shell::dump(&dir) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("broker metadata-shell: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
         error!(
             "cannot create data directory {}: {e}",
@@ -64,6 +85,15 @@ fn main() {
         "starting broker {}",
         cfg.broker_id
     );
+    // Shards start only once the controller has replayed the metadata log,
+    // so each begins with the recovered image (same leaders as before).
+    let controller = match controller::start(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("cannot start the controller: {e}");
+            std::process::exit(1);
+        }
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<MeshMsg, _>::full(cfg.shards, MESH_CAPACITY);
     let mut handles = Vec::new();
@@ -71,9 +101,11 @@ fn main() {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let wal = wal.clone();
+        let image = controller.image.clone();
+        let ctl = (s == 0).then(|| controller.handle.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
-            .spawn(move || run_shard(s, cfg, mesh, wal));
+            .spawn(move || run_shard(s, cfg, mesh, wal, image, ctl));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -97,9 +129,12 @@ async fn run_shard(
     cfg: Arc<Config>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     wal: Arc<WalLayout>,
+    image: Arc<MetadataImage>,
+    controller: Option<ControllerHandle>,
 ) {
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
+    shard.install_image(image);
     let (senders, receivers) = match mesh.join().await {
         Ok(pair) => pair,
         Err(e) => {
@@ -113,7 +148,9 @@ async fn run_shard(
             shard.install_image(image);
         }
     });
-    shard.set_control(Control::start(s, shards, senders, receivers, install));
+    shard.set_control(Control::start(
+        s, shards, senders, receivers, install, controller,
+    ));
     if let Err(e) = shard.open_wal(&wal).await {
         error!("shard {s} cannot open its WAL slice: {e}");
         std::process::exit(1);

@@ -1,16 +1,21 @@
 //! The metadata image: topics, their ids, partitions, the shard leading each
-//! partition, and topic configs; and the commands that change it.
+//! partition and its leader epoch, topic configs, registered nodes and the
+//! producer-id cursor; the commands that change it, and how a command turns
+//! into metadata records (`plan`) and records into a new image (`apply`).
 //!
-//! Shard 0 holds the only writable copy (`TopicTable`) and applies commands;
-//! every shard reads an immutable `Arc<MetadataImage>` it received over the
-//! channel mesh. Applying a command is pure logic: no I/O, no await.
+//! The controller thread plans and applies; every shard reads an immutable
+//! `Arc<MetadataImage>` it received over the channel mesh. Pure logic: no
+//! I/O, no await, no randomness in `apply` (replaying the log must rebuild
+//! the same image; topic ids are drawn in `plan` and carried by records).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use tracing::warn;
 use uuid::Uuid;
 
+use crate::controller::records::Record;
 use crate::topic_config;
 
 /// One topic as every shard sees it.
@@ -18,18 +23,39 @@ use crate::topic_config;
 pub struct TopicMeta {
     pub name: String,
     pub id: Uuid,
-    /// `leaders[p]` is the shard that leads partition `p`.
+    /// `leaders[p]` is the shard that leads partition `p` (the shard part of
+    /// `leader_nodes[p]`).
     pub leaders: Vec<usize>,
+    /// `leader_nodes[p]` is the node id (`broker_id * 1000 + shard`) leading `p`.
+    pub leader_nodes: Vec<i32>,
+    /// `leader_epochs[p]` rises each time partition `p` changes leader.
+    pub leader_epochs: Vec<i32>,
     pub configs: BTreeMap<String, String>,
+}
+
+/// A registered node (one shard of one broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMeta {
+    pub epoch: i64,
+    pub host: String,
+    pub port: u16,
+    pub fenced: bool,
 }
 
 /// An immutable snapshot of the cluster's metadata.
 #[derive(Debug, Clone, Default)]
 pub struct MetadataImage {
+    /// Index of the last metadata log entry applied (0: nothing yet).
     pub version: u64,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub ids: HashMap<Uuid, String>,
+    pub nodes: BTreeMap<i32, NodeMeta>,
+    /// The first producer id not yet handed to any node.
+    pub next_producer_id: i64,
 }
+
+/// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
+pub const NODES_PER_BROKER: i32 = 1000;
 
 impl MetadataImage {
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
@@ -39,9 +65,169 @@ impl MetadataImage {
     pub fn topic_by_id(&self, id: &Uuid) -> Option<&Arc<TopicMeta>> {
         self.ids.get(id).and_then(|n| self.topics.get(n))
     }
+
+    /// Applies one committed record. Records that name a topic the image
+    /// does not have are skipped with a warning (they cannot be produced by
+    /// `plan`, so they mean a bug or a newer writer).
+    pub fn apply(&mut self, rec: &Record) {
+        match rec {
+            Record::TopicCreated { id, name, configs } => {
+                if let Some(old) = self.topics.get(name) {
+                    warn!(topic = %name, old = %old.id, new = %id, "topic created twice: replacing");
+                    let old_id = old.id;
+                    self.ids.remove(&old_id);
+                }
+                let meta = TopicMeta {
+                    name: name.clone(),
+                    id: *id,
+                    leaders: Vec::new(),
+                    leader_nodes: Vec::new(),
+                    leader_epochs: Vec::new(),
+                    configs: configs.clone(),
+                };
+                self.ids.insert(*id, name.clone());
+                self.topics.insert(name.clone(), Arc::new(meta));
+            }
+            Record::TopicDeleted { id } => {
+                if let Some(name) = self.ids.remove(id) {
+                    self.topics.remove(&name);
+                }
+            }
+            Record::PartitionsAdded {
+                topic_id,
+                first,
+                leaders,
+            } => self.update_topic(topic_id, rec, |t| {
+                if *first as usize != t.leaders.len() {
+                    warn!(topic = %t.name, first, have = t.leaders.len(), "partitions added out of order");
+                    return;
+                }
+                for &node in leaders {
+                    t.leaders.push(shard_of(node));
+                    t.leader_nodes.push(node);
+                    t.leader_epochs.push(0);
+                }
+            }),
+            Record::PartitionLeaderChanged {
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+            } => self.update_topic(topic_id, rec, |t| {
+                let Some(p) = usize::try_from(*partition).ok().filter(|&p| p < t.leaders.len())
+                else {
+                    warn!(topic = %t.name, partition, "leader change for an unknown partition");
+                    return;
+                };
+                t.leaders[p] = shard_of(*leader);
+                t.leader_nodes[p] = *leader;
+                t.leader_epochs[p] = *leader_epoch;
+            }),
+            Record::TopicConfigChanged {
+                topic_id,
+                name,
+                value,
+            } => self.update_topic(topic_id, rec, |t| match value {
+                Some(v) => {
+                    t.configs.insert(name.clone(), v.clone());
+                }
+                None => {
+                    t.configs.remove(name);
+                }
+            }),
+            Record::NodeRegistered {
+                node_id,
+                epoch,
+                host,
+                port,
+            } => {
+                self.nodes.insert(
+                    *node_id,
+                    NodeMeta {
+                        epoch: *epoch,
+                        host: host.clone(),
+                        port: *port,
+                        fenced: false,
+                    },
+                );
+            }
+            Record::NodeFenced { node_id, epoch } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    if n.epoch == *epoch {
+                        n.fenced = true;
+                    }
+                }
+            }
+            Record::ProducerIdsAllocated { first, count, .. } => {
+                self.next_producer_id = self.next_producer_id.max(first.saturating_add(*count));
+            }
+        }
+    }
+
+    fn update_topic(&mut self, id: &Uuid, rec: &Record, f: impl FnOnce(&mut TopicMeta)) {
+        let Some(meta) = self.ids.get(id).and_then(|n| self.topics.get_mut(n)) else {
+            warn!(%rec, "metadata record for an unknown topic id: skipped");
+            return;
+        };
+        f(Arc::make_mut(meta));
+    }
+
+    /// The records that rebuild this image from an empty one (a snapshot).
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (&node_id, n) in &self.nodes {
+            out.push(Record::NodeRegistered {
+                node_id,
+                epoch: n.epoch,
+                host: n.host.clone(),
+                port: n.port,
+            });
+            if n.fenced {
+                out.push(Record::NodeFenced {
+                    node_id,
+                    epoch: n.epoch,
+                });
+            }
+        }
+        for t in self.topics.values() {
+            out.push(Record::TopicCreated {
+                id: t.id,
+                name: t.name.clone(),
+                configs: t.configs.clone(),
+            });
+            out.push(Record::PartitionsAdded {
+                topic_id: t.id,
+                first: 0,
+                leaders: t.leader_nodes.clone(),
+            });
+            for (p, &epoch) in t.leader_epochs.iter().enumerate() {
+                if epoch != 0 {
+                    out.push(Record::PartitionLeaderChanged {
+                        topic_id: t.id,
+                        partition: p as i32,
+                        leader: t.leader_nodes[p],
+                        leader_epoch: epoch,
+                    });
+                }
+            }
+        }
+        if self.next_producer_id > 0 {
+            out.push(Record::ProducerIdsAllocated {
+                node_id: -1,
+                first: 0,
+                count: self.next_producer_id,
+            });
+        }
+        out
+    }
 }
 
-/// A change to the metadata, as submitted to shard 0.
+/// The shard part of a node id.
+pub fn shard_of(node_id: i32) -> usize {
+    node_id.rem_euclid(NODES_PER_BROKER) as usize
+}
+
+/// A change to the metadata, as submitted to the controller.
 #[derive(Debug, Clone)]
 pub enum Command {
     CreateTopic {
@@ -58,6 +244,11 @@ pub enum Command {
         name: String,
         count: i32,
         assignment: Option<Vec<usize>>,
+    },
+    /// Sets (`Some`) or removes (`None`) topic configs.
+    AlterTopicConfigs {
+        name: String,
+        changes: Vec<(String, Option<String>)>,
     },
 }
 
@@ -80,14 +271,17 @@ impl CommandError {
 /// What a successful command did (the topic id it touched).
 pub type CommandResult = Result<Uuid, CommandError>;
 
-/// The writable table on shard 0.
-#[derive(Debug)]
-pub struct TopicTable {
-    image: MetadataImage,
-    shards: usize,
-    /// Next shard to receive a new partition: spreads all partitions of all
-    /// topics round-robin.
-    next_shard: usize,
+/// Where new partitions may go: the shards of this broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub broker_id: i32,
+    pub shards: usize,
+}
+
+impl Placement {
+    pub fn node_id(&self, shard: usize) -> i32 {
+        self.broker_id * NODES_PER_BROKER + shard as i32
+    }
 }
 
 /// Kafka's rule for topic names.
@@ -110,12 +304,235 @@ pub fn validate_topic_name(name: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Checks `cmds` against `image` in order and turns the valid ones into
+/// records; a later command sees the effect of earlier ones. Returns one
+/// result per command and the records to commit (nothing is changed).
+pub fn plan(
+    image: &MetadataImage,
+    cmds: &[Command],
+    placement: Placement,
+) -> (Vec<CommandResult>, Vec<Record>) {
+    let mut scratch = image.clone();
+    let mut records = Vec::new();
+    let mut results = Vec::with_capacity(cmds.len());
+    for cmd in cmds {
+        match plan_one(&scratch, cmd, placement) {
+            Ok((id, recs)) => {
+                for r in &recs {
+                    scratch.apply(r);
+                }
+                records.extend(recs);
+                results.push(Ok(id));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    (results, records)
+}
+
+fn plan_one(
+    image: &MetadataImage,
+    cmd: &Command,
+    placement: Placement,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    match cmd {
+        Command::CreateTopic {
+            name,
+            partitions,
+            configs,
+            assignment,
+        } => create_topic(
+            image,
+            placement,
+            name,
+            *partitions,
+            configs,
+            assignment.as_deref(),
+        ),
+        Command::DeleteTopic { name } => {
+            let meta = existing(image, name)?;
+            Ok((meta.id, vec![Record::TopicDeleted { id: meta.id }]))
+        }
+        Command::CreatePartitions {
+            name,
+            count,
+            assignment,
+        } => create_partitions(image, placement, name, *count, assignment.as_deref()),
+        Command::AlterTopicConfigs { name, changes } => {
+            let meta = existing(image, name)?;
+            let mut recs = Vec::with_capacity(changes.len());
+            for (k, v) in changes {
+                match v {
+                    Some(v) => topic_config::validate(k, v)
+                        .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?,
+                    None if topic_config::lookup(k).is_none() => {
+                        return Err(CommandError::new(
+                            ResponseError::InvalidConfig,
+                            format!("unknown topic config {k}"),
+                        ))
+                    }
+                    None => {}
+                }
+                recs.push(Record::TopicConfigChanged {
+                    topic_id: meta.id,
+                    name: k.clone(),
+                    value: v.clone(),
+                });
+            }
+            Ok((meta.id, recs))
+        }
+    }
+}
+
+fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMeta>, CommandError> {
+    image.topics.get(name).ok_or_else(|| {
+        CommandError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        )
+    })
+}
+
+/// Leader nodes for `n` new partitions: the client's assignment, else the
+/// shards leading the fewest partitions (lowest shard first), so partitions
+/// of all topics spread round-robin and the choice depends only on the image.
+fn leaders(
+    image: &MetadataImage,
+    placement: Placement,
+    n: usize,
+    assignment: Option<&[usize]>,
+) -> Vec<i32> {
+    if let Some(a) = assignment {
+        return a.iter().map(|&s| placement.node_id(s)).collect();
+    }
+    let mut load = vec![0usize; placement.shards.max(1)];
+    for t in image.topics.values() {
+        for &node in &t.leader_nodes {
+            let s = shard_of(node);
+            if node / NODES_PER_BROKER == placement.broker_id && s < load.len() {
+                load[s] += 1;
+            }
+        }
+    }
+    (0..n)
+        .map(|_| {
+            let (s, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|&(s, &l)| (l, s))
+                .unwrap_or((0, &0));
+            load[s] += 1;
+            placement.node_id(s)
+        })
+        .collect()
+}
+
+fn create_topic(
+    image: &MetadataImage,
+    placement: Placement,
+    name: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+    assignment: Option<&[usize]>,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    validate_topic_name(name)?;
+    if image.topics.contains_key(name) {
+        return Err(CommandError::new(
+            ResponseError::TopicAlreadyExists,
+            format!("topic {name} already exists"),
+        ));
+    }
+    if partitions < 1 {
+        return Err(CommandError::new(
+            ResponseError::InvalidPartitions,
+            format!("number of partitions must be at least 1, got {partitions}"),
+        ));
+    }
+    if partitions > 100_000 {
+        return Err(CommandError::new(
+            ResponseError::InvalidPartitions,
+            format!("{partitions} partitions is more than this broker allows (100000)"),
+        ));
+    }
+    for (k, v) in configs {
+        topic_config::validate(k, v)
+            .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?;
+    }
+    let mut id = Uuid::new_v4();
+    while image.ids.contains_key(&id) {
+        id = Uuid::new_v4();
+    }
+    let leaders = leaders(image, placement, partitions as usize, assignment);
+    Ok((
+        id,
+        vec![
+            Record::TopicCreated {
+                id,
+                name: name.to_string(),
+                configs: configs.clone(),
+            },
+            Record::PartitionsAdded {
+                topic_id: id,
+                first: 0,
+                leaders,
+            },
+        ],
+    ))
+}
+
+fn create_partitions(
+    image: &MetadataImage,
+    placement: Placement,
+    name: &str,
+    count: i32,
+    assignment: Option<&[usize]>,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    let meta = existing(image, name)?;
+    let current = meta.leaders.len() as i32;
+    if count <= current {
+        return Err(CommandError::new(
+            ResponseError::InvalidPartitions,
+            format!("topic {name} has {current} partitions; the new count {count} must be larger"),
+        ));
+    }
+    if count > 100_000 {
+        return Err(CommandError::new(
+            ResponseError::InvalidPartitions,
+            format!("{count} partitions is more than this broker allows (100000)"),
+        ));
+    }
+    if assignment.is_some_and(|a| a.len() as i32 != count - current) {
+        return Err(CommandError::new(
+            ResponseError::InvalidReplicaAssignment,
+            "assignment must name one leader per new partition",
+        ));
+    }
+    let added = leaders(image, placement, (count - current) as usize, assignment);
+    Ok((
+        meta.id,
+        vec![Record::PartitionsAdded {
+            topic_id: meta.id,
+            first: current,
+            leaders: added,
+        }],
+    ))
+}
+
+/// An image with `plan` and `apply` joined, as the controller uses them,
+/// without Raft: for tests.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct TopicTable {
+    image: MetadataImage,
+    placement: Placement,
+}
+
+#[cfg(test)]
 impl TopicTable {
-    pub fn new(shards: usize) -> Self {
+    pub fn new(placement: Placement) -> Self {
         Self {
             image: MetadataImage::default(),
-            shards,
-            next_shard: 0,
+            placement,
         }
     }
 
@@ -123,147 +540,30 @@ impl TopicTable {
         &self.image
     }
 
-    /// Applies `cmds` (or only checks them when `dry_run`), returning one
-    /// result per command and bumping the image version if anything changed.
-    pub fn apply(&mut self, cmds: &[Command], dry_run: bool) -> Vec<CommandResult> {
-        let before = (self.image.clone(), self.next_shard);
-        let results: Vec<_> = cmds.iter().map(|c| self.apply_one(c)).collect();
-        if dry_run {
-            (self.image, self.next_shard) = before;
-        } else if results.iter().any(|r| r.is_ok()) {
-            self.image.version += 1;
+    /// Plans `cmds` and, unless `dry_run`, applies the records as one new
+    /// version. Returns the results and the records applied.
+    pub fn apply(&mut self, cmds: &[Command], dry_run: bool) -> (Vec<CommandResult>, Vec<Record>) {
+        let (results, records) = plan(&self.image, cmds, self.placement);
+        if dry_run || records.is_empty() {
+            return (results, Vec::new());
         }
-        results
-    }
-
-    fn apply_one(&mut self, cmd: &Command) -> CommandResult {
-        match cmd {
-            Command::CreateTopic {
-                name,
-                partitions,
-                configs,
-                assignment,
-            } => self.create_topic(name, *partitions, configs, assignment.as_deref()),
-            Command::DeleteTopic { name } => self.delete_topic(name),
-            Command::CreatePartitions {
-                name,
-                count,
-                assignment,
-            } => self.create_partitions(name, *count, assignment.as_deref()),
+        for r in &records {
+            self.image.apply(r);
         }
-    }
-
-    fn leaders(&mut self, n: usize, assignment: Option<&[usize]>) -> Vec<usize> {
-        if let Some(a) = assignment {
-            return a.to_vec();
-        }
-        (0..n)
-            .map(|_| {
-                let s = self.next_shard % self.shards;
-                self.next_shard = self.next_shard.wrapping_add(1);
-                s
-            })
-            .collect()
-    }
-
-    fn create_topic(
-        &mut self,
-        name: &str,
-        partitions: i32,
-        configs: &BTreeMap<String, String>,
-        assignment: Option<&[usize]>,
-    ) -> CommandResult {
-        validate_topic_name(name)?;
-        if self.image.topics.contains_key(name) {
-            return Err(CommandError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("topic {name} already exists"),
-            ));
-        }
-        if partitions < 1 {
-            return Err(CommandError::new(
-                ResponseError::InvalidPartitions,
-                format!("number of partitions must be at least 1, got {partitions}"),
-            ));
-        }
-        if partitions > 100_000 {
-            return Err(CommandError::new(
-                ResponseError::InvalidPartitions,
-                format!("{partitions} partitions is more than this broker allows (100000)"),
-            ));
-        }
-        for (k, v) in configs {
-            topic_config::validate(k, v)
-                .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?;
-        }
-        let id = Uuid::new_v4();
-        let leaders = self.leaders(partitions as usize, assignment);
-        let meta = TopicMeta {
-            name: name.to_string(),
-            id,
-            leaders,
-            configs: configs.clone(),
-        };
-        self.image.ids.insert(id, name.to_string());
-        self.image.topics.insert(name.to_string(), Arc::new(meta));
-        Ok(id)
-    }
-
-    fn delete_topic(&mut self, name: &str) -> CommandResult {
-        let Some(meta) = self.image.topics.remove(name) else {
-            return Err(CommandError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            ));
-        };
-        self.image.ids.remove(&meta.id);
-        Ok(meta.id)
-    }
-
-    fn create_partitions(
-        &mut self,
-        name: &str,
-        count: i32,
-        assignment: Option<&[usize]>,
-    ) -> CommandResult {
-        let Some(meta) = self.image.topics.get(name).cloned() else {
-            return Err(CommandError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            ));
-        };
-        let current = meta.leaders.len() as i32;
-        if count <= current {
-            return Err(CommandError::new(
-                ResponseError::InvalidPartitions,
-                format!(
-                    "topic {name} has {current} partitions; the new count {count} must be larger"
-                ),
-            ));
-        }
-        if count > 100_000 {
-            return Err(CommandError::new(
-                ResponseError::InvalidPartitions,
-                format!("{count} partitions is more than this broker allows (100000)"),
-            ));
-        }
-        if assignment.is_some_and(|a| a.len() as i32 != count - current) {
-            return Err(CommandError::new(
-                ResponseError::InvalidReplicaAssignment,
-                "assignment must name one leader per new partition",
-            ));
-        }
-        let mut new = (*meta).clone();
-        let added = self.leaders((count - current) as usize, assignment);
-        new.leaders.extend(added);
-        self.image.topics.insert(name.to_string(), Arc::new(new));
-        Ok(meta.id)
+        self.image.version += 1;
+        (results, records)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::records::tests::every_type;
+
+    const P2: Placement = Placement {
+        broker_id: 0,
+        shards: 2,
+    };
 
     fn create(name: &str, partitions: i32) -> Command {
         Command::CreateTopic {
@@ -276,9 +576,10 @@ mod tests {
 
     #[test]
     fn partitions_spread_round_robin() {
-        let mut t = TopicTable::new(2);
+        let mut t = TopicTable::new(P2);
         assert!(t
             .apply(&[create("a", 4), create("b", 1)], false)
+            .0
             .iter()
             .all(|r| r.is_ok()));
         assert_eq!(t.image().topic("a").unwrap().leaders, vec![0, 1, 0, 1]);
@@ -288,9 +589,9 @@ mod tests {
 
     #[test]
     fn errors() {
-        let mut t = TopicTable::new(2);
+        let mut t = TopicTable::new(P2);
         t.apply(&[create("a", 1)], false);
-        let r = t.apply(
+        let (r, _) = t.apply(
             &[create("a", 1), create("bad name", 1), create("z", 0)],
             false,
         );
@@ -299,7 +600,7 @@ mod tests {
         assert_eq!(t.image().version, 1, "nothing changed");
         let mut cfg = BTreeMap::new();
         cfg.insert("retention.ms".to_string(), "x".to_string());
-        let r = t.apply(
+        let (r, _) = t.apply(
             &[Command::CreateTopic {
                 name: "c".into(),
                 partitions: 1,
@@ -313,28 +614,100 @@ mod tests {
 
     #[test]
     fn dry_run_changes_nothing() {
-        let mut t = TopicTable::new(2);
-        assert!(t.apply(&[create("a", 3)], true)[0].is_ok());
+        let mut t = TopicTable::new(P2);
+        assert!(t.apply(&[create("a", 3)], true).0[0].is_ok());
         assert!(t.image().topic("a").is_none());
         assert_eq!(t.image().version, 0);
     }
 
     #[test]
     fn delete_and_grow() {
-        let mut t = TopicTable::new(3);
+        let mut t = TopicTable::new(Placement {
+            broker_id: 0,
+            shards: 3,
+        });
         t.apply(&[create("a", 2)], false);
         let grow = Command::CreatePartitions {
             name: "a".into(),
             count: 5,
             assignment: None,
         };
-        assert!(t.apply(std::slice::from_ref(&grow), false)[0].is_ok());
+        assert!(t.apply(std::slice::from_ref(&grow), false).0[0].is_ok());
         assert_eq!(t.image().topic("a").unwrap().leaders.len(), 5);
-        assert_eq!(t.apply(&[grow], false)[0].as_ref().unwrap_err().code, 37);
+        assert_eq!(t.apply(&[grow], false).0[0].as_ref().unwrap_err().code, 37);
         let id = t.image().topic("a").unwrap().id;
-        assert!(t.apply(&[Command::DeleteTopic { name: "a".into() }], false)[0].is_ok());
+        assert!(t
+            .apply(&[Command::DeleteTopic { name: "a".into() }], false)
+            .0[0]
+            .is_ok());
         assert!(t.image().topic_by_id(&id).is_none());
         let del = Command::DeleteTopic { name: "a".into() };
-        assert_eq!(t.apply(&[del], false)[0].as_ref().unwrap_err().code, 3);
+        assert_eq!(t.apply(&[del], false).0[0].as_ref().unwrap_err().code, 3);
+    }
+
+    #[test]
+    fn every_record_type_applies() {
+        let mut img = MetadataImage::default();
+        let recs = every_type();
+        // Everything but the final TopicDeleted.
+        for r in &recs[..recs.len() - 1] {
+            img.apply(r);
+        }
+        let t = img.topic("t").unwrap();
+        // Added as nodes 0, 1, 1000; partition 2 then moved to node 1.
+        assert_eq!(t.leader_nodes, vec![0, 1, 1]);
+        assert_eq!(t.leaders, vec![0, 1, 1]);
+        assert_eq!(t.leader_epochs, vec![0, 0, 3]);
+        assert!(t.configs.is_empty(), "config set then removed");
+        assert!(img.nodes[&1].fenced);
+        assert_eq!(img.next_producer_id, 2000);
+        img.apply(recs.last().unwrap());
+        assert!(img.topics.is_empty() && img.ids.is_empty());
+    }
+
+    #[test]
+    fn records_rebuild_the_image() {
+        let mut t = TopicTable::new(P2);
+        t.apply(&[create("a", 3), create("b", 2)], false);
+        let alter = Command::AlterTopicConfigs {
+            name: "a".into(),
+            changes: vec![("retention.ms".into(), Some("10".into()))],
+        };
+        assert!(t.apply(&[alter], false).0[0].is_ok());
+        let mut img = t.image().clone();
+        img.apply(&Record::PartitionLeaderChanged {
+            topic_id: img.topic("a").unwrap().id,
+            partition: 1,
+            leader: 0,
+            leader_epoch: 4,
+        });
+        let mut rebuilt = MetadataImage::default();
+        for r in img.to_records() {
+            rebuilt.apply(&r);
+        }
+        assert_eq!(rebuilt.topics, img.topics);
+        assert_eq!(rebuilt.ids, img.ids);
+        assert_eq!(rebuilt.topic("a").unwrap().configs["retention.ms"], "10");
+    }
+
+    #[test]
+    fn bad_config_changes_are_refused() {
+        let mut t = TopicTable::new(P2);
+        t.apply(&[create("a", 1)], false);
+        let bad = |k: &str, v: Option<&str>| Command::AlterTopicConfigs {
+            name: "a".into(),
+            changes: vec![(k.into(), v.map(String::from))],
+        };
+        let (r, recs) = t.apply(&[bad("retention.ms", Some("x")), bad("nope", None)], false);
+        assert!(recs.is_empty());
+        assert!(r.iter().all(|r| r.as_ref().unwrap_err().code == 40));
+        let (r, _) = t.apply(
+            &[Command::AlterTopicConfigs {
+                name: "zz".into(),
+                changes: vec![],
+            }],
+            false,
+        );
+        assert_eq!(r[0].as_ref().unwrap_err().code, 3);
     }
 }

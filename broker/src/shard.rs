@@ -404,6 +404,9 @@ impl Shard {
             RequestKind::OffsetDelete(r) => {
                 ResponseKind::OffsetDelete(handlers::groups::offset_delete(&self, r).await)
             }
+            RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+                handlers::configs::incremental_alter_configs(&self, r).await,
+            ),
             other => {
                 // The codec only lets through APIs listed in net::versions.
                 warn!("no handler for {other:?}");

@@ -138,25 +138,48 @@ class Broker:
         last_error = ""
         for attempt in range(3):
             self.base_port = _pick_base_port(self.shards, rng)
-            env = dict(os.environ)
-            env.setdefault("RUST_LOG", "info")
-            env.setdefault("RUST_BACKTRACE", "1")
-            env.setdefault("NO_COLOR", "1")  # plain logs in test reports
-            # A small WAL keeps the dozens of test brokers cheap on disk.
-            env.setdefault("BROKER_WAL_SIZE_BYTES", str(256 << 20))
-            with open(self.log_path, "ab") as log:
-                log.write(f"### start attempt {attempt}: {' '.join(self.command())}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env,
-                                             preexec_fn=_die_with_parent)
-            ok, last_error = self._wait_ready()
+            ok, last_error = self._launch(f"start attempt {attempt}")
             if ok:
                 return
             self.stop()
             if "in use" not in self.log_tail(20).lower():
                 break  # not a port race: retrying will not help
         pytest.fail(f"broker did not start: {last_error}\n--- broker log tail ---\n{self.log_tail()}",
+                    pytrace=False)
+
+    def _launch(self, what: str) -> tuple[bool, str]:
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")  # plain logs in test reports
+        # A small WAL keeps the dozens of test brokers cheap on disk.
+        env.setdefault("BROKER_WAL_SIZE_BYTES", str(256 << 20))
+        with open(self.log_path, "ab") as log:
+            log.write(f"### {what}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env,
+                                         preexec_fn=_die_with_parent)
+        return self._wait_ready()
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash would: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Starts the stopped broker again on the same data dir and ports
+        (clients and node addresses stay the same)."""
+        assert not self.alive(), "stop or kill the broker first"
+        last_error = ""
+        for attempt in range(5):
+            ok, last_error = self._launch(f"restart attempt {attempt}")
+            if ok:
+                return
+            self.stop()
+            time.sleep(0.5)  # the old listener's port may not be free yet
+        pytest.fail(f"broker did not restart: {last_error}\n--- broker log tail ---\n{self.log_tail()}",
                     pytrace=False)
 
     def _wait_ready(self) -> tuple[bool, str]:

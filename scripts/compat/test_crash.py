@@ -101,8 +101,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path_factory):
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.5, 2.0))
-            b.proc.kill()  # SIGKILL: no shutdown path runs
-            b.proc.wait(10)
+            b.kill9()  # SIGKILL: no shutdown path runs
             stop.set()
             for t in threads:
                 t.join(30)
@@ -110,7 +109,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path_factory):
                 acked_now = list(acked)
             assert acked_now, "nothing was acknowledged before the kill"
 
-            b.start(rng)
+            b.restart()
             log = _consume_all(b.bootstrap, topic)
             at = {(p, o): v for p, msgs in log.items() for o, v in msgs}
             for p, o, v in acked_now:

@@ -1,22 +1,112 @@
 //! DescribeConfigs for topics and brokers: every config of the resource with
 //! its value, its source and its type, not only the ones set explicitly.
+//! IncrementalAlterConfigs for topics: committed through the controller.
 //!
-//! Runs on any shard; reads the metadata image and the broker config.
+//! Runs on any shard; reads the metadata image and the broker config, and
+//! goes to shard 0 (through `Control`) only to change topic configs.
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
-use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+};
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
 use super::topics::{SOURCE_DEFAULT, SOURCE_STATIC_BROKER, SOURCE_TOPIC};
 use crate::config::Config;
+use crate::metadata::{Command, CommandError};
 use crate::shard::Shard;
 use crate::topic_config::{self, ConfigType, MAX_MESSAGE_BYTES, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+/// Turns one resource of an IncrementalAlterConfigs request into a command.
+fn alter_command(
+    res: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+) -> Result<Command, CommandError> {
+    if res.resource_type != RESOURCE_TOPIC {
+        return Err(CommandError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "only topic configs can be altered (resource type {}); broker configs are static",
+                res.resource_type
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = Vec::with_capacity(res.configs.len());
+    for c in &res.configs {
+        if !seen.insert(c.name.as_str()) {
+            return Err(CommandError::new(
+                ResponseError::InvalidRequest,
+                format!("config {} named more than once", c.name.as_str()),
+            ));
+        }
+        let value = match (c.config_operation, &c.value) {
+            (OP_SET, Some(v)) => Some(v.to_string()),
+            (OP_DELETE, _) => None,
+            (OP_SET, None) => {
+                return Err(CommandError::new(
+                    ResponseError::InvalidRequest,
+                    format!("SET of {} without a value", c.name.as_str()),
+                ))
+            }
+            (op, _) => {
+                return Err(CommandError::new(
+                    ResponseError::InvalidRequest,
+                    format!("config operation {op} is not supported (only SET and DELETE)"),
+                ))
+            }
+        };
+        changes.push((c.name.to_string(), value));
+    }
+    Ok(Command::AlterTopicConfigs {
+        name: res.resource_name.to_string(),
+        changes,
+    })
+}
+
+pub async fn incremental_alter_configs(
+    shard: &std::rc::Rc<Shard>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let checked: Vec<Result<Command, CommandError>> =
+        req.resources.iter().map(alter_command).collect();
+    let cmds: Vec<Command> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    let mut applied = shard
+        .control()
+        .submit(cmds, req.validate_only)
+        .await
+        .into_iter();
+    let mut resp = IncrementalAlterConfigsResponse::default();
+    for (res, c) in req.resources.iter().zip(checked) {
+        let result = c.and_then(|_| {
+            applied
+                .next()
+                .unwrap_or_else(|| Err(CommandError::new(ResponseError::UnknownServerError, "")))
+        });
+        let mut r = AlterConfigsResourceResponse::default();
+        r.resource_type = res.resource_type;
+        r.resource_name = res.resource_name.clone();
+        if let Err(e) = result {
+            r.error_code = e.code;
+            r.error_message = Some(str_bytes(&e.message));
+        }
+        resp.responses.push(r);
+    }
+    resp
+}
 
 struct Entry {
     name: String,

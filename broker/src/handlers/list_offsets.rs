@@ -36,7 +36,10 @@ pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffse
                 Ok(Some(part)) => {
                     let log = &part.log;
                     if version >= 4 {
-                        r.leader_epoch = 0;
+                        r.leader_epoch = meta
+                            .and_then(|m| m.leader_epochs.get(p.partition_index as usize))
+                            .copied()
+                            .unwrap_or_default();
                     }
                     let found = match p.timestamp {
                         EARLIEST => Some((-1, log.log_start_offset())),

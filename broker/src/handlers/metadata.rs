@@ -124,7 +124,7 @@ fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = p as i32;
             mp.leader_id = node;
-            mp.leader_epoch = 0;
+            mp.leader_epoch = t.leader_epochs.get(p).copied().unwrap_or_default();
             mp.replica_nodes = vec![node];
             mp.isr_nodes = vec![node];
             mp

@@ -1,0 +1,565 @@
+//! The metadata records: the typed, versioned changes the controller commits
+//! through Raft, and their byte encoding.
+//!
+//! Every record is framed as `type u16 | version u16 | length u32 | body`
+//! (big endian). A broker skips record types it does not know (debug log),
+//! and reads only the fields it knows of a newer version of a type it knows:
+//! new versions may only append fields. Pure code: no I/O, used on the
+//! controller thread, by the snapshot and log readers, and by
+//! `metadata-shell`. Never panics on bytes read from disk.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::{Buf, BufMut};
+use tracing::debug;
+use uuid::Uuid;
+
+/// Record type numbers. Never reuse one. 100.. are reserved for object
+/// storage (stream-set objects, stream objects, their offset ranges).
+pub mod kind {
+    pub const TOPIC_CREATED: u16 = 1;
+    pub const TOPIC_DELETED: u16 = 2;
+    pub const PARTITIONS_ADDED: u16 = 3;
+    pub const PARTITION_LEADER_CHANGED: u16 = 4;
+    pub const TOPIC_CONFIG_CHANGED: u16 = 5;
+    pub const NODE_REGISTERED: u16 = 6;
+    pub const NODE_FENCED: u16 = 7;
+    pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
+}
+
+/// Largest body a record may claim; metadata records are small.
+const MAX_BODY: usize = 64 << 20;
+
+/// One change to the cluster metadata. Leaders are node ids
+/// (`broker_id * 1000 + shard`), so the log needs no change when more than
+/// one broker joins the quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    TopicCreated {
+        id: Uuid,
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    TopicDeleted {
+        id: Uuid,
+    },
+    /// Partitions `first..first + leaders.len()` of the topic, at leader epoch 0.
+    PartitionsAdded {
+        topic_id: Uuid,
+        first: i32,
+        leaders: Vec<i32>,
+    },
+    PartitionLeaderChanged {
+        topic_id: Uuid,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+    },
+    /// `value: None` removes the key (back to its default).
+    TopicConfigChanged {
+        topic_id: Uuid,
+        name: String,
+        value: Option<String>,
+    },
+    /// A node (shard) registered with a new epoch; registering clears fencing.
+    NodeRegistered {
+        node_id: i32,
+        epoch: i64,
+        host: String,
+        port: u16,
+    },
+    /// The node of this epoch stopped heartbeating; its partitions must move.
+    NodeFenced {
+        node_id: i32,
+        epoch: i64,
+    },
+    /// Producer ids `first..first + count` belong to `node_id`.
+    ProducerIdsAllocated {
+        node_id: i32,
+        first: i64,
+        count: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record frame truncated: need {need} bytes, {have} left")]
+    Truncated { need: usize, have: usize },
+    #[error("record body of {0} bytes is larger than allowed")]
+    TooLarge(usize),
+    #[error("record type {kind} v{version}: {what}")]
+    Invalid {
+        kind: u16,
+        version: u16,
+        what: &'static str,
+    },
+}
+
+impl Record {
+    pub fn kind(&self) -> u16 {
+        match self {
+            Record::TopicCreated { .. } => kind::TOPIC_CREATED,
+            Record::TopicDeleted { .. } => kind::TOPIC_DELETED,
+            Record::PartitionsAdded { .. } => kind::PARTITIONS_ADDED,
+            Record::PartitionLeaderChanged { .. } => kind::PARTITION_LEADER_CHANGED,
+            Record::TopicConfigChanged { .. } => kind::TOPIC_CONFIG_CHANGED,
+            Record::NodeRegistered { .. } => kind::NODE_REGISTERED,
+            Record::NodeFenced { .. } => kind::NODE_FENCED,
+            Record::ProducerIdsAllocated { .. } => kind::PRODUCER_IDS_ALLOCATED,
+        }
+    }
+
+    /// The version this broker writes; all types are at their first version.
+    pub fn version(&self) -> u16 {
+        0
+    }
+
+    /// Appends the framed record to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16(self.kind());
+        out.put_u16(self.version());
+        let len_at = out.len();
+        out.put_u32(0);
+        let body_at = out.len();
+        self.encode_body(out);
+        let len = (out.len() - body_at) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::TopicCreated { id, name, configs } => {
+                put_uuid(out, id);
+                put_str(out, name);
+                out.put_u32(configs.len() as u32);
+                for (k, v) in configs {
+                    put_str(out, k);
+                    put_str(out, v);
+                }
+            }
+            Record::TopicDeleted { id } => put_uuid(out, id),
+            Record::PartitionsAdded {
+                topic_id,
+                first,
+                leaders,
+            } => {
+                put_uuid(out, topic_id);
+                out.put_i32(*first);
+                out.put_u32(leaders.len() as u32);
+                for l in leaders {
+                    out.put_i32(*l);
+                }
+            }
+            Record::PartitionLeaderChanged {
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+            } => {
+                put_uuid(out, topic_id);
+                out.put_i32(*partition);
+                out.put_i32(*leader);
+                out.put_i32(*leader_epoch);
+            }
+            Record::TopicConfigChanged {
+                topic_id,
+                name,
+                value,
+            } => {
+                put_uuid(out, topic_id);
+                put_str(out, name);
+                match value {
+                    Some(v) => {
+                        out.put_u8(1);
+                        put_str(out, v);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
+            Record::NodeRegistered {
+                node_id,
+                epoch,
+                host,
+                port,
+            } => {
+                out.put_i32(*node_id);
+                out.put_i64(*epoch);
+                put_str(out, host);
+                out.put_u16(*port);
+            }
+            Record::NodeFenced { node_id, epoch } => {
+                out.put_i32(*node_id);
+                out.put_i64(*epoch);
+            }
+            Record::ProducerIdsAllocated {
+                node_id,
+                first,
+                count,
+            } => {
+                out.put_i32(*node_id);
+                out.put_i64(*first);
+                out.put_i64(*count);
+            }
+        }
+    }
+}
+
+/// Encodes records back to back.
+pub fn encode_all(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        r.encode(&mut out);
+    }
+    out
+}
+
+/// Decodes framed records back to back. Unknown types are skipped; any
+/// malformed frame is an error (the caller's CRC said the bytes are whole).
+pub fn decode_all(mut buf: &[u8]) -> Result<Vec<Record>, RecordError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        need(buf, 8)?;
+        let kind = buf.get_u16();
+        let version = buf.get_u16();
+        let len = buf.get_u32() as usize;
+        if len > MAX_BODY {
+            return Err(RecordError::TooLarge(len));
+        }
+        need(buf, len)?;
+        let (body, rest) = buf.split_at(len);
+        buf = rest;
+        match decode_body(kind, version, body)? {
+            Some(r) => out.push(r),
+            None => debug!(kind, version, len, "skipping unknown metadata record type"),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, RecordError> {
+    let mut r = Reader {
+        buf: body,
+        kind,
+        version,
+    };
+    let rec = match kind {
+        kind::TOPIC_CREATED => {
+            let id = r.uuid()?;
+            let name = r.string()?;
+            let n = r.u32()?;
+            let mut configs = BTreeMap::new();
+            for _ in 0..n {
+                let k = r.string()?;
+                let v = r.string()?;
+                configs.insert(k, v);
+            }
+            Record::TopicCreated { id, name, configs }
+        }
+        kind::TOPIC_DELETED => Record::TopicDeleted { id: r.uuid()? },
+        kind::PARTITIONS_ADDED => {
+            let topic_id = r.uuid()?;
+            let first = r.i32()?;
+            let n = r.u32()? as usize;
+            // Each leader is 4 bytes: refuse counts the body cannot hold
+            // before allocating.
+            if n > r.buf.len() / 4 {
+                return Err(r.invalid("leader count exceeds the record"));
+            }
+            let leaders = (0..n).map(|_| r.i32()).collect::<Result<_, _>>()?;
+            Record::PartitionsAdded {
+                topic_id,
+                first,
+                leaders,
+            }
+        }
+        kind::PARTITION_LEADER_CHANGED => Record::PartitionLeaderChanged {
+            topic_id: r.uuid()?,
+            partition: r.i32()?,
+            leader: r.i32()?,
+            leader_epoch: r.i32()?,
+        },
+        kind::TOPIC_CONFIG_CHANGED => {
+            let topic_id = r.uuid()?;
+            let name = r.string()?;
+            let value = match r.u8()? {
+                0 => None,
+                1 => Some(r.string()?),
+                _ => return Err(r.invalid("bad option tag")),
+            };
+            Record::TopicConfigChanged {
+                topic_id,
+                name,
+                value,
+            }
+        }
+        kind::NODE_REGISTERED => Record::NodeRegistered {
+            node_id: r.i32()?,
+            epoch: r.i64()?,
+            host: r.string()?,
+            port: r.u16()?,
+        },
+        kind::NODE_FENCED => Record::NodeFenced {
+            node_id: r.i32()?,
+            epoch: r.i64()?,
+        },
+        kind::PRODUCER_IDS_ALLOCATED => Record::ProducerIdsAllocated {
+            node_id: r.i32()?,
+            first: r.i64()?,
+            count: r.i64()?,
+        },
+        _ => return Ok(None),
+    };
+    // Bytes left over belong to fields of a newer version: ignored.
+    Ok(Some(rec))
+}
+
+fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
+    if buf.len() < n {
+        return Err(RecordError::Truncated {
+            need: n,
+            have: buf.len(),
+        });
+    }
+    Ok(())
+}
+
+fn put_uuid(out: &mut Vec<u8>, id: &Uuid) {
+    out.put_slice(id.as_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.put_u32(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    kind: u16,
+    version: u16,
+}
+
+impl Reader<'_> {
+    fn invalid(&self, what: &'static str) -> RecordError {
+        RecordError::Invalid {
+            kind: self.kind,
+            version: self.version,
+            what,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], RecordError> {
+        if self.buf.len() < n {
+            return Err(self.invalid("body too short"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(self.take(2)?.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(self.take(4)?.get_u32())
+    }
+    fn i32(&mut self) -> Result<i32, RecordError> {
+        Ok(self.take(4)?.get_i32())
+    }
+    fn i64(&mut self) -> Result<i64, RecordError> {
+        Ok(self.take(8)?.get_i64())
+    }
+    fn uuid(&mut self) -> Result<Uuid, RecordError> {
+        let b = self.take(16)?;
+        Uuid::from_slice(b).map_err(|_| self.invalid("bad uuid"))
+    }
+    fn string(&mut self) -> Result<String, RecordError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?.to_vec();
+        String::from_utf8(b).map_err(|_| self.invalid("string is not UTF-8"))
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::TopicCreated { id, name, configs } => {
+                write!(f, "TopicCreated name={name} id={id}")?;
+                if !configs.is_empty() {
+                    write!(f, " configs={configs:?}")?;
+                }
+                Ok(())
+            }
+            Record::TopicDeleted { id } => write!(f, "TopicDeleted id={id}"),
+            Record::PartitionsAdded {
+                topic_id,
+                first,
+                leaders,
+            } => write!(
+                f,
+                "PartitionsAdded topic={topic_id} first={first} leaders={leaders:?}"
+            ),
+            Record::PartitionLeaderChanged {
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+            } => write!(
+                f,
+                "PartitionLeaderChanged topic={topic_id} partition={partition} leader={leader} epoch={leader_epoch}"
+            ),
+            Record::TopicConfigChanged {
+                topic_id,
+                name,
+                value,
+            } => write!(f, "TopicConfigChanged topic={topic_id} {name}={value:?}"),
+            Record::NodeRegistered {
+                node_id,
+                epoch,
+                host,
+                port,
+            } => write!(f, "NodeRegistered node={node_id} epoch={epoch} {host}:{port}"),
+            Record::NodeFenced { node_id, epoch } => {
+                write!(f, "NodeFenced node={node_id} epoch={epoch}")
+            }
+            Record::ProducerIdsAllocated {
+                node_id,
+                first,
+                count,
+            } => write!(
+                f,
+                "ProducerIdsAllocated node={node_id} first={first} count={count}"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One record of every type.
+    pub(crate) fn every_type() -> Vec<Record> {
+        let id = Uuid::from_u128(0x1234);
+        let mut configs = BTreeMap::new();
+        configs.insert("retention.ms".to_string(), "1000".to_string());
+        vec![
+            Record::TopicCreated {
+                id,
+                name: "t".into(),
+                configs,
+            },
+            Record::PartitionsAdded {
+                topic_id: id,
+                first: 0,
+                leaders: vec![0, 1, 1000],
+            },
+            Record::PartitionLeaderChanged {
+                topic_id: id,
+                partition: 2,
+                leader: 1,
+                leader_epoch: 3,
+            },
+            Record::TopicConfigChanged {
+                topic_id: id,
+                name: "retention.ms".into(),
+                value: Some("5".into()),
+            },
+            Record::TopicConfigChanged {
+                topic_id: id,
+                name: "retention.ms".into(),
+                value: None,
+            },
+            Record::NodeRegistered {
+                node_id: 1,
+                epoch: 7,
+                host: "127.0.0.1".into(),
+                port: 9093,
+            },
+            Record::NodeFenced {
+                node_id: 1,
+                epoch: 7,
+            },
+            Record::ProducerIdsAllocated {
+                node_id: 0,
+                first: 1000,
+                count: 1000,
+            },
+            Record::TopicDeleted { id },
+        ]
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        let all = every_type();
+        let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
+        assert_eq!(kinds.len(), 8, "a record type is missing from the test");
+        for r in &all {
+            let mut buf = Vec::new();
+            r.encode(&mut buf);
+            assert_eq!(decode_all(&buf).unwrap(), vec![r.clone()], "{r}");
+        }
+        assert_eq!(decode_all(&encode_all(&all)).unwrap(), all);
+    }
+
+    #[test]
+    fn unknown_types_are_skipped() {
+        let all = every_type();
+        let mut buf = Vec::new();
+        all[0].encode(&mut buf);
+        // A record type from a newer broker.
+        buf.put_u16(999);
+        buf.put_u16(3);
+        buf.put_u32(5);
+        buf.put_slice(b"hello");
+        all[1].encode(&mut buf);
+        assert_eq!(
+            decode_all(&buf).unwrap(),
+            vec![all[0].clone(), all[1].clone()]
+        );
+    }
+
+    #[test]
+    fn newer_version_with_appended_fields_is_read() {
+        let r = Record::TopicDeleted {
+            id: Uuid::from_u128(9),
+        };
+        let mut buf = Vec::new();
+        buf.put_u16(kind::TOPIC_DELETED);
+        buf.put_u16(1);
+        buf.put_u32(20);
+        buf.put_slice(Uuid::from_u128(9).as_bytes());
+        buf.put_u32(0xdead_beef);
+        assert_eq!(decode_all(&buf).unwrap(), vec![r]);
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        let buf = encode_all(&every_type());
+        for cut in 1..buf.len() {
+            let _ = decode_all(&buf[..cut]);
+        }
+        assert!(decode_all(&buf[..buf.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_all(&bytes);
+        }
+
+        #[test]
+        fn topic_records_round_trip(name in "[a-z._-]{1,40}", leaders in proptest::collection::vec(any::<i32>(), 0..50),
+                                    id in any::<u128>(), first in any::<i32>()) {
+            let recs = vec![
+                Record::TopicCreated { id: Uuid::from_u128(id), name, configs: BTreeMap::new() },
+                Record::PartitionsAdded { topic_id: Uuid::from_u128(id), first, leaders },
+            ];
+            prop_assert_eq!(decode_all(&encode_all(&recs)).unwrap(), recs);
+        }
+    }
+}
