@@ -472,14 +472,17 @@ mod tests {
                     ..Config::default()
                 });
                 let shard = Shard::new(0, cfg);
-                let mut table = TopicTable::new(1);
+                let mut table = TopicTable::new(crate::metadata::Placement {
+                    broker_id: 0,
+                    shards: 1,
+                });
                 let create = Command::CreateTopic {
                     name: "t".into(),
                     partitions: 1,
                     configs: BTreeMap::new(),
                     assignment: None,
                 };
-                assert!(table.apply(&[create], false)[0].is_ok());
+                assert!(table.apply(&[create], false).0[0].is_ok());
                 let image = Arc::new(table.image().clone());
                 let key = (image.topic("t").unwrap().id, 0);
                 shard.install_image(image);
