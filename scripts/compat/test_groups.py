@@ -420,9 +420,7 @@ def test_committed_offsets_survive_kill_and_restart(fresh_broker):
 
     admin = admin_for(broker)
     md = admin.list_topics(timeout=10)
-    if topic not in md.topics:
-        pytest.xfail("topics and partition logs are not recovered after a restart yet "
-                     "(needs the WAL and persisted metadata)")
+    assert topic in md.topics, "the topic survives the restart (metadata log)"
     c = group_consumer(broker, group)
     try:
         deadline = time.monotonic() + 20
