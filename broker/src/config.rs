@@ -42,6 +42,21 @@ pub struct Config {
     pub cluster_id: String,
     /// tracing filter, e.g. `info` or `broker=debug`.
     pub log_level: String,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`
+    /// when it is created (on first use). Changing it later has no effect.
+    pub offsets_topic_partitions: i32,
+    /// `group.initial.rebalance.delay.ms`: how long a new (empty) group
+    /// waits for more members before its first rebalance.
+    pub group_initial_rebalance_delay_ms: i64,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    /// `group.max.size`: members (and pending members) per group.
+    pub group_max_size: usize,
+    /// Largest total size of one member's JoinGroup protocol metadata.
+    pub group_max_member_metadata_bytes: usize,
+    /// `offset.metadata.max.bytes`: largest OffsetCommit metadata string.
+    pub offset_metadata_max_bytes: usize,
     /// Metadata log entries between two metadata snapshots.
     pub metadata_snapshot_entries: u64,
 }
@@ -63,6 +78,13 @@ impl Default for Config {
             message_max_bytes: 1_048_588,
             cluster_id: "streaming-broker-cluster".into(),
             log_level: "info".into(),
+            offsets_topic_partitions: 50,
+            group_initial_rebalance_delay_ms: 100,
+            group_min_session_timeout_ms: 1000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 10_000,
+            group_max_member_metadata_bytes: 1 << 20,
+            offset_metadata_max_bytes: 4096,
             metadata_snapshot_entries: 1000,
         }
     }
@@ -106,6 +128,20 @@ pub struct Flags {
     pub cluster_id: Option<String>,
     #[arg(long, env = "BROKER_LOG_LEVEL")]
     pub log_level: Option<String>,
+    #[arg(long, env = "BROKER_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    #[arg(long, env = "BROKER_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub group_min_session_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    pub group_max_session_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_MAX_SIZE")]
+    pub group_max_size: Option<usize>,
+    #[arg(long, env = "BROKER_GROUP_MAX_MEMBER_METADATA_BYTES")]
+    pub group_max_member_metadata_bytes: Option<usize>,
+    #[arg(long, env = "BROKER_OFFSET_METADATA_MAX_BYTES")]
+    pub offset_metadata_max_bytes: Option<usize>,
     #[arg(long, env = "BROKER_METADATA_SNAPSHOT_ENTRIES")]
     pub metadata_snapshot_entries: Option<u64>,
 }
@@ -169,6 +205,13 @@ impl Config {
             message_max_bytes,
             cluster_id,
             log_level,
+            offsets_topic_partitions,
+            group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms,
+            group_max_session_timeout_ms,
+            group_max_size,
+            group_max_member_metadata_bytes,
+            offset_metadata_max_bytes,
             metadata_snapshot_entries
         );
         if flags.wal_path.is_some() {
@@ -196,6 +239,20 @@ impl Config {
         if self.num_partitions < 1 {
             return Err(ConfigError::Invalid(
                 "num_partitions must be at least 1".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.offsets_topic_partitions) {
+            return Err(ConfigError::Invalid(
+                "offsets_topic_partitions must be in 1..=100000".into(),
+            ));
+        }
+        if self.group_initial_rebalance_delay_ms < 0
+            || self.group_min_session_timeout_ms < 1
+            || self.group_max_session_timeout_ms < self.group_min_session_timeout_ms
+            || self.group_max_size < 1
+        {
+            return Err(ConfigError::Invalid(
+                "group settings: delay >= 0, 1 <= min session timeout <= max, max size >= 1".into(),
             ));
         }
         if self.metadata_snapshot_entries < 2 {

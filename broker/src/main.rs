@@ -6,6 +6,7 @@
 mod config;
 mod control;
 mod controller;
+mod group;
 mod handlers;
 mod metadata;
 mod shard;

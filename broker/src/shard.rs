@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::group::GroupCoordinator;
 use crate::handlers;
 use crate::metadata::MetadataImage;
 use crate::wal_record::{self, WalEntry};
@@ -73,6 +74,8 @@ pub struct Shard {
     /// Notified after every append, to wake long-polling fetches.
     pub appended: Event,
     control: RefCell<Option<Rc<Control>>>,
+    /// The consumer groups whose `__consumer_offsets` partition this shard leads.
+    pub groups: GroupCoordinator,
     /// This shard's WAL slice (set before the listener starts).
     wal: RefCell<Option<WalSlice>>,
     /// Set when a WAL write or flush failed: appends answer
@@ -85,8 +88,9 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(id: usize, config: Arc<Config>) -> Rc<Shard> {
-        Rc::new(Shard {
+        Rc::new_cyclic(|me| Shard {
             id,
+            groups: GroupCoordinator::new(me.clone(), &config),
             config,
             image: RefCell::new(Arc::new(MetadataImage::default())),
             partitions: RefCell::new(HashMap::new()),
@@ -138,7 +142,8 @@ impl Shard {
             }
         }
         drop(parts);
-        *self.image.borrow_mut() = image;
+        *self.image.borrow_mut() = image.clone();
+        self.groups.on_image(&image, self.id);
         // Fetches waiting on a deleted partition must notice.
         self.appended.notify(usize::MAX);
     }
@@ -264,6 +269,8 @@ impl Shard {
             shard = self.id,
             restored, skipped, "partition logs rebuilt from the WAL"
         );
+        // Group state comes from the (refilled) __consumer_offsets logs.
+        self.groups.reload();
         self.appended.notify(usize::MAX);
     }
 
@@ -334,6 +341,7 @@ impl Shard {
 
     async fn dispatch(self: Rc<Self>, req: Request) -> Option<ResponseKind> {
         let v = req.version;
+        let client = handlers::groups::Client::of(&req);
         let resp = match req.body {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(net::versions::api_versions_response(0))
@@ -362,6 +370,39 @@ impl Shard {
             }
             RequestKind::DescribeConfigs(r) => {
                 ResponseKind::DescribeConfigs(handlers::configs::describe_configs(&self, r))
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(handlers::groups::find_coordinator(&self, r, v).await)
+            }
+            RequestKind::JoinGroup(r) => {
+                ResponseKind::JoinGroup(handlers::groups::join_group(&self, r, v, client).await)
+            }
+            RequestKind::SyncGroup(r) => {
+                ResponseKind::SyncGroup(handlers::groups::sync_group(&self, r, v).await)
+            }
+            RequestKind::Heartbeat(r) => {
+                ResponseKind::Heartbeat(handlers::groups::heartbeat(&self, r))
+            }
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(handlers::groups::leave_group(&self, r, v).await)
+            }
+            RequestKind::OffsetCommit(r) => {
+                ResponseKind::OffsetCommit(handlers::groups::offset_commit(&self, r, v).await)
+            }
+            RequestKind::OffsetFetch(r) => {
+                ResponseKind::OffsetFetch(handlers::groups::offset_fetch(&self, r, v))
+            }
+            RequestKind::ListGroups(r) => {
+                ResponseKind::ListGroups(handlers::groups::list_groups(&self, r, v))
+            }
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(handlers::groups::describe_groups(&self, r, v))
+            }
+            RequestKind::DeleteGroups(r) => {
+                ResponseKind::DeleteGroups(handlers::groups::delete_groups(&self, r).await)
+            }
+            RequestKind::OffsetDelete(r) => {
+                ResponseKind::OffsetDelete(handlers::groups::offset_delete(&self, r).await)
             }
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,

@@ -20,6 +20,9 @@ pub struct Request {
     pub version: i16,
     pub header: RequestHeader,
     pub body: RequestKind,
+    /// The client's address (`ip:port`) as the connection saw it; empty
+    /// when decoded outside a connection. Groups report it as client_host.
+    pub peer: String,
 }
 
 impl Request {
@@ -97,6 +100,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         version,
         header,
         body,
+        peer: String::new(),
     })
 }
 

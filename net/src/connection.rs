@@ -57,7 +57,10 @@ where
             }
         };
         let task = match decode_request(frame) {
-            Ok(request) => glommio::spawn_local(run_request(service.clone(), request)),
+            Ok(mut request) => {
+                request.peer.clone_from(&peer);
+                glommio::spawn_local(run_request(service.clone(), request))
+            }
             Err(DecodeError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
                 version,

@@ -19,6 +19,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
@@ -71,7 +82,11 @@ mod tests {
     fn ranges() {
         assert!(is_supported(ApiKey::Produce, 9));
         assert!(!is_supported(ApiKey::Produce, 2));
-        assert!(!is_supported(ApiKey::JoinGroup, 0));
+        assert!(!is_supported(ApiKey::InitProducerId, 0));
+        assert!(is_supported(ApiKey::JoinGroup, 4));
+        // OffsetCommit v9 / OffsetFetch v9 belong to the KIP-848 protocol.
+        assert!(!is_supported(ApiKey::OffsetCommit, 9));
+        assert!(!is_supported(ApiKey::OffsetFetch, 9));
         assert_eq!(api_versions_response(0).api_keys.len(), SUPPORTED.len());
     }
 }

@@ -113,6 +113,7 @@ fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(topic_name(&t.name));
     r.topic_id = t.id;
+    r.is_internal = t.name == crate::group::OFFSETS_TOPIC;
     r.topic_authorized_operations = AUTH_OPS_OMITTED;
     r.partitions = t
         .leaders

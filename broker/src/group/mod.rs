@@ -1,0 +1,1003 @@
+//! Group coordination: the `GroupCoordinator` of a shard owns the consumer
+//! groups whose `__consumer_offsets` partition this shard leads (partition
+//! `abs(javaHashCode(group_id)) % partitions`, as Kafka computes it).
+//!
+//! One per shard, on that shard's executor; it never touches another
+//! shard's groups. The group state machine (`state`) is pure; this module
+//! adds the I/O around it: routing, parking JoinGroup/SyncGroup requests
+//! until their reply is due, writing offset commits and group metadata to
+//! the partition log (`records`) before answering, replaying that log when a
+//! partition is loaded, and a glommio timer that drives the deadlines.
+//! Never holds a `RefCell` borrow across an `.await`.
+
+pub mod records;
+pub mod state;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metadata::MetadataImage;
+use crate::shard::{PartitionKey, Shard};
+use records::{decode_batches, encode_batch, GroupRecord, OffsetValue};
+use state::{Effects, Group, Outcome, Reply};
+pub use state::{GroupSettings, GroupState, JoinRequest, JoinResult, SyncResult};
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Java's `String.hashCode` (over UTF-16 code units), so that tools that
+/// compute a group's coordinator agree with us.
+pub fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+/// The `__consumer_offsets` partition of a group: Kafka's
+/// `Utils.abs(groupId.hashCode) % partitions` (abs is `x & 0x7fffffff`).
+pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
+    (java_hash(group_id) & 0x7fff_ffff) % partitions.max(1)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A committed offset as OffsetFetch reports it.
+pub type Committed = OffsetValue;
+
+/// Partitions asked for, by topic.
+pub type WantedOffsets = Vec<(String, Vec<i32>)>;
+
+/// Committed offsets by topic (`None`: nothing committed).
+pub type TopicOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+/// What DescribeGroups shows of a group.
+#[derive(Debug, Clone)]
+pub struct GroupSummary {
+    pub state: GroupState,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberSummary {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+type Waiters<T> = RefCell<HashMap<(String, String), oneshot::Sender<T>>>;
+
+pub struct GroupCoordinator {
+    shard: Weak<Shard>,
+    pub settings: GroupSettings,
+    offset_metadata_max_bytes: usize,
+    groups: RefCell<HashMap<String, Group>>,
+    /// `__consumer_offsets` partitions this shard leads and has replayed.
+    loaded: RefCell<HashSet<i32>>,
+    /// Partitions being replayed: their groups answer
+    /// COORDINATOR_LOAD_IN_PROGRESS.
+    loading: RefCell<HashSet<i32>>,
+    join_waiters: Waiters<JoinResult>,
+    sync_waiters: Waiters<SyncResult>,
+    /// Notified when a deadline may have moved earlier.
+    timers_changed: Event,
+    timer_started: Cell<bool>,
+    /// The latest load of each partition: an older load that finds itself
+    /// superseded (a reload after WAL recovery) stops.
+    load_token: RefCell<HashMap<i32, u64>>,
+    next_load_token: Cell<u64>,
+}
+
+impl GroupCoordinator {
+    pub fn new(shard: Weak<Shard>, config: &Config) -> Self {
+        Self {
+            shard,
+            settings: GroupSettings {
+                min_session_timeout_ms: config.group_min_session_timeout_ms,
+                max_session_timeout_ms: config.group_max_session_timeout_ms,
+                initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+                max_size: config.group_max_size,
+                max_member_metadata_bytes: config.group_max_member_metadata_bytes,
+            },
+            offset_metadata_max_bytes: config.offset_metadata_max_bytes,
+            groups: RefCell::new(HashMap::new()),
+            loaded: RefCell::new(HashSet::new()),
+            loading: RefCell::new(HashSet::new()),
+            join_waiters: RefCell::new(HashMap::new()),
+            sync_waiters: RefCell::new(HashMap::new()),
+            timers_changed: Event::new(),
+            timer_started: Cell::new(false),
+            load_token: RefCell::new(HashMap::new()),
+            next_load_token: Cell::new(0),
+        }
+    }
+
+    fn shard(&self) -> Result<Rc<Shard>, ResponseError> {
+        self.shard
+            .upgrade()
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    // ---- routing and loading ----
+
+    /// The `__consumer_offsets` partition of `group_id` if this shard is its
+    /// coordinator and has loaded it; else the error the client expects.
+    pub fn route(&self, group_id: &str) -> Result<PartitionKey, ResponseError> {
+        let shard = self.shard()?;
+        let image = shard.image();
+        let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        };
+        let p = partition_for(group_id, topic.leaders.len() as i32);
+        if topic.leaders.get(p as usize) != Some(&shard.id) {
+            return Err(ResponseError::NotCoordinator);
+        }
+        if self.loading.borrow().contains(&p) || !self.loaded.borrow().contains(&p) {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        Ok((topic.id, p))
+    }
+
+    /// Called after each metadata image: loads `__consumer_offsets`
+    /// partitions this shard now leads, forgets those it no longer leads.
+    pub fn on_image(&self, image: &MetadataImage, shard_id: usize) {
+        let led: HashSet<i32> = image
+            .topic(OFFSETS_TOPIC)
+            .map(|t| {
+                t.leaders
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &l)| l == shard_id)
+                    .map(|(p, _)| p as i32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let known: HashSet<i32> = self
+            .loaded
+            .borrow()
+            .union(&self.loading.borrow())
+            .copied()
+            .collect();
+        for &p in known.difference(&led) {
+            self.unload_partition(p, image);
+        }
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        for &p in led.difference(&known) {
+            self.loading.borrow_mut().insert(p);
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.groups.load_partition(&shard, p).await })
+                .detach();
+        }
+        if !led.is_empty() {
+            self.start_timer();
+        }
+    }
+
+    fn unload_partition(&self, p: i32, image: &MetadataImage) {
+        self.loaded.borrow_mut().remove(&p);
+        self.loading.borrow_mut().remove(&p);
+        let n = image
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.leaders.len() as i32);
+        self.groups
+            .borrow_mut()
+            .retain(|g, _| n > 0 && partition_for(g, n) != p);
+        info!("no longer coordinator for {OFFSETS_TOPIC} partition {p}");
+    }
+
+    /// Rebuilds the groups of one `__consumer_offsets` partition from its
+    /// log. Called when the partition becomes led by this shard and again
+    /// after WAL recovery has refilled the log; until it returns, requests
+    /// for those groups get COORDINATOR_LOAD_IN_PROGRESS.
+    pub async fn load_partition(&self, shard: &Rc<Shard>, p: i32) {
+        let image = shard.image();
+        let Some(topic) = image.topic(OFFSETS_TOPIC).cloned() else {
+            return;
+        };
+        let n = topic.leaders.len() as i32;
+        let token = self.next_load_token.get();
+        self.next_load_token.set(token + 1);
+        self.load_token.borrow_mut().insert(p, token);
+        let superseded = || self.load_token.borrow().get(&p) != Some(&token);
+        self.loading.borrow_mut().insert(p);
+        self.loaded.borrow_mut().remove(&p);
+        self.groups
+            .borrow_mut()
+            .retain(|g, _| partition_for(g, n) != p);
+        let key = (topic.id, p);
+        let mut offset = match shard.partitions.borrow().get(&key) {
+            Some(part) => part.log.log_start_offset(),
+            None => {
+                self.loading.borrow_mut().remove(&p);
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut count = 0usize;
+        'replay: loop {
+            let read = {
+                let parts = shard.partitions.borrow();
+                let Some(part) = parts.get(&key) else { break };
+                match part.log.read(offset, 1 << 20, true) {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            };
+            if read.batches.is_empty() {
+                break;
+            }
+            for b in read.batches {
+                let Ok(h) = storage::batch::parse_header(&b) else {
+                    warn!("{OFFSETS_TOPIC}-{p}: unreadable batch at offset {offset}; load stops there");
+                    break 'replay;
+                };
+                offset = offset.max(h.last_offset() + 1);
+                match decode_batches(b) {
+                    Ok(recs) => {
+                        count += recs.len();
+                        let mut groups = self.groups.borrow_mut();
+                        for r in recs {
+                            replay(&mut groups, r, now);
+                        }
+                    }
+                    Err(e) => warn!("{OFFSETS_TOPIC}-{p}: skipping undecodable batch: {e}"),
+                }
+            }
+            glommio::yield_if_needed().await;
+            if superseded() {
+                return;
+            }
+        }
+        if !shard.partitions.borrow().contains_key(&key) {
+            self.loading.borrow_mut().remove(&p);
+            return;
+        }
+        self.loading.borrow_mut().remove(&p);
+        self.loaded.borrow_mut().insert(p);
+        self.timers_changed.notify(usize::MAX);
+        debug!(
+            shard = shard.id,
+            "loaded {OFFSETS_TOPIC}-{p}: {count} records"
+        );
+    }
+
+    /// Replays every `__consumer_offsets` partition this shard leads: the
+    /// entry point after WAL recovery has refilled the partition logs
+    /// (`Shard::rebuild_from`). The partitions answer
+    /// COORDINATOR_LOAD_IN_PROGRESS from this call until replayed.
+    pub fn reload(&self) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let image = shard.image();
+        let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        let led: Vec<i32> = (0..topic.leaders.len())
+            .filter(|&p| topic.leaders[p] == shard.id)
+            .map(|p| p as i32)
+            .collect();
+        if led.is_empty() {
+            return;
+        }
+        self.loading.borrow_mut().extend(led.iter().copied());
+        for &p in &led {
+            self.loaded.borrow_mut().remove(&p);
+        }
+        glommio::spawn_local(async move {
+            for p in led {
+                shard.groups.load_partition(&shard, p).await;
+            }
+        })
+        .detach();
+        self.start_timer();
+    }
+
+    // ---- timers ----
+
+    fn start_timer(&self) {
+        if self.timer_started.replace(true) {
+            return;
+        }
+        let weak = self.shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let Some(shard) = weak.upgrade() else { return };
+                let listener = shard.groups.timers_changed.listen();
+                let next = shard.groups.next_deadline();
+                drop(shard);
+                let wait = next.map_or(1000, |d| (d - now_ms()).clamp(0, 1000)) as u64;
+                let sleep = glommio::timer::sleep(Duration::from_millis(wait));
+                futures_lite::future::or(sleep, listener).await;
+                let Some(shard) = weak.upgrade() else { return };
+                shard.groups.tick(&shard).await;
+            }
+        })
+        .detach();
+    }
+
+    fn next_deadline(&self) -> Option<i64> {
+        self.groups
+            .borrow()
+            .values()
+            .filter_map(Group::next_deadline)
+            .min()
+    }
+
+    async fn tick(&self, shard: &Rc<Shard>) {
+        let now = now_ms();
+        let due: Vec<(String, Effects)> = {
+            let mut groups = self.groups.borrow_mut();
+            groups
+                .iter_mut()
+                .filter(|(_, g)| g.next_deadline().is_some_and(|d| d <= now))
+                .map(|(id, g)| (id.clone(), g.tick(&self.settings, now)))
+                .collect()
+        };
+        for (id, fx) in due {
+            if let Ok(key) = self.route(&id) {
+                self.apply(shard, &id, key, fx).await;
+            }
+        }
+    }
+
+    // ---- effects ----
+
+    /// Writes the group if `fx` asks for it, then sends the parked replies.
+    async fn apply(&self, shard: &Rc<Shard>, group_id: &str, key: PartitionKey, fx: Effects) {
+        let mut replies = fx.replies;
+        if fx.persist {
+            let value = self
+                .groups
+                .borrow()
+                .get(group_id)
+                .map(|g| g.to_value(now_ms()));
+            if let Some(value) = value {
+                let rec = GroupRecord::Group {
+                    group: group_id.to_string(),
+                    value: Some(value),
+                };
+                if let Err(e) = write(shard, key, vec![rec]).await {
+                    warn!(group = group_id, "cannot write group metadata: {e:?}");
+                    replies = self.assignment_failed(group_id, replies, e);
+                }
+            }
+        }
+        self.deliver(group_id, replies);
+        self.timers_changed.notify(usize::MAX);
+    }
+
+    /// An assignment that was not written is not handed out: SyncGroup
+    /// answers carry the error and the group rebalances.
+    fn assignment_failed(
+        &self,
+        group_id: &str,
+        replies: Vec<Reply>,
+        e: ResponseError,
+    ) -> Vec<Reply> {
+        let mut out: Vec<Reply> = replies
+            .into_iter()
+            .map(|r| match r {
+                Reply::Sync(id, _) => Reply::Sync(id, SyncResult::error(e)),
+                other => other,
+            })
+            .collect();
+        if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
+            out.extend(g.assignment_not_persisted(&self.settings, now_ms()).replies);
+        }
+        out
+    }
+
+    fn deliver(&self, group_id: &str, replies: Vec<Reply>) {
+        for reply in replies {
+            match reply {
+                Reply::Join(member, r) => {
+                    let k = (group_id.to_string(), member);
+                    if let Some(tx) = self.join_waiters.borrow_mut().remove(&k) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Reply::Sync(member, r) => {
+                    let k = (group_id.to_string(), member);
+                    if let Some(tx) = self.sync_waiters.borrow_mut().remove(&k) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn park<T>(
+        waiters: &Waiters<T>,
+        group_id: &str,
+        member: &str,
+        superseded: T,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        let old = waiters
+            .borrow_mut()
+            .insert((group_id.to_string(), member.to_string()), tx);
+        if let Some(old) = old {
+            // The client sent the request again; the older one is answered.
+            let _ = old.send(superseded);
+        }
+        rx
+    }
+
+    // ---- the APIs ----
+
+    pub async fn join(&self, group_id: &str, req: JoinRequest) -> JoinResult {
+        let member_id = req.member_id.clone();
+        if group_id.is_empty() {
+            return JoinResult::error(ResponseError::InvalidGroupId, &member_id);
+        }
+        let (shard, key) = match self.shard().and_then(|s| Ok((s, self.route(group_id)?))) {
+            Ok(pair) => pair,
+            Err(e) => return JoinResult::error(e, &member_id),
+        };
+        let now = now_ms();
+        let (outcome, fx) = {
+            let mut groups = self.groups.borrow_mut();
+            if !groups.contains_key(group_id) && !member_id.is_empty() {
+                return JoinResult::error(ResponseError::UnknownMemberId, &member_id);
+            }
+            let g = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id, now));
+            let result = g.join(req, &self.settings, now);
+            // A refused first join must not leave an empty group behind
+            // (ListGroups would show it).
+            if g.is_empty() && g.offsets.is_empty() && g.generation == 0 {
+                groups.remove(group_id);
+            }
+            result
+        };
+        let rx = match &outcome {
+            Outcome::Wait(id) => Some(Self::park(
+                &self.join_waiters,
+                group_id,
+                id,
+                JoinResult::error(ResponseError::RebalanceInProgress, id),
+            )),
+            Outcome::Done(_) => None,
+        };
+        self.apply(&shard, group_id, key, fx).await;
+        match (outcome, rx) {
+            (Outcome::Done(r), _) => r,
+            (Outcome::Wait(id), Some(rx)) => rx
+                .await
+                .unwrap_or_else(|_| JoinResult::error(ResponseError::RebalanceInProgress, &id)),
+            (Outcome::Wait(id), None) => JoinResult::error(ResponseError::UnknownServerError, &id),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
+        if group_id.is_empty() {
+            return SyncResult::error(ResponseError::InvalidGroupId);
+        }
+        let (shard, key) = match self.shard().and_then(|s| Ok((s, self.route(group_id)?))) {
+            Ok(pair) => pair,
+            Err(e) => return SyncResult::error(e),
+        };
+        let now = now_ms();
+        let (outcome, fx) = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(g) = groups.get_mut(group_id) else {
+                return SyncResult::error(ResponseError::UnknownMemberId);
+            };
+            g.sync(
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol,
+                assignments,
+                now,
+            )
+        };
+        let rx = match &outcome {
+            Outcome::Wait(id) => Some(Self::park(
+                &self.sync_waiters,
+                group_id,
+                id,
+                SyncResult::error(ResponseError::RebalanceInProgress),
+            )),
+            Outcome::Done(_) => None,
+        };
+        self.apply(&shard, group_id, key, fx).await;
+        match (outcome, rx) {
+            (Outcome::Done(r), _) => r,
+            (Outcome::Wait(_), Some(rx)) => rx
+                .await
+                .unwrap_or_else(|_| SyncResult::error(ResponseError::RebalanceInProgress)),
+            (Outcome::Wait(_), None) => SyncResult::error(ResponseError::UnknownServerError),
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        self.route(group_id)?;
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .get_mut(group_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        g.heartbeat(member_id, instance_id, generation, now_ms())
+    }
+
+    /// Removes members; the group error, then one result per member.
+    pub async fn leave(
+        &self,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let shard = self.shard()?;
+        let key = self.route(group_id)?;
+        let now = now_ms();
+        let (results, fx) = {
+            let mut groups = self.groups.borrow_mut();
+            let g = groups
+                .get_mut(group_id)
+                .ok_or(ResponseError::UnknownMemberId)?;
+            let mut fx = Effects::default();
+            let mut results = Vec::new();
+            for (member, instance) in members {
+                let (r, more) = g.leave(member, instance.as_deref(), &self.settings, now);
+                fx.replies.extend(more.replies);
+                fx.persist |= more.persist;
+                results.push(r);
+            }
+            (results, fx)
+        };
+        self.apply(&shard, group_id, key, fx).await;
+        Ok(results)
+    }
+
+    /// Commits offsets: checks the member and generation, writes the
+    /// records, and updates the cache once they are durable. Returns one
+    /// result per `(topic, partition)` in request order.
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<(String, i32, OffsetValue)>,
+    ) -> Vec<Result<(), ResponseError>> {
+        let n = offsets.len();
+        let all = |e: ResponseError| vec![Err(e); n];
+        if group_id.is_empty() {
+            return all(ResponseError::InvalidGroupId);
+        }
+        let (shard, key) = match self.shard().and_then(|s| Ok((s, self.route(group_id)?))) {
+            Ok(pair) => pair,
+            Err(e) => return all(e),
+        };
+        let now = now_ms();
+        {
+            let mut groups = self.groups.borrow_mut();
+            if !groups.contains_key(group_id) {
+                if generation >= 0 || !member_id.is_empty() {
+                    return all(ResponseError::IllegalGeneration);
+                }
+                groups.insert(group_id.to_string(), Group::new(group_id, now));
+            }
+            let g = groups.get_mut(group_id).expect("inserted above");
+            if let Err(e) = g.check_commit(member_id, instance_id, generation, now) {
+                return all(e);
+            }
+        }
+        let mut results = Vec::with_capacity(n);
+        let mut records = Vec::new();
+        let mut accepted = Vec::new();
+        for (topic, partition, value) in offsets {
+            if value.metadata.len() > self.offset_metadata_max_bytes {
+                results.push(Err(ResponseError::OffsetMetadataTooLarge));
+                continue;
+            }
+            results.push(Ok(()));
+            records.push(GroupRecord::Offset {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition,
+                value: Some(value.clone()),
+            });
+            accepted.push((topic, partition, value));
+        }
+        if records.is_empty() {
+            return results;
+        }
+        if let Err(e) = write(&shard, key, records).await {
+            return results.into_iter().map(|r| r.and(Err(e))).collect();
+        }
+        if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
+            for (topic, partition, value) in accepted {
+                g.offsets.insert((topic, partition), value);
+            }
+        }
+        results
+    }
+
+    /// Committed offsets of a group: the named partitions, or all of them.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        wanted: Option<WantedOffsets>,
+    ) -> Result<TopicOffsets, ResponseError> {
+        self.route(group_id)?;
+        let groups = self.groups.borrow();
+        let g = groups.get(group_id);
+        let out = match wanted {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(t, ps)| {
+                    let parts = ps
+                        .into_iter()
+                        .map(|p| (p, g.and_then(|g| g.offsets.get(&(t.clone(), p)).cloned())))
+                        .collect();
+                    (t, parts)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: TopicOffsets = Vec::new();
+                for ((t, p), v) in g.map(|g| g.offsets.iter()).into_iter().flatten() {
+                    match by_topic.last_mut() {
+                        Some((last, parts)) if last == t => parts.push((*p, Some(v.clone()))),
+                        _ => by_topic.push((t.clone(), vec![(*p, Some(v.clone()))])),
+                    }
+                }
+                by_topic
+            }
+        };
+        Ok(out)
+    }
+
+    /// Every group this shard coordinates: (id, protocol type, state).
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        let loaded = self.loaded.borrow();
+        let Ok(shard) = self.shard() else {
+            return Vec::new();
+        };
+        let n = shard
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |t| t.leaders.len() as i32);
+        let mut out: Vec<_> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| loaded.contains(&partition_for(&g.id, n)))
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn describe(&self, group_id: &str) -> Result<GroupSummary, ResponseError> {
+        self.route(group_id)?;
+        let groups = self.groups.borrow();
+        let Some(g) = groups.get(group_id) else {
+            return Ok(GroupSummary {
+                state: GroupState::Dead,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            });
+        };
+        let stable = g.state == GroupState::Stable;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        let members = g
+            .members
+            .values()
+            .map(|m| MemberSummary {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                metadata: if stable {
+                    m.protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default()
+                } else {
+                    Bytes::new()
+                },
+                assignment: if stable {
+                    m.assignment.clone()
+                } else {
+                    Bytes::new()
+                },
+            })
+            .collect();
+        Ok(GroupSummary {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable { protocol } else { String::new() },
+            members,
+        })
+    }
+
+    /// Deletes a group with no members, and its offsets (tombstones).
+    pub async fn delete(&self, group_id: &str) -> Result<(), ResponseError> {
+        let shard = self.shard()?;
+        let key = self.route(group_id)?;
+        let records = {
+            let groups = self.groups.borrow();
+            let g = groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
+            if !g.is_empty() {
+                return Err(ResponseError::NonEmptyGroup);
+            }
+            let mut recs: Vec<GroupRecord> = g
+                .offsets
+                .keys()
+                .map(|(t, p)| GroupRecord::Offset {
+                    group: group_id.to_string(),
+                    topic: t.clone(),
+                    partition: *p,
+                    value: None,
+                })
+                .collect();
+            recs.push(GroupRecord::Group {
+                group: group_id.to_string(),
+                value: None,
+            });
+            recs
+        };
+        write(&shard, key, records).await?;
+        self.groups.borrow_mut().remove(group_id);
+        Ok(())
+    }
+
+    /// Deletes committed offsets of partitions the group does not consume.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
+        let shard = self.shard()?;
+        let key = self.route(group_id)?;
+        let (results, records) = {
+            let groups = self.groups.borrow();
+            let g = groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
+            let subscribed = if g.members.is_empty() {
+                Some(Vec::new())
+            } else {
+                g.subscribed_topics()
+            };
+            let Some(subscribed) = subscribed else {
+                return Err(ResponseError::NonEmptyGroup);
+            };
+            let mut results = Vec::new();
+            let mut records = Vec::new();
+            for (t, p) in partitions {
+                if subscribed.contains(&t) {
+                    results.push(Err(ResponseError::GroupSubscribedToTopic));
+                    continue;
+                }
+                results.push(Ok(()));
+                if g.offsets.contains_key(&(t.clone(), p)) {
+                    records.push(GroupRecord::Offset {
+                        group: group_id.to_string(),
+                        topic: t,
+                        partition: p,
+                        value: None,
+                    });
+                }
+            }
+            (results, records)
+        };
+        if !records.is_empty() {
+            write(&shard, key, records.clone()).await?;
+            if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
+                for r in records {
+                    if let GroupRecord::Offset {
+                        topic, partition, ..
+                    } = r
+                    {
+                        g.offsets.remove(&(topic, partition));
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// Appends records to a `__consumer_offsets` partition and waits until
+/// they are durable.
+async fn write(
+    shard: &Rc<Shard>,
+    key: PartitionKey,
+    records: Vec<GroupRecord>,
+) -> Result<(), ResponseError> {
+    let bytes = encode_batch(&records, now_ms()).map_err(|e| {
+        warn!("cannot encode group records: {e}");
+        ResponseError::UnknownServerError
+    })?;
+    let batches = storage::batch::validate_batches(&bytes, usize::MAX).map_err(|e| {
+        warn!("group records failed validation: {e}");
+        ResponseError::UnknownServerError
+    })?;
+    let durable = shard
+        .append(key, &batches, None)
+        .map_err(|_| ResponseError::NotCoordinator)?;
+    durable.await.map_err(|e| match e {
+        ResponseError::UnknownTopicOrPartition | ResponseError::NotLeaderOrFollower => {
+            ResponseError::NotCoordinator
+        }
+        other => other,
+    })?;
+    Ok(())
+}
+
+/// Applies one replayed record to the groups being rebuilt.
+fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
+    match rec {
+        GroupRecord::Offset {
+            group,
+            topic,
+            partition,
+            value: Some(v),
+        } => {
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now))
+                .offsets
+                .insert((topic, partition), v);
+        }
+        GroupRecord::Offset {
+            group,
+            topic,
+            partition,
+            value: None,
+        } => {
+            if let Some(g) = groups.get_mut(&group) {
+                g.offsets.remove(&(topic, partition));
+            }
+        }
+        GroupRecord::Group {
+            group,
+            value: Some(v),
+        } => {
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now))
+                .restore(v, now);
+        }
+        GroupRecord::Group { group, value: None } => {
+            groups.remove(&group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_partition_matches_kafka() {
+        // Values from Java's String.hashCode.
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("my-group"), -1_906_497_762);
+        assert_eq!(
+            partition_for("my-group", 50),
+            (-1_906_497_762i32 & 0x7fff_ffff) % 50
+        );
+        // A negative hash is masked, not negated (Kafka's Utils.abs).
+        let h = java_hash("polygenelubricants");
+        assert_eq!(h, i32::MIN);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        assert!((0..50).contains(&partition_for("console-consumer-1234", 50)));
+    }
+
+    fn offset(group: &str, p: i32, value: Option<i64>) -> GroupRecord {
+        GroupRecord::Offset {
+            group: group.into(),
+            topic: "t".into(),
+            partition: p,
+            value: value.map(|offset| OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: format!("m{offset}"),
+                commit_timestamp: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn replay_rebuilds_offsets_and_groups_and_honours_tombstones() {
+        let mut stable = Group::new("a", 0);
+        let settings = GroupSettings {
+            initial_rebalance_delay_ms: 0,
+            ..GroupSettings::default()
+        };
+        let join = JoinRequest {
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/h".into(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 1000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"x"))],
+            require_known_member_id: false,
+        };
+        let _ = stable.join(join, &settings, 0);
+        let value = stable.to_value(0);
+        let log = vec![
+            offset("a", 0, Some(5)),
+            offset("a", 1, Some(6)),
+            offset("a", 0, Some(7)),
+            offset("a", 1, None),
+            GroupRecord::Group {
+                group: "a".into(),
+                value: Some(value),
+            },
+            offset("b", 0, Some(1)),
+            GroupRecord::Group {
+                group: "b".into(),
+                value: None,
+            },
+            offset("c", 0, Some(2)),
+        ];
+        let batch = encode_batch(&log, 0).unwrap();
+        let mut groups = HashMap::new();
+        for r in decode_batches(batch).unwrap() {
+            replay(&mut groups, r, 100);
+        }
+        let a = &groups["a"];
+        assert_eq!(a.offsets.len(), 1);
+        let committed = &a.offsets[&("t".to_string(), 0)];
+        assert_eq!((committed.offset, committed.metadata.as_str()), (7, "m7"));
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.members.len(), 1);
+        assert!(!groups.contains_key("b"), "deleted group stays deleted");
+        assert_eq!(groups["c"].state, GroupState::Empty);
+    }
+}

@@ -1,0 +1,684 @@
+//! Consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
+//! DeleteGroups, OffsetDelete.
+//!
+//! Runs on the shard that received the request. FindCoordinator works on
+//! any shard (it creates `__consumer_offsets` on first use through
+//! `Control`); the others are answered only by the group's coordinator
+//! shard (`NOT_COORDINATOR` elsewhere) through `Shard::groups`. This module
+//! only translates between wire messages and `crate::group`, setting each
+//! version-specific field only for versions that carry it.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::ResponseError;
+use net::Request;
+
+use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
+use crate::group::records::OffsetValue;
+use crate::group::{now_ms, partition_for, Committed, JoinRequest, WantedOffsets, OFFSETS_TOPIC};
+use crate::metadata::Command;
+use crate::shard::Shard;
+
+/// FindCoordinator key types.
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// Operations a group allows when the client asks (no ACLs yet: all of
+/// READ, DELETE, DESCRIBE).
+const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+
+/// Who sent a request, as groups report it.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub id: String,
+    pub host: String,
+}
+
+impl Client {
+    pub fn of(req: &Request) -> Client {
+        let host = req
+            .peer
+            .rsplit_once(':')
+            .map_or(req.peer.as_str(), |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']');
+        Client {
+            id: req
+                .header
+                .client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            host: format!("/{host}"),
+        }
+    }
+}
+
+fn code(r: Result<(), ResponseError>) -> i16 {
+    r.err().map_or(0, |e| e.code())
+}
+
+// ---- FindCoordinator ----
+
+pub async fn find_coordinator(
+    shard: &Rc<Shard>,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let keys: Vec<String> = if version >= 4 {
+        req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![req.key.to_string()]
+    };
+    let mut coordinators = Vec::with_capacity(keys.len());
+    for key in keys {
+        let found = locate_coordinator(shard, &key, req.key_type).await;
+        coordinators.push((key, found));
+    }
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp.coordinators = coordinators
+            .into_iter()
+            .map(|(key, found)| {
+                let mut c = Coordinator::default().with_key(str_bytes(&key));
+                match found {
+                    Ok(shard_id) => {
+                        c.node_id = BrokerId(shard.config.node_id(shard_id));
+                        c.host = str_bytes(shard.config.advertised_host());
+                        c.port = shard.config.port(shard_id) as i32;
+                    }
+                    Err((e, msg)) => {
+                        c.error_code = e.code();
+                        c.error_message = Some(str_bytes(&msg));
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                    }
+                }
+                c
+            })
+            .collect();
+        return resp;
+    }
+    let (_, found) = coordinators.pop().expect("one key before v4");
+    match found {
+        Ok(shard_id) => {
+            resp.node_id = BrokerId(shard.config.node_id(shard_id));
+            resp.host = str_bytes(shard.config.advertised_host());
+            resp.port = shard.config.port(shard_id) as i32;
+        }
+        Err((e, msg)) => {
+            resp.error_code = e.code();
+            if version >= 1 {
+                resp.error_message = Some(str_bytes(&msg));
+            }
+            resp.node_id = BrokerId(-1);
+            resp.port = -1;
+        }
+    }
+    resp
+}
+
+/// The shard coordinating `key`, creating `__consumer_offsets` if needed.
+async fn locate_coordinator(
+    shard: &Rc<Shard>,
+    key: &str,
+    key_type: i8,
+) -> Result<usize, (ResponseError, String)> {
+    match key_type {
+        KEY_TYPE_GROUP => {}
+        KEY_TYPE_TRANSACTION => {
+            return Err((
+                ResponseError::CoordinatorNotAvailable,
+                "transactions are not supported yet".into(),
+            ))
+        }
+        other => {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!("unknown coordinator key type {other}"),
+            ))
+        }
+    }
+    if shard.image().topic(OFFSETS_TOPIC).is_none() {
+        create_offsets_topic(shard).await;
+    }
+    let image = shard.image();
+    let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+        return Err((
+            ResponseError::CoordinatorNotAvailable,
+            format!("{OFFSETS_TOPIC} could not be created"),
+        ));
+    };
+    let p = partition_for(key, topic.leaders.len() as i32);
+    topic.leaders.get(p as usize).copied().ok_or_else(|| {
+        (
+            ResponseError::CoordinatorNotAvailable,
+            format!("{OFFSETS_TOPIC} has no partitions"),
+        )
+    })
+}
+
+async fn create_offsets_topic(shard: &Rc<Shard>) {
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    let cmd = Command::CreateTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: shard.config.offsets_topic_partitions,
+        configs,
+        assignment: None,
+    };
+    // Two shards may race to create it; the loser's TOPIC_ALREADY_EXISTS is fine.
+    let _ = shard.control().submit(vec![cmd], false).await;
+}
+
+// ---- JoinGroup, SyncGroup, Heartbeat, LeaveGroup ----
+
+pub async fn join_group(
+    shard: &Rc<Shard>,
+    req: JoinGroupRequest,
+    version: i16,
+    client: Client,
+) -> JoinGroupResponse {
+    let join = JoinRequest {
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|s| s.to_string()),
+        client_id: client.id,
+        client_host: client.host,
+        session_timeout_ms: req.session_timeout_ms,
+        rebalance_timeout_ms: if version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let r = shard.groups.join(&req.group_id, join).await;
+    let mut resp = JoinGroupResponse::default();
+    resp.error_code = r.error.map_or(0, |e| e.code());
+    resp.generation_id = r.generation;
+    if version >= 7 {
+        resp.protocol_type = r.protocol_type.as_deref().map(str_bytes);
+        resp.protocol_name = r.protocol.as_deref().map(str_bytes);
+    } else {
+        resp.protocol_name = Some(str_bytes(r.protocol.as_deref().unwrap_or_default()));
+    }
+    resp.leader = str_bytes(&r.leader);
+    resp.member_id = str_bytes(&r.member_id);
+    resp.members = r
+        .members
+        .into_iter()
+        .map(|m| {
+            let mut jm = JoinGroupResponseMember::default();
+            jm.member_id = str_bytes(&m.member_id);
+            if version >= 5 {
+                jm.group_instance_id = m.instance_id.as_deref().map(str_bytes);
+            }
+            jm.metadata = m.metadata;
+            jm
+        })
+        .collect();
+    resp
+}
+
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    req: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let assignments = req
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let protocol_type = req.protocol_type.as_ref().map(|s| s.to_string());
+    let protocol = req.protocol_name.as_ref().map(|s| s.to_string());
+    let r = shard
+        .groups
+        .sync(
+            &req.group_id,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+            protocol_type.as_deref(),
+            protocol.as_deref(),
+            assignments,
+        )
+        .await;
+    let mut resp = SyncGroupResponse::default();
+    resp.error_code = r.error.map_or(0, |e| e.code());
+    if version >= 5 {
+        resp.protocol_type = r.protocol_type.as_deref().map(str_bytes);
+        resp.protocol_name = r.protocol.as_deref().map(str_bytes);
+    }
+    resp.assignment = r.assignment;
+    resp
+}
+
+pub fn heartbeat(shard: &Rc<Shard>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let r = shard.groups.heartbeat(
+        &req.group_id,
+        &req.member_id,
+        req.group_instance_id.as_deref(),
+        req.generation_id,
+    );
+    HeartbeatResponse::default().with_error_code(code(r))
+}
+
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    req: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let result = shard.groups.leave(&req.group_id, &members).await;
+    let mut resp = LeaveGroupResponse::default();
+    match result {
+        Err(e) => resp.error_code = e.code(),
+        Ok(results) if version < 3 => {
+            resp.error_code = results.into_iter().next().map_or(0, code);
+        }
+        Ok(results) => {
+            resp.members = members
+                .into_iter()
+                .zip(results)
+                .map(|((member_id, instance), r)| {
+                    MemberResponse::default()
+                        .with_member_id(str_bytes(&member_id))
+                        .with_group_instance_id(instance.as_deref().map(str_bytes))
+                        .with_error_code(code(r))
+                })
+                .collect();
+        }
+    }
+    resp
+}
+
+// ---- offsets ----
+
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    req: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let image = shard.image();
+    let now = now_ms();
+    // Partitions of unknown topics are refused up front; the rest go to
+    // the coordinator in one batch.
+    type Refused = Vec<(i32, Option<ResponseError>)>;
+    let mut shape: Vec<(String, Refused)> = Vec::new();
+    let mut offsets = Vec::new();
+    for t in &req.topics {
+        let name = t.name.to_string();
+        let topic = image.topic(&name);
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let known =
+                topic.is_some_and(|tm| (0..tm.leaders.len() as i32).contains(&p.partition_index));
+            if !known {
+                parts.push((
+                    p.partition_index,
+                    Some(ResponseError::UnknownTopicOrPartition),
+                ));
+                continue;
+            }
+            parts.push((p.partition_index, None));
+            offsets.push((
+                name.clone(),
+                p.partition_index,
+                OffsetValue {
+                    offset: p.committed_offset,
+                    leader_epoch: if version >= 6 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                    commit_timestamp: now,
+                },
+            ));
+        }
+        shape.push((name, parts));
+    }
+    let instance_id = if version >= 7 {
+        req.group_instance_id.as_ref().map(|s| s.to_string())
+    } else {
+        None
+    };
+    let mut results = shard
+        .groups
+        .commit(
+            &req.group_id,
+            &req.member_id,
+            instance_id.as_deref(),
+            req.generation_id_or_member_epoch,
+            offsets,
+        )
+        .await
+        .into_iter();
+    let mut resp = OffsetCommitResponse::default();
+    resp.topics = shape
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, refused)| {
+                    let err = match refused {
+                        Some(e) => e.code(),
+                        None => results.next().map_or(0, code),
+                    };
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_error_code(err)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(partitions)
+        })
+        .collect();
+    resp
+}
+
+pub fn offset_fetch(
+    shard: &Rc<Shard>,
+    req: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let mut resp = OffsetFetchResponse::default();
+    if version >= 8 {
+        resp.groups = req
+            .groups
+            .into_iter()
+            .map(|g| {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let r = shard.groups.fetch_offsets(&g.group_id, wanted);
+                let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
+                match r {
+                    Err(e) => out.error_code = e.code(),
+                    Ok(topics) => {
+                        out.topics = topics
+                            .into_iter()
+                            .map(|(name, parts)| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(topic_name(&name))
+                                    .with_partitions(
+                                        parts
+                                            .into_iter()
+                                            .map(|(p, c)| v8_partition(p, c))
+                                            .collect(),
+                                    )
+                            })
+                            .collect();
+                    }
+                }
+                out
+            })
+            .collect();
+        return resp;
+    }
+    let wanted: Option<WantedOffsets> = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let r = shard.groups.fetch_offsets(&req.group_id, wanted.clone());
+    let topics = match r {
+        Ok(t) => t,
+        Err(e) => {
+            if version >= 2 {
+                resp.error_code = e.code();
+            }
+            // v1 has no group error: every requested partition carries it.
+            resp.topics = wanted
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, parts)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(topic_name(&name))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|p| old_partition(p, None, version).with_error_code(e.code()))
+                                .collect(),
+                        )
+                })
+                .collect();
+            return resp;
+        }
+    };
+    resp.topics = topics
+        .into_iter()
+        .map(|(name, parts)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(p, c)| old_partition(p, c, version))
+                        .collect(),
+                )
+        })
+        .collect();
+    resp
+}
+
+fn old_partition(index: i32, c: Option<Committed>, version: i16) -> OffsetFetchResponsePartition {
+    let mut p = OffsetFetchResponsePartition::default().with_partition_index(index);
+    match c {
+        Some(c) => {
+            p.committed_offset = c.offset;
+            if version >= 5 {
+                p.committed_leader_epoch = c.leader_epoch;
+            }
+            p.metadata = Some(str_bytes(&c.metadata));
+        }
+        None => {
+            p.committed_offset = -1;
+            p.metadata = Some(str_bytes(""));
+        }
+    }
+    p
+}
+
+fn v8_partition(index: i32, c: Option<Committed>) -> OffsetFetchResponsePartitions {
+    let mut p = OffsetFetchResponsePartitions::default().with_partition_index(index);
+    match c {
+        Some(c) => {
+            p.committed_offset = c.offset;
+            p.committed_leader_epoch = c.leader_epoch;
+            p.metadata = Some(str_bytes(&c.metadata));
+        }
+        None => {
+            p.committed_offset = -1;
+            p.metadata = Some(str_bytes(""));
+        }
+    }
+    p
+}
+
+// ---- ListGroups, DescribeGroups, DeleteGroups, OffsetDelete ----
+
+pub fn list_groups(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
+    let mut resp = ListGroupsResponse::default();
+    if !types.is_empty() && !types.iter().any(|t| t == "classic") {
+        return resp;
+    }
+    resp.groups = shard
+        .groups
+        .list()
+        .into_iter()
+        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.name().to_lowercase()))
+        .map(|(id, protocol_type, state)| {
+            let mut g = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(&id)))
+                .with_protocol_type(str_bytes(&protocol_type));
+            if version >= 4 {
+                g.group_state = str_bytes(state.name());
+            }
+            if version >= 5 {
+                g.group_type = str_bytes("classic");
+            }
+            g
+        })
+        .collect();
+    resp
+}
+
+pub fn describe_groups(
+    shard: &Rc<Shard>,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut resp = DescribeGroupsResponse::default();
+    resp.groups = req
+        .groups
+        .into_iter()
+        .map(|group_id| {
+            let mut d = DescribedGroup::default();
+            d.authorized_operations = if version >= 3 && req.include_authorized_operations {
+                GROUP_AUTHORIZED_OPERATIONS
+            } else {
+                AUTH_OPS_OMITTED
+            };
+            match shard.groups.describe(&group_id) {
+                Err(e) => {
+                    d.error_code = e.code();
+                    d.group_state = str_bytes("");
+                }
+                Ok(s) => {
+                    d.group_state = str_bytes(s.state.name());
+                    d.protocol_type = str_bytes(&s.protocol_type);
+                    d.protocol_data = str_bytes(&s.protocol);
+                    d.members = s
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let mut dm = DescribedGroupMember::default();
+                            dm.member_id = str_bytes(&m.member_id);
+                            if version >= 4 {
+                                dm.group_instance_id = m.instance_id.as_deref().map(str_bytes);
+                            }
+                            dm.client_id = str_bytes(&m.client_id);
+                            dm.client_host = str_bytes(&m.client_host);
+                            dm.member_metadata = m.metadata;
+                            dm.member_assignment = m.assignment;
+                            dm
+                        })
+                        .collect();
+                }
+            }
+            d.group_id = group_id;
+            d
+        })
+        .collect();
+    resp
+}
+
+pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for group_id in req.groups_names {
+        let r = if group_id.is_empty() {
+            Err(ResponseError::InvalidGroupId)
+        } else {
+            shard.groups.delete(&group_id).await
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group_id)
+                .with_error_code(code(r)),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let partitions: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    let mut resp = OffsetDeleteResponse::default();
+    let mut results = match shard.groups.delete_offsets(&req.group_id, partitions).await {
+        Ok(r) => r.into_iter(),
+        Err(e) => {
+            resp.error_code = e.code();
+            return resp;
+        }
+    };
+    resp.topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(results.next().map_or(0, code))
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    resp
+}
