@@ -126,6 +126,34 @@ impl Control {
 
     /// Applies `cmds` on shard 0 (forwarding from other shards) and returns
     /// once every shard has the resulting image.
+    /// Submits the commands that passed the handler's own checks and returns
+    /// one result per entry of `checked`, in order: the handler's error, or
+    /// what the controller answered for that command.
+    pub async fn submit_checked(
+        self: &Rc<Self>,
+        checked: Vec<Result<Command, CommandError>>,
+        dry_run: bool,
+    ) -> Vec<CommandResult> {
+        let cmds = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut applied = self.submit(cmds, dry_run).await.into_iter();
+        checked
+            .into_iter()
+            .map(|c| {
+                c.and_then(|_| {
+                    applied.next().unwrap_or_else(|| {
+                        Err(CommandError::new(
+                            kafka_protocol::ResponseError::UnknownServerError,
+                            "the controller answered fewer commands than were sent",
+                        ))
+                    })
+                })
+            })
+            .collect()
+    }
+
     pub async fn submit(self: &Rc<Self>, cmds: Vec<Command>, dry_run: bool) -> Vec<CommandResult> {
         if self.shard == 0 {
             return self.apply_and_publish(cmds, dry_run).await;

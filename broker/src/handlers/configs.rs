@@ -80,22 +80,12 @@ pub async fn incremental_alter_configs(
 ) -> IncrementalAlterConfigsResponse {
     let checked: Vec<Result<Command, CommandError>> =
         req.resources.iter().map(alter_command).collect();
-    let cmds: Vec<Command> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().cloned())
-        .collect();
-    let mut applied = shard
+    let results = shard
         .control()
-        .submit(cmds, req.validate_only)
-        .await
-        .into_iter();
+        .submit_checked(checked, req.validate_only)
+        .await;
     let mut resp = IncrementalAlterConfigsResponse::default();
-    for (res, c) in req.resources.iter().zip(checked) {
-        let result = c.and_then(|_| {
-            applied
-                .next()
-                .unwrap_or_else(|| Err(CommandError::new(ResponseError::UnknownServerError, "")))
-        });
+    for (res, result) in req.resources.iter().zip(results) {
         let mut r = AlterConfigsResourceResponse::default();
         r.resource_type = res.resource_type;
         r.resource_name = res.resource_name.clone();

@@ -131,23 +131,13 @@ pub async fn create_topics(
             creatable(&cfg, t)
         })
         .collect();
-    let cmds: Vec<Command> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().cloned())
-        .collect();
-    let mut applied = shard
+    let results = shard
         .control()
-        .submit(cmds, req.validate_only)
-        .await
-        .into_iter();
+        .submit_checked(checked, req.validate_only)
+        .await;
     let image = shard.image();
     let mut resp = CreateTopicsResponse::default();
-    for (t, c) in req.topics.iter().zip(checked) {
-        let result = c.and_then(|_| {
-            applied
-                .next()
-                .unwrap_or_else(|| Err(CommandError::new(ResponseError::UnknownServerError, "")))
-        });
+    for (t, result) in req.topics.iter().zip(results) {
         let mut r = CreatableTopicResult::default();
         r.name = t.name.clone();
         r.num_partitions = -1;
@@ -235,19 +225,13 @@ pub async fn delete_topics(
                 }),
         })
         .collect();
-    let cmds: Vec<Command> = resolved
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|name| Command::DeleteTopic { name: name.clone() })
+    let checked = resolved
+        .into_iter()
+        .map(|r| r.map(|name| Command::DeleteTopic { name }))
         .collect();
-    let mut applied = shard.control().submit(cmds, false).await.into_iter();
+    let results = shard.control().submit_checked(checked, false).await;
     let mut resp = DeleteTopicsResponse::default();
-    for ((name, id), r) in wanted.into_iter().zip(resolved) {
-        let result = r.and_then(|_| {
-            applied
-                .next()
-                .unwrap_or_else(|| Err(CommandError::new(ResponseError::UnknownServerError, "")))
-        });
+    for ((name, id), result) in wanted.into_iter().zip(results) {
         let mut d = DeletableTopicResult::default();
         d.name = name.as_deref().map(topic_name);
         d.topic_id = id;
@@ -283,22 +267,12 @@ pub async fn create_partitions(
             })
         })
         .collect();
-    let cmds: Vec<Command> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().cloned())
-        .collect();
-    let mut applied = shard
+    let results = shard
         .control()
-        .submit(cmds, req.validate_only)
-        .await
-        .into_iter();
+        .submit_checked(checked, req.validate_only)
+        .await;
     let mut resp = CreatePartitionsResponse::default();
-    for (t, c) in req.topics.iter().zip(checked) {
-        let result = c.and_then(|_| {
-            applied
-                .next()
-                .unwrap_or_else(|| Err(CommandError::new(ResponseError::UnknownServerError, "")))
-        });
+    for (t, result) in req.topics.iter().zip(results) {
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name.clone();
         if let Err(e) = result {
