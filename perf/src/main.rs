@@ -4,9 +4,17 @@
 mod batch;
 mod cluster;
 mod connection;
+mod control;
 mod error;
+mod fetcher;
 mod latency;
+mod partitioner;
+mod plot;
+mod producer;
+mod progress;
+mod report;
 mod schedule;
+mod throughput;
 
 fn main() {
     eprintln!("perf: not implemented yet");
