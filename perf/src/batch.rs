@@ -44,11 +44,6 @@ impl BatchBuilder {
         }
     }
 
-    /// Number of records appended so far.
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
     /// Whether no record has been appended.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -284,6 +279,7 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<(BatchInfo, Bytes)>> {
 }
 
 /// Checks a batch's stored CRC-32C against its bytes.
+#[cfg(test)]
 pub fn crc_ok(batch: &[u8]) -> bool {
     batch.len() >= HEADER_LEN
         && u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]])
@@ -363,7 +359,9 @@ mod tests {
     use super::*;
     use kafka_protocol::records::RecordBatchDecoder;
 
-    fn build(n: usize, compression: Compression) -> (Bytes, Vec<(Option<Vec<u8>>, Vec<u8>)>) {
+    type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+
+    fn build(n: usize, compression: Compression) -> (Bytes, Vec<KeyValue>) {
         let mut b = BatchBuilder::with_capacity(1024);
         let mut expect = Vec::new();
         for i in 0..n {

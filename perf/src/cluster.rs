@@ -22,7 +22,6 @@ use crate::error::{PerfError, Result};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-const LEADER_NOT_AVAILABLE: i16 = 5;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 /// Partition count and leader node of each partition of one topic.
@@ -94,18 +93,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
-    }
-
     /// The address of a node, as Metadata advertised it.
     pub fn node_addr(&self, node: i32) -> Option<&str> {
         self.nodes.get(&node).map(String::as_str)
-    }
-
-    /// Number of nodes (shards count as nodes).
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
     }
 
     async fn admin_conn(&self, addr: &str) -> Result<Arc<Connection>> {

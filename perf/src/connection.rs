@@ -177,10 +177,6 @@ impl Connection {
         Ok(api_ranges(&resp))
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// The version to use for `R`: the highest both sides speak.
     pub fn version<R: Request>(&self) -> Result<i16> {
         let ours = ApiKey::try_from(R::KEY)

@@ -145,7 +145,9 @@ pub async fn run(
     }
 
     let start_ns = clock.now_ns();
-    let measure_start_ns = start_ns + settings.warmup.as_nanos() as u64;
+    // Warm-up counts from the clock's start, so consumers started on the
+    // same clock measure the same records.
+    let measure_start_ns = settings.warmup.as_nanos() as u64;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         clock,
@@ -296,9 +298,8 @@ impl Generator {
                 }
             }
         }
-        for p in 0..open.len() {
-            let b = open[p].take();
-            if !self.seal(p as i32, b) {
+        for (p, slot) in open.iter_mut().enumerate() {
+            if !self.seal(p as i32, slot.take()) {
                 break;
             }
         }
@@ -306,12 +307,11 @@ impl Generator {
 
     /// Seals every batch whose linger time is up; false if the run ended.
     fn seal_expired(&mut self, open: &mut [Option<OpenBatch>], now: u64) -> bool {
-        for p in 0..open.len() {
-            if open[p].as_ref().is_some_and(|b| b.deadline_ns <= now) {
-                let b = open[p].take();
-                if !self.seal(p as i32, b) {
-                    return false;
-                }
+        for (p, slot) in open.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|b| b.deadline_ns <= now)
+                && !self.seal(p as i32, slot.take())
+            {
+                return false;
             }
         }
         true

@@ -7,7 +7,7 @@
 //! (the coordinated-omission correction). At max rate there is no intended
 //! time: a record's latency starts when it is created.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// One monotonic time base per run, with its wall-clock anchor so that
 /// timestamps carried in records can be compared across tasks.
@@ -31,11 +31,6 @@ impl Clock {
     /// Nanoseconds since the run started.
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
-    }
-
-    /// The instant `ns` nanoseconds after the start.
-    pub fn instant(&self, ns: u64) -> Instant {
-        self.start + Duration::from_nanos(ns)
     }
 
     /// Wall-clock nanoseconds since the Unix epoch of a run time.

@@ -31,16 +31,6 @@ impl Timeline {
         self.buckets[s].1 += bytes;
     }
 
-    pub fn merge(&mut self, other: &Timeline) {
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), (0, 0));
-        }
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            a.0 += b.0;
-            a.1 += b.1;
-        }
-    }
-
     /// Every whole second up to `window_ns` (a trailing partial second
     /// would read as a drop in throughput, so it is left out).
     pub fn seconds(&self, window_ns: u64) -> Vec<Second> {
@@ -68,9 +58,7 @@ mod tests {
         t.add(0, 1, 1024);
         t.add(999_999_999, 1, 1024);
         t.add(2_500_000_000, 5, MB as u64);
-        let mut u = Timeline::default();
-        u.add(1_000_000_000, 3, 0);
-        t.merge(&u);
+        t.add(1_000_000_000, 3, 0);
         let s = t.seconds(3_200_000_000);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].records_per_sec, 2.0);
