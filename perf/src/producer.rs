@@ -165,8 +165,12 @@ pub async fn run(
     let mut generators = Vec::new();
     for (p, per_node) in conns.into_iter().enumerate() {
         let mut txs = Vec::new();
-        for conn in per_node {
-            let (tx, rx) = mpsc::channel(settings.max_in_flight.max(1));
+        for (n, conn) in per_node.into_iter().enumerate() {
+            // Room for one sealed batch per partition of the node: enough
+            // to fill a request, little enough that records do not queue
+            // in the client at max rate.
+            let led = route.iter().filter(|&&r| r == n).count();
+            let (tx, rx) = mpsc::channel(led.clamp(1, 64));
             senders.push(tokio::spawn(send_loop(conn, rx, shared.clone())));
             txs.push(tx);
         }
