@@ -1,1 +1,173 @@
-fn main() {}
+//! The `broker` binary: reads the config, starts one pinned glommio executor
+//! per shard, joins them into the channel mesh, and serves until killed.
+//!
+//! The main thread only starts and joins shards; it never serves requests.
+
+mod config;
+mod control;
+mod handlers;
+mod metadata;
+mod shard;
+mod topic_config;
+mod wal_record;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use clap::Parser;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use storage::wal::{open_or_create, WalConfig, WalLayout};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Flags};
+use crate::control::{Control, MeshMsg};
+use crate::shard::Shard;
+
+/// Metadata messages in flight between two shards before a sender waits.
+const MESH_CAPACITY: usize = 1024;
+
+fn main() {
+    let cfg = match Config::load(Flags::parse()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("broker: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
+        error!(
+            "cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        );
+        std::process::exit(1);
+    }
+    check_memlock();
+    let wal = match open_wal(&cfg) {
+        Ok(layout) => Arc::new(layout),
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let cfg = Arc::new(cfg);
+    info!(
+        shards = cfg.shards,
+        base_port = cfg.base_port,
+        data_dir = %cfg.data_dir.display(),
+        "starting broker {}",
+        cfg.broker_id
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mesh = MeshBuilder::<MeshMsg, _>::full(cfg.shards, MESH_CAPACITY);
+    let mut handles = Vec::new();
+    for s in 0..cfg.shards {
+        let cfg = cfg.clone();
+        let mesh = mesh.clone();
+        let wal = wal.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
+            .name(&format!("shard-{s}"))
+            .spawn(move || run_shard(s, cfg, mesh, wal));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                error!(
+                    "cannot start shard {s}: {e} (glommio needs locked memory: check `ulimit -l`)"
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    for h in handles {
+        if let Err(e) = h.join() {
+            error!("shard failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_shard(
+    s: usize,
+    cfg: Arc<Config>,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    wal: Arc<WalLayout>,
+) {
+    let shards = cfg.shards;
+    let shard = Shard::new(s, cfg);
+    let (senders, receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            error!("shard {s} could not join the channel mesh: {e}");
+            std::process::exit(1);
+        }
+    };
+    let weak = Rc::downgrade(&shard);
+    let install = Box::new(move |image| {
+        if let Some(shard) = weak.upgrade() {
+            shard.install_image(image);
+        }
+    });
+    shard.set_control(Control::start(s, shards, senders, receivers, install));
+    if let Err(e) = shard.open_wal(&wal).await {
+        error!("shard {s} cannot open its WAL slice: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = shard.listen().await {
+        error!("shard {s} cannot listen: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Opens (or creates) the WAL on the main thread, before any shard starts.
+fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
+    let wal_cfg = WalConfig {
+        path: cfg.wal_path(),
+        size_bytes: cfg.wal_size_bytes,
+        slices: cfg.shards as u32,
+        broker_id: cfg.broker_id,
+        zero_fill: true,
+    };
+    let layout = open_or_create(&wal_cfg).map_err(|e| format!("cannot open the WAL: {e}"))?;
+    if layout.slice_count as usize != cfg.shards {
+        return Err(format!(
+            "the WAL at {} has {} slices but {} shards are configured; start with shards = {} \
+             to recover it (the WAL is never reformatted while it may hold data)",
+            layout.path.display(),
+            layout.slice_count,
+            cfg.shards,
+            layout.slice_count
+        ));
+    }
+    info!(
+        path = %layout.path.display(),
+        slices = layout.slice_count,
+        slice_bytes = layout.slice_size,
+        block = layout.block_size,
+        "WAL open"
+    );
+    Ok(layout)
+}
+
+/// glommio registers io_uring buffers in locked memory; without enough of it
+/// executors fail to start. Root (CAP_IPC_LOCK) is not limited.
+fn check_memlock() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if ok && !root && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < 512 << 20 {
+        warn!(
+            "locked-memory limit is {} KiB; glommio may fail to start shards. Raise it (ulimit -l unlimited) or run as root",
+            lim.rlim_cur / 1024
+        );
+    }
+}

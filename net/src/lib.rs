@@ -1,1 +1,15 @@
-pub fn placeholder() {}
+//! The Kafka wire protocol: length-prefixed framing, request and response
+//! codecs (the `kafka-protocol` crate), version negotiation, and the
+//! connection loop that runs on a shard.
+//!
+//! `frame`, `codec` and `versions` are sans-IO and testable with a byte
+//! buffer; only `connection` touches a socket. Knows nothing about storage.
+
+pub mod codec;
+pub mod connection;
+pub mod frame;
+pub mod versions;
+
+pub use codec::{decode_request, encode_response, DecodeError, Request};
+pub use connection::{serve_connection, Service};
+pub use kafka_protocol;

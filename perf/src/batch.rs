@@ -407,6 +407,23 @@ mod tests {
     }
 
     #[test]
+    fn storage_batch_validator_accepts_what_we_build() {
+        for codec in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let (batch, _) = build(40, codec);
+            let valid = storage::batch::validate_batches(&batch, 1 << 20).unwrap();
+            assert_eq!(valid.len(), 1);
+            let h = valid[0].header;
+            assert_eq!(h.records_count, 40);
+            assert_eq!(h.last_offset_delta, 39);
+            assert_eq!(h.compression(), codec as i16);
+            assert_eq!(h.base_timestamp, 1_700_000_000_000);
+            assert_eq!(h.max_timestamp, 1_700_000_000_000 + 39 * 7);
+            assert_eq!((h.producer_id, h.base_sequence), (-1, -1));
+            assert_eq!(h.total_len(), batch.len());
+        }
+    }
+
+    #[test]
     fn header_fields_match_the_v2_layout() {
         let (batch, _) = build(3, Compression::None);
         assert_eq!(be_i32(&batch, LENGTH_OFFSET) as usize, batch.len() - 12);

@@ -1,0 +1,232 @@
+//! DescribeConfigs for topics and brokers: every config of the resource with
+//! its value, its source and its type, not only the ones set explicitly.
+//!
+//! Runs on any shard; reads the metadata image and the broker config.
+
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use super::topics::{SOURCE_DEFAULT, SOURCE_STATIC_BROKER, SOURCE_TOPIC};
+use crate::config::Config;
+use crate::shard::Shard;
+use crate::topic_config::{self, ConfigType, MAX_MESSAGE_BYTES, TOPIC_CONFIGS};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+struct Entry {
+    name: String,
+    value: String,
+    source: i8,
+    kind: ConfigType,
+}
+
+pub fn describe_configs(shard: &Shard, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut resp = DescribeConfigsResponse::default();
+    for res in req.resources {
+        let mut out = DescribeConfigsResult::default();
+        out.resource_type = res.resource_type;
+        out.resource_name = res.resource_name.clone();
+        let entries = match res.resource_type {
+            RESOURCE_TOPIC => topic_entries(shard, &res.resource_name),
+            RESOURCE_BROKER => broker_entries(&shard.config, &res.resource_name),
+            other => Err((
+                ResponseError::InvalidRequest,
+                format!("resource type {other} is not supported"),
+            )),
+        };
+        match entries {
+            Ok(entries) => {
+                out.configs = entries
+                    .into_iter()
+                    .filter(|e| {
+                        res.configuration_keys
+                            .as_ref()
+                            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
+                    })
+                    .map(|e| entry(e, req.include_synonyms))
+                    .collect();
+            }
+            Err((err, msg)) => {
+                out.error_code = err.code();
+                out.error_message = Some(str_bytes(&msg));
+            }
+        }
+        resp.results.push(out);
+    }
+    resp
+}
+
+fn entry(e: Entry, synonyms: bool) -> DescribeConfigsResourceResult {
+    let mut r = DescribeConfigsResourceResult::default();
+    r.name = str_bytes(&e.name);
+    r.value = Some(str_bytes(&e.value));
+    r.config_source = e.source;
+    r.config_type = e.kind as i8;
+    if synonyms {
+        let mut s = DescribeConfigsSynonym::default();
+        s.name = r.name.clone();
+        s.value = r.value.clone();
+        s.source = e.source;
+        r.synonyms = vec![s];
+    }
+    r
+}
+
+fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError, String)> {
+    let image = shard.image();
+    let Some(topic) = image.topic(name) else {
+        return Err((
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        ));
+    };
+    let cfg = &shard.config;
+    let broker_default = Config::default().message_max_bytes;
+    Ok(TOPIC_CONFIGS
+        .iter()
+        .map(|k| {
+            let source = if topic.configs.contains_key(k.name) {
+                SOURCE_TOPIC
+            } else if k.name == MAX_MESSAGE_BYTES && cfg.message_max_bytes != broker_default {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            };
+            Entry {
+                name: k.name.to_string(),
+                value: topic_config::effective(&topic.configs, k.name, cfg.message_max_bytes)
+                    .unwrap_or_default(),
+                source,
+                kind: k.kind,
+            }
+        })
+        .collect())
+}
+
+fn broker_entries(cfg: &Config, name: &str) -> Result<Vec<Entry>, (ResponseError, String)> {
+    let ours = name.is_empty()
+        || name
+            .parse::<i32>()
+            .ok()
+            .and_then(|id| cfg.shard_of_node(id))
+            .is_some();
+    if !ours {
+        return Err((
+            ResponseError::InvalidRequest,
+            format!("broker {name} is not a node of this broker"),
+        ));
+    }
+    let d = Config::default();
+    let src = |same: bool| {
+        if same {
+            SOURCE_DEFAULT
+        } else {
+            SOURCE_STATIC_BROKER
+        }
+    };
+    let listeners = (0..cfg.shards)
+        .map(|s| format!("PLAINTEXT://{}:{}", cfg.listen_host, cfg.port(s)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let advertised = (0..cfg.shards)
+        .map(|s| format!("PLAINTEXT://{}:{}", cfg.advertised_host(), cfg.port(s)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let e = |name: &str, value: String, source: i8, kind: ConfigType| Entry {
+        name: name.to_string(),
+        value,
+        source,
+        kind,
+    };
+    Ok(vec![
+        e(
+            "broker.id",
+            cfg.broker_id.to_string(),
+            SOURCE_STATIC_BROKER,
+            ConfigType::Int,
+        ),
+        e(
+            "num.partitions",
+            cfg.num_partitions.to_string(),
+            src(cfg.num_partitions == d.num_partitions),
+            ConfigType::Int,
+        ),
+        e(
+            "auto.create.topics.enable",
+            cfg.auto_create_topics.to_string(),
+            src(cfg.auto_create_topics == d.auto_create_topics),
+            ConfigType::Boolean,
+        ),
+        e(
+            "message.max.bytes",
+            cfg.message_max_bytes.to_string(),
+            src(cfg.message_max_bytes == d.message_max_bytes),
+            ConfigType::Int,
+        ),
+        e(
+            "socket.request.max.bytes",
+            cfg.max_frame_bytes.to_string(),
+            src(cfg.max_frame_bytes == d.max_frame_bytes),
+            ConfigType::Int,
+        ),
+        e(
+            "log.dirs",
+            cfg.data_dir.display().to_string(),
+            src(cfg.data_dir == d.data_dir),
+            ConfigType::String,
+        ),
+        e(
+            "listeners",
+            listeners,
+            SOURCE_STATIC_BROKER,
+            ConfigType::List,
+        ),
+        e(
+            "advertised.listeners",
+            advertised,
+            SOURCE_STATIC_BROKER,
+            ConfigType::List,
+        ),
+        e(
+            "default.replication.factor",
+            "1".into(),
+            SOURCE_DEFAULT,
+            ConfigType::Int,
+        ),
+        e(
+            "min.insync.replicas",
+            "1".into(),
+            SOURCE_DEFAULT,
+            ConfigType::Int,
+        ),
+        e(
+            "log.retention.ms",
+            "604800000".into(),
+            SOURCE_DEFAULT,
+            ConfigType::Long,
+        ),
+        e(
+            "log.retention.bytes",
+            "-1".into(),
+            SOURCE_DEFAULT,
+            ConfigType::Long,
+        ),
+        e(
+            "compression.type",
+            "producer".into(),
+            SOURCE_DEFAULT,
+            ConfigType::String,
+        ),
+        e(
+            "log.message.timestamp.type",
+            "CreateTime".into(),
+            SOURCE_DEFAULT,
+            ConfigType::String,
+        ),
+    ])
+}

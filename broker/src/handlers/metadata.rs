@@ -1,0 +1,152 @@
+//! Metadata and DescribeCluster: every shard is a node; each partition's
+//! leader is the shard that owns it. Unknown topics are created on the fly
+//! when auto-creation is on and the client allows it.
+//!
+//! Runs on any shard; reads the shard's metadata image, and goes to shard 0
+//! (through `Control`) only to auto-create topics.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
+use crate::metadata::{validate_topic_name, Command, MetadataImage, TopicMeta};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let cfg = &shard.config;
+    let mut image = shard.image();
+    // v0 asks for all topics with an empty list; v1+ with null.
+    let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+    let allow_auto = req.allow_auto_topic_creation || version < 4;
+    if let Some(wanted) = &wanted {
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter_map(|(n, _)| n.clone())
+            .filter(|n| image.topic(n).is_none() && validate_topic_name(n).is_ok())
+            .collect();
+        if allow_auto && cfg.auto_create_topics && !missing.is_empty() {
+            let cmds = missing
+                .into_iter()
+                .map(|name| Command::CreateTopic {
+                    name,
+                    partitions: cfg.num_partitions,
+                    configs: BTreeMap::new(),
+                    assignment: None,
+                })
+                .collect();
+            shard.control().submit(cmds, false).await;
+            image = shard.image();
+        }
+    }
+    let topics = match wanted {
+        None => image
+            .topics
+            .values()
+            .map(|t| topic_response(shard, t))
+            .collect(),
+        Some(wanted) => wanted
+            .into_iter()
+            .map(|(name, id)| requested_topic(shard, &image, name, id))
+            .collect(),
+    };
+    let mut resp = MetadataResponse::default();
+    resp.brokers = (0..cfg.shards)
+        .map(|s| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(cfg.node_id(s));
+            b.host = str_bytes(cfg.advertised_host());
+            b.port = cfg.port(s) as i32;
+            b
+        })
+        .collect();
+    resp.cluster_id = Some(str_bytes(&cfg.cluster_id));
+    resp.controller_id = BrokerId(cfg.node_id(0));
+    resp.cluster_authorized_operations = AUTH_OPS_OMITTED;
+    resp.topics = topics;
+    resp
+}
+
+fn requested_topic(
+    shard: &Shard,
+    image: &MetadataImage,
+    name: Option<String>,
+    id: uuid::Uuid,
+) -> MetadataResponseTopic {
+    let found = match &name {
+        Some(n) => image.topic(n),
+        None => image.topic_by_id(&id),
+    };
+    if let Some(t) = found {
+        return topic_response(shard, t);
+    }
+    let mut r = MetadataResponseTopic::default();
+    r.name = name.as_deref().map(topic_name);
+    r.topic_id = id;
+    r.topic_authorized_operations = AUTH_OPS_OMITTED;
+    r.error_code = match &name {
+        Some(n) if validate_topic_name(n).is_err() => ResponseError::InvalidTopicException.code(),
+        Some(_) => ResponseError::UnknownTopicOrPartition.code(),
+        None => ResponseError::UnknownTopicId.code(),
+    };
+    r
+}
+
+fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
+    let cfg = &shard.config;
+    let mut r = MetadataResponseTopic::default();
+    r.name = Some(topic_name(&t.name));
+    r.topic_id = t.id;
+    r.topic_authorized_operations = AUTH_OPS_OMITTED;
+    r.partitions = t
+        .leaders
+        .iter()
+        .enumerate()
+        .map(|(p, &leader)| {
+            let node = BrokerId(cfg.node_id(leader));
+            let mut mp = MetadataResponsePartition::default();
+            mp.partition_index = p as i32;
+            mp.leader_id = node;
+            mp.leader_epoch = 0;
+            mp.replica_nodes = vec![node];
+            mp.isr_nodes = vec![node];
+            mp
+        })
+        .collect();
+    r
+}
+
+pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let cfg = &shard.config;
+    let mut resp = DescribeClusterResponse::default();
+    resp.cluster_id = str_bytes(&cfg.cluster_id);
+    resp.controller_id = BrokerId(cfg.node_id(0));
+    resp.cluster_authorized_operations = AUTH_OPS_OMITTED;
+    resp.endpoint_type = 1;
+    resp.brokers = (0..cfg.shards)
+        .map(|s| {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(cfg.node_id(s));
+            b.host = str_bytes(cfg.advertised_host());
+            b.port = cfg.port(s) as i32;
+            b
+        })
+        .collect();
+    resp
+}

@@ -1,0 +1,64 @@
+//! One module per Kafka API family. Every handler runs on the shard that
+//! received the request and touches only that shard's partitions; a request
+//! for a partition led elsewhere gets `NOT_LEADER_OR_FOLLOWER`.
+
+pub mod configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod topics;
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use crate::metadata::{MetadataImage, TopicMeta};
+use crate::shard::{PartitionKey, Shard};
+
+/// Authorized-operations value when the client did not ask for them.
+pub const AUTH_OPS_OMITTED: i32 = i32::MIN;
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// Finds the topic a request names (by id when it has one, else by name).
+pub fn find_topic<'a>(
+    image: &'a MetadataImage,
+    name: &str,
+    id: Uuid,
+) -> Option<&'a Arc<TopicMeta>> {
+    if !id.is_nil() {
+        return image.topic_by_id(&id);
+    }
+    image.topic(name)
+}
+
+/// Routes a partition to this shard, or says why not.
+pub fn locate(
+    shard: &Shard,
+    topic: Option<&Arc<TopicMeta>>,
+    partition: i32,
+) -> Result<PartitionKey, ResponseError> {
+    let Some(topic) = topic else {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    };
+    let Some(&leader) = usize::try_from(partition)
+        .ok()
+        .and_then(|p| topic.leaders.get(p))
+    else {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    };
+    if leader != shard.id {
+        return Err(ResponseError::NotLeaderOrFollower);
+    }
+    Ok((topic.id, partition))
+}

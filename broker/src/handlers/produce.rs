@@ -1,0 +1,164 @@
+//! Produce: validates each partition's record batches, appends them to the
+//! partition log of this shard, and answers once they are committed.
+//!
+//! Runs on the shard that leads the partitions. Never copies a payload
+//! except the one copy that stamps offsets (see `storage::batch`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use storage::batch::{validate_batches, BatchError};
+use tracing::debug;
+
+use super::{find_topic, locate, str_bytes};
+use crate::metadata::TopicMeta;
+use crate::shard::{AppendOutcome, Shard};
+use crate::topic_config::{self, MAX_MESSAGE_BYTES, TIMESTAMP_TYPE};
+
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
+    let image = shard.image();
+    let acks = req.acks;
+    // Appends are issued for every partition first and awaited together, so
+    // all partitions of a request share one WAL flush.
+    let mut pending = Vec::new();
+    let mut shapes = Vec::with_capacity(req.topic_data.len());
+    for topic in req.topic_data {
+        let meta = find_topic(&image, &topic.name, topic.topic_id);
+        let mut indexes = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            let started = if matches!(acks, -1..=1) {
+                start_partition(shard, meta, p.index, p.records)
+            } else {
+                Err((
+                    ResponseError::InvalidRequiredAcks,
+                    format!("acks={acks} is not one of -1, 0, 1"),
+                ))
+            };
+            pending.push(finish_partition(started));
+            indexes.push(p.index);
+        }
+        shapes.push((topic.name, topic.topic_id, indexes));
+    }
+    let mut results = futures::future::join_all(pending).await.into_iter();
+    if acks == 0 {
+        return None;
+    }
+    let mut resp = ProduceResponse::default();
+    for (name, topic_id, indexes) in shapes {
+        let mut t = TopicProduceResponse::default();
+        t.name = name;
+        t.topic_id = topic_id;
+        t.partition_responses = indexes
+            .into_iter()
+            .map(|index| {
+                let r = results
+                    .next()
+                    .unwrap_or_else(|| Err((ResponseError::UnknownServerError, String::new())));
+                partition_response(index, r)
+            })
+            .collect();
+        resp.responses.push(t);
+    }
+    Some(ResponseKind::Produce(resp))
+}
+
+struct Produced {
+    base_offset: i64,
+    log_start_offset: i64,
+    log_append_time: Option<i64>,
+}
+
+type PartitionError = (ResponseError, String);
+type PartitionResult = Result<Produced, PartitionError>;
+type Started = Result<
+    (
+        Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
+        Option<i64>,
+    ),
+    PartitionError,
+>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Validates a partition's records and appends them (offsets assigned now).
+fn start_partition(
+    shard: &Rc<Shard>,
+    topic: Option<&Arc<TopicMeta>>,
+    partition: i32,
+    records: Option<Bytes>,
+) -> Started {
+    let key = locate(shard, topic, partition).map_err(|e| (e, String::new()))?;
+    let topic = topic.expect("located topics exist");
+    let Some(records) = records else {
+        return Err((ResponseError::InvalidRecord, "no records".into()));
+    };
+    let max = topic_config::effective(
+        &topic.configs,
+        MAX_MESSAGE_BYTES,
+        shard.config.message_max_bytes,
+    )
+    .and_then(|v| v.parse::<usize>().ok())
+    .unwrap_or(shard.config.message_max_bytes);
+    let batches = validate_batches(&records, max).map_err(|e| {
+        debug!(topic = %topic.name, partition, "rejecting batch: {e}");
+        (batch_error_code(&e), e.to_string())
+    })?;
+    let log_append_time = (topic_config::effective(&topic.configs, TIMESTAMP_TYPE, 0).as_deref()
+        == Some("LogAppendTime"))
+    .then(now_ms);
+    let durable = shard
+        .append(key, &batches, log_append_time)
+        .map_err(|e| (e, String::new()))?;
+    Ok((Box::pin(durable), log_append_time))
+}
+
+async fn finish_partition(started: Started) -> PartitionResult {
+    let (durable, log_append_time) = started?;
+    let outcome = durable.await.map_err(|e| (e, String::new()))?;
+    Ok(Produced {
+        base_offset: outcome.base_offset,
+        log_start_offset: outcome.log_start_offset,
+        log_append_time,
+    })
+}
+
+fn batch_error_code(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::Corrupt(_) => ResponseError::CorruptMessage,
+        BatchError::Invalid(_) => ResponseError::InvalidRecord,
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+    }
+}
+
+fn partition_response(index: i32, result: PartitionResult) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default();
+    r.index = index;
+    r.log_append_time_ms = -1;
+    match result {
+        Ok(p) => {
+            r.base_offset = p.base_offset;
+            r.log_start_offset = p.log_start_offset;
+            r.log_append_time_ms = p.log_append_time.unwrap_or(-1);
+        }
+        Err((err, msg)) => {
+            r.error_code = err.code();
+            r.base_offset = -1;
+            r.log_start_offset = -1;
+            if !msg.is_empty() {
+                r.error_message = Some(str_bytes(&msg));
+            }
+        }
+    }
+    r
+}

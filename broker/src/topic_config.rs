@@ -1,0 +1,158 @@
+//! Topic configs: the keys a topic accepts, their defaults and types, and
+//! validation of values given in CreateTopics.
+//!
+//! Pure data, used on every shard. Knows nothing of the wire format.
+
+use std::collections::BTreeMap;
+
+/// Config value types as DescribeConfigs v3+ reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+    Double = 6,
+    List = 7,
+}
+
+/// One topic config key: its type, its default, and the values it allows.
+pub struct TopicConfigKey {
+    pub name: &'static str,
+    pub kind: ConfigType,
+    pub default: &'static str,
+    pub allowed: &'static [&'static str],
+}
+
+const fn key(name: &'static str, kind: ConfigType, default: &'static str) -> TopicConfigKey {
+    TopicConfigKey {
+        name,
+        kind,
+        default,
+        allowed: &[],
+    }
+}
+
+/// The name of the key whose default comes from the broker's `message_max_bytes`.
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+pub const TIMESTAMP_TYPE: &str = "message.timestamp.type";
+
+pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
+    TopicConfigKey {
+        name: "cleanup.policy",
+        kind: ConfigType::List,
+        default: "delete",
+        allowed: &["delete", "compact", "compact,delete", "delete,compact"],
+    },
+    TopicConfigKey {
+        name: "compression.type",
+        kind: ConfigType::String,
+        default: "producer",
+        allowed: &[
+            "producer",
+            "uncompressed",
+            "none",
+            "gzip",
+            "snappy",
+            "lz4",
+            "zstd",
+        ],
+    },
+    key("delete.retention.ms", ConfigType::Long, "86400000"),
+    key("file.delete.delay.ms", ConfigType::Long, "60000"),
+    key("flush.messages", ConfigType::Long, "9223372036854775807"),
+    key("flush.ms", ConfigType::Long, "9223372036854775807"),
+    key("index.interval.bytes", ConfigType::Int, "4096"),
+    key(
+        "max.compaction.lag.ms",
+        ConfigType::Long,
+        "9223372036854775807",
+    ),
+    key(MAX_MESSAGE_BYTES, ConfigType::Int, "1048588"),
+    key("message.downconversion.enable", ConfigType::Boolean, "true"),
+    TopicConfigKey {
+        name: TIMESTAMP_TYPE,
+        kind: ConfigType::String,
+        default: "CreateTime",
+        allowed: &["CreateTime", "LogAppendTime"],
+    },
+    key("min.cleanable.dirty.ratio", ConfigType::Double, "0.5"),
+    key("min.compaction.lag.ms", ConfigType::Long, "0"),
+    key("min.insync.replicas", ConfigType::Int, "1"),
+    key("preallocate", ConfigType::Boolean, "false"),
+    key("retention.bytes", ConfigType::Long, "-1"),
+    key("retention.ms", ConfigType::Long, "604800000"),
+    key("segment.bytes", ConfigType::Int, "1073741824"),
+    key("segment.ms", ConfigType::Long, "604800000"),
+    key(
+        "unclean.leader.election.enable",
+        ConfigType::Boolean,
+        "false",
+    ),
+];
+
+pub fn lookup(name: &str) -> Option<&'static TopicConfigKey> {
+    TOPIC_CONFIGS.iter().find(|k| k.name == name)
+}
+
+/// Checks one `key = value` from CreateTopics; the error is the message a
+/// client sees with `INVALID_CONFIG`.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let Some(k) = lookup(name) else {
+        return Err(format!("unknown topic config {name}"));
+    };
+    let ok = match k.kind {
+        ConfigType::Boolean => matches!(value, "true" | "false"),
+        ConfigType::Int => value.parse::<i32>().is_ok(),
+        ConfigType::Long => value.parse::<i64>().is_ok(),
+        ConfigType::Double => value.parse::<f64>().is_ok(),
+        ConfigType::String | ConfigType::List => k.allowed.is_empty() || k.allowed.contains(&value),
+    };
+    if !ok {
+        return Err(format!("invalid value {value:?} for topic config {name}"));
+    }
+    if name == MAX_MESSAGE_BYTES && value.parse::<i32>().is_ok_and(|v| v < 0) {
+        return Err(format!("{name} must not be negative"));
+    }
+    Ok(())
+}
+
+/// A topic's effective value of `name`: set explicitly, else the default
+/// (`max.message.bytes` defaults to the broker's `message_max_bytes`).
+pub fn effective(
+    configs: &BTreeMap<String, String>,
+    name: &str,
+    message_max_bytes: usize,
+) -> Option<String> {
+    if let Some(v) = configs.get(name) {
+        return Some(v.clone());
+    }
+    if name == MAX_MESSAGE_BYTES {
+        return Some(message_max_bytes.to_string());
+    }
+    lookup(name).map(|k| k.default.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(validate("retention.ms", "1000").is_ok());
+        assert!(validate("retention.ms", "abc").is_err());
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(validate("no.such.key", "1").is_err());
+        assert!(validate(MAX_MESSAGE_BYTES, "-5").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let mut c = BTreeMap::new();
+        assert_eq!(effective(&c, MAX_MESSAGE_BYTES, 777).unwrap(), "777");
+        c.insert("retention.ms".to_string(), "5".to_string());
+        assert_eq!(effective(&c, "retention.ms", 1).unwrap(), "5");
+        assert_eq!(effective(&c, "segment.ms", 1).unwrap(), "604800000");
+    }
+}

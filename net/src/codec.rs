@@ -1,0 +1,235 @@
+//! Request decoding and response encoding around the `kafka-protocol` codecs:
+//! header versions, flexible versions and tagged fields, and the errors a
+//! broker must tell apart (unknown API, unsupported version, malformed body).
+//!
+//! Sans-IO: takes and returns byte buffers. Never panics on input: the
+//! codecs are called under `catch_unwind` as a last line of defence.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::versions::is_supported;
+
+/// A decoded request.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: RequestKind,
+}
+
+impl Request {
+    pub fn correlation_id(&self) -> i32 {
+        self.header.correlation_id
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is too short for a request header")]
+    Truncated(usize),
+    #[error("unknown API key {api_key} (correlation id {correlation_id})")]
+    UnknownApi { api_key: i16, correlation_id: i32 },
+    #[error("{api_key:?} v{version} is not supported (correlation id {correlation_id})")]
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    #[error("malformed {api_key:?} v{version} request: {reason}")]
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {api_key:?} v{version} response: {reason}")]
+pub struct EncodeError {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub reason: String,
+}
+
+/// Decodes one request frame (without its size prefix).
+pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
+    if frame.len() < 8 {
+        return Err(DecodeError::Truncated(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| DecodeError::UnknownApi {
+        api_key: raw_key,
+        correlation_id,
+    })?;
+    if !is_supported(api_key, version) {
+        return Err(DecodeError::UnsupportedVersion {
+            api_key,
+            version,
+            correlation_id,
+        });
+    }
+    let malformed = |reason: String| DecodeError::Malformed {
+        api_key,
+        version,
+        reason,
+    };
+    let header_version = api_key.request_header_version(version);
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        let header = RequestHeader::decode(&mut frame, header_version)
+            .map_err(|e| format!("header: {e}"))?;
+        let body = RequestKind::decode(api_key, &mut frame, version).map_err(|e| e.to_string())?;
+        Ok::<_, String>((header, body))
+    }));
+    let (header, body) = match decoded {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(reason)) => return Err(malformed(reason)),
+        Err(_) => return Err(malformed("decoder panicked".into())),
+    };
+    Ok(Request {
+        api_key,
+        version,
+        header,
+        body,
+    })
+}
+
+/// Encodes a response frame, size prefix included.
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, EncodeError> {
+    let err = |reason: String| EncodeError {
+        api_key,
+        version,
+        reason,
+    };
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut buf, api_key.response_header_version(version))
+        .map_err(|e| err(e.to_string()))?;
+    body.encode(&mut buf, version)
+        .map_err(|e| err(e.to_string()))?;
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
+    use proptest::prelude::*;
+
+    fn request_frame<T: Encodable>(key: ApiKey, version: i16, corr: i32, body: &T) -> Bytes {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(corr)
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn decodes_flexible_and_old_headers() {
+        for v in [0, 3] {
+            let f = request_frame(ApiKey::ApiVersions, v, 7, &ApiVersionsRequest::default());
+            let r = decode_request(f).unwrap();
+            assert_eq!(
+                (r.api_key, r.version, r.correlation_id()),
+                (ApiKey::ApiVersions, v, 7)
+            );
+        }
+        let f = request_frame(ApiKey::Metadata, 12, 9, &MetadataRequest::default());
+        assert!(matches!(
+            decode_request(f).unwrap().body,
+            RequestKind::Metadata(_)
+        ));
+    }
+
+    #[test]
+    fn tells_errors_apart() {
+        let mut f = BytesMut::new();
+        f.put_i16(9999);
+        f.put_i16(0);
+        f.put_i32(5);
+        assert_eq!(
+            decode_request(f.freeze()).unwrap_err(),
+            DecodeError::UnknownApi {
+                api_key: 9999,
+                correlation_id: 5
+            }
+        );
+        let f = request_frame(ApiKey::ApiVersions, 0, 1, &ApiVersionsRequest::default());
+        let mut raw = BytesMut::from(&f[..]);
+        raw[2..4].copy_from_slice(&99i16.to_be_bytes());
+        assert!(matches!(
+            decode_request(raw.freeze()),
+            Err(DecodeError::UnsupportedVersion { version: 99, .. })
+        ));
+        let f = request_frame(ApiKey::Metadata, 12, 9, &MetadataRequest::default());
+        let cut = f.slice(0..f.len() - 3);
+        assert!(matches!(
+            decode_request(cut),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert_eq!(
+            decode_request(Bytes::from_static(b"abc")).unwrap_err(),
+            DecodeError::Truncated(3)
+        );
+    }
+
+    #[test]
+    fn huge_array_count_does_not_allocate() {
+        // Metadata v1: header, then topics array claiming i32::MAX entries.
+        let mut f = BytesMut::new();
+        f.put_i16(ApiKey::Metadata as i16);
+        f.put_i16(1);
+        f.put_i32(1);
+        f.put_i16(-1);
+        f.put_i32(i32::MAX);
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn response_has_size_prefix_and_correlation_id() {
+        let body = ResponseKind::ApiVersions(crate::versions::api_versions_response(0));
+        let out = encode_response(ApiKey::ApiVersions, 3, 42, &body).unwrap();
+        assert_eq!(
+            i32::from_be_bytes(out[0..4].try_into().unwrap()) as usize,
+            out.len() - 4
+        );
+        assert_eq!(i32::from_be_bytes(out[4..8].try_into().unwrap()), 42);
+        // ApiVersions' response header is v0 even for flexible versions: the
+        // error code follows the correlation id directly.
+        assert_eq!(&out[8..10], &[0, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(any::<u8>(), 0..300), key in 0i16..70, ver in 0i16..13) {
+            let mut f = BytesMut::new();
+            f.put_i16(key);
+            f.put_i16(ver);
+            f.put_i32(1);
+            f.extend_from_slice(&data);
+            let _ = decode_request(f.freeze());
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Length-prefixed framing: a big-endian `i32` size, then that many bytes.
+//!
+//! Runs on the shard that owns the connection. Never allocates the claimed
+//! length up front: the buffer grows with the bytes that actually arrive, so
+//! a peer that claims 100 MiB and sends nothing costs nothing.
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncReadExt};
+
+/// First buffer size for a frame body; it doubles as bytes arrive.
+const FIRST_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {0} is negative")]
+    Negative(i32),
+    #[error("frame length {len} exceeds the maximum of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("connection closed inside a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks a frame's size prefix against `max`.
+pub fn check_length(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let len = i32::from_be_bytes(prefix);
+    if len < 0 {
+        return Err(FrameError::Negative(len));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Reads one frame body. `Ok(None)` on a clean close between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            return match got {
+                0 => Ok(None),
+                _ => Err(FrameError::Truncated { got, want: 4 }),
+            };
+        }
+        got += n;
+    }
+    let len = check_length(prefix, max)?;
+    let mut buf = BytesMut::new();
+    while buf.len() < len {
+        let start = buf.len();
+        let step = (len - start).min(FIRST_CHUNK.max(start));
+        buf.resize(start + step, 0);
+        let n = r.read(&mut buf[start..]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                got: start,
+                want: len,
+            });
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        futures_lite::future::block_on(f)
+    }
+
+    #[test]
+    fn reads_frames_in_sequence() {
+        let mut data = Vec::new();
+        for body in [&b"abc"[..], b"", b"hello world"] {
+            data.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            data.extend_from_slice(body);
+        }
+        let mut r = futures_lite::io::Cursor::new(data);
+        assert_eq!(&run(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"abc");
+        assert_eq!(&run(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"");
+        assert_eq!(
+            &run(read_frame(&mut r, 100)).unwrap().unwrap()[..],
+            b"hello world"
+        );
+        assert!(run(read_frame(&mut r, 100)).unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_negative_and_huge_lengths() {
+        let mut r = futures_lite::io::Cursor::new((-5i32).to_be_bytes().to_vec());
+        assert!(matches!(
+            run(read_frame(&mut r, 100)),
+            Err(FrameError::Negative(-5))
+        ));
+        let mut r = futures_lite::io::Cursor::new(i32::MAX.to_be_bytes().to_vec());
+        assert!(matches!(
+            run(read_frame(&mut r, 100)),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_body_is_an_error() {
+        let mut data = 100i32.to_be_bytes().to_vec();
+        data.extend_from_slice(&[1u8; 10]);
+        let mut r = futures_lite::io::Cursor::new(data);
+        assert!(matches!(
+            run(read_frame(&mut r, 1000)),
+            Err(FrameError::Truncated { got: 10, want: 100 })
+        ));
+    }
+}

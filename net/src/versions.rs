@@ -1,0 +1,76 @@
+//! The API versions this broker implements, and the ApiVersions response.
+//!
+//! Only versions whose every field the broker honours are listed: a client
+//! picks the highest version both sides know, so an advertised version that
+//! is only half done breaks real clients. Sans-IO.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+/// `(api, min, max)` for every API the broker serves.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The supported range of `api`, if the broker serves it at all.
+pub fn supported_range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
+
+pub fn is_supported(api: ApiKey, version: i16) -> bool {
+    matches!(supported_range(api), Some((lo, hi)) if (lo..=hi).contains(&version))
+}
+
+/// The ApiVersions response listing every supported range, with `error_code`
+/// (0, or `UNSUPPORTED_VERSION` when answering a version we do not know).
+pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
+    let api_keys = SUPPORTED
+        .iter()
+        .map(|&(k, lo, hi)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(lo)
+                .with_max_version(hi)
+        })
+        .collect();
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_versions_are_within_the_codec() {
+        for &(k, lo, hi) in SUPPORTED {
+            let valid = k.valid_versions();
+            assert!(
+                lo >= valid.min && hi <= valid.max,
+                "{k:?} {lo}..{hi} vs {valid:?}"
+            );
+            assert!(lo <= hi);
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(is_supported(ApiKey::Produce, 9));
+        assert!(!is_supported(ApiKey::Produce, 2));
+        assert!(!is_supported(ApiKey::JoinGroup, 0));
+        assert_eq!(api_versions_response(0).api_keys.len(), SUPPORTED.len());
+    }
+}

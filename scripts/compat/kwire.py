@@ -1,0 +1,714 @@
+"""A small hand-written Kafka wire encoder/decoder for the compat tests.
+
+It covers only what the raw-socket tests need: request framing (header v1/v2),
+ApiVersions, Metadata, Produce, and v2 record batches with CRC-32C. It is
+written from the Kafka protocol spec independently of the broker's Rust codec,
+so the two cannot share a mistake. Decoders are strict: a response must be
+consumed exactly (see Reader.expect_end), which catches stray tagged-field
+bytes and wrong response-header versions.
+
+No third-party dependency; test_kwire.py cross-checks the record batch
+encoding against kafka-python's own parser.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+
+# --- API keys and error codes -------------------------------------------------
+
+PRODUCE = 0
+FETCH = 1
+LIST_OFFSETS = 2
+METADATA = 3
+DESCRIBE_CONFIGS = 32
+API_VERSIONS = 18
+CREATE_TOPICS = 19
+DELETE_TOPICS = 20
+CREATE_PARTITIONS = 37
+DESCRIBE_CLUSTER = 60
+
+NONE = 0
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+NOT_LEADER_OR_FOLLOWER = 6
+UNSUPPORTED_VERSION = 35
+
+# First flexible (KIP-482) version of each request we encode.
+FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FETCH: 12}
+
+
+def is_flexible(api_key: int, version: int) -> bool:
+    first = FIRST_FLEXIBLE.get(api_key)
+    return first is not None and version >= first
+
+
+# --- CRC-32C (Castagnoli), table driven ---------------------------------------
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# --- primitive writer / reader ------------------------------------------------
+
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def raw(self, b: bytes) -> "Writer":
+        self.buf += b
+        return self
+
+    def int8(self, v: int) -> "Writer":
+        self.buf += struct.pack(">b", v)
+        return self
+
+    def bool(self, v: bool) -> "Writer":
+        return self.int8(1 if v else 0)
+
+    def int16(self, v: int) -> "Writer":
+        self.buf += struct.pack(">h", v)
+        return self
+
+    def int32(self, v: int) -> "Writer":
+        self.buf += struct.pack(">i", v)
+        return self
+
+    def uint32(self, v: int) -> "Writer":
+        self.buf += struct.pack(">I", v)
+        return self
+
+    def int64(self, v: int) -> "Writer":
+        self.buf += struct.pack(">q", v)
+        return self
+
+    def uvarint(self, v: int) -> "Writer":
+        assert v >= 0
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            if v:
+                self.buf.append(b | 0x80)
+            else:
+                self.buf.append(b)
+                return self
+
+    def varint(self, v: int) -> "Writer":
+        return self.uvarint(zigzag(v) & 0xFFFFFFFFFFFFFFFF)
+
+    def string(self, s: str | None, compact: bool = False) -> "Writer":
+        if s is None:
+            return self.uvarint(0) if compact else self.int16(-1)
+        b = s.encode()
+        if compact:
+            self.uvarint(len(b) + 1)
+        else:
+            self.int16(len(b))
+        self.buf += b
+        return self
+
+    def bytes_(self, b: bytes | None, compact: bool = False) -> "Writer":
+        if b is None:
+            return self.uvarint(0) if compact else self.int32(-1)
+        if compact:
+            self.uvarint(len(b) + 1)
+        else:
+            self.int32(len(b))
+        self.buf += b
+        return self
+
+    def array_len(self, n: int | None, compact: bool = False) -> "Writer":
+        if n is None:
+            return self.uvarint(0) if compact else self.int32(-1)
+        return self.uvarint(n + 1) if compact else self.int32(n)
+
+    def tags(self, flexible: bool) -> "Writer":
+        if flexible:
+            self.uvarint(0)
+        return self
+
+    def uuid(self, u: uuid.UUID) -> "Writer":
+        self.buf += u.bytes
+        return self
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+
+class DecodeError(Exception):
+    pass
+
+
+class Reader:
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = bytes(data)
+        self.pos = pos
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise DecodeError(f"need {n} bytes at {self.pos}, have {self.remaining()}")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def _unpack(self, fmt: str, n: int) -> int:
+        return struct.unpack(fmt, self.take(n))[0]
+
+    def int8(self) -> int:
+        return self._unpack(">b", 1)
+
+    def bool(self) -> bool:
+        return self.int8() != 0
+
+    def int16(self) -> int:
+        return self._unpack(">h", 2)
+
+    def int32(self) -> int:
+        return self._unpack(">i", 4)
+
+    def uint32(self) -> int:
+        return self._unpack(">I", 4)
+
+    def int64(self) -> int:
+        return self._unpack(">q", 8)
+
+    def uvarint(self) -> int:
+        shift = 0
+        result = 0
+        while True:
+            b = self.take(1)[0]
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise DecodeError("varint too long")
+
+    def varint(self) -> int:
+        v = self.uvarint()
+        return (v >> 1) ^ -(v & 1)
+
+    def string(self, compact: bool = False) -> str | None:
+        n = self.uvarint() - 1 if compact else self.int16()
+        if n < 0:
+            return None
+        return self.take(n).decode()
+
+    def bytes_(self, compact: bool = False) -> bytes | None:
+        n = self.uvarint() - 1 if compact else self.int32()
+        if n < 0:
+            return None
+        return self.take(n)
+
+    def array_len(self, compact: bool = False) -> int:
+        """Returns -1 for a null array."""
+        return self.uvarint() - 1 if compact else self.int32()
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(bytes=self.take(16))
+
+    def skip_tags(self, flexible: bool) -> dict[int, bytes]:
+        if not flexible:
+            return {}
+        tags = {}
+        for _ in range(self.uvarint()):
+            tag = self.uvarint()
+            tags[tag] = self.take(self.uvarint())
+        return tags
+
+    def expect_end(self, what: str) -> None:
+        if self.remaining():
+            raise DecodeError(
+                f"{what}: {self.remaining()} unparsed trailing bytes: "
+                f"{self.data[self.pos:self.pos + 32].hex()}")
+
+
+# --- framing ------------------------------------------------------------------
+
+def request_header(api_key: int, version: int, correlation_id: int,
+                   client_id: str | None = "kwire", flexible: bool | None = None) -> bytes:
+    """Request header v1 (non-flexible) or v2 (flexible: adds tagged fields)."""
+    if flexible is None:
+        flexible = is_flexible(api_key, version)
+    w = Writer().int16(api_key).int16(version).int32(correlation_id).string(client_id)
+    w.tags(flexible)
+    return w.getvalue()
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
+
+
+def encode_request(api_key: int, version: int, correlation_id: int, body: bytes,
+                   client_id: str | None = "kwire", flexible_header: bool | None = None) -> bytes:
+    return frame(request_header(api_key, version, correlation_id, client_id, flexible_header) + body)
+
+
+def response_reader(payload: bytes, api_key: int, version: int, corr: int) -> Reader:
+    """A Reader at the body of a response frame, after checking the
+    correlation id. ApiVersions responses always use response header v0
+    (no tagged fields); other flexible versions use header v1."""
+    r = Reader(payload)
+    got = r.int32()
+    if got != corr:
+        raise DecodeError(f"correlation id {got}, expected {corr}")
+    if api_key != API_VERSIONS:
+        r.skip_tags(is_flexible(api_key, version))
+    return r
+
+
+class Closed(Exception):
+    """The peer closed (or reset) the connection."""
+
+
+class Conn:
+    """One blocking TCP connection speaking Kafka framing."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        self.next_corr = 1
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Conn":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv_exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            try:
+                chunk = self.sock.recv(n - len(out))
+            except (ConnectionResetError, BrokenPipeError) as e:
+                raise Closed(str(e)) from e
+            if not chunk:
+                raise Closed(f"EOF after {len(out)} of {n} bytes")
+            out += chunk
+        return bytes(out)
+
+    def recv_frame(self) -> bytes:
+        (n,) = struct.unpack(">i", self._recv_exact(4))
+        if n < 4 or n > 256 * 1024 * 1024:
+            raise DecodeError(f"bad response frame length {n}")
+        return self._recv_exact(n)
+
+    def corr(self) -> int:
+        c = self.next_corr
+        self.next_corr += 1
+        return c
+
+    def send_request(self, api_key: int, version: int, body: bytes, corr: int | None = None) -> int:
+        if corr is None:
+            corr = self.corr()
+        self.send(encode_request(api_key, version, corr, body))
+        return corr
+
+    def recv_response(self, api_key: int, version: int, corr: int) -> Reader:
+        """Reads one response frame, checks its correlation id, and returns a
+        Reader positioned at the body."""
+        return response_reader(self.recv_frame(), api_key, version, corr)
+
+    def request(self, api_key: int, version: int, body: bytes) -> Reader:
+        corr = self.send_request(api_key, version, body)
+        return self.recv_response(api_key, version, corr)
+
+    def outcome(self, timeout: float = 10.0) -> tuple[str, bytes | None]:
+        """After sending something odd: ('closed', None), ('response', frame)
+        or ('timeout', None) when the broker neither answers nor closes."""
+        self.sock.settimeout(timeout)
+        try:
+            return "response", self.recv_frame()
+        except Closed:
+            return "closed", None
+        except socket.timeout:
+            return "timeout", None
+        except DecodeError as e:
+            # The broker sent something that is not a frame: treat as response
+            # so the caller can assert on it.
+            return "response", str(e).encode()
+
+
+# --- ApiVersions --------------------------------------------------------------
+
+def api_versions_body(version: int) -> bytes:
+    if version < 3:
+        return b""
+    return (Writer().string("kwire", compact=True).string("0.1", compact=True)
+            .tags(True).getvalue())
+
+
+@dataclass
+class ApiVersionsResponse:
+    error_code: int
+    api_keys: dict[int, tuple[int, int]]
+    throttle_time_ms: int = 0
+    tags: dict[int, bytes] = field(default_factory=dict)  # top-level tagged fields (v3+)
+
+
+def parse_api_versions(r: Reader, version: int) -> ApiVersionsResponse:
+    flex = version >= 3
+    error = r.int16()
+    keys = {}
+    n = r.array_len(flex)
+    for _ in range(max(n, 0)):
+        key, lo, hi = r.int16(), r.int16(), r.int16()
+        r.skip_tags(flex)
+        keys[key] = (lo, hi)
+    throttle = r.int32() if version >= 1 else 0
+    tags = r.skip_tags(flex)
+    r.expect_end(f"ApiVersions v{version} response")
+    return ApiVersionsResponse(error, keys, throttle, tags)
+
+
+def api_versions(conn: Conn, version: int = 3) -> ApiVersionsResponse:
+    return parse_api_versions(conn.request(API_VERSIONS, version, api_versions_body(version)), version)
+
+
+def pick_version(versions: dict[int, tuple[int, int]], api_key: int, lo: int, hi: int) -> int:
+    """Highest version both we (lo..hi) and the broker support."""
+    if api_key not in versions:
+        raise AssertionError(f"broker does not advertise API {api_key}")
+    blo, bhi = versions[api_key]
+    v = min(hi, bhi)
+    if v < max(lo, blo):
+        raise AssertionError(f"no common version for API {api_key}: ours {lo}..{hi}, broker {blo}..{bhi}")
+    return v
+
+
+# --- Metadata (v1..v12) -------------------------------------------------------
+
+def metadata_body(version: int, topics: list[str] | None = None, allow_auto_create: bool = True) -> bytes:
+    flex = version >= 9
+    w = Writer()
+    if topics is None and version == 0:
+        topics = []
+    w.array_len(None if topics is None else len(topics), flex)
+    for t in topics or []:
+        if version >= 10:
+            w.uuid(uuid.UUID(int=0))
+        w.string(t, flex)
+        w.tags(flex)
+    if version >= 4:
+        w.bool(allow_auto_create)
+    if 8 <= version <= 10:
+        w.bool(False)  # include_cluster_authorized_operations
+    if version >= 8:
+        w.bool(False)  # include_topic_authorized_operations
+    w.tags(flex)
+    return w.getvalue()
+
+
+@dataclass
+class PartitionMeta:
+    error_code: int
+    leader: int
+    replicas: list[int]
+    isr: list[int]
+
+
+@dataclass
+class TopicMeta:
+    error_code: int
+    name: str | None
+    topic_id: uuid.UUID | None
+    partitions: dict[int, PartitionMeta] = field(default_factory=dict)
+
+
+@dataclass
+class MetadataResponse:
+    brokers: dict[int, tuple[str, int]]
+    controller_id: int
+    cluster_id: str | None
+    topics: dict[str, TopicMeta]
+
+
+def _int32_array(r: Reader, flex: bool) -> list[int]:
+    n = r.array_len(flex)
+    return [r.int32() for _ in range(max(n, 0))]
+
+
+def parse_metadata(r: Reader, version: int) -> MetadataResponse:
+    flex = version >= 9
+    if version >= 3:
+        r.int32()  # throttle_time_ms
+    brokers = {}
+    for _ in range(max(r.array_len(flex), 0)):
+        node_id = r.int32()
+        host = r.string(flex)
+        port = r.int32()
+        if version >= 1:
+            r.string(flex)  # rack
+        r.skip_tags(flex)
+        brokers[node_id] = (host, port)
+    cluster_id = r.string(flex) if version >= 2 else None
+    controller_id = r.int32() if version >= 1 else -1
+    topics = {}
+    for _ in range(max(r.array_len(flex), 0)):
+        err = r.int16()
+        name = r.string(flex)
+        topic_id = r.uuid() if version >= 10 else None
+        if version >= 1:
+            r.bool()  # is_internal
+        tm = TopicMeta(err, name, topic_id)
+        for _ in range(max(r.array_len(flex), 0)):
+            perr = r.int16()
+            idx = r.int32()
+            leader = r.int32()
+            if version >= 7:
+                r.int32()  # leader_epoch
+            replicas = _int32_array(r, flex)
+            isr = _int32_array(r, flex)
+            if version >= 5:
+                _int32_array(r, flex)  # offline replicas
+            r.skip_tags(flex)
+            tm.partitions[idx] = PartitionMeta(perr, leader, replicas, isr)
+        if version >= 8:
+            r.int32()  # topic_authorized_operations
+        r.skip_tags(flex)
+        topics[name or str(topic_id)] = tm
+    if 8 <= version <= 10:
+        r.int32()  # cluster_authorized_operations
+    r.skip_tags(flex)
+    r.expect_end(f"Metadata v{version} response")
+    return MetadataResponse(brokers, controller_id, cluster_id, topics)
+
+
+def metadata(conn: Conn, version: int, topics: list[str] | None = None,
+             allow_auto_create: bool = True) -> MetadataResponse:
+    body = metadata_body(version, topics, allow_auto_create)
+    return parse_metadata(conn.request(METADATA, version, body), version)
+
+
+# --- record batches (magic v2) ------------------------------------------------
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    timestamp: int | None = None  # ms; defaults to the batch base timestamp
+
+
+def _encode_record(rec: Record, offset_delta: int, base_ts: int) -> bytes:
+    body = Writer().int8(0)  # attributes
+    body.varint((rec.timestamp if rec.timestamp is not None else base_ts) - base_ts)
+    body.varint(offset_delta)
+    for b in (rec.key, rec.value):
+        if b is None:
+            body.varint(-1)
+        else:
+            body.varint(len(b)).raw(b)
+    body.varint(len(rec.headers))
+    for hk, hv in rec.headers:
+        kb = hk.encode()
+        body.varint(len(kb)).raw(kb)
+        if hv is None:
+            body.varint(-1)
+        else:
+            body.varint(len(hv)).raw(hv)
+    payload = body.getvalue()
+    return Writer().varint(len(payload)).raw(payload).getvalue()
+
+
+def record_batch(records: list[Record], base_offset: int = 0, base_timestamp: int | None = None,
+                 producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
+                 attributes: int = 0, corrupt_crc: bool = False) -> bytes:
+    """An uncompressed v2 record batch with a correct CRC-32C (unless told not to)."""
+    assert records
+    if base_timestamp is None:
+        ts = [r.timestamp for r in records if r.timestamp is not None]
+        base_timestamp = min(ts) if ts else int(time.time() * 1000)
+    max_ts = max((r.timestamp if r.timestamp is not None else base_timestamp) for r in records)
+    recs = b"".join(_encode_record(r, i, base_timestamp) for i, r in enumerate(records))
+    after_crc = (Writer().int16(attributes).int32(len(records) - 1).int64(base_timestamp)
+                 .int64(max_ts).int64(producer_id).int16(producer_epoch).int32(base_sequence)
+                 .int32(len(records)).raw(recs).getvalue())
+    crc = crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    # batch_length counts the bytes after the batch_length field itself.
+    batch_length = 4 + 1 + 4 + len(after_crc)
+    return (Writer().int64(base_offset).int32(batch_length).int32(-1).int8(2).uint32(crc)
+            .raw(after_crc).getvalue())
+
+
+# --- Produce (v3..v9) ---------------------------------------------------------
+
+def produce_body(version: int, acks: int, timeout_ms: int,
+                 data: dict[str, dict[int, bytes | None]], transactional_id: str | None = None) -> bytes:
+    assert 3 <= version <= 12, "Produce v13+ names topics by id; not encoded here"
+    flex = version >= 9
+    w = Writer()
+    w.string(transactional_id, flex)
+    w.int16(acks).int32(timeout_ms)
+    w.array_len(len(data), flex)
+    for topic, parts in data.items():
+        w.string(topic, flex)
+        w.array_len(len(parts), flex)
+        for idx, records in parts.items():
+            w.int32(idx)
+            w.bytes_(records, flex)
+            w.tags(flex)
+        w.tags(flex)
+    w.tags(flex)
+    return w.getvalue()
+
+
+@dataclass
+class PartitionProduceResponse:
+    error_code: int
+    base_offset: int
+    log_append_time_ms: int
+    log_start_offset: int
+    error_message: str | None
+
+
+def parse_produce(r: Reader, version: int) -> dict[tuple[str, int], PartitionProduceResponse]:
+    flex = version >= 9
+    out = {}
+    for _ in range(max(r.array_len(flex), 0)):
+        name = r.string(flex)
+        for _ in range(max(r.array_len(flex), 0)):
+            idx = r.int32()
+            err = r.int16()
+            base = r.int64()
+            lat = r.int64() if version >= 2 else -1
+            lso = r.int64() if version >= 5 else -1
+            msg = None
+            if version >= 8:
+                for _ in range(max(r.array_len(flex), 0)):
+                    r.int32()
+                    r.string(flex)
+                    r.skip_tags(flex)
+                msg = r.string(flex)
+            r.skip_tags(flex)
+            out[(name, idx)] = PartitionProduceResponse(err, base, lat, lso, msg)
+        r.skip_tags(flex)
+    r.int32()  # throttle_time_ms
+    r.skip_tags(flex)
+    r.expect_end(f"Produce v{version} response")
+    return out
+
+
+def produce(conn: Conn, version: int, topic: str, partition: int, batch: bytes | None,
+            acks: int = -1, timeout_ms: int = 10000) -> PartitionProduceResponse:
+    body = produce_body(version, acks, timeout_ms, {topic: {partition: batch}})
+    resp = parse_produce(conn.request(PRODUCE, version, body), version)
+    if (topic, partition) not in resp:
+        raise DecodeError(f"Produce response has no entry for {topic}/{partition}: {resp}")
+    return resp[(topic, partition)]
+
+
+# --- conveniences -------------------------------------------------------------
+
+def negotiate(conn: Conn) -> dict[int, tuple[int, int]]:
+    resp = api_versions(conn, 3)
+    if resp.error_code != NONE:
+        raise AssertionError(f"ApiVersions v3 error {resp.error_code}")
+    return resp.api_keys
+
+
+# --- Fetch (v4..v11, non-flexible) ---------------------------------------------
+
+def fetch_body(version: int, topic: str, partition: int, offset: int, max_wait_ms: int,
+               min_bytes: int = 1, max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20) -> bytes:
+    assert 4 <= version <= 11
+    w = Writer().int32(-1).int32(max_wait_ms).int32(min_bytes).int32(max_bytes).int8(0)
+    if version >= 7:
+        w.int32(0).int32(-1)  # session_id, session_epoch (-1: no fetch session)
+    w.int32(1).string(topic).int32(1).int32(partition)
+    if version >= 9:
+        w.int32(-1)  # current_leader_epoch
+    w.int64(offset)
+    if version >= 5:
+        w.int64(-1)  # log_start_offset (followers only)
+    w.int32(partition_max_bytes)
+    if version >= 7:
+        w.int32(0)  # forgotten_topics_data
+    if version >= 11:
+        w.string("")  # rack_id
+    return w.getvalue()
+
+
+@dataclass
+class FetchPartition:
+    error_code: int
+    high_watermark: int
+    records: bytes | None
+
+
+def parse_fetch(r: Reader, version: int) -> dict[tuple[str, int], FetchPartition]:
+    r.int32()  # throttle_time_ms
+    if version >= 7:
+        r.int16()  # error_code
+        r.int32()  # session_id
+    out = {}
+    for _ in range(max(r.array_len(), 0)):
+        name = r.string()
+        for _ in range(max(r.array_len(), 0)):
+            idx, err, hw = r.int32(), r.int16(), r.int64()
+            r.int64()  # last_stable_offset
+            if version >= 5:
+                r.int64()  # log_start_offset
+            for _ in range(max(r.array_len(), 0)):
+                r.int64()
+                r.int64()
+            if version >= 11:
+                r.int32()  # preferred_read_replica
+            out[(name, idx)] = FetchPartition(err, hw, r.bytes_())
+    r.expect_end(f"Fetch v{version} response")
+    return out
+
+
+def split_batches(records: bytes | None) -> list[bytes]:
+    """Splits a records blob into whole v2 batches; a trailing partial batch
+    (allowed by the protocol when size limits cut it) is dropped."""
+    out, pos, data = [], 0, records or b""
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">i", data, pos + 8)
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        out.append(data[pos:end])
+        pos = end
+    return out

@@ -1,0 +1,84 @@
+//! The per-shard write-ahead log.
+//!
+//! One raw block device or one preallocated file holds the WAL of a broker
+//! process. [`open_or_create`] runs once on the main thread before the shards
+//! start (plain blocking I/O is fine there): it formats a new WAL or checks the
+//! header of an existing one and returns the [`WalLayout`]. Each shard then
+//! opens its own slice with [`WalSlice::open`] inside its glommio executor;
+//! from then on the slice is owned by that shard's core alone, does all its
+//! I/O through io_uring (glommio `DmaFile`, `O_DIRECT`) and never blocks the
+//! core. Nothing in this module is shared between cores.
+//!
+//! * [`format`]: the on-disk format (pure, `nom`-parsed, property-tested).
+//! * [`device`]: the [`BlockDevice`] seam and its glommio implementation.
+//! * [`mem_device`]: an in-memory device for tests that fails, tears, delays
+//!   and records I/O (crash images come from its record).
+//! * [`layout`]: configuration, device header, format and validation.
+//! * [`slice`]: a shard's ring: recovery, group-committed appends,
+//!   backpressure, trim, failure and re-open.
+
+pub mod device;
+pub mod format;
+pub mod layout;
+pub mod mem_device;
+pub mod slice;
+
+pub use device::{BlockDevice, DmaDevice, IoBuf};
+pub use layout::{format_wal, open_or_create, WalConfig, WalLayout};
+pub use mem_device::{IoEvent, MemDevice};
+pub use slice::{AppendFuture, RecoveredRecord, WalSlice, WalStats, WalTuning};
+
+/// Everything that can go wrong in the WAL. Appends that fail because the
+/// slice failed carry the reason as text so the error can be cloned to every
+/// waiter; the broker maps all of them to `KAFKA_STORAGE_ERROR`.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O error during {op} on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("WAL data is corrupt: {what}")]
+    Corrupt { what: &'static str },
+    #[error("WAL configuration problem: {0}")]
+    Config(String),
+    #[error("WAL at {path} does not match the configuration and was left untouched: {reason}")]
+    LayoutMismatch { path: String, reason: String },
+    #[error("WAL slice {slice} failed ({reason}); re-open the slice to recover")]
+    SliceFailed { slice: u32, reason: String },
+    #[error("WAL slice is closed")]
+    Closed,
+    #[error("WAL record of {len} bytes is larger than the limit of {max} bytes")]
+    RecordTooLarge { len: usize, max: usize },
+}
+
+impl WalError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl std::fmt::Display,
+        source: std::io::Error,
+    ) -> Self {
+        WalError::Io {
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// A copy for handing the same failure to many waiters.
+    pub(crate) fn duplicate(&self) -> WalError {
+        match self {
+            WalError::SliceFailed { slice, reason } => WalError::SliceFailed {
+                slice: *slice,
+                reason: reason.clone(),
+            },
+            WalError::Closed => WalError::Closed,
+            other => WalError::SliceFailed {
+                slice: u32::MAX,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
