@@ -229,6 +229,7 @@ fn absorb(
     let mut bytes = 0u64;
     let mut e2e = LatencyHistogram::default();
     let mut stamped = 0u64;
+    let mut stamped_bytes = 0u64;
     for t in &resp.responses {
         for p in &t.partitions {
             if p.error_code != 0 {
@@ -272,6 +273,7 @@ fn absorb(
                         if shared.clock.run_ns(sent_epoch) >= shared.measure_start_ns {
                             e2e.record_ns(now_epoch.saturating_sub(sent_epoch));
                             stamped += 1;
+                            stamped_bytes += value.len() as u64;
                         }
                     }
                 })
@@ -295,12 +297,9 @@ fn absorb(
         stats.e2e.add(&e2e);
         if stamped > 0 {
             stats.records += stamped;
-            stats.bytes += bytes * stamped / records.max(1);
-            stats.timeline.add(
-                now.saturating_sub(shared.measure_start_ns),
-                stamped,
-                bytes * stamped / records.max(1),
-            );
+            stats.bytes += stamped_bytes;
+            let since = now.saturating_sub(shared.measure_start_ns);
+            stats.timeline.add(since, stamped, stamped_bytes);
             stats.last_record_ns = now;
         }
     } else if counting && records > 0 {
