@@ -65,7 +65,7 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 impl Workload {
     /// The base every workload starts from: one partition, 1 KiB records,
-    /// acks=all, max rate, 30 s after 5 s of warm-up.
+    /// acks=all, max rate, 20 s after 5 s of warm-up.
     pub fn custom(mode: Mode) -> Workload {
         Workload {
             name: mode.name().to_string(),
@@ -83,7 +83,7 @@ impl Workload {
                 producers: 1,
                 compression: Compression::None,
                 rate: None,
-                duration: Some(Duration::from_secs(30)),
+                duration: Some(Duration::from_secs(20)),
                 records: None,
                 warmup: Duration::from_secs(5),
                 request_timeout: Duration::from_secs(30),
