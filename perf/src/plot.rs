@@ -100,7 +100,7 @@ fn series(reports: &[Report]) -> (Vec<Curve>, Vec<Rate>) {
                 points: p
                     .timeline
                     .iter()
-                    .map(|s| (s.t as f64, s.mb_per_sec))
+                    .map(|s| (s.t as f64 - 0.5, s.mb_per_sec))
                     .collect(),
             });
         }
@@ -116,7 +116,7 @@ fn series(reports: &[Report]) -> (Vec<Curve>, Vec<Rate>) {
                 points: c
                     .timeline
                     .iter()
-                    .map(|s| (s.t as f64, s.mb_per_sec))
+                    .map(|s| (s.t as f64 - 0.5, s.mb_per_sec))
                     .collect(),
             });
         }
@@ -175,6 +175,7 @@ where
     let mut chart = ChartBuilder::on(&top)
         .caption(format!("{title}: latency by percentile"), (FAMILY, 24))
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
@@ -229,7 +230,7 @@ where
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("seconds")
+        .x_desc("seconds after warm-up (each point: one second)")
         .y_desc("MB/s")
         .label_style((FAMILY, 15))
         .draw()

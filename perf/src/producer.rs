@@ -34,6 +34,8 @@ use crate::throughput::Timeline;
 
 /// Largest Produce request we build from several ready batches.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How often a ready batch is offered again while its sender is busy.
+const READY_POLL_NS: u64 = 100_000;
 /// Bytes at the start of each value that carry its intended send time.
 pub const STAMP_LEN: usize = 8;
 
@@ -165,14 +167,22 @@ pub async fn run(
     let mut generators = Vec::new();
     for (p, per_node) in conns.into_iter().enumerate() {
         let mut txs = Vec::new();
+        let mut slots = Vec::new();
         for (n, conn) in per_node.into_iter().enumerate() {
             // Room for one sealed batch per partition of the node: enough
             // to fill a request, little enough that records do not queue
             // in the client at max rate.
             let led = route.iter().filter(|&&r| r == n).count();
             let (tx, rx) = mpsc::channel(led.clamp(1, 64));
-            senders.push(tokio::spawn(send_loop(conn, rx, shared.clone())));
+            let free = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+            senders.push(tokio::spawn(send_loop(
+                conn,
+                rx,
+                free.clone(),
+                shared.clone(),
+            )));
             txs.push(tx);
+            slots.push(free);
         }
         let schedule = match settings.rate {
             None => Schedule::MaxRate,
@@ -188,6 +198,7 @@ pub async fn run(
             partitioner: Partitioner::new(settings.keys, layout.partitions(), p as u64 + 1),
             route: route.clone(),
             txs,
+            slots,
             end_ns,
             quota,
             seed: p as u64,
@@ -219,6 +230,8 @@ struct Generator {
     partitioner: Partitioner,
     route: Vec<usize>,
     txs: Vec<mpsc::Sender<Sealed>>,
+    /// Each sender's free in-flight slots.
+    slots: Vec<Arc<Semaphore>>,
     end_ns: Option<u64>,
     quota: Option<u64>,
     seed: u64,
@@ -242,7 +255,7 @@ impl Generator {
                 break;
             }
             let now = clock.now_ns();
-            if !self.seal_expired(&mut open, now) {
+            if !self.offer_expired(&mut open, now) {
                 break;
             }
             let due = self.schedule.intended_ns(i).unwrap_or(now);
@@ -252,10 +265,17 @@ impl Generator {
                 break;
             }
             if due > now {
+                // A ready batch whose sender is busy is offered again soon.
                 let wake = open
                     .iter()
                     .flatten()
-                    .map(|b| b.deadline_ns)
+                    .map(|b| {
+                        if b.deadline_ns <= now {
+                            now + READY_POLL_NS
+                        } else {
+                            b.deadline_ns
+                        }
+                    })
                     .min()
                     .map_or(due, |d| d.min(due));
                 if wake > now {
@@ -309,36 +329,44 @@ impl Generator {
         }
     }
 
-    /// Seals every batch whose linger time is up; false if the run ended.
-    fn seal_expired(&mut self, open: &mut [Option<OpenBatch>], now: u64) -> bool {
+    /// Hands each batch whose linger time is up to its sender if the
+    /// sender has a free in-flight slot. Otherwise the batch stays open and
+    /// keeps filling: linger makes a batch ready, the sender takes it when
+    /// it can (as the Java client and librdkafka do), so a slow broker gets
+    /// fewer, larger batches instead of a queue of small ones. False if the
+    /// run ended.
+    fn offer_expired(&mut self, open: &mut [Option<OpenBatch>], now: u64) -> bool {
         for (p, slot) in open.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|b| b.deadline_ns <= now)
-                && !self.seal(p as i32, slot.take())
-            {
-                return false;
+            if !slot.as_ref().is_some_and(|b| b.deadline_ns <= now) {
+                continue;
             }
+            let node = self.route[p];
+            if self.slots[node].available_permits() == 0 {
+                continue;
+            }
+            let Ok(permit) = self.txs[node].try_reserve() else {
+                if self.txs[node].is_closed() {
+                    return false;
+                }
+                continue;
+            };
+            let Some(sealed) = finish(&self.shared, &mut self.partitioner, p as i32, slot.take())
+            else {
+                return false;
+            };
+            permit.send(sealed);
         }
         true
     }
 
-    /// Finishes a batch and hands it to its node's sender (blocking while
-    /// the pipeline is full); false if the sender is gone.
+    /// Finishes a full batch and hands it to its node's sender, blocking
+    /// while the pipeline is full; false if the run ended.
     fn seal(&mut self, partition: i32, batch: Option<OpenBatch>) -> bool {
-        let Some(batch) = batch else { return true };
-        self.partitioner.batch_sealed(partition);
-        let s = &self.shared.settings;
-        let bytes = match batch.builder.finish(s.compression) {
-            Ok(b) => b,
-            Err(e) => {
-                self.shared.control.abort(e.to_string());
-                return false;
-            }
-        };
-        let sealed = Sealed {
-            partition,
-            bytes,
-            origins: batch.origins,
-            record_size: s.record_size,
+        if batch.is_none() {
+            return true;
+        }
+        let Some(sealed) = finish(&self.shared, &mut self.partitioner, partition, batch) else {
+            return false;
         };
         self.txs[self.route[partition as usize]]
             .blocking_send(sealed)
@@ -346,11 +374,40 @@ impl Generator {
     }
 }
 
+/// Closes a batch (header, compression, CRC); `None` if that failed, after
+/// aborting the run.
+fn finish(
+    shared: &Shared,
+    partitioner: &mut Partitioner,
+    partition: i32,
+    batch: Option<OpenBatch>,
+) -> Option<Sealed> {
+    let batch = batch?;
+    partitioner.batch_sealed(partition);
+    let s = &shared.settings;
+    match batch.builder.finish(s.compression) {
+        Ok(bytes) => Some(Sealed {
+            partition,
+            bytes,
+            origins: batch.origins,
+            record_size: s.record_size,
+        }),
+        Err(e) => {
+            shared.control.abort(e.to_string());
+            None
+        }
+    }
+}
+
 /// Sends one node's batches, keeping up to `max_in_flight` requests open.
-async fn send_loop(conn: Arc<Connection>, mut rx: mpsc::Receiver<Sealed>, shared: Arc<Shared>) {
+async fn send_loop(
+    conn: Arc<Connection>,
+    mut rx: mpsc::Receiver<Sealed>,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+) {
     let s = &shared.settings;
     let in_flight = s.max_in_flight.max(1);
-    let permits = Arc::new(Semaphore::new(in_flight));
     let mut carry: Option<Sealed> = None;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {

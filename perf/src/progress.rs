@@ -16,7 +16,8 @@ pub struct ProgressLine {
 }
 
 impl ProgressLine {
-    pub fn start(control: Arc<RunControl>) -> ProgressLine {
+    /// Shows the producer's and/or the consumers' counters.
+    pub fn start(control: Arc<RunControl>, produce: bool, consume: bool) -> ProgressLine {
         let tty = std::io::stderr().is_terminal();
         let every = if tty {
             Duration::from_secs(1)
@@ -33,16 +34,26 @@ impl ProgressLine {
                 let bytes = control.acked_bytes.load(Ordering::Relaxed)
                     + control.consumed_bytes.load(Ordering::Relaxed);
                 let dt = last.3.elapsed().as_secs_f64().max(1e-3);
-                let line = format!(
-                    "[{:>4}s] sent {} acked {} ({:.0}/s) consumed {} ({:.0}/s) {:.1} MB/s errors {}",
-                    start.elapsed().as_secs(),
-                    control.sent.load(Ordering::Relaxed),
-                    acked,
-                    (acked - last.0) as f64 / dt,
-                    consumed,
-                    (consumed - last.1) as f64 / dt,
+                let mut line = format!("[{:>4}s]", start.elapsed().as_secs());
+                if produce {
+                    line += &format!(
+                        " sent {} acked {} ({:.0}/s)",
+                        control.sent.load(Ordering::Relaxed),
+                        acked,
+                        (acked - last.0) as f64 / dt
+                    );
+                }
+                if consume {
+                    line += &format!(
+                        " consumed {} ({:.0}/s)",
+                        consumed,
+                        (consumed - last.1) as f64 / dt
+                    );
+                }
+                line += &format!(
+                    " {:.1} MB/s errors {}",
                     (bytes - last.2) as f64 / MB / dt,
-                    control.failed.load(Ordering::Relaxed),
+                    control.failed.load(Ordering::Relaxed)
                 );
                 last = (acked, consumed, bytes, Instant::now());
                 let mut err = std::io::stderr().lock();

@@ -33,7 +33,13 @@ pub async fn execute(w: &Workload, bootstrap: &str, label: &str, progress: bool)
             }
         })
     };
-    let _progress = progress.then(|| ProgressLine::start(control.clone()));
+    let _progress = progress.then(|| {
+        ProgressLine::start(
+            control.clone(),
+            w.mode != Mode::Consume,
+            w.mode != Mode::Produce,
+        )
+    });
     let started_at_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
