@@ -337,7 +337,7 @@ impl Generator {
     /// run ended.
     fn offer_expired(&mut self, open: &mut [Option<OpenBatch>], now: u64) -> bool {
         for (p, slot) in open.iter_mut().enumerate() {
-            if !slot.as_ref().is_some_and(|b| b.deadline_ns <= now) {
+            if slot.as_ref().is_none_or(|b| b.deadline_ns > now) {
                 continue;
             }
             let node = self.route[p];
