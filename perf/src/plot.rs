@@ -262,6 +262,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::latency::LatencyHistogram;
+    use crate::report::ProduceFigures;
+    use crate::throughput::Second;
+
+    fn report(label: &str, scale: u64) -> Report {
+        let mut h = LatencyHistogram::default();
+        for i in 1..=10_000u64 {
+            h.record_ns(i * 100 * scale);
+        }
+        Report {
+            label: label.into(),
+            produce: Some(ProduceFigures {
+                latency: h.summary(),
+                timeline: (1..=5)
+                    .map(|t| Second {
+                        t,
+                        records_per_sec: 1000.0,
+                        mb_per_sec: 1.0,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Needs a font (Debian's fonts-dejavu-core or $PERF_FONT).
+    #[test]
+    fn draws_two_reports_to_png_and_svg() {
+        let dir = std::env::temp_dir();
+        for ext in ["png", "svg"] {
+            let path = dir.join(format!("perf-plot-test-{}.{ext}", std::process::id()));
+            let path = path.to_string_lossy().to_string();
+            draw(&[report("a", 1), report("b", 2)], &path).unwrap();
+            let size = std::fs::metadata(&path).unwrap().len();
+            let _ = std::fs::remove_file(&path);
+            assert!(size > 1000, "{ext}: {size} bytes");
+        }
+        assert!(draw(&[report("a", 1)], "/tmp/x.gif").is_err());
+    }
 
     #[test]
     fn nines_put_each_order_of_tail_one_unit_apart() {
