@@ -12,6 +12,7 @@
 //! their intended time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +108,20 @@ struct OpenBatch {
     deadline_ns: u64,
 }
 
+/// A sender's in-flight slots, as its generator sees them.
+struct SenderSlots {
+    permits: Arc<Semaphore>,
+    /// The sender holds a slot and waits for a batch.
+    waiting: AtomicBool,
+}
+
+impl SenderSlots {
+    /// Whether a batch handed over now would be sent at once.
+    fn can_send(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) || self.permits.available_permits() > 0
+    }
+}
+
 /// Shared by a producer's tasks.
 struct Shared {
     settings: ProduceSettings,
@@ -174,7 +189,10 @@ pub async fn run(
             // in the client at max rate.
             let led = route.iter().filter(|&&r| r == n).count();
             let (tx, rx) = mpsc::channel(led.clamp(1, 64));
-            let free = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+            let free = Arc::new(SenderSlots {
+                permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+                waiting: AtomicBool::new(false),
+            });
             senders.push(tokio::spawn(send_loop(
                 conn,
                 rx,
@@ -231,7 +249,7 @@ struct Generator {
     route: Vec<usize>,
     txs: Vec<mpsc::Sender<Sealed>>,
     /// Each sender's free in-flight slots.
-    slots: Vec<Arc<Semaphore>>,
+    slots: Vec<Arc<SenderSlots>>,
     end_ns: Option<u64>,
     quota: Option<u64>,
     seed: u64,
@@ -310,10 +328,7 @@ impl Generator {
             if origin >= measure_start {
                 measured += 1;
             }
-            self.shared
-                .control
-                .sent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.control.sent.fetch_add(1, Ordering::Relaxed);
             i += 1;
             if batch.builder.size() >= batch_size {
                 let full = slot.take();
@@ -341,7 +356,7 @@ impl Generator {
                 continue;
             }
             let node = self.route[p];
-            if self.slots[node].available_permits() == 0 {
+            if !self.slots[node].can_send() {
                 continue;
             }
             let Ok(permit) = self.txs[node].try_reserve() else {
@@ -403,11 +418,12 @@ fn finish(
 async fn send_loop(
     conn: Arc<Connection>,
     mut rx: mpsc::Receiver<Sealed>,
-    permits: Arc<Semaphore>,
+    slots: Arc<SenderSlots>,
     shared: Arc<Shared>,
 ) {
     let s = &shared.settings;
     let in_flight = s.max_in_flight.max(1);
+    let permits = slots.permits.clone();
     let mut carry: Option<Sealed> = None;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -415,10 +431,15 @@ async fn send_loop(
         };
         let first = match carry.take() {
             Some(b) => b,
-            None => match rx.recv().await {
-                Some(b) => b,
-                None => break,
-            },
+            None => {
+                slots.waiting.store(true, Ordering::Relaxed);
+                let next = rx.recv().await;
+                slots.waiting.store(false, Ordering::Relaxed);
+                match next {
+                    Some(b) => b,
+                    None => break,
+                }
+            }
         };
         let mut size = first.bytes.len();
         let mut partitions: HashSet<i32> = HashSet::from([first.partition]);
@@ -488,9 +509,7 @@ fn complete(shared: &Shared, batches: Vec<Sealed>, result: Result<Option<Produce
         if let Some(err) = errors.get(&b.partition) {
             stats.failed += n;
             *stats.errors.entry(err.clone()).or_default() += n;
-            control
-                .failed
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            control.failed.fetch_add(n, Ordering::Relaxed);
             if !shared.settings.keep_going {
                 control.abort(format!(
                     "Produce to {}-{} failed: {err}",
@@ -500,13 +519,10 @@ fn complete(shared: &Shared, batches: Vec<Sealed>, result: Result<Option<Produce
             }
             continue;
         }
+        control.acked.fetch_add(n, Ordering::Relaxed);
         control
-            .acked
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        control.acked_bytes.fetch_add(
-            n * b.record_size as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+            .acked_bytes
+            .fetch_add(n * b.record_size as u64, Ordering::Relaxed);
         let mut measured = 0;
         for &origin in &b.origins {
             if origin >= shared.measure_start_ns {
