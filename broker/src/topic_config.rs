@@ -117,6 +117,22 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest batch a topic accepts. Read on every produce, so it looks up
+/// the one key without building strings.
+pub fn max_message_bytes(configs: &BTreeMap<String, String>, broker_default: usize) -> usize {
+    configs
+        .get(MAX_MESSAGE_BYTES)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(broker_default)
+}
+
+/// Whether a topic stamps batches with the append time. Read on every produce.
+pub fn uses_log_append_time(configs: &BTreeMap<String, String>) -> bool {
+    configs
+        .get(TIMESTAMP_TYPE)
+        .is_some_and(|v| v == "LogAppendTime")
+}
+
 /// A topic's effective value of `name`: set explicitly, else the default
 /// (`max.message.bytes` defaults to the broker's `message_max_bytes`).
 pub fn effective(
@@ -154,5 +170,11 @@ mod tests {
         c.insert("retention.ms".to_string(), "5".to_string());
         assert_eq!(effective(&c, "retention.ms", 1).unwrap(), "5");
         assert_eq!(effective(&c, "segment.ms", 1).unwrap(), "604800000");
+        assert_eq!(max_message_bytes(&c, 777), 777);
+        assert!(!uses_log_append_time(&c));
+        c.insert(MAX_MESSAGE_BYTES.to_string(), "5000".to_string());
+        c.insert(TIMESTAMP_TYPE.to_string(), "LogAppendTime".to_string());
+        assert_eq!(max_message_bytes(&c, 777), 5000);
+        assert!(uses_log_append_time(&c));
     }
 }

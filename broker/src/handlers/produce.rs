@@ -19,7 +19,7 @@ use tracing::debug;
 use super::{find_topic, locate, str_bytes};
 use crate::metadata::TopicMeta;
 use crate::shard::{AppendOutcome, Shard};
-use crate::topic_config::{self, MAX_MESSAGE_BYTES, TIMESTAMP_TYPE};
+use crate::topic_config;
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
     let image = shard.image();
@@ -102,20 +102,12 @@ fn start_partition(
     let Some(records) = records else {
         return Err((ResponseError::InvalidRecord, "no records".into()));
     };
-    let max = topic_config::effective(
-        &topic.configs,
-        MAX_MESSAGE_BYTES,
-        shard.config.message_max_bytes,
-    )
-    .and_then(|v| v.parse::<usize>().ok())
-    .unwrap_or(shard.config.message_max_bytes);
+    let max = topic_config::max_message_bytes(&topic.configs, shard.config.message_max_bytes);
     let batches = validate_batches(&records, max).map_err(|e| {
         debug!(topic = %topic.name, partition, "rejecting batch: {e}");
         (batch_error_code(&e), e.to_string())
     })?;
-    let log_append_time = (topic_config::effective(&topic.configs, TIMESTAMP_TYPE, 0).as_deref()
-        == Some("LogAppendTime"))
-    .then(now_ms);
+    let log_append_time = topic_config::uses_log_append_time(&topic.configs).then(now_ms);
     let durable = shard
         .append(key, &batches, log_append_time)
         .map_err(|e| (e, String::new()))?;
