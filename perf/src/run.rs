@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cluster::{Cluster, StartFrom};
+use crate::cluster::{Cluster, StartFrom, TopicLayout};
 use crate::control::RunControl;
 use crate::error::Result;
 use crate::fetcher::{ConsumeStats, Consumers};
@@ -64,20 +64,8 @@ pub async fn execute(w: &Workload, bootstrap: &str, label: &str, progress: bool)
         }
         Mode::Consume => {
             let layout = cluster.topic(&w.produce.topic).await?;
-            let all: Vec<i32> = (0..layout.partitions() as i32).collect();
-            let offsets = cluster.offsets(&layout, &all, w.from).await?;
-            let clock = Clock::start();
-            let measure_start = w.produce.warmup.as_nanos() as u64;
-            let consumers = Consumers::start(
-                &cluster,
-                &layout,
-                &w.fetch,
-                &offsets,
-                clock,
-                control.clone(),
-                measure_start,
-            )
-            .await?;
+            let (consumers, clock, measure_start) =
+                start_consumers(&cluster, &layout, w, w.from, &control).await?;
             wait_for_consumers(w, &control, clock, measure_start).await;
             let stats = consumers.stop().await;
             report.consume = Some(consume_figures(&stats, measure_start, false));
@@ -86,20 +74,8 @@ pub async fn execute(w: &Workload, bootstrap: &str, label: &str, progress: bool)
             let layout = cluster
                 .ensure_topic(&w.produce.topic, w.partitions, w.replication_factor)
                 .await?;
-            let all: Vec<i32> = (0..layout.partitions() as i32).collect();
-            let offsets = cluster.offsets(&layout, &all, StartFrom::Latest).await?;
-            let clock = Clock::start();
-            let measure_start = w.produce.warmup.as_nanos() as u64;
-            let consumers = Consumers::start(
-                &cluster,
-                &layout,
-                &w.fetch,
-                &offsets,
-                clock,
-                control.clone(),
-                measure_start,
-            )
-            .await?;
+            let (consumers, clock, _) =
+                start_consumers(&cluster, &layout, w, StartFrom::Latest, &control).await?;
             let outcome =
                 producer::run(&cluster, &layout, &w.produce, clock, control.clone()).await?;
             let drain_until = tokio::time::Instant::now() + DRAIN;
@@ -131,6 +107,32 @@ pub async fn execute(w: &Workload, bootstrap: &str, label: &str, progress: bool)
 
 /// Consume mode ends after the duration, the record count, or when no
 /// record has come for the idle timeout.
+/// Starts consumers on every partition of `layout` from `from`, and the
+/// run's clock; returns them with the time measurement starts (after warm-up).
+async fn start_consumers(
+    cluster: &Cluster,
+    layout: &TopicLayout,
+    w: &Workload,
+    from: StartFrom,
+    control: &Arc<RunControl>,
+) -> Result<(Consumers, Clock, u64)> {
+    let all: Vec<i32> = (0..layout.partitions() as i32).collect();
+    let offsets = cluster.offsets(layout, &all, from).await?;
+    let clock = Clock::start();
+    let measure_start = w.produce.warmup.as_nanos() as u64;
+    let consumers = Consumers::start(
+        cluster,
+        layout,
+        &w.fetch,
+        &offsets,
+        clock,
+        control.clone(),
+        measure_start,
+    )
+    .await?;
+    Ok((consumers, clock, measure_start))
+}
+
 async fn wait_for_consumers(w: &Workload, control: &RunControl, clock: Clock, measure_start: u64) {
     let end = w
         .produce
