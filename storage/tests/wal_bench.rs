@@ -158,6 +158,51 @@ async fn throughput(
     wal.close().await;
 }
 
+/// Appends of `body_len` bytes at a fixed rate (one every `every`), each
+/// timed from its intended start (coordinated-omission corrected), like a
+/// broker taking one produce batch per client linger interval.
+async fn fixed_rate(layout: &WalLayout, body_len: usize, every: Duration, secs: u64) {
+    let (wal, _) = WalSlice::open(layout, 0).await.unwrap();
+    wal.trim(wal.durable_offset()).await.unwrap();
+    let body = Bytes::from(vec![9u8; body_len]);
+    let lat = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let start = Instant::now();
+    let n = (Duration::from_secs(secs).as_nanos() / every.as_nanos()) as u32;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let due = start + every * i;
+        let now = Instant::now();
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
+        if wal.fill_ratio() > 0.5 {
+            wal.trim(wal.durable_offset()).await.unwrap();
+        }
+        let (wal, body, lat) = (wal.clone(), body.clone(), lat.clone());
+        tasks.push(glommio::spawn_local(async move {
+            wal.append(body).await.unwrap();
+            lat.borrow_mut().push(due.elapsed());
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let mut lat = lat.take();
+    lat.sort();
+    println!(
+        "fixed rate {:>6} B every {:?} ({:.1} MiB/s): p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        body_len,
+        every,
+        body_len as f64 / every.as_secs_f64() / (1 << 20) as f64,
+        pct(&lat, 0.5),
+        pct(&lat, 0.9),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        pct(&lat, 1.0),
+    );
+    wal.close().await;
+}
+
 /// Fills half the ring without trimming, then times recovery (what a broker
 /// restart costs per slice).
 async fn recovery_time(layout: &WalLayout, body_len: usize) {
@@ -235,6 +280,16 @@ fn wal_bench() {
     });
     let zeroed = create(&dir.join("zeroed"), true);
     let l = zeroed.clone();
+    if let Ok(secs) = std::env::var("WAL_BENCH_FIXED_SECS") {
+        // Only the fixed-rate figures: WAL_BENCH_FIXED_SECS=20 cargo test ...
+        let secs: u64 = secs.parse().expect("WAL_BENCH_FIXED_SECS: seconds");
+        run(move || async move {
+            fixed_rate(&l, 20 << 10, Duration::from_millis(1), secs).await;
+            fixed_rate(&l, 1 << 10, Duration::from_micros(50), secs).await;
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        return;
+    }
     run(move || async move {
         lone_latency(&l, 1024, 2000, "zero-filled").await;
         lone_latency(&l, 64 << 10, 1000, "zero-filled").await;
