@@ -56,7 +56,7 @@ async fn watch_wal_fill(shard: std::rc::Weak<Shard>) {
         let fill = wal.fill_ratio();
         debug!(shard = shard.id, fill, "WAL fill");
         if fill > 0.9 && !warned {
-            warn!(shard = shard.id, fill, "WAL slice is over 90% full; produce will wait for space (no trim before object storage lands)");
+            warn!(shard = shard.id, fill, "WAL slice is over 90% full; once full, produce answers KAFKA_STORAGE_ERROR (no trim before object storage lands)");
         }
         warned = fill > 0.9;
     }
@@ -84,6 +84,8 @@ pub struct Shard {
     /// Bumped by every recovery, so a failure reported late by an append
     /// from before a recovery does not start another one.
     wal_epoch: Cell<u64>,
+    /// When a full WAL was last reported in the log.
+    wal_full_warned: Cell<Option<std::time::Instant>>,
 }
 
 impl Shard {
@@ -98,6 +100,7 @@ impl Shard {
             control: RefCell::new(None),
             wal: RefCell::new(None),
             storage_failed: Cell::new(false),
+            wal_full_warned: Cell::new(None),
             wal_epoch: Cell::new(0),
         })
     }
@@ -171,6 +174,17 @@ impl Shard {
         let part = parts
             .get_mut(&key)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        // Refused before offsets are assigned: an append queued behind a
+        // full WAL would wait until a trim, which nothing does before object
+        // storage lands, so clients would only see timeouts.
+        let body_bytes = batches
+            .iter()
+            .map(|b| (wal_record::PREFIX_LEN + b.bytes.len()) as u64)
+            .sum();
+        if !wal.has_room_for(batches.len(), body_bytes) {
+            self.warn_wal_full(&wal);
+            return Err(ResponseError::KafkaStorageError);
+        }
         let prefix = wal_record::batch_prefix(key.0, key.1);
         let mut base_offset = None;
         let mut last_offset = part.log.log_end_offset() - 1;
@@ -206,6 +220,25 @@ impl Shard {
         })
     }
 
+    /// Logs a refused append because the WAL slice is full, at most once
+    /// every 10 s.
+    fn warn_wal_full(&self, wal: &WalSlice) {
+        let now = std::time::Instant::now();
+        let last = self.wal_full_warned.get();
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(10)) {
+            return;
+        }
+        self.wal_full_warned.set(Some(now));
+        warn!(
+            shard = self.id,
+            used_bytes = wal.used_bytes(),
+            queued_bytes = wal.queued_bytes(),
+            capacity = wal.capacity(),
+            "WAL slice full: produce answers KAFKA_STORAGE_ERROR (nothing trims the WAL before \
+             object storage lands; a larger wal_size_bytes holds more)"
+        );
+    }
+
     /// Opens this shard's WAL slice and rebuilds its partition logs from
     /// what it recovers. Runs before the listener starts.
     pub async fn open_wal(self: &Rc<Self>, layout: &WalLayout) -> Result<(), WalError> {
@@ -220,6 +253,7 @@ impl Shard {
         info!(
             shard = self.id,
             used_bytes = wal.used_bytes(),
+            queued_bytes = wal.queued_bytes(),
             capacity = wal.capacity(),
             "WAL slice recovered"
         );

@@ -404,6 +404,30 @@ impl WalSlice {
         self.inner().geo.capacity
     }
 
+    /// Whether `count` more appends with `body_bytes` of bodies in all would
+    /// be written without waiting for a trim, after everything already
+    /// queued. Errs on the full side: it keeps back what a flush group's
+    /// block padding and a wrap at the ring's end can cost, so an append it
+    /// admits does not wait for space.
+    pub fn has_room_for(&self, count: usize, body_bytes: u64) -> bool {
+        let inner = self.inner();
+        let (geo, st) = (&inner.geo, inner.st.borrow());
+        let need = body_bytes + count as u64 * HEADER_LEN;
+        let queued = st.pending_bytes + need;
+        // Each flush group pads to a block, and the queue goes out in groups
+        // of up to `max_batch_bytes`.
+        let groups = 2 + queued / inner.tuning.max_batch_bytes.max(1) as u64;
+        // A record that would cross the ring's end skips to the next lap.
+        let cap = geo.capacity;
+        let at = (st.tail + st.pending_bytes) % cap;
+        let wrap = if at + align_up(need, geo.block) > cap {
+            cap - at
+        } else {
+            0
+        };
+        (st.tail - st.scan_start) + queued + groups * geo.block + wrap <= cap
+    }
+
     /// Largest body [`WalSlice::append`] accepts.
     pub fn max_body_len(&self) -> usize {
         self.inner().geo.max_body()
@@ -1313,6 +1337,107 @@ mod tests {
             let off = next.await.unwrap();
             assert!(off > last);
             assert!(wal.fill_ratio() < 0.5);
+        });
+    }
+
+    #[test]
+    fn has_room_for_admits_only_appends_that_do_not_wait() {
+        /// Appends in bursts of mixed sizes, each admitted by
+        /// `has_room_for` and issued without awaiting, until one is refused;
+        /// every admitted append must complete without a trim.
+        async fn fill(wal: &WalSlice, seed: usize) -> usize {
+            let mut admitted = 0;
+            let mut i = seed;
+            loop {
+                let burst: Vec<_> = (0..8)
+                    .map(|k| body(i + k, 100 + (i + k) * 7919 % 30000))
+                    .take_while(|b| wal.has_room_for(1, b.len() as u64))
+                    .map(|b| wal.append(b))
+                    .collect();
+                if burst.is_empty() {
+                    return admitted;
+                }
+                i += burst.len();
+                // Queued when called: awaiting them in turn waits for all.
+                let all = async {
+                    let mut out = Vec::new();
+                    for a in burst {
+                        out.push(a.await);
+                    }
+                    out
+                };
+                let done = futures_lite::future::or(async { Some(all.await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                    None
+                })
+                .await
+                .expect("an admitted append waited for space");
+                for r in done {
+                    r.unwrap();
+                    admitted += 1;
+                }
+            }
+        }
+        run(|| async {
+            let (layout, dev) = mem_wal(256 << 10);
+            let (wal, _) = open(&layout, &dev).await;
+            // Three laps: the later ones cross the ring's end.
+            for lap in 0..3 {
+                let admitted = fill(&wal, lap * 1000).await;
+                assert!(admitted > 5, "lap {lap}: {admitted}");
+                // Refused only near the end.
+                assert!(
+                    wal.fill_ratio() > 0.8,
+                    "lap {lap}: fill {}",
+                    wal.fill_ratio()
+                );
+                assert!(!wal.has_room_for(1, 30100));
+                // Free the first half of what is there, so the next lap wraps.
+                let half = wal.trim_offset() + wal.used_bytes() / 2;
+                let cut = wal
+                    .inner()
+                    .st
+                    .borrow()
+                    .boundaries
+                    .iter()
+                    .copied()
+                    .find(|&b| b >= half)
+                    .unwrap_or(wal.durable_offset());
+                wal.trim(cut).await.unwrap();
+                assert!(wal.has_room_for(1, 30100));
+            }
+        });
+    }
+
+    #[test]
+    fn has_room_for_counts_the_skip_at_the_ring_end() {
+        run(|| async {
+            let cap = 256 << 10;
+            let (layout, dev) = mem_wal(cap);
+            let (wal, _) = open(&layout, &dev).await;
+            // One group per append: tail stops 12..16 KiB before the end.
+            while wal.used_bytes() < cap - 16 * 1024 {
+                wal.append(body(1, 4000)).await.unwrap();
+            }
+            // Free 24 KiB at the start: 36..40 KiB free in all, but a 30 KB
+            // record does not fit before the end and must skip to the start,
+            // where only 24 KiB are free.
+            wal.trim(24 << 10).await.unwrap();
+            let free = cap - wal.used_bytes();
+            assert!(free > 32 << 10, "free {free}");
+            assert!(
+                !wal.has_room_for(1, 30_000),
+                "admitted an append that would wait"
+            );
+            // What it admits does not wait.
+            assert!(wal.has_room_for(1, 8000));
+            let done =
+                futures_lite::future::or(async { Some(wal.append(body(2, 8000)).await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                    None
+                })
+                .await;
+            done.expect("admitted append waited").unwrap();
         });
     }
 
