@@ -253,7 +253,6 @@ impl Shard {
         info!(
             shard = self.id,
             used_bytes = wal.used_bytes(),
-            queued_bytes = wal.queued_bytes(),
             capacity = wal.capacity(),
             "WAL slice recovered"
         );

@@ -1186,6 +1186,15 @@ mod tests {
         recs
     }
 
+    /// `fut`'s output if it completes within `ms` milliseconds.
+    async fn within<T>(ms: u64, fut: impl Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(fut.await) }, async {
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
+            None
+        })
+        .await
+    }
+
     fn body(i: usize, len: usize) -> Bytes {
         (0..len).map(|j| (i * 31 + j * 7) as u8 | 1).collect()
     }
@@ -1324,11 +1333,7 @@ mod tests {
                 last = wal.append(body(1, 4000)).await.unwrap();
             }
             let waiting = wal.append(body(2, 16000));
-            let waited = futures_lite::future::or(async { Some(waiting.await) }, async {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                None
-            })
-            .await;
+            let waited = within(50, waiting).await;
             assert!(waited.is_none(), "append completed on a full ring");
             // The future was dropped but the append stays queued.
             assert!(wal.queued_bytes() > 16000);
@@ -1366,12 +1371,9 @@ mod tests {
                     }
                     out
                 };
-                let done = futures_lite::future::or(async { Some(all.await) }, async {
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
-                    None
-                })
-                .await
-                .expect("an admitted append waited for space");
+                let done = within(500, all)
+                    .await
+                    .expect("an admitted append waited for space");
                 for r in done {
                     r.unwrap();
                     admitted += 1;
@@ -1431,13 +1433,10 @@ mod tests {
             );
             // What it admits does not wait.
             assert!(wal.has_room_for(1, 8000));
-            let done =
-                futures_lite::future::or(async { Some(wal.append(body(2, 8000)).await) }, async {
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
-                    None
-                })
-                .await;
-            done.expect("admitted append waited").unwrap();
+            within(500, wal.append(body(2, 8000)))
+                .await
+                .expect("admitted append waited")
+                .unwrap();
         });
     }
 
