@@ -3,5 +3,6 @@
 //! format beyond record batches.
 
 pub mod batch;
+pub mod object;
 pub mod partition_log;
 pub mod wal;

@@ -1,0 +1,1 @@
+//! S3-compatible backend (being written on the `s3` branch).
