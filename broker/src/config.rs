@@ -59,6 +59,55 @@ pub struct Config {
     pub offset_metadata_max_bytes: usize,
     /// Metadata log entries between two metadata snapshots.
     pub metadata_snapshot_entries: u64,
+    /// Where objects live: `file:///path` (default `file://<data_dir>/objects`)
+    /// or `s3://bucket[/prefix]`.
+    pub objects_url: Option<String>,
+    /// S3 endpoint, e.g. `http://127.0.0.1:9000` (default: `AWS_ENDPOINT_URL`,
+    /// else AWS's regional endpoint).
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: `AWS_REGION`, else `us-east-1`).
+    pub s3_region: Option<String>,
+    /// S3 credentials (default: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO, Ceph RGW and
+    /// CubeFS need.
+    pub s3_path_style: bool,
+    /// Timeout of one S3 request.
+    pub s3_request_timeout_ms: u64,
+    /// First retry delay of S3 requests (doubles per attempt, capped at 60 s).
+    pub s3_retry_base_ms: u64,
+    /// Attempts per S3 request before the caller sees the error.
+    pub s3_max_attempts: u32,
+    /// Log cache of all shards together: tail data in memory. Data not yet
+    /// uploaded stays in it, so this also bounds what a shard buffers while
+    /// the object store is slow or down.
+    pub log_cache_bytes: u64,
+    /// Block cache of all shards together: object blocks read back.
+    pub block_cache_bytes: u64,
+    /// A shard uploads once this much data has gathered (per shard; at most
+    /// half of the shard's log cache).
+    pub upload_bytes: u64,
+    /// ...or once its oldest data not in objects is this old.
+    pub upload_interval_ms: u64,
+    /// Upload bandwidth budget of all shards together (0: unlimited).
+    pub upload_bytes_per_sec: u64,
+    /// Bandwidth budget of reads from objects, all shards together
+    /// (0: unlimited).
+    pub cold_read_bytes_per_sec: u64,
+    /// Data block size in stream-set objects.
+    pub object_block_bytes: u64,
+    /// How long produce waits for WAL or log-cache space before it answers
+    /// a retriable error.
+    pub wal_full_wait_ms: u64,
+    /// Upload to object storage (false: the WAL and the log cache hold
+    /// everything, as before object storage; for benchmarks).
+    pub uploads_enabled: bool,
+    /// Objects reserved but never committed are deleted after this long.
+    pub object_orphan_grace_ms: u64,
+    /// On SIGTERM, how long shards may take to upload what their WAL holds
+    /// before the process exits anyway.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -86,6 +135,26 @@ impl Default for Config {
             group_max_member_metadata_bytes: 1 << 20,
             offset_metadata_max_bytes: 4096,
             metadata_snapshot_entries: 1000,
+            objects_url: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_path_style: true,
+            s3_request_timeout_ms: 30_000,
+            s3_retry_base_ms: 1000,
+            s3_max_attempts: 10,
+            log_cache_bytes: 256 << 20,
+            block_cache_bytes: 128 << 20,
+            upload_bytes: 32 << 20,
+            upload_interval_ms: 5000,
+            upload_bytes_per_sec: 0,
+            cold_read_bytes_per_sec: 0,
+            object_block_bytes: 512 << 10,
+            wal_full_wait_ms: 5000,
+            uploads_enabled: true,
+            object_orphan_grace_ms: 3_600_000,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }
@@ -144,6 +213,46 @@ pub struct Flags {
     pub offset_metadata_max_bytes: Option<usize>,
     #[arg(long, env = "BROKER_METADATA_SNAPSHOT_ENTRIES")]
     pub metadata_snapshot_entries: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECTS_URL")]
+    pub objects_url: Option<String>,
+    #[arg(long, env = "BROKER_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "BROKER_S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "BROKER_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "BROKER_S3_SECRET_ACCESS_KEY")]
+    pub s3_secret_access_key: Option<String>,
+    #[arg(long, env = "BROKER_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+    #[arg(long, env = "BROKER_S3_REQUEST_TIMEOUT_MS")]
+    pub s3_request_timeout_ms: Option<u64>,
+    #[arg(long, env = "BROKER_S3_RETRY_BASE_MS")]
+    pub s3_retry_base_ms: Option<u64>,
+    #[arg(long, env = "BROKER_S3_MAX_ATTEMPTS")]
+    pub s3_max_attempts: Option<u32>,
+    #[arg(long, env = "BROKER_LOG_CACHE_BYTES")]
+    pub log_cache_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_BLOCK_CACHE_BYTES")]
+    pub block_cache_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_UPLOAD_BYTES")]
+    pub upload_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_UPLOAD_INTERVAL_MS")]
+    pub upload_interval_ms: Option<u64>,
+    #[arg(long, env = "BROKER_UPLOAD_BYTES_PER_SEC")]
+    pub upload_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "BROKER_COLD_READ_BYTES_PER_SEC")]
+    pub cold_read_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECT_BLOCK_BYTES")]
+    pub object_block_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_WAL_FULL_WAIT_MS")]
+    pub wal_full_wait_ms: Option<u64>,
+    #[arg(long, env = "BROKER_UPLOADS_ENABLED")]
+    pub uploads_enabled: Option<bool>,
+    #[arg(long, env = "BROKER_OBJECT_ORPHAN_GRACE_MS")]
+    pub object_orphan_grace_ms: Option<u64>,
+    #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
 }
 
 /// Subcommands: tools that inspect a data directory without serving.
@@ -155,6 +264,30 @@ pub enum Tool {
         #[arg(long = "data-dir")]
         dir: Option<PathBuf>,
     },
+    /// Inspect the object store the config names (`objects_url`).
+    Objects {
+        #[command(subcommand)]
+        cmd: ObjectsCmd,
+    },
+}
+
+/// `broker objects ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ObjectsCmd {
+    /// List the objects with their size and whether the metadata commits them.
+    Ls,
+    /// Show one object's index: partitions, offset ranges and blocks.
+    Show {
+        /// The object's key, as `ls` prints it.
+        key: String,
+    },
+}
+
+/// Where objects are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectsLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +345,32 @@ impl Config {
             group_max_size,
             group_max_member_metadata_bytes,
             offset_metadata_max_bytes,
-            metadata_snapshot_entries
+            metadata_snapshot_entries,
+            s3_path_style,
+            s3_request_timeout_ms,
+            s3_retry_base_ms,
+            s3_max_attempts,
+            log_cache_bytes,
+            block_cache_bytes,
+            upload_bytes,
+            upload_interval_ms,
+            upload_bytes_per_sec,
+            cold_read_bytes_per_sec,
+            object_block_bytes,
+            wal_full_wait_ms,
+            uploads_enabled,
+            object_orphan_grace_ms,
+            shutdown_timeout_ms
+        );
+        macro_rules! over_opt {
+            ($($f:ident),*) => { $( if flags.$f.is_some() { cfg.$f = flags.$f; } )* };
+        }
+        over_opt!(
+            objects_url,
+            s3_endpoint,
+            s3_region,
+            s3_access_key_id,
+            s3_secret_access_key
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -265,7 +423,73 @@ impl Config {
                 "broker_id must be in 0..=2000000".into(),
             ));
         }
+        self.objects()?;
+        let per_shard = |v: u64| v / self.shards.max(1) as u64;
+        if per_shard(self.log_cache_bytes) < 8 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "log_cache_bytes must give every shard at least 8 MiB ({} shards)",
+                self.shards
+            )));
+        }
+        if self.upload_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "upload_bytes must be at least 1 MiB".into(),
+            ));
+        }
+        if !(4096..=64 << 20).contains(&self.object_block_bytes) {
+            return Err(ConfigError::Invalid(
+                "object_block_bytes must be in 4096..=67108864".into(),
+            ));
+        }
+        if self.upload_interval_ms == 0 || self.s3_max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "upload_interval_ms and s3_max_attempts must be positive".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Where objects go, parsed from `objects_url`.
+    pub fn objects(&self) -> Result<ObjectsLocation, ConfigError> {
+        let Some(url) = &self.objects_url else {
+            return Ok(ObjectsLocation::Local(self.data_dir.join("objects")));
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "objects_url {url}: a file URL needs an absolute path (file:///...)"
+                )));
+            }
+            return Ok(ObjectsLocation::Local(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "objects_url {url}: no bucket name"
+                )));
+            }
+            let prefix = prefix.trim_matches('/');
+            return Ok(ObjectsLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                },
+            });
+        }
+        Err(ConfigError::Invalid(format!(
+            "objects_url {url}: must start with file:// or s3://"
+        )))
+    }
+
+    /// Key prefix of objects in the store.
+    pub fn object_key_prefix(&self) -> String {
+        match self.objects() {
+            Ok(ObjectsLocation::S3 { prefix, .. }) => prefix,
+            _ => String::new(),
+        }
     }
 
     /// The node id shard `shard` is advertised as.

@@ -9,8 +9,13 @@ mod controller;
 mod group;
 mod handlers;
 mod metadata;
+mod objects;
+mod objects_tool;
+mod partition;
 mod shard;
+mod shutdown;
 mod topic_config;
+mod uploader;
 mod wal_record;
 
 use std::rc::Rc;
@@ -32,6 +37,7 @@ use crate::shard::Shard;
 const MESH_CAPACITY: usize = 1024;
 
 fn main() {
+    shutdown::block_signals();
     let mut flags = Flags::parse();
     let tool = flags.tool.take();
     let cfg = match Config::load(flags) {
@@ -51,12 +57,21 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(Tool::MetadataShell { dir }) = tool {
-        let dir = dir.unwrap_or_else(|| cfg.data_dir.clone());
-        match controller::shell::dump(&dir) {
+    if let Some(tool) = tool {
+        let (name, result) = match tool {
+            Tool::MetadataShell { dir } => {
+                let dir = dir.unwrap_or_else(|| cfg.data_dir.clone());
+                (
+                    "metadata-shell",
+                    controller::shell::dump(&dir).map_err(|e| e.to_string()),
+                )
+            }
+            Tool::Objects { cmd } => ("objects", objects_tool::run(cfg, cmd)),
+        };
+        match result {
             Ok(text) => print!("{text}"),
             Err(e) => {
-                eprintln!("broker metadata-shell: {e}");
+                eprintln!("broker {name}: {e}");
                 std::process::exit(1);
             }
         }
@@ -97,7 +112,11 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<MeshMsg, _>::full(cfg.shards, MESH_CAPACITY);
     let mut handles = Vec::new();
-    for s in 0..cfg.shards {
+    let stops = shutdown::start(
+        cfg.shards,
+        std::time::Duration::from_millis(cfg.shutdown_timeout_ms),
+    );
+    for (s, stop) in stops.into_iter().enumerate() {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let wal = wal.clone();
@@ -105,7 +124,7 @@ fn main() {
         let ctl = (s == 0).then(|| controller.handle.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
-            .spawn(move || run_shard(s, cfg, mesh, wal, image, ctl));
+            .spawn(move || run_shard(s, cfg, mesh, wal, image, ctl, stop));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -131,6 +150,7 @@ async fn run_shard(
     wal: Arc<WalLayout>,
     image: Arc<MetadataImage>,
     controller: Option<ControllerHandle>,
+    stop: shutdown::ShardShutdown,
 ) {
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
@@ -151,10 +171,28 @@ async fn run_shard(
     shard.set_control(Control::start(
         s, shards, senders, receivers, install, controller,
     ));
+    match objects::open(&shard.config, s).await {
+        Ok((store, reader)) => {
+            info!(shard = s, store = %store.describe(), "object store open");
+            shard.set_store(store, reader);
+        }
+        Err(e) => {
+            error!("shard {s} cannot open its object store: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = shard.open_wal(&wal).await {
         error!("shard {s} cannot open its WAL slice: {e}");
         std::process::exit(1);
     }
+    let stopping = shard.clone();
+    glommio::spawn_local(async move {
+        if stop.requested.await.is_ok() {
+            stopping.shutdown().await;
+            let _ = stop.done.send(s);
+        }
+    })
+    .detach();
     if let Err(e) = shard.listen().await {
         error!("shard {s} cannot listen: {e}");
         std::process::exit(1);

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use storage::batch::{parse_header, BatchError};
-use storage::partition_log::StoredBatch;
+use storage::log_cache::StoredBatch;
 use uuid::Uuid;
 
 pub const KIND_BATCH: u8 = 1;
@@ -67,6 +67,7 @@ pub fn decode(body: &Bytes) -> Result<WalEntry, WalRecordError> {
         batch: StoredBatch {
             base_offset: h.base_offset,
             last_offset: h.last_offset(),
+            records: h.records_count.max(0) as u32,
             max_timestamp: h.max_timestamp,
             bytes,
         },

@@ -245,6 +245,21 @@ class Broker:
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS in /proc status")
 
+    def peak_rss_kib(self) -> int:
+        """Largest resident set since the process started (VmHWM)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def tool(self, *args: str) -> str:
+        """Runs `broker <args>` against this broker's data dir; returns stdout."""
+        out = subprocess.run([str(broker_bin()), "--data-dir", str(self.data_dir), *self.extra_args,
+                              *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"broker {' '.join(args)} failed: {out.stderr}"
+        return out.stdout
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

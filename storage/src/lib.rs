@@ -1,8 +1,12 @@
-//! Storage for the broker: record-batch parsing, the per-partition log and
-//! (in `wal`) the per-shard write-ahead log. Knows nothing of the Kafka wire
-//! format beyond record batches.
+//! Storage for the broker: record-batch parsing, the per-partition log
+//! cache, the per-shard write-ahead log (`wal`), object storage (`object`:
+//! backends, the stream-set object format, cold reads), the block cache and
+//! bandwidth budgets. Knows nothing of the Kafka wire format beyond record
+//! batches.
 
 pub mod batch;
+pub mod block_cache;
+pub mod log_cache;
 pub mod object;
-pub mod partition_log;
+pub mod throttle;
 pub mod wal;

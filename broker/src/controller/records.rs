@@ -15,8 +15,8 @@ use bytes::{Buf, BufMut};
 use tracing::debug;
 use uuid::Uuid;
 
-/// Record type numbers. Never reuse one. 100.. are reserved for object
-/// storage (stream-set objects, stream objects, their offset ranges).
+/// Record type numbers. Never reuse one. 100.. are object storage
+/// (reserved ids, committed objects and their offset ranges).
 pub mod kind {
     pub const TOPIC_CREATED: u16 = 1;
     pub const TOPIC_DELETED: u16 = 2;
@@ -26,6 +26,8 @@ pub mod kind {
     pub const NODE_REGISTERED: u16 = 6;
     pub const NODE_FENCED: u16 = 7;
     pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
+    pub const OBJECT_IDS_RESERVED: u16 = 100;
+    pub const OBJECT_COMMITTED: u16 = 101;
 }
 
 /// Largest body a record may claim; metadata records are small.
@@ -80,7 +82,37 @@ pub enum Record {
         first: i64,
         count: i64,
     },
+    /// Object ids `first..first + count` belong to `node_id`, which may
+    /// upload objects under them. An object whose id was reserved but never
+    /// committed is an orphan.
+    ObjectIdsReserved {
+        node_id: i32,
+        first: u64,
+        count: u64,
+    },
+    /// A stream-set object is in the store, and these offset ranges of
+    /// these partitions live in it.
+    ObjectCommitted {
+        object_id: u64,
+        node_id: i32,
+        size: u64,
+        ranges: Vec<ObjectRange>,
+    },
 }
+
+/// The offsets `start..end` of one partition inside an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectRange {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub start_offset: i64,
+    pub end_offset: i64,
+    pub max_timestamp: i64,
+    /// Bytes of the partition's data blocks in the object.
+    pub bytes: u64,
+}
+
+const OBJECT_RANGE_LEN: usize = 16 + 4 + 8 + 8 + 8 + 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -107,6 +139,8 @@ impl Record {
             Record::NodeRegistered { .. } => kind::NODE_REGISTERED,
             Record::NodeFenced { .. } => kind::NODE_FENCED,
             Record::ProducerIdsAllocated { .. } => kind::PRODUCER_IDS_ALLOCATED,
+            Record::ObjectIdsReserved { .. } => kind::OBJECT_IDS_RESERVED,
+            Record::ObjectCommitted { .. } => kind::OBJECT_COMMITTED,
         }
     }
 
@@ -200,6 +234,34 @@ impl Record {
                 out.put_i32(*node_id);
                 out.put_i64(*first);
                 out.put_i64(*count);
+            }
+            Record::ObjectIdsReserved {
+                node_id,
+                first,
+                count,
+            } => {
+                out.put_i32(*node_id);
+                out.put_u64(*first);
+                out.put_u64(*count);
+            }
+            Record::ObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                ranges,
+            } => {
+                out.put_u64(*object_id);
+                out.put_i32(*node_id);
+                out.put_u64(*size);
+                out.put_u32(ranges.len() as u32);
+                for r in ranges {
+                    put_uuid(out, &r.topic_id);
+                    out.put_i32(r.partition);
+                    out.put_i64(r.start_offset);
+                    out.put_i64(r.end_offset);
+                    out.put_i64(r.max_timestamp);
+                    out.put_u64(r.bytes);
+                }
             }
         }
     }
@@ -308,6 +370,37 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             first: r.i64()?,
             count: r.i64()?,
         },
+        kind::OBJECT_IDS_RESERVED => Record::ObjectIdsReserved {
+            node_id: r.i32()?,
+            first: r.u64()?,
+            count: r.u64()?,
+        },
+        kind::OBJECT_COMMITTED => {
+            let object_id = r.u64()?;
+            let node_id = r.i32()?;
+            let size = r.u64()?;
+            let n = r.u32()? as usize;
+            if n > r.buf.len() / OBJECT_RANGE_LEN {
+                return Err(r.invalid("range count exceeds the record"));
+            }
+            let mut ranges = Vec::with_capacity(n);
+            for _ in 0..n {
+                ranges.push(ObjectRange {
+                    topic_id: r.uuid()?,
+                    partition: r.i32()?,
+                    start_offset: r.i64()?,
+                    end_offset: r.i64()?,
+                    max_timestamp: r.i64()?,
+                    bytes: r.u64()?,
+                });
+            }
+            Record::ObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                ranges,
+            }
+        }
         _ => return Ok(None),
     };
     // Bytes left over belong to fields of a newer version: ignored.
@@ -372,6 +465,9 @@ impl Reader<'_> {
     fn i64(&mut self) -> Result<i64, RecordError> {
         Ok(self.take(8)?.get_i64())
     }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(self.take(8)?.get_u64())
+    }
     fn uuid(&mut self) -> Result<Uuid, RecordError> {
         let b = self.take(16)?;
         Uuid::from_slice(b).map_err(|_| self.invalid("bad uuid"))
@@ -433,6 +529,33 @@ impl fmt::Display for Record {
                 f,
                 "ProducerIdsAllocated node={node_id} first={first} count={count}"
             ),
+            Record::ObjectIdsReserved {
+                node_id,
+                first,
+                count,
+            } => write!(
+                f,
+                "ObjectIdsReserved node={node_id} first={first} count={count}"
+            ),
+            Record::ObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                ranges,
+            } => {
+                write!(
+                    f,
+                    "ObjectCommitted id={object_id} node={node_id} size={size}"
+                )?;
+                for r in ranges {
+                    write!(
+                        f,
+                        " {}-{}:{}..{}",
+                        r.topic_id, r.partition, r.start_offset, r.end_offset
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -489,6 +612,24 @@ pub(crate) mod tests {
                 first: 1000,
                 count: 1000,
             },
+            Record::ObjectIdsReserved {
+                node_id: 1,
+                first: 0,
+                count: 16,
+            },
+            Record::ObjectCommitted {
+                object_id: 3,
+                node_id: 1,
+                size: 4096,
+                ranges: vec![ObjectRange {
+                    topic_id: id,
+                    partition: 0,
+                    start_offset: 0,
+                    end_offset: 10,
+                    max_timestamp: 77,
+                    bytes: 4000,
+                }],
+            },
             Record::TopicDeleted { id },
         ]
     }
@@ -497,7 +638,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 8, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 10, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

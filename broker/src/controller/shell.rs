@@ -18,6 +18,12 @@ use crate::metadata::MetadataImage;
 
 /// Renders the dump of `data_dir`'s metadata.
 pub fn dump(data_dir: &Path) -> Result<String, ControllerError> {
+    let (out, _) = dump_with_image(data_dir)?;
+    Ok(out)
+}
+
+/// The dump and the image it adds up to.
+pub fn dump_with_image(data_dir: &Path) -> Result<(String, MetadataImage), ControllerError> {
     let dir = metadata_dir(data_dir);
     let mut out = String::new();
     let mut image = MetadataImage::default();
@@ -97,7 +103,7 @@ pub fn dump(data_dir: &Path) -> Result<String, ControllerError> {
         );
     }
     render_image(&mut out, &image);
-    Ok(out)
+    Ok((out, image))
 }
 
 fn render_image(out: &mut String, image: &MetadataImage) {
@@ -128,8 +134,53 @@ fn render_image(out: &mut String, image: &MetadataImage) {
                 t.leader_epochs.get(p).copied().unwrap_or_default()
             );
         }
+        for (p, node) in t.leader_nodes.iter().enumerate() {
+            let _ = node;
+            if let Some(o) = image.objects.partition(t.id, p as i32) {
+                let _ = writeln!(
+                    out,
+                    "    p{p} in objects: offsets {}..{} in {} ranges, {} bytes",
+                    o.start().unwrap_or(0),
+                    o.end().unwrap_or(0),
+                    o.ranges.len(),
+                    o.bytes()
+                );
+            }
+        }
         for (k, v) in &t.configs {
             let _ = writeln!(out, "    config {k}={v}");
+        }
+    }
+    let objs = &image.objects;
+    let _ = writeln!(
+        out,
+        "objects: {} committed, next id {}",
+        objs.objects.len(),
+        objs.next_object_id
+    );
+    for (node, (first, count)) in &objs.reservations {
+        let _ = writeln!(out, "  node {node} reserved ids {first}..{}", first + count);
+    }
+    for o in objs.objects.values() {
+        let _ = writeln!(
+            out,
+            "  object {} node {} size {} ranges {}",
+            o.id,
+            o.node_id,
+            o.size,
+            o.ranges.len()
+        );
+        for r in &o.ranges {
+            let name = image
+                .ids
+                .get(&r.topic_id)
+                .cloned()
+                .unwrap_or_else(|| format!("(deleted {})", r.topic_id));
+            let _ = writeln!(
+                out,
+                "    {name}-{} offsets {}..{} ({} bytes, max timestamp {})",
+                r.partition, r.start_offset, r.end_offset, r.bytes, r.max_timestamp
+            );
         }
     }
 }

@@ -145,7 +145,7 @@ impl GroupCoordinator {
             return Err(ResponseError::CoordinatorNotAvailable);
         };
         let p = partition_for(group_id, topic.leaders.len() as i32);
-        if topic.leaders.get(p as usize) != Some(&shard.id) {
+        if topic.leader_nodes.get(p as usize) != Some(&shard.node_id()) {
             return Err(ResponseError::NotCoordinator);
         }
         if self.loading.borrow().contains(&p) || !self.loaded.borrow().contains(&p) {
@@ -156,14 +156,14 @@ impl GroupCoordinator {
 
     /// Called after each metadata image: loads `__consumer_offsets`
     /// partitions this shard now leads, forgets those it no longer leads.
-    pub fn on_image(&self, image: &MetadataImage, shard_id: usize) {
+    pub fn on_image(&self, image: &MetadataImage, node_id: i32) {
         let led: HashSet<i32> = image
             .topic(OFFSETS_TOPIC)
             .map(|t| {
-                t.leaders
+                t.leader_nodes
                     .iter()
                     .enumerate()
-                    .filter(|(_, &l)| l == shard_id)
+                    .filter(|(_, &l)| l == node_id)
                     .map(|(p, _)| p as i32)
                     .collect()
             })
@@ -224,7 +224,7 @@ impl GroupCoordinator {
             .retain(|g, _| partition_for(g, n) != p);
         let key = (topic.id, p);
         let mut offset = match shard.partitions.borrow().get(&key) {
-            Some(part) => part.log.log_start_offset(),
+            Some(part) => part.state.log_start,
             None => {
                 self.loading.borrow_mut().remove(&p);
                 return;
@@ -233,12 +233,20 @@ impl GroupCoordinator {
         let now = now_ms();
         let mut count = 0usize;
         'replay: loop {
-            let read = {
-                let parts = shard.partitions.borrow();
-                let Some(part) = parts.get(&key) else { break };
-                match part.log.read(offset, 1 << 20, true) {
-                    Ok(r) => r,
-                    Err(_) => break,
+            let read = match shard.read(key, offset, 1 << 20, true).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if superseded() {
+                        return;
+                    }
+                    if matches!(e, crate::shard::ReadError::OutOfRange { .. }) {
+                        break;
+                    }
+                    // Objects unreachable for now: keep the groups loading
+                    // (COORDINATOR_LOAD_IN_PROGRESS) and try again.
+                    warn!("{OFFSETS_TOPIC}-{p}: cannot read at offset {offset} ({e:?}); retrying");
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
             };
             if read.batches.is_empty() {
@@ -292,7 +300,7 @@ impl GroupCoordinator {
             return;
         };
         let led: Vec<i32> = (0..topic.leaders.len())
-            .filter(|&p| topic.leaders[p] == shard.id)
+            .filter(|&p| topic.leader_nodes[p] == shard.node_id())
             .map(|p| p as i32)
             .collect();
         if led.is_empty() {
@@ -863,15 +871,15 @@ async fn write(
         warn!("group records failed validation: {e}");
         ResponseError::UnknownServerError
     })?;
-    let durable = shard
+    shard
         .append(key, &batches, None)
-        .map_err(|_| ResponseError::NotCoordinator)?;
-    durable.await.map_err(|e| match e {
-        ResponseError::UnknownTopicOrPartition | ResponseError::NotLeaderOrFollower => {
-            ResponseError::NotCoordinator
-        }
-        other => other,
-    })?;
+        .await
+        .map_err(|e| match e {
+            ResponseError::UnknownTopicOrPartition | ResponseError::NotLeaderOrFollower => {
+                ResponseError::NotCoordinator
+            }
+            other => other,
+        })?;
     Ok(())
 }
 

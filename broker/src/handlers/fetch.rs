@@ -1,38 +1,42 @@
-//! Fetch: reads whole batches from this shard's partition logs, honouring
-//! `max_bytes`, per-partition limits, and the `max_wait_ms`/`min_bytes` long
-//! poll, which appends on this shard wake.
+//! Fetch: reads whole batches through each partition (log cache, then
+//! objects), honouring `max_bytes`, per-partition limits, leader epochs and
+//! the `max_wait_ms`/`min_bytes` long poll, which only appends to the
+//! requested partitions wake.
 //!
 //! Runs on the shard that leads the partitions. Never blocks the shard while
-//! waiting: it parks on the shard's append event or a timer.
+//! waiting: it parks on the partitions' waiters or a timer, and cold reads
+//! await their GETs.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use event_listener::EventListener;
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
-use storage::partition_log::ReadResult;
 
 use super::{find_topic, locate};
-use crate::shard::Shard;
+use crate::metadata::TopicMeta;
+use crate::shard::{PartitionKey, ReadError, Shard};
 
 pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     loop {
-        // Listen before reading: an append between the read and the wait
-        // would otherwise be missed. Nothing can append in between anyway
-        // (no await), but the order keeps it obviously right.
-        let listener = shard.appended.listen();
-        let (resp, bytes, errors) = read_all(shard, &req, version);
+        // Listen before reading, so an append between the read and the
+        // wait is not missed.
+        let listeners = listen(shard, &req, version);
+        let (resp, bytes, errors) = read_all(shard, &req, version).await;
         let now = Instant::now();
-        if bytes >= min_bytes || errors || now >= deadline {
+        if bytes >= min_bytes || errors || now >= deadline || listeners.is_empty() {
             return resp;
         }
+        let woken = futures::future::select_all(listeners);
         futures_lite::future::or(
             async {
-                listener.await;
+                woken.await;
             },
             async {
                 glommio::timer::sleep(deadline - now).await;
@@ -42,9 +46,67 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     }
 }
 
+fn topic_id(version: i16, id: uuid::Uuid) -> uuid::Uuid {
+    if version >= 13 {
+        id
+    } else {
+        uuid::Uuid::nil()
+    }
+}
+
+/// Listeners on the waiters of every requested partition this shard leads.
+fn listen(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<EventListener> {
+    let image = shard.image();
+    let parts = shard.partitions.borrow();
+    let mut out = Vec::new();
+    for t in &req.topics {
+        let meta = find_topic(&image, &t.topic, topic_id(version, t.topic_id));
+        for p in &t.partitions {
+            if let Some(part) = locate(shard, meta, p.partition)
+                .ok()
+                .and_then(|k| parts.get(&k))
+            {
+                out.push(part.waiters.listen());
+            }
+        }
+    }
+    out
+}
+
+/// Checks `current_leader_epoch` as Kafka does.
+fn check_epoch(meta: &TopicMeta, p: &FetchPartition) -> Result<(), ResponseError> {
+    let Some(&epoch) = usize::try_from(p.partition)
+        .ok()
+        .and_then(|i| meta.leader_epochs.get(i))
+    else {
+        return Ok(());
+    };
+    match p.current_leader_epoch {
+        e if e < 0 || e == epoch => Ok(()),
+        e if e < epoch => Err(ResponseError::FencedLeaderEpoch),
+        _ => Err(ResponseError::UnknownLeaderEpoch),
+    }
+}
+
+fn error_data(index: i32, code: ResponseError) -> PartitionData {
+    let mut d = PartitionData::default();
+    d.partition_index = index;
+    d.error_code = code.code();
+    d.high_watermark = -1;
+    d.last_stable_offset = -1;
+    d.log_start_offset = -1;
+    d.aborted_transactions = Some(Vec::new());
+    d.preferred_read_replica = (-1).into();
+    d
+}
+
 /// One pass over every requested partition: the response, the record bytes
 /// in it, and whether any partition had an error (which answers at once).
-fn read_all(shard: &Shard, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+async fn read_all(
+    shard: &Rc<Shard>,
+    req: &FetchRequest,
+    version: i16,
+) -> (FetchResponse, usize, bool) {
     let image = shard.image();
     let mut remaining = if req.max_bytes > 0 {
         req.max_bytes as usize
@@ -54,59 +116,53 @@ fn read_all(shard: &Shard, req: &FetchRequest, version: i16) -> (FetchResponse, 
     let mut total = 0usize;
     let mut errors = false;
     let mut topics = Vec::with_capacity(req.topics.len());
-    let parts = shard.partitions.borrow();
     for t in &req.topics {
-        let id = if version >= 13 {
-            t.topic_id
-        } else {
-            uuid::Uuid::nil()
-        };
-        let meta = find_topic(&image, &t.topic, id);
+        let meta = find_topic(&image, &t.topic, topic_id(version, t.topic_id));
         let mut out = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            let mut d = PartitionData::default();
-            d.partition_index = p.partition;
-            d.aborted_transactions = Some(Vec::new());
-            d.preferred_read_replica = (-1).into();
-            let key = match locate(shard, meta, p.partition) {
+            let located: Result<PartitionKey, ResponseError> = locate(shard, meta, p.partition)
+                .and_then(|k| meta.map_or(Ok(()), |m| check_epoch(m, p)).map(|_| k));
+            let key = match located {
                 Ok(key) => key,
                 Err(e) => {
-                    if version >= 13 && meta.is_none() {
-                        d.error_code = ResponseError::UnknownTopicId.code();
+                    let code = if version >= 13 && meta.is_none() {
+                        ResponseError::UnknownTopicId
                     } else {
-                        d.error_code = e.code();
-                    }
-                    d.high_watermark = -1;
-                    d.last_stable_offset = -1;
-                    d.log_start_offset = -1;
+                        e
+                    };
                     errors = true;
-                    out.push(d);
+                    out.push(error_data(p.partition, code));
                     continue;
                 }
             };
-            let Some(part) = parts.get(&key) else {
-                d.error_code = ResponseError::UnknownTopicOrPartition.code();
-                errors = true;
-                out.push(d);
-                continue;
-            };
-            let log = &part.log;
-            d.high_watermark = log.high_watermark();
-            d.last_stable_offset = log.high_watermark();
-            d.log_start_offset = log.log_start_offset();
             let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-            match log.read(p.fetch_offset, limit, total == 0) {
+            match shard.read(key, p.fetch_offset, limit, total == 0).await {
                 Ok(read) => {
+                    let mut d = error_data(p.partition, ResponseError::UnknownServerError);
+                    d.error_code = 0;
+                    d.high_watermark = read.high_watermark;
+                    d.last_stable_offset = read.high_watermark;
+                    d.log_start_offset = read.log_start;
                     remaining = remaining.saturating_sub(read.bytes);
                     total += read.bytes;
-                    d.records = Some(concat(read));
+                    d.records = Some(concat(read.batches, read.bytes));
+                    out.push(d);
                 }
-                Err(_) => {
-                    d.error_code = ResponseError::OffsetOutOfRange.code();
+                Err(e) => {
+                    let mut d = error_data(p.partition, e.code());
+                    if let ReadError::OutOfRange {
+                        log_start,
+                        high_watermark,
+                    } = e
+                    {
+                        d.high_watermark = high_watermark;
+                        d.last_stable_offset = high_watermark;
+                        d.log_start_offset = log_start;
+                    }
                     errors = true;
+                    out.push(d);
                 }
             }
-            out.push(d);
         }
         let mut r = FetchableTopicResponse::default();
         r.topic = t.topic.clone();
@@ -121,13 +177,13 @@ fn read_all(shard: &Shard, req: &FetchRequest, version: i16) -> (FetchResponse, 
 
 /// One batch is passed through as is; several are joined (the codec copies
 /// the records into the response frame anyway).
-fn concat(read: ReadResult) -> Bytes {
-    match read.batches.len() {
+fn concat(batches: Vec<Bytes>, bytes: usize) -> Bytes {
+    match batches.len() {
         0 => Bytes::new(),
-        1 => read.batches.into_iter().next().unwrap_or_default(),
+        1 => batches.into_iter().next().unwrap_or_default(),
         _ => {
-            let mut b = BytesMut::with_capacity(read.bytes);
-            for chunk in &read.batches {
+            let mut b = BytesMut::with_capacity(bytes);
+            for chunk in &batches {
                 b.extend_from_slice(chunk);
             }
             b.freeze()

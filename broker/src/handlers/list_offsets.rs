@@ -1,27 +1,34 @@
 //! ListOffsets: earliest, latest, by timestamp and max timestamp, answered
-//! from this shard's partition logs.
+//! through this shard's partitions (log cache and objects).
 //!
-//! Runs on the shard that leads the partitions; reads only.
+//! Runs on the shard that leads the partitions; reads only. A lookup by
+//! timestamp in objects awaits GETs without blocking the shard.
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use std::rc::Rc;
+
 use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::ResponseError;
 use storage::batch::parse_header;
-use storage::partition_log::StoredBatch;
 
 use super::{find_topic, locate};
-use crate::shard::Shard;
+use crate::shard::read::TimestampHit;
+use crate::shard::{ReadError, Shard};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let image = shard.image();
-    let parts = shard.partitions.borrow();
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let meta = find_topic(&image, &t.name, uuid::Uuid::nil());
@@ -31,33 +38,46 @@ pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffse
             r.partition_index = p.partition_index;
             r.timestamp = -1;
             r.offset = -1;
-            let located = locate(shard, meta, p.partition_index);
-            match located.map(|key| parts.get(&key)) {
-                Err(e) => r.error_code = e.code(),
-                Ok(None) => {
-                    r.error_code = kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+            let key = match locate(shard, meta, p.partition_index) {
+                Ok(key) => key,
+                Err(e) => {
+                    r.error_code = e.code();
+                    out.push(r);
+                    continue;
                 }
-                Ok(Some(part)) => {
-                    let log = &part.log;
-                    if version >= 4 {
-                        r.leader_epoch = meta
-                            .and_then(|m| m.leader_epochs.get(p.partition_index as usize))
-                            .copied()
-                            .unwrap_or_default();
-                    }
-                    let found = match p.timestamp {
-                        EARLIEST => Some((-1, log.log_start_offset())),
-                        LATEST => Some((-1, log.high_watermark())),
-                        MAX_TIMESTAMP => log.max_timestamp(),
-                        ts => log
-                            .batch_at_timestamp(ts)
-                            .map(|b| record_at_timestamp(b, ts)),
-                    };
-                    if let Some((ts, offset)) = found {
-                        r.timestamp = ts;
-                        r.offset = offset;
-                    }
+            };
+            let offsets = shard
+                .partitions
+                .borrow()
+                .get(&key)
+                .map(|part| (part.state.log_start, part.state.high_watermark));
+            let Some((log_start, high_watermark)) = offsets else {
+                r.error_code = ResponseError::NotLeaderOrFollower.code();
+                out.push(r);
+                continue;
+            };
+            if version >= 4 {
+                r.leader_epoch = meta
+                    .and_then(|m| m.leader_epochs.get(p.partition_index as usize))
+                    .copied()
+                    .unwrap_or_default();
+            }
+            let found: Result<Option<(i64, i64)>, ReadError> = match p.timestamp {
+                EARLIEST => Ok(Some((-1, log_start))),
+                LATEST => Ok(Some((-1, high_watermark))),
+                MAX_TIMESTAMP => shard.max_timestamp(key).await,
+                ts => shard
+                    .batch_at_timestamp(key, ts)
+                    .await
+                    .map(|hit| hit.map(|b| record_at_timestamp(&b, ts))),
+            };
+            match found {
+                Ok(Some((ts, offset))) => {
+                    r.timestamp = ts;
+                    r.offset = offset;
                 }
+                Ok(None) => {}
+                Err(e) => r.error_code = e.code().code(),
             }
             out.push(r);
         }
@@ -75,7 +95,7 @@ pub fn handle(shard: &Shard, req: ListOffsetsRequest, version: i16) -> ListOffse
 /// `(timestamp, offset)`. The batch is decoded (and decompressed) only here,
 /// off the produce and fetch paths. A batch that does not decode answers
 /// with its base offset: the client then skips the earlier records itself.
-fn record_at_timestamp(batch: &StoredBatch, ts: i64) -> (i64, i64) {
+fn record_at_timestamp(batch: &TimestampHit, ts: i64) -> (i64, i64) {
     let whole_batch = (batch.max_timestamp, batch.base_offset);
     let Ok(header) = parse_header(&batch.bytes) else {
         return whole_batch;

@@ -54,11 +54,11 @@ pub fn locate(
     };
     let Some(&leader) = usize::try_from(partition)
         .ok()
-        .and_then(|p| topic.leaders.get(p))
+        .and_then(|p| topic.leader_nodes.get(p))
     else {
         return Err(ResponseError::UnknownTopicOrPartition);
     };
-    if leader != shard.id {
+    if leader != shard.node_id() {
         return Err(ResponseError::NotLeaderOrFollower);
     }
     Ok((topic.id, partition))

@@ -108,10 +108,13 @@ fn start_partition(
         (batch_error_code(&e), e.to_string())
     })?;
     let log_append_time = topic_config::uses_log_append_time(&topic.configs).then(now_ms);
-    let durable = shard
-        .append(key, &batches, log_append_time)
-        .map_err(|e| (e, String::new()))?;
-    Ok((Box::pin(durable), log_append_time))
+    // Appends at once when there is room, keeping the order of requests;
+    // otherwise waits its turn for space.
+    let durable = match shard.try_append(key, &batches, log_append_time) {
+        Ok(now) => now,
+        Err(waiting) => waiting,
+    };
+    Ok((durable, log_append_time))
 }
 
 async fn finish_partition(started: Started) -> PartitionResult {

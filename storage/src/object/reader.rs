@@ -1,1 +1,646 @@
-//! (being written)
+//! Cold reads: a partition's batches from stream-set objects, through an
+//! index cache and the block cache, with ranged GETs (adjacent blocks merged
+//! into one request up to a limit), several requests in flight, read-ahead
+//! for sequential readers, and a bandwidth budget.
+//!
+//! One `ObjectReader` per shard, on that shard's executor. A read that
+//! misses the caches awaits its GETs; the shard goes on serving others in
+//! the meantime. Reads run in the task queue given at construction (below
+//! produce and tail reads). Never holds a `RefCell` borrow across `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use event_listener::Event;
+use glommio::TaskQueueHandle;
+use tracing::debug;
+
+use super::format::{self, BlockEntry, ObjectIndex, StreamKey, Tail, FOOTER_LEN};
+use super::{keys, ObjectError, SharedStore};
+use crate::batch::parse_header;
+use crate::block_cache::BlockCache;
+use crate::throttle::TokenBucket;
+
+/// Knobs of cold reads.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// Key prefix of objects in the store.
+    pub key_prefix: String,
+    /// Bytes of verified blocks kept (LRU).
+    pub block_cache_bytes: usize,
+    /// Parsed object indexes kept (LRU by count).
+    pub index_cache_entries: usize,
+    /// Adjacent blocks are fetched in one GET up to this size.
+    pub max_merge_bytes: u64,
+    /// GETs in flight for one read.
+    pub max_inflight: usize,
+    /// First tail read of an object (footer plus, usually, the index).
+    pub tail_read_bytes: u64,
+    /// Read-ahead grows from `readahead_min` to `readahead_max` bytes while
+    /// a reader stays sequential.
+    pub readahead_min: u64,
+    pub readahead_max: u64,
+    /// Catch-up read budget in bytes per second (0: unlimited).
+    pub bytes_per_sec: u64,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            key_prefix: String::new(),
+            block_cache_bytes: 64 << 20,
+            index_cache_entries: 4096,
+            max_merge_bytes: 4 << 20,
+            max_inflight: 4,
+            tail_read_bytes: 64 << 10,
+            readahead_min: 512 << 10,
+            readahead_max: 32 << 20,
+            bytes_per_sec: 0,
+        }
+    }
+}
+
+/// An object as the metadata names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub id: u64,
+    pub size: u64,
+}
+
+/// Counters of cold reads on one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    pub gets: u64,
+    pub bytes_fetched: u64,
+    pub block_hits: u64,
+    pub block_misses: u64,
+    pub index_fetches: u64,
+    pub readahead_bytes: u64,
+}
+
+type BlockKey = (u64, u64);
+
+pub struct ObjectReader {
+    store: SharedStore,
+    cfg: ReaderConfig,
+    queue: Option<TaskQueueHandle>,
+    indexes: RefCell<BlockCacheOfIndexes>,
+    blocks: RefCell<BlockCache<BlockKey>>,
+    inflight: RefCell<HashMap<BlockKey, Rc<Event>>>,
+    throttle: TokenBucket,
+    stats: Cell<ReaderStats>,
+}
+
+/// Index LRU by count (indexes are small next to blocks).
+struct BlockCacheOfIndexes {
+    cap: usize,
+    map: HashMap<u64, Rc<ObjectIndex>>,
+    order: VecDeque<u64>,
+}
+
+impl BlockCacheOfIndexes {
+    fn get(&mut self, id: u64) -> Option<Rc<ObjectIndex>> {
+        let found = self.map.get(&id).cloned()?;
+        if let Some(pos) = self.order.iter().position(|&x| x == id) {
+            self.order.remove(pos);
+        }
+        self.order.push_back(id);
+        Some(found)
+    }
+
+    fn insert(&mut self, id: u64, index: Rc<ObjectIndex>) {
+        if self.map.insert(id, index).is_none() {
+            self.order.push_back(id);
+        }
+        while self.map.len() > self.cap.max(1) {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&old);
+        }
+    }
+}
+
+fn invalid(e: format::FormatError) -> ObjectError {
+    ObjectError::Invalid(e.to_string())
+}
+
+/// Runs of consecutive blocks, each at most `max` bytes (a single larger
+/// block is its own run).
+fn merge_runs(blocks: &[BlockEntry], max: u64) -> Vec<Vec<BlockEntry>> {
+    let mut runs: Vec<Vec<BlockEntry>> = Vec::new();
+    for b in blocks {
+        if let Some(run) = runs.last_mut() {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let adjacent = last.position + u64::from(last.size) == b.position;
+            let fits = b.position + u64::from(b.size) - first.position <= max;
+            if adjacent && fits {
+                run.push(*b);
+                continue;
+            }
+        }
+        runs.push(vec![*b]);
+    }
+    runs
+}
+
+/// How many of `blocks` a read of `max_bytes` needs: blocks until they
+/// hold `max_bytes` (the first may start with batches before the offset,
+/// and the last is cut at a batch boundary by the caller).
+fn needed_blocks(blocks: &[BlockEntry], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for b in blocks {
+        n += 1;
+        total += b.size as usize;
+        if total >= max_bytes {
+            break;
+        }
+    }
+    n
+}
+
+impl ObjectReader {
+    pub fn new(
+        store: SharedStore,
+        cfg: ReaderConfig,
+        queue: Option<TaskQueueHandle>,
+    ) -> Rc<ObjectReader> {
+        Rc::new(ObjectReader {
+            store,
+            queue,
+            indexes: RefCell::new(BlockCacheOfIndexes {
+                cap: cfg.index_cache_entries,
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            blocks: RefCell::new(BlockCache::new(cfg.block_cache_bytes)),
+            inflight: RefCell::new(HashMap::new()),
+            throttle: TokenBucket::new(cfg.bytes_per_sec, cfg.max_merge_bytes.max(1 << 20)),
+            stats: Cell::new(ReaderStats::default()),
+            cfg,
+        })
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        let mut s = self.stats.get();
+        let (hits, misses) = self.blocks.borrow().hit_counts();
+        s.block_hits = hits;
+        s.block_misses = misses;
+        s
+    }
+
+    /// Bytes held by the block cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.blocks.borrow().used()
+    }
+
+    pub fn key(&self, id: u64) -> String {
+        keys::object_key(&self.cfg.key_prefix, id)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut ReaderStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// One GET, within the bandwidth budget.
+    async fn get(&self, id: u64, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        let len = range.end - range.start;
+        self.throttle.acquire(len).await;
+        let key = self.key(id);
+        let bytes = self.store.get_range(&key, range).await?;
+        if bytes.len() as u64 != len {
+            return Err(ObjectError::Invalid(format!(
+                "GET of {len} bytes of {key} returned {}",
+                bytes.len()
+            )));
+        }
+        self.count(|s| {
+            s.gets += 1;
+            s.bytes_fetched += len;
+        });
+        Ok(bytes)
+    }
+
+    /// The object's index: cached, or one tail GET (two if the index is
+    /// larger than the first read).
+    pub async fn index(&self, obj: ObjectRef) -> Result<Rc<ObjectIndex>, ObjectError> {
+        if let Some(i) = self.indexes.borrow_mut().get(obj.id) {
+            return Ok(i);
+        }
+        self.count(|s| s.index_fetches += 1);
+        let first = obj
+            .size
+            .min(self.cfg.tail_read_bytes.max(FOOTER_LEN as u64));
+        let tail = self.get(obj.id, obj.size - first..obj.size).await?;
+        let index = match format::parse_tail(&tail, obj.size).map_err(invalid)? {
+            Tail::Index(i) => i,
+            Tail::NeedFrom(pos) => {
+                let tail = self.get(obj.id, pos..obj.size).await?;
+                match format::parse_tail(&tail, obj.size).map_err(invalid)? {
+                    Tail::Index(i) => i,
+                    Tail::NeedFrom(_) => {
+                        return Err(ObjectError::Invalid(format!(
+                            "object {} index not found after a full tail read",
+                            obj.id
+                        )))
+                    }
+                }
+            }
+        };
+        let index = Rc::new(index);
+        self.indexes.borrow_mut().insert(obj.id, index.clone());
+        Ok(index)
+    }
+
+    /// Fetches the blocks of one run with one GET and caches each verified
+    /// block.
+    async fn fetch_run(&self, id: u64, run: &[BlockEntry]) -> Result<(), ObjectError> {
+        let start = run[0].position;
+        let end = run[run.len() - 1].position + u64::from(run[run.len() - 1].size);
+        let keys: Vec<BlockKey> = run.iter().map(|b| (id, b.position)).collect();
+        let event = Rc::new(Event::new());
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            for k in &keys {
+                inflight.insert(*k, event.clone());
+            }
+        }
+        let result = self.get(id, start..end).await.and_then(|bytes| {
+            let mut cache = self.blocks.borrow_mut();
+            for b in run {
+                let from = (b.position - start) as usize;
+                let block = bytes.slice(from..from + b.size as usize);
+                format::verify_block(b, &block).map_err(invalid)?;
+                // Copied out of the run so that one evicted block frees its
+                // memory rather than pinning the whole GET buffer.
+                cache.insert((id, b.position), Bytes::copy_from_slice(&block));
+            }
+            Ok(())
+        });
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            for k in &keys {
+                inflight.remove(k);
+            }
+        }
+        event.notify(usize::MAX);
+        result
+    }
+
+    /// Makes sure `blocks` are cached: waits for GETs already in flight,
+    /// fetches the rest in merged runs, several at a time.
+    async fn load(&self, id: u64, blocks: &[BlockEntry]) -> Result<(), ObjectError> {
+        loop {
+            let waiting: Vec<Rc<Event>> = {
+                let inflight = self.inflight.borrow();
+                blocks
+                    .iter()
+                    .filter_map(|b| inflight.get(&(id, b.position)).cloned())
+                    .collect()
+            };
+            let Some(ev) = waiting.into_iter().next() else {
+                break;
+            };
+            let listener = ev.listen();
+            if self.inflight.borrow().values().any(|e| Rc::ptr_eq(e, &ev)) {
+                listener.await;
+            }
+        }
+        let missing: Vec<BlockEntry> = {
+            let cache = self.blocks.borrow();
+            blocks
+                .iter()
+                .filter(|b| !cache.contains(&(id, b.position)))
+                .copied()
+                .collect()
+        };
+        let runs = merge_runs(&missing, self.cfg.max_merge_bytes);
+        for group in runs.chunks(self.cfg.max_inflight.max(1)) {
+            let fetches = group.iter().map(|run| self.fetch_run(id, run));
+            for r in futures::future::join_all(fetches).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads batches of `stream` from object `obj`, from the batch holding
+    /// `offset`, whole batches up to `max_bytes` (the first one even if
+    /// larger, when `min_one`). `readahead` more bytes of the stream are
+    /// fetched in the background for the next read.
+    pub async fn read(
+        self: &Rc<Self>,
+        obj: ObjectRef,
+        stream: StreamKey,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        readahead: u64,
+    ) -> Result<Vec<Bytes>, ObjectError> {
+        let index = self.index(obj).await?;
+        let blocks = index.blocks_from(stream, offset);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut next = 0usize;
+        while next < blocks.len() {
+            // The first block may begin before `offset`: load more blocks
+            // until the read is full or the stream ends.
+            let rest = &blocks[next..];
+            let n = needed_blocks(rest, max_bytes.saturating_sub(total).max(1));
+            self.load_in_queue(obj.id, &rest[..n]).await?;
+            next += n;
+            for b in &rest[..n] {
+                let block = self
+                    .blocks
+                    .borrow_mut()
+                    .get(&(obj.id, b.position))
+                    .ok_or_else(|| ObjectError::Io("block evicted before use".into()))?;
+                for batch in format::split_batches(&block).map_err(invalid)? {
+                    let h =
+                        parse_header(&batch).map_err(|e| ObjectError::Invalid(e.to_string()))?;
+                    if h.last_offset() < offset {
+                        continue;
+                    }
+                    let first = out.is_empty() && min_one;
+                    if !first && total + batch.len() > max_bytes {
+                        self.spawn_readahead(obj.id, &blocks[next..], readahead);
+                        return Ok(out);
+                    }
+                    total += batch.len();
+                    out.push(batch);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `load` in the cold-read task queue, if there is one.
+    async fn load_in_queue(
+        self: &Rc<Self>,
+        id: u64,
+        blocks: &[BlockEntry],
+    ) -> Result<(), ObjectError> {
+        let Some(q) = self.queue else {
+            return self.load(id, blocks).await;
+        };
+        let me = self.clone();
+        let wanted = blocks.to_vec();
+        glommio::spawn_local_into(async move { me.load(id, &wanted).await }, q)
+            .map_err(|e| ObjectError::Io(format!("spawning a cold read: {e}")))?
+            .await
+    }
+
+    /// Fetches up to `bytes` of the blocks after a read, in the background.
+    fn spawn_readahead(self: &Rc<Self>, id: u64, after: &[BlockEntry], bytes: u64) {
+        if bytes == 0 || after.is_empty() {
+            return;
+        }
+        let mut take = Vec::new();
+        let mut total = 0u64;
+        for b in after {
+            if total >= bytes {
+                break;
+            }
+            if !self.blocks.borrow().contains(&(id, b.position))
+                && !self.inflight.borrow().contains_key(&(id, b.position))
+            {
+                take.push(*b);
+            }
+            total += u64::from(b.size);
+        }
+        if take.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let fut = async move {
+            let bytes: u64 = take.iter().map(|b| u64::from(b.size)).sum();
+            match me.load(id, &take).await {
+                Ok(()) => me.count(|s| s.readahead_bytes += bytes),
+                Err(e) => debug!(object = id, "read-ahead failed: {e}"),
+            }
+        };
+        let spawned = match &self.queue {
+            Some(q) => glommio::spawn_local_into(fut, *q).map(|t| t.detach()),
+            None => Ok(glommio::spawn_local(fut).detach()),
+        };
+        if let Err(e) = spawned {
+            debug!("read-ahead not started: {e}");
+        }
+    }
+}
+
+/// Read-ahead of one sequential reader: doubles while reads continue where
+/// the last one ended, back to the minimum when they jump.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readahead {
+    next_offset: i64,
+    window: u64,
+}
+
+impl Readahead {
+    /// The window for a read at `offset`.
+    pub fn on_read(&mut self, offset: i64, cfg: &ReaderConfig) -> u64 {
+        self.window = if offset == self.next_offset && self.window > 0 {
+            (self.window * 2).min(cfg.readahead_max)
+        } else {
+            cfg.readahead_min
+        };
+        self.window
+    }
+
+    /// Where the read ended (the next sequential read starts here).
+    pub fn read_ended(&mut self, next_offset: i64) {
+        self.next_offset = next_offset;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::make_batch;
+    use crate::object::format::{BatchRef, ObjectBuilder};
+    use crate::object::mem::MemStore;
+    use crate::object::ObjectStore;
+
+    fn batch(base: i64, n: i32) -> BatchRef {
+        let mut b = make_batch(n, 10, &[7u8; 300]).to_vec();
+        b[0..8].copy_from_slice(&base.to_be_bytes());
+        BatchRef {
+            base_offset: base,
+            last_offset: base + i64::from(n) - 1,
+            records: n as u32,
+            max_timestamp: 10,
+            bytes: Bytes::from(b),
+        }
+    }
+
+    use crate::object::run_local as run;
+
+    /// One object with two partitions of 200 batches of 2 records each.
+    async fn put_object(store: &MemStore, id: u64) -> ObjectRef {
+        let mut b = ObjectBuilder::new(4096);
+        for p in 0..2 {
+            for i in 0..200 {
+                b.add(([1; 16], p), &batch(i * 2, 2));
+            }
+        }
+        let built = b.finish();
+        store
+            .put(&keys::object_key("", id), built.body)
+            .await
+            .unwrap();
+        ObjectRef {
+            id,
+            size: built.index.size,
+        }
+    }
+
+    fn offsets(batches: &[Bytes]) -> Vec<i64> {
+        batches
+            .iter()
+            .map(|b| parse_header(b).unwrap().base_offset)
+            .collect()
+    }
+
+    #[test]
+    fn reads_from_inside_a_batch_up_to_max_bytes() {
+        run(|| async {
+            let store = MemStore::new();
+            let obj = put_object(&store, 7).await;
+            let r = ObjectReader::new(
+                Rc::new(store.clone()),
+                ReaderConfig {
+                    tail_read_bytes: 100, // forces the second index read
+                    ..ReaderConfig::default()
+                },
+                None,
+            );
+            let got = r.read(obj, ([1; 16], 1), 51, 4000, true, 0).await.unwrap();
+            let offs = offsets(&got);
+            assert_eq!(offs[0], 50, "the batch holding offset 51");
+            assert!(offs.windows(2).all(|w| w[1] == w[0] + 2));
+            let bytes: usize = got.iter().map(|b| b.len()).sum();
+            assert!(bytes <= 4000 && bytes + got[0].len() > 4000, "{bytes}");
+            assert_eq!(r.stats().index_fetches, 1);
+            // A second read is served from the caches.
+            let gets = store.stats().gets;
+            let again = r.read(obj, ([1; 16], 1), 51, 4000, true, 0).await.unwrap();
+            assert_eq!(offsets(&again), offs);
+            assert_eq!(store.stats().gets, gets);
+            // min_one with a tiny max still returns one batch.
+            assert_eq!(
+                r.read(obj, ([1; 16], 0), 0, 1, true, 0)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            // Past the end of the stream: nothing.
+            assert!(r
+                .read(obj, ([1; 16], 0), 400, 4000, true, 0)
+                .await
+                .unwrap()
+                .is_empty());
+        });
+    }
+
+    #[test]
+    fn merges_adjacent_blocks_and_reads_ahead() {
+        run(|| async {
+            let store = MemStore::new();
+            let obj = put_object(&store, 8).await;
+            let r = ObjectReader::new(Rc::new(store.clone()), ReaderConfig::default(), None);
+            r.index(obj).await.unwrap();
+            let before = store.stats().gets;
+            let got = r
+                .read(obj, ([1; 16], 0), 0, 20_000, true, 40_000)
+                .await
+                .unwrap();
+            assert!(!got.is_empty());
+            // About 30 batches in 5 or 6 blocks: merged into one GET, or
+            // two when the first blocks hold just under the limit.
+            assert!(got.len() >= 25, "{}", got.len());
+            assert!(store.stats().gets - before <= 2, "{:?}", r.stats());
+            // Let the read-ahead finish; the next read needs no GET.
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(r.stats().readahead_bytes > 0);
+            let gets = store.stats().gets;
+            let next = offsets(&got).last().unwrap() + 2;
+            let more = r
+                .read(obj, ([1; 16], 0), next, 20_000, true, 0)
+                .await
+                .unwrap();
+            assert_eq!(offsets(&more)[0], next);
+            assert_eq!(store.stats().gets, gets);
+        });
+    }
+
+    #[test]
+    fn corrupt_blocks_and_store_errors_are_errors() {
+        run(|| async {
+            let store = MemStore::new();
+            let obj = put_object(&store, 9).await;
+            let key = keys::object_key("", 9);
+            let mut bytes = store.object(&key).unwrap().to_vec();
+            bytes[100] ^= 0xff;
+            store.put(&key, vec![Bytes::from(bytes)]).await.unwrap();
+            let r = ObjectReader::new(Rc::new(store.clone()), ReaderConfig::default(), None);
+            let err = r
+                .read(obj, ([1; 16], 0), 0, 1000, true, 0)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ObjectError::Invalid(_)), "{err}");
+            store.set_down(true);
+            let r = ObjectReader::new(Rc::new(store.clone()), ReaderConfig::default(), None);
+            let err = r
+                .read(obj, ([1; 16], 1), 0, 1000, true, 0)
+                .await
+                .unwrap_err();
+            assert!(err.is_retriable());
+        });
+    }
+
+    #[test]
+    fn readahead_window_grows_while_sequential() {
+        let cfg = ReaderConfig::default();
+        let mut ra = Readahead::default();
+        assert_eq!(ra.on_read(0, &cfg), cfg.readahead_min);
+        ra.read_ended(100);
+        assert_eq!(ra.on_read(100, &cfg), cfg.readahead_min * 2);
+        ra.read_ended(200);
+        for _ in 0..20 {
+            ra.on_read(200, &cfg);
+            ra.read_ended(200);
+        }
+        assert_eq!(ra.on_read(200, &cfg), cfg.readahead_max);
+        assert_eq!(ra.on_read(5, &cfg), cfg.readahead_min, "a jump resets");
+    }
+
+    #[test]
+    fn runs_are_merged_up_to_the_limit() {
+        let e = |pos: u64, size: u32| BlockEntry {
+            topic: [0; 16],
+            partition: 0,
+            first_offset: 0,
+            end_offset: 1,
+            records: 1,
+            max_timestamp: 0,
+            position: pos,
+            size,
+            crc: 0,
+        };
+        let blocks = [e(0, 10), e(10, 10), e(20, 10), e(40, 10), e(50, 100)];
+        let runs = merge_runs(&blocks, 25);
+        let shape: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+        assert_eq!(shape, vec![2, 1, 1, 1]);
+        assert_eq!(needed_blocks(&blocks, 25), 3);
+        assert_eq!(needed_blocks(&blocks, 20), 2);
+        assert_eq!(needed_blocks(&blocks, 1), 1);
+    }
+}

@@ -15,8 +15,12 @@ use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::controller::records::Record;
+use crate::controller::records::{ObjectRange, Record};
 use crate::topic_config;
+
+pub mod objects;
+
+use objects::{ObjectMeta, ObjectsImage};
 
 /// One topic as every shard sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub struct MetadataImage {
     pub nodes: BTreeMap<i32, NodeMeta>,
     /// The first producer id not yet handed to any node.
     pub next_producer_id: i64,
+    /// Committed objects and the partition ranges they hold.
+    pub objects: ObjectsImage,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -92,6 +98,7 @@ impl MetadataImage {
                 if let Some(name) = self.ids.remove(id) {
                     self.topics.remove(&name);
                 }
+                self.objects.drop_topic(*id);
             }
             Record::PartitionsAdded {
                 topic_id,
@@ -161,7 +168,37 @@ impl MetadataImage {
             Record::ProducerIdsAllocated { first, count, .. } => {
                 self.next_producer_id = self.next_producer_id.max(first.saturating_add(*count));
             }
+            Record::ObjectIdsReserved {
+                node_id,
+                first,
+                count,
+            } => self.objects.apply_reserved(*node_id, *first, *count),
+            Record::ObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                ranges,
+            } => self.objects.apply_committed(ObjectMeta {
+                id: *object_id,
+                node_id: *node_id,
+                size: *size,
+                ranges: ranges.clone(),
+            }),
         }
+    }
+
+    /// Whether the image has this partition.
+    pub fn has_partition(&self, topic: Uuid, partition: i32) -> bool {
+        self.topic_by_id(&topic)
+            .is_some_and(|t| (0..t.leader_nodes.len() as i32).contains(&partition))
+    }
+
+    /// The node leading a partition.
+    pub fn leader_of(&self, topic: Uuid, partition: i32) -> Option<i32> {
+        let t = self.topic_by_id(&topic)?;
+        t.leader_nodes
+            .get(usize::try_from(partition).ok()?)
+            .copied()
     }
 
     fn update_topic(&mut self, id: &Uuid, rec: &Record, f: impl FnOnce(&mut TopicMeta)) {
@@ -218,6 +255,7 @@ impl MetadataImage {
                 count: self.next_producer_id,
             });
         }
+        out.extend(self.objects.to_records());
         out
     }
 }
@@ -249,6 +287,19 @@ pub enum Command {
     AlterTopicConfigs {
         name: String,
         changes: Vec<(String, Option<String>)>,
+    },
+    /// Hands `count` object ids to `node_id` (the image then names them in
+    /// `objects.reservations`).
+    ReserveObjectIds {
+        node_id: i32,
+        count: u64,
+    },
+    /// An uploaded object and the partition ranges it holds.
+    CommitObject {
+        object_id: u64,
+        node_id: i32,
+        size: u64,
+        ranges: Vec<ObjectRange>,
     },
 }
 
@@ -380,6 +431,41 @@ fn plan_one(
                 });
             }
             Ok((meta.id, recs))
+        }
+        Command::ReserveObjectIds { node_id, count } => {
+            if !(1..=1_000_000).contains(count) {
+                return Err(CommandError::new(
+                    ResponseError::InvalidRequest,
+                    "object id block size must be 1..=1000000",
+                ));
+            }
+            Ok((
+                Uuid::nil(),
+                vec![Record::ObjectIdsReserved {
+                    node_id: *node_id,
+                    first: image.objects.next_object_id,
+                    count: *count,
+                }],
+            ))
+        }
+        Command::CommitObject {
+            object_id,
+            node_id,
+            size,
+            ranges,
+        } => {
+            let ranges = image
+                .objects
+                .check_commit(*object_id, ranges, |t, p| image.has_partition(t, p))?;
+            Ok((
+                Uuid::nil(),
+                vec![Record::ObjectCommitted {
+                    object_id: *object_id,
+                    node_id: *node_id,
+                    size: *size,
+                    ranges,
+                }],
+            ))
         }
     }
 }

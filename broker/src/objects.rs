@@ -1,0 +1,54 @@
+//! Builds a shard's object store and cold-read path from the config: the
+//! local directory (default) or an S3-compatible bucket, one client per
+//! shard, plus the `ObjectReader` with this shard's share of the block cache
+//! and cold-read budget, in a task queue below produce and tail reads.
+//!
+//! Runs inside each shard's executor at start-up, before the listener
+//! opens. Never shares a client between shards.
+
+use std::rc::Rc;
+
+use glommio::{Latency, Shares};
+use storage::object::local::LocalStore;
+use storage::object::reader::{ObjectReader, ReaderConfig};
+use storage::object::SharedStore;
+
+use crate::config::{Config, ObjectsLocation};
+
+/// This shard's share of the cold-read settings.
+pub fn reader_config(cfg: &Config) -> ReaderConfig {
+    let per_shard = |v: u64| v / cfg.shards.max(1) as u64;
+    ReaderConfig {
+        key_prefix: cfg.object_key_prefix(),
+        block_cache_bytes: per_shard(cfg.block_cache_bytes) as usize,
+        bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec),
+        ..ReaderConfig::default()
+    }
+}
+
+/// Opens the configured store for the calling shard.
+pub async fn open_store(cfg: &Config) -> Result<SharedStore, String> {
+    match cfg.objects().map_err(|e| e.to_string())? {
+        ObjectsLocation::Local(path) => {
+            let store = LocalStore::open(path.clone())
+                .await
+                .map_err(|e| format!("object directory {}: {e}", path.display()))?;
+            Ok(Rc::new(store))
+        }
+        ObjectsLocation::S3 { bucket, .. } => Err(format!(
+            "objects_url s3://{bucket}: the S3 backend is not built into this binary yet"
+        )),
+    }
+}
+
+/// The store and reader of the calling shard.
+pub async fn open(cfg: &Config, shard: usize) -> Result<(SharedStore, Rc<ObjectReader>), String> {
+    let store = open_store(cfg).await?;
+    let tq = glommio::executor().create_task_queue(
+        Shares::Static(100),
+        Latency::NotImportant,
+        &format!("cold-reads-{shard}"),
+    );
+    let reader = ObjectReader::new(store.clone(), reader_config(cfg), Some(tq));
+    Ok((store, reader))
+}

@@ -1,0 +1,358 @@
+//! The append path of a shard: admission, offsets, the WAL, and commit.
+//!
+//! 1. Admission: an append goes ahead only if the WAL slice has room for it
+//!    and the shard's not-yet-uploaded bytes stay within its log-cache
+//!    budget. Otherwise it waits, first come first served, for the uploader
+//!    to free space (up to `wal_full_wait_ms`), then gets a retriable error.
+//!    Offsets are assigned only once admitted, so nothing is cancelled and
+//!    the log stays contiguous.
+//! 2. Offsets are assigned and the stamped batch goes into the log cache and
+//!    to the WAL slice at once, in call order.
+//! 3. The committer task takes the WAL's acknowledgements in WAL order and
+//!    commits each append (moves its partition's high watermark, wakes that
+//!    partition's waiters). So the committed appends are always a prefix of
+//!    the WAL, and `committed_wal_end` is a safe trim point once they are
+//!    uploaded.
+//!
+//! Runs on the shard's executor; never holds a borrow across `.await`.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError;
+use storage::batch::ValidatedBatch;
+use storage::wal::{AppendFuture, WalError, WalSlice};
+use tracing::{error, warn};
+
+use super::{PartitionKey, Shard};
+use crate::wal_record;
+
+/// Where a durable append landed.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// One WAL record waiting for its flush.
+pub(super) struct InFlight {
+    key: PartitionKey,
+    /// Offset after the batch: the high watermark once it is durable.
+    end_offset: i64,
+    wal: AppendFuture,
+    epoch: u64,
+    /// Set on the last record of an append call: told the outcome.
+    done: Option<oneshot::Sender<Result<(), ResponseError>>>,
+}
+
+/// Why an append was not admitted at once.
+enum Refused {
+    /// Wait for space, then try again.
+    NoRoom,
+    /// Answer now with this error.
+    Error(ResponseError),
+}
+
+impl Shard {
+    /// Appends validated batches to a partition this shard leads, waiting
+    /// for WAL or cache space if needed. Resolves once the batches are
+    /// durable and visible.
+    pub async fn append(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        log_append_time: Option<i64>,
+    ) -> Result<AppendOutcome, ResponseError> {
+        match self.try_append(key, batches, log_append_time) {
+            Ok(durable) => durable.await,
+            Err(e) => e.await,
+        }
+    }
+
+    /// Appends at once when there is room and nobody is waiting (offsets
+    /// assigned before this returns, so calls keep their order); otherwise
+    /// returns the future that waits its turn and then appends.
+    #[allow(clippy::type_complexity)]
+    pub fn try_append(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        log_append_time: Option<i64>,
+    ) -> Result<
+        std::pin::Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
+        std::pin::Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
+    > {
+        let bytes = record_bytes(batches);
+        match self.admit_now(key, batches, bytes) {
+            Ok(wal) => Ok(Box::pin(self.start_append(
+                &wal,
+                key,
+                batches,
+                log_append_time,
+            ))),
+            Err(Refused::Error(e)) => Err(Box::pin(async move { Err(e) })),
+            Err(Refused::NoRoom) => {
+                let me = self.clone();
+                let owned = batches.to_vec();
+                Err(Box::pin(async move {
+                    let wal = me.wait_for_room(key, owned.len(), bytes).await?;
+                    me.start_append(&wal, key, &owned, log_append_time).await
+                }))
+            }
+        }
+    }
+
+    /// The checks every append passes before offsets are assigned.
+    fn admit_now(
+        &self,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        bytes: u64,
+    ) -> Result<WalSlice, Refused> {
+        let count = batches.len();
+        if self.storage_failed.get() {
+            return Err(Refused::Error(ResponseError::KafkaStorageError));
+        }
+        let wal = self
+            .wal
+            .borrow()
+            .clone()
+            .ok_or(Refused::Error(ResponseError::KafkaStorageError))?;
+        match self.partitions.borrow().get(&key) {
+            None => return Err(Refused::Error(ResponseError::UnknownTopicOrPartition)),
+            Some(p) if !p.state.accepts_writes() => {
+                return Err(Refused::Error(ResponseError::NotLeaderOrFollower))
+            }
+            Some(_) => {}
+        }
+        let largest = batches
+            .iter()
+            .map(|b| wal_record::PREFIX_LEN + b.bytes.len())
+            .max()
+            .unwrap_or(0);
+        if largest > wal.max_body_len() || bytes as usize > self.log_cache_budget() {
+            // It could never fit: waiting would not help.
+            return Err(Refused::Error(ResponseError::MessageTooLarge));
+        }
+        if !self.admission.borrow().is_empty() || !self.has_room(&wal, count, bytes) {
+            return Err(Refused::NoRoom);
+        }
+        Ok(wal)
+    }
+
+    fn has_room(&self, wal: &WalSlice, count: usize, bytes: u64) -> bool {
+        let budget = self.log_cache_budget();
+        wal.has_room_for(count, bytes) && self.usage.get().unuploaded + bytes as usize <= budget
+    }
+
+    /// Waits in line until the append fits, up to `wal_full_wait_ms`.
+    async fn wait_for_room(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        count: usize,
+        bytes: u64,
+    ) -> Result<WalSlice, ResponseError> {
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        self.admission.borrow_mut().push_back(ticket);
+        let deadline = Instant::now() + Duration::from_millis(self.config.wal_full_wait_ms);
+        let result = loop {
+            self.uploader.wake_for_space();
+            let listener = self.space.listen();
+            if self.admission.borrow().front() == Some(&ticket) {
+                match self.admit_first(key, count, bytes) {
+                    Ok(Some(wal)) => break Ok(wal),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.warn_full();
+                break Err(ResponseError::KafkaStorageError);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
+        };
+        self.admission.borrow_mut().retain(|&t| t != ticket);
+        self.space.notify(usize::MAX);
+        result
+    }
+
+    /// The head of the line: admitted (`Some`), still no room (`None`), or
+    /// refused for good.
+    fn admit_first(
+        &self,
+        key: PartitionKey,
+        count: usize,
+        bytes: u64,
+    ) -> Result<Option<WalSlice>, ResponseError> {
+        if self.storage_failed.get() {
+            return Ok(None);
+        }
+        let Some(wal) = self.wal.borrow().clone() else {
+            return Err(ResponseError::KafkaStorageError);
+        };
+        match self.partitions.borrow().get(&key) {
+            None => return Err(ResponseError::UnknownTopicOrPartition),
+            Some(p) if !p.state.accepts_writes() => return Err(ResponseError::NotLeaderOrFollower),
+            Some(_) => {}
+        }
+        Ok(self.has_room(&wal, count, bytes).then_some(wal))
+    }
+
+    /// Assigns offsets, caches and queues the batches on the WAL (all before
+    /// the first await), and returns the future of their durability.
+    fn start_append(
+        self: &Rc<Self>,
+        wal: &WalSlice,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        log_append_time: Option<i64>,
+    ) -> impl Future<Output = Result<AppendOutcome, ResponseError>> + 'static {
+        let prefix = wal_record::batch_prefix(key.0, key.1);
+        let epoch = self.wal_epoch.get();
+        let (tx, rx) = oneshot::channel();
+        let mut base_offset = None;
+        let mut added = 0usize;
+        let mut parts = self.partitions.borrow_mut();
+        let mut queue = self.commit_queue.borrow_mut();
+        let started = parts.get_mut(&key).map(|part| {
+            let n = batches.len();
+            let mut done = Some(tx);
+            for (i, b) in batches.iter().enumerate() {
+                let appended = part.append(b, &prefix, log_append_time);
+                base_offset.get_or_insert(appended.base_offset);
+                added += appended.framed.len() - prefix.len();
+                queue.push_back(InFlight {
+                    key,
+                    end_offset: appended.last_offset + 1,
+                    wal: wal.append(appended.framed),
+                    epoch,
+                    done: if i + 1 == n { done.take() } else { None },
+                });
+            }
+            part.state.log_start
+        });
+        drop((parts, queue));
+        if added > 0 {
+            self.change_usage(added as isize, added as isize);
+            self.uploader.note_appended(self);
+            self.commit_wake.notify(1);
+        }
+        let shard = self.clone();
+        async move {
+            let log_start_offset = started.ok_or(ResponseError::UnknownTopicOrPartition)?;
+            let Some(base_offset) = base_offset else {
+                return Err(ResponseError::InvalidRecord);
+            };
+            match rx.await {
+                Ok(Ok(())) => Ok(AppendOutcome {
+                    base_offset,
+                    log_start_offset: shard
+                        .partitions
+                        .borrow()
+                        .get(&key)
+                        .map_or(log_start_offset, |p| p.state.log_start),
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ResponseError::KafkaStorageError),
+            }
+        }
+    }
+
+    /// Takes WAL acknowledgements in order and commits each append. Runs
+    /// for the life of the shard.
+    pub(super) async fn run_committer(self: Rc<Self>) {
+        loop {
+            let next = self.commit_queue.borrow_mut().pop_front();
+            let Some(inflight) = next else {
+                let listener = self.commit_wake.listen();
+                if self.commit_queue.borrow().is_empty() {
+                    listener.await;
+                }
+                continue;
+            };
+            let InFlight {
+                key,
+                end_offset,
+                wal,
+                epoch,
+                done,
+            } = inflight;
+            let result = wal.await;
+            let answer = if epoch != self.wal_epoch.get() {
+                // A recovery ran in between: the partition was rebuilt from
+                // what the WAL holds; this append's fate is unknown to the
+                // client, which saw or will see an error and retries.
+                Err(ResponseError::KafkaStorageError)
+            } else {
+                match result {
+                    Ok(record_offset) => {
+                        self.committed_wal_end.set(record_offset + 1);
+                        if let Some(p) = self.partitions.borrow_mut().get_mut(&key) {
+                            p.state.commit(end_offset);
+                            p.waiters.notify(usize::MAX);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.on_wal_failure(epoch, &e);
+                        Err(ResponseError::KafkaStorageError)
+                    }
+                }
+            };
+            if let Some(tx) = done {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+
+    /// Logs that appends wait for space, at most once every 10 s.
+    fn warn_full(&self) {
+        let now = Instant::now();
+        let last = self.wal_full_warned.get();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return;
+        }
+        self.wal_full_warned.set(Some(now));
+        let usage = self.usage.get();
+        let wal = self.wal.borrow().clone();
+        warn!(
+            shard = self.id,
+            wal_used_bytes = wal.as_ref().map_or(0, |w| w.used_bytes()),
+            wal_capacity = wal.as_ref().map_or(0, |w| w.capacity()),
+            unuploaded_bytes = usage.unuploaded,
+            log_cache_budget = self.log_cache_budget(),
+            waited_ms = self.config.wal_full_wait_ms,
+            "no room for appends: the WAL slice or the log cache is full of data not yet in \
+             object storage (is the store reachable?); produce answers KAFKA_STORAGE_ERROR \
+             (retriable) until uploads catch up"
+        );
+    }
+
+    /// A WAL write or flush failed: stop acknowledging, then run recovery
+    /// again (never retry the failed flush and call it success).
+    pub(super) fn on_wal_failure(self: &Rc<Self>, epoch: u64, err: &WalError) {
+        if self.storage_failed.get() || epoch != self.wal_epoch.get() {
+            return;
+        }
+        error!(
+            shard = self.id,
+            "WAL failed, refusing writes until recovery: {err}"
+        );
+        self.storage_failed.set(true);
+        let shard = self.clone();
+        glommio::spawn_local(async move { shard.recover_wal().await }).detach();
+    }
+}
+
+/// WAL record bytes of `batches` (header prefix included).
+fn record_bytes(batches: &[ValidatedBatch]) -> u64 {
+    batches
+        .iter()
+        .map(|b| (wal_record::PREFIX_LEN + b.bytes.len()) as u64)
+        .sum()
+}

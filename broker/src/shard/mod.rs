@@ -1,0 +1,409 @@
+//! A shard: one pinned core's share of the broker. Owns its listener, the
+//! partitions it leads (`Partition`: state, log cache, waiters), its WAL
+//! slice, its object store client, cold-read caches and uploader, and its
+//! copy of the metadata image; serves every request that arrives on its
+//! port.
+//!
+//! Runs entirely on its own glommio executor. Never touches another shard's
+//! partitions; talks to other shards only through `Control` (metadata).
+//!
+//! * `append`: admission (WAL room, log-cache budget, waiting for space),
+//!   offset assignment, and the committer that makes appends visible in WAL
+//!   order.
+//! * `read`: reads through a `Partition`: log cache, then objects.
+//! * `recovery`: opening the WAL slice, rebuilding partitions from metadata
+//!   plus the WAL tail, and recovering from a failed WAL.
+
+mod append;
+pub mod read;
+mod recovery;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use event_listener::Event;
+use glommio::net::TcpListener;
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+use net::connection::LocalBoxFuture;
+use net::{Request, Service};
+use storage::object::reader::ObjectReader;
+use storage::object::SharedStore;
+use storage::wal::WalSlice;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::group::GroupCoordinator;
+use crate::handlers;
+use crate::metadata::MetadataImage;
+use crate::partition::{Lifecycle, Partition, PartitionState};
+use crate::uploader::Uploader;
+
+pub use crate::partition::PartitionKey;
+pub use append::AppendOutcome;
+pub use read::ReadError;
+
+/// Memory accounting of the log caches of all partitions of a shard.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheUsage {
+    /// Bytes held by log caches.
+    pub cached: usize,
+    /// Of those, bytes not yet in object storage (cannot be evicted).
+    pub unuploaded: usize,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<Config>,
+    image: RefCell<Arc<MetadataImage>>,
+    pub partitions: RefCell<HashMap<PartitionKey, Partition>>,
+    control: RefCell<Option<Rc<Control>>>,
+    /// The consumer groups whose `__consumer_offsets` partition this shard leads.
+    pub groups: GroupCoordinator,
+    /// This shard's WAL slice (set before the listener starts).
+    wal: RefCell<Option<WalSlice>>,
+    /// Set when a WAL write or flush failed: appends answer
+    /// KAFKA_STORAGE_ERROR until recovery has run again.
+    storage_failed: Cell<bool>,
+    /// Bumped by every recovery, so a failure reported late by an append
+    /// from before a recovery does not start another one.
+    wal_epoch: Cell<u64>,
+    /// When a full WAL was last reported in the log.
+    wal_full_warned: Cell<Option<std::time::Instant>>,
+    /// Appends waiting for their WAL flush, in WAL order (see `append`).
+    commit_queue: RefCell<VecDeque<append::InFlight>>,
+    commit_wake: Event,
+    /// WAL offset after the last committed (visible) record: everything
+    /// below it is in some partition's log (a valid trim point once those
+    /// logs are uploaded).
+    committed_wal_end: Cell<u64>,
+    /// Appends waiting for WAL or cache space, first come first served.
+    admission: RefCell<VecDeque<u64>>,
+    next_ticket: Cell<u64>,
+    /// Notified when space may have been freed (trim, eviction, timeout).
+    space: Event,
+    usage: Cell<CacheUsage>,
+    /// Uploaded ranges in upload order `(partition, end offset)`: the log
+    /// cache evicts oldest first.
+    evictable: RefCell<VecDeque<(PartitionKey, i64)>>,
+    /// This shard's object store and cold-read path (set before listening).
+    store: RefCell<Option<SharedStore>>,
+    reader: RefCell<Option<Rc<ObjectReader>>>,
+    pub uploader: Uploader,
+}
+
+impl Shard {
+    pub fn new(id: usize, config: Arc<Config>) -> Rc<Shard> {
+        Rc::new_cyclic(|me| Shard {
+            id,
+            groups: GroupCoordinator::new(me.clone(), &config),
+            uploader: Uploader::new(&config),
+            config,
+            image: RefCell::new(Arc::new(MetadataImage::default())),
+            partitions: RefCell::new(HashMap::new()),
+            control: RefCell::new(None),
+            wal: RefCell::new(None),
+            storage_failed: Cell::new(false),
+            wal_full_warned: Cell::new(None),
+            wal_epoch: Cell::new(0),
+            commit_queue: RefCell::new(VecDeque::new()),
+            commit_wake: Event::new(),
+            committed_wal_end: Cell::new(0),
+            admission: RefCell::new(VecDeque::new()),
+            next_ticket: Cell::new(0),
+            space: Event::new(),
+            usage: Cell::new(CacheUsage::default()),
+            evictable: RefCell::new(VecDeque::new()),
+            store: RefCell::new(None),
+            reader: RefCell::new(None),
+        })
+    }
+
+    pub fn set_control(&self, control: Rc<Control>) {
+        *self.control.borrow_mut() = Some(control);
+    }
+
+    pub fn control(&self) -> Rc<Control> {
+        self.control
+            .borrow()
+            .clone()
+            .expect("control plane is set before the listener starts")
+    }
+
+    /// Attaches the object store and the cold-read path.
+    pub fn set_store(&self, store: SharedStore, reader: Rc<ObjectReader>) {
+        *self.store.borrow_mut() = Some(store);
+        *self.reader.borrow_mut() = Some(reader);
+    }
+
+    pub fn store(&self) -> Option<SharedStore> {
+        self.store.borrow().clone()
+    }
+
+    pub fn reader(&self) -> Option<Rc<ObjectReader>> {
+        self.reader.borrow().clone()
+    }
+
+    pub fn wal(&self) -> Option<WalSlice> {
+        self.wal.borrow().clone()
+    }
+
+    /// The current metadata image (cheap clone; never borrow across await).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id(self.id)
+    }
+
+    pub fn usage(&self) -> CacheUsage {
+        self.usage.get()
+    }
+
+    /// WAL offset after the last committed record.
+    pub fn committed_wal_end(&self) -> u64 {
+        self.committed_wal_end.get()
+    }
+
+    /// Bumped by every WAL recovery.
+    pub fn wal_epoch(&self) -> u64 {
+        self.wal_epoch.get()
+    }
+
+    /// Wakes appends waiting for space (after a trim or an eviction).
+    pub fn space_freed(&self) {
+        self.space.notify(usize::MAX);
+    }
+
+    fn change_usage(&self, cached: isize, unuploaded: isize) {
+        let mut u = self.usage.get();
+        u.cached = u.cached.saturating_add_signed(cached);
+        u.unuploaded = u.unuploaded.saturating_add_signed(unuploaded);
+        self.usage.set(u);
+    }
+
+    /// Log-cache bytes this shard may hold.
+    pub fn log_cache_budget(&self) -> usize {
+        (self.config.log_cache_bytes / self.config.shards.max(1) as u64) as usize
+    }
+
+    /// Installs a newer image: opens partitions this shard now leads (from
+    /// the objects the image lists), drops those it no longer leads, and
+    /// moves each partition's uploaded offset to what the image says.
+    pub fn install_image(&self, image: Arc<MetadataImage>) {
+        if image.version <= self.image.borrow().version && image.version != 0 {
+            return;
+        }
+        let me = self.node_id();
+        let mut parts = self.partitions.borrow_mut();
+        let mut dropped = Vec::new();
+        parts.retain(|&(id, p), part| {
+            let keep = image.leader_of(id, p) == Some(me);
+            if !keep {
+                dropped.push((part.cache.bytes(), part.unuploaded_bytes()));
+                part.state.lifecycle = Lifecycle::Fenced;
+                part.waiters.notify(usize::MAX);
+            }
+            keep
+        });
+        for topic in image.topics.values() {
+            for (p, &leader) in topic.leader_nodes.iter().enumerate() {
+                if leader != me {
+                    continue;
+                }
+                let key = (topic.id, p as i32);
+                let objects = image.objects.partition(key.0, key.1);
+                let epoch = topic.leader_epochs.get(p).copied().unwrap_or(0);
+                let part = parts.entry(key).or_insert_with(|| {
+                    let mut state = PartitionState::from_metadata(objects, epoch);
+                    // A partition created while the shard runs has nothing
+                    // to recover; one present at start waits for the WAL.
+                    if self.wal.borrow().is_some() {
+                        state.lifecycle = Lifecycle::Leading;
+                    }
+                    Partition::new(key, state)
+                });
+                part.state.leader_epoch = epoch;
+                if let Some(end) = objects.and_then(|o| o.end()) {
+                    if end > part.state.uploaded_end {
+                        let freed: usize = part
+                            .cache
+                            .range(part.state.uploaded_end, end)
+                            .map(|b| b.bytes.len())
+                            .sum();
+                        part.state.uploaded(end);
+                        self.change_usage(0, -(freed as isize));
+                        self.evictable.borrow_mut().push_back((key, end));
+                    }
+                }
+            }
+        }
+        drop(parts);
+        for (cached, unuploaded) in dropped {
+            self.change_usage(-(cached as isize), -(unuploaded as isize));
+        }
+        *self.image.borrow_mut() = image.clone();
+        self.groups.on_image(&image, me);
+        self.evict_to_budget();
+    }
+
+    /// Stops taking writes, lets in-flight appends finish, and uploads what
+    /// the WAL holds (trimming it behind).
+    pub async fn shutdown(self: &Rc<Self>) {
+        for p in self.partitions.borrow_mut().values_mut() {
+            if p.state.lifecycle == Lifecycle::Leading {
+                p.state.lifecycle = Lifecycle::Closing;
+            }
+        }
+        while !self.commit_queue.borrow().is_empty() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        if self.store().is_some() && self.wal().is_some() {
+            self.uploader.flush().await;
+            info!(shard = self.id, "uploaded what the WAL held");
+        }
+    }
+
+    /// Drops uploaded batches from log caches, oldest upload first, until
+    /// the shard is within its log-cache budget.
+    pub fn evict_to_budget(&self) {
+        let budget = self.log_cache_budget();
+        if self.usage.get().cached <= budget {
+            return;
+        }
+        let mut parts = self.partitions.borrow_mut();
+        let mut evictable = self.evictable.borrow_mut();
+        let mut freed_total = 0usize;
+        while self.usage.get().cached.saturating_sub(freed_total) > budget {
+            let Some((key, end)) = evictable.pop_front() else {
+                break;
+            };
+            if let Some(p) = parts.get_mut(&key) {
+                freed_total += p.cache.evict_before(end.min(p.state.uploaded_end));
+            }
+        }
+        drop((parts, evictable));
+        if freed_total > 0 {
+            self.change_usage(-(freed_total as isize), 0);
+            self.space.notify(usize::MAX);
+        }
+    }
+
+    /// Accepts connections on this shard's port until the process ends.
+    pub async fn listen(self: Rc<Self>) -> std::io::Result<()> {
+        let addr = format!("{}:{}", self.config.listen_host, self.config.port(self.id));
+        let listener = TcpListener::bind(&addr)?;
+        info!(
+            "shard {} listening on {addr} as node {}",
+            self.id,
+            self.node_id()
+        );
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(shard = self.id, "accept failed: {e}");
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let shard = self.clone();
+            let max = self.config.max_frame_bytes;
+            glommio::spawn_local(net::serve_connection(stream, shard, max, peer)).detach();
+        }
+    }
+
+    async fn dispatch(self: Rc<Self>, req: Request) -> Option<ResponseKind> {
+        let v = req.version;
+        let client = handlers::groups::Client::of(&req);
+        let resp = match req.body {
+            RequestKind::ApiVersions(_) => {
+                ResponseKind::ApiVersions(net::versions::api_versions_response(0))
+            }
+            RequestKind::Produce(r) => return handlers::produce::handle(&self, r, v).await,
+            RequestKind::Fetch(r) => {
+                ResponseKind::Fetch(handlers::fetch::handle(&self, r, v).await)
+            }
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(handlers::list_offsets::handle(&self, r, v).await)
+            }
+            RequestKind::Metadata(r) => {
+                ResponseKind::Metadata(handlers::metadata::handle(&self, r, v).await)
+            }
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(handlers::metadata::describe_cluster(&self, r))
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(handlers::topics::create_topics(&self, r, v).await)
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(handlers::topics::delete_topics(&self, r, v).await)
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(handlers::topics::create_partitions(&self, r).await)
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(handlers::configs::describe_configs(&self, r))
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(handlers::groups::find_coordinator(&self, r, v).await)
+            }
+            RequestKind::JoinGroup(r) => {
+                ResponseKind::JoinGroup(handlers::groups::join_group(&self, r, v, client).await)
+            }
+            RequestKind::SyncGroup(r) => {
+                ResponseKind::SyncGroup(handlers::groups::sync_group(&self, r, v).await)
+            }
+            RequestKind::Heartbeat(r) => {
+                ResponseKind::Heartbeat(handlers::groups::heartbeat(&self, r))
+            }
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(handlers::groups::leave_group(&self, r, v).await)
+            }
+            RequestKind::OffsetCommit(r) => {
+                ResponseKind::OffsetCommit(handlers::groups::offset_commit(&self, r, v).await)
+            }
+            RequestKind::OffsetFetch(r) => {
+                ResponseKind::OffsetFetch(handlers::groups::offset_fetch(&self, r, v))
+            }
+            RequestKind::ListGroups(r) => {
+                ResponseKind::ListGroups(handlers::groups::list_groups(&self, r, v))
+            }
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(handlers::groups::describe_groups(&self, r, v))
+            }
+            RequestKind::DeleteGroups(r) => {
+                ResponseKind::DeleteGroups(handlers::groups::delete_groups(&self, r).await)
+            }
+            RequestKind::OffsetDelete(r) => {
+                ResponseKind::OffsetDelete(handlers::groups::offset_delete(&self, r).await)
+            }
+            RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+                handlers::configs::incremental_alter_configs(&self, r).await,
+            ),
+            other => {
+                // The codec only lets through APIs listed in net::versions.
+                warn!("no handler for {other:?}");
+                return None;
+            }
+        };
+        Some(resp)
+    }
+}
+
+impl Service for Shard {
+    fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>> {
+        Box::pin(self.dispatch(request))
+    }
+}
+
+#[cfg(test)]
+mod tests;
