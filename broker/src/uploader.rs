@@ -104,23 +104,29 @@ impl Uploader {
         self.stats.set(s);
     }
 
-    /// Called after every append: starts the age clock, and a round once
-    /// enough has gathered.
-    pub fn note_appended(&self, shard: &Shard) {
+    /// Called after every append: starts the age clock.
+    pub fn note_appended(&self) {
         if self.oldest.get().is_none() {
             self.oldest.set(Some(Instant::now()));
         }
-        if shard.usage().unuploaded >= self.upload_bytes {
+    }
+
+    /// Called after appends commit: starts a round once enough has
+    /// gathered, the WAL is half full, or appends wait for space.
+    pub fn note_committed(&self, shard: &Shard) {
+        let unuploaded = shard.usage().unuploaded;
+        let due = unuploaded >= self.upload_bytes
+            || (self.space_wanted.get() && unuploaded > 0)
+            || shard.wal().is_some_and(|w| w.fill_ratio() >= 0.5);
+        if due && self.enabled {
             self.wake.notify(1);
         }
     }
 
     /// Appends are waiting for space: upload now.
     pub fn wake_for_space(&self) {
-        if !self.space_wanted.get() {
-            self.space_wanted.set(true);
-            self.wake.notify(1);
-        }
+        self.space_wanted.set(true);
+        self.wake.notify(1);
     }
 
     /// Uploads everything committed so far (and trims the WAL behind it);
@@ -321,7 +327,16 @@ async fn round(shard: &Rc<Shard>, reason: &'static str) -> Result<Done, String> 
     let started = Instant::now();
     up.space_wanted.set(false);
     let snap = snapshot(shard);
-    up.oldest.set(None);
+    // Appends not in this snapshot (not committed yet) restart the age
+    // clock, so they go up with the next round even if nothing else comes.
+    let taken: usize = snap
+        .partitions
+        .iter()
+        .flat_map(|(_, b)| b.iter())
+        .map(|b| b.bytes.len())
+        .sum();
+    let left = shard.usage().unuploaded > taken;
+    up.oldest.set(left.then(Instant::now));
     if snap.partitions.is_empty() {
         trim(shard, &snap).await;
         return Ok(Done::Nothing);

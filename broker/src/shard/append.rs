@@ -239,7 +239,7 @@ impl Shard {
         drop((parts, queue));
         if added > 0 {
             self.change_usage(added as isize, added as isize);
-            self.uploader.note_appended(self);
+            self.uploader.note_appended();
             self.commit_wake.notify(1);
         }
         let shard = self.clone();
@@ -307,6 +307,16 @@ impl Shard {
             if let Some(tx) = done {
                 let _ = tx.send(answer);
             }
+            if self.commit_queue.borrow().is_empty() {
+                // Every acknowledged record is committed: the whole durable
+                // WAL (up to its last flush group's end) may be trimmed once
+                // uploaded, not only up to the last record's start.
+                if let Some(wal) = self.wal() {
+                    let end = wal.durable_offset().max(self.committed_wal_end.get());
+                    self.committed_wal_end.set(end);
+                }
+            }
+            self.uploader.note_committed(&self);
         }
     }
 
