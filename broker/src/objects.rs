@@ -15,6 +15,10 @@ use storage::object::SharedStore;
 
 use crate::config::{Config, ObjectsLocation};
 
+fn env_or(k: &str, d: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
 /// This shard's share of the cold-read settings.
 pub fn reader_config(cfg: &Config) -> ReaderConfig {
     let per_shard = |v: u64| v / cfg.shards.max(1) as u64;
@@ -22,6 +26,9 @@ pub fn reader_config(cfg: &Config) -> ReaderConfig {
         key_prefix: cfg.object_key_prefix(),
         block_cache_bytes: per_shard(cfg.block_cache_bytes) as usize,
         bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec),
+        max_inflight: env_or("COLD_INFLIGHT", 4),
+        max_merge_bytes: env_or("COLD_MERGE", 4 << 20) as u64,
+        readahead_max: env_or("COLD_RA_MAX", 32 << 20) as u64,
         ..ReaderConfig::default()
     }
 }
