@@ -22,7 +22,10 @@
 //! that failed for good.
 
 pub mod config;
+pub mod http;
+pub mod pool;
 pub mod response;
 pub mod retry;
 
 pub use config::S3Config;
+pub use pool::PoolStats;
