@@ -482,9 +482,14 @@ fn multipart_40_mib_in_5_mib_parts() {
         let stats = store.stats();
         assert_eq!((stats.failures, stats.retries), (0, 0), "{stats:?}");
         println!(
-            "multipart PUT 40 MiB: {:.1} MiB/s; GET 40 MiB: {:.1} MiB/s (moto, debug build)",
+            "multipart PUT 40 MiB: {:.1} MiB/s; GET 40 MiB: {:.1} MiB/s (moto, {} build)",
             40.0 / put_time.as_secs_f64(),
-            40.0 / get_time.as_secs_f64()
+            40.0 / get_time.as_secs_f64(),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
         );
     });
 }
