@@ -1,1 +1,0 @@
-//! S3-compatible backend (being written on the `s3` branch).
