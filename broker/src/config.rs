@@ -484,12 +484,10 @@ impl Config {
         )))
     }
 
-    /// Key prefix of objects in the store.
+    /// Key prefix of objects as the broker names them. The S3 client puts
+    /// the URL's prefix in front itself, so this is empty for every store.
     pub fn object_key_prefix(&self) -> String {
-        match self.objects() {
-            Ok(ObjectsLocation::S3 { prefix, .. }) => prefix,
-            _ => String::new(),
-        }
+        String::new()
     }
 
     /// The node id shard `shard` is advertised as.

@@ -11,13 +11,10 @@ use std::rc::Rc;
 use glommio::{Latency, Shares};
 use storage::object::local::LocalStore;
 use storage::object::reader::{ObjectReader, ReaderConfig};
+use storage::object::s3::{S3Config, S3Store};
 use storage::object::SharedStore;
 
 use crate::config::{Config, ObjectsLocation};
-
-fn env_or(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
-}
 
 /// This shard's share of the cold-read settings.
 pub fn reader_config(cfg: &Config) -> ReaderConfig {
@@ -26,9 +23,6 @@ pub fn reader_config(cfg: &Config) -> ReaderConfig {
         key_prefix: cfg.object_key_prefix(),
         block_cache_bytes: per_shard(cfg.block_cache_bytes) as usize,
         bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec),
-        max_inflight: env_or("COLD_INFLIGHT", 4),
-        max_merge_bytes: env_or("COLD_MERGE", 4 << 20) as u64,
-        readahead_max: env_or("COLD_RA_MAX", 32 << 20) as u64,
         ..ReaderConfig::default()
     }
 }
@@ -42,9 +36,54 @@ pub async fn open_store(cfg: &Config) -> Result<SharedStore, String> {
                 .map_err(|e| format!("object directory {}: {e}", path.display()))?;
             Ok(Rc::new(store))
         }
-        ObjectsLocation::S3 { bucket, .. } => Err(format!(
-            "objects_url s3://{bucket}: the S3 backend is not built into this binary yet"
-        )),
+        ObjectsLocation::S3 { bucket, prefix } => {
+            let c = s3_config(cfg, bucket, prefix);
+            let store = S3Store::new(c.clone())
+                .map_err(|e| format!("S3 bucket {} at {}: {e}", c.bucket, c.endpoint))?;
+            Ok(Rc::new(store))
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The S3 client settings: the config's keys, else the usual `AWS_*`
+/// environment variables, else AWS's regional endpoint.
+pub fn s3_config(cfg: &Config, bucket: String, prefix: String) -> S3Config {
+    let region = cfg
+        .s3_region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = cfg
+        .s3_endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    S3Config {
+        endpoint,
+        region,
+        bucket,
+        prefix,
+        access_key_id: cfg
+            .s3_access_key_id
+            .clone()
+            .or_else(|| env("AWS_ACCESS_KEY_ID"))
+            .unwrap_or_default(),
+        secret_access_key: cfg
+            .s3_secret_access_key
+            .clone()
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY"))
+            .unwrap_or_default(),
+        path_style: cfg.s3_path_style,
+        request_timeout_ms: cfg.s3_request_timeout_ms,
+        retry_base_ms: cfg.s3_retry_base_ms,
+        max_attempts: cfg.s3_max_attempts,
+        ..S3Config::default()
     }
 }
 

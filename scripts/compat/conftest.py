@@ -291,9 +291,14 @@ class Broker:
 
 
 def _params_for(request) -> dict:
+    """`args_fixture` names a fixture whose value (a list of flags) is added
+    to `args`, for flags known only at run time (ports of test servers)."""
     params = {"shards": 2, "broker_id": 0, "args": []}
     params.update(getattr(request.module, "BROKER_PARAMS", {}))
     params.update(getattr(request, "param", None) or {})
+    fixture = params.pop("args_fixture", None)
+    if fixture:
+        params["args"] = list(params["args"]) + list(request.getfixturevalue(fixture))
     return params
 
 

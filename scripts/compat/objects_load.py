@@ -41,9 +41,10 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value_size: int,
-            on_progress=None, extra: dict | None = None) -> Produced:
+            on_progress=None, extra: dict | None = None, at_third=None) -> Produced:
     """Sends `total_bytes` of `value_size` records round-robin over the
-    partitions; returns what was acknowledged."""
+    partitions; returns what was acknowledged. `at_third` is called once,
+    a third of the way through."""
     out = Produced(acked={p: [] for p in range(partitions)})
 
     def on_delivery(err, msg):
@@ -61,6 +62,8 @@ def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value
     start = time.monotonic()
     last_report = start
     for seq in range(n):
+        if at_third is not None and seq == n // 3:
+            at_third()
         while True:
             try:
                 p.produce(topic, key=str(seq).encode(), value=value_of(seq, value_size),
