@@ -105,6 +105,8 @@ pub struct Config {
     pub uploads_enabled: bool,
     /// Objects reserved but never committed are deleted after this long.
     pub object_orphan_grace_ms: u64,
+    /// How often shard 0 looks for orphaned objects (0: never).
+    pub object_gc_interval_ms: u64,
     /// On SIGTERM, how long shards may take to upload what their WAL holds
     /// before the process exits anyway.
     pub shutdown_timeout_ms: u64,
@@ -154,6 +156,7 @@ impl Default for Config {
             wal_full_wait_ms: 5000,
             uploads_enabled: true,
             object_orphan_grace_ms: 3_600_000,
+            object_gc_interval_ms: 300_000,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -251,6 +254,8 @@ pub struct Flags {
     pub uploads_enabled: Option<bool>,
     #[arg(long, env = "BROKER_OBJECT_ORPHAN_GRACE_MS")]
     pub object_orphan_grace_ms: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECT_GC_INTERVAL_MS")]
+    pub object_gc_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
 }
@@ -360,6 +365,7 @@ impl Config {
             wal_full_wait_ms,
             uploads_enabled,
             object_orphan_grace_ms,
+            object_gc_interval_ms,
             shutdown_timeout_ms
         );
         macro_rules! over_opt {

@@ -9,6 +9,7 @@ mod controller;
 mod group;
 mod handlers;
 mod metadata;
+mod object_gc;
 mod objects;
 mod objects_tool;
 mod partition;
@@ -213,6 +214,7 @@ async fn run_shard(
         error!("shard {s} cannot open its WAL slice: {e}");
         std::process::exit(1);
     }
+    object_gc::start(&shard);
     let stopping = shard.clone();
     glommio::spawn_local(async move {
         if stop.requested.await.is_ok() {

@@ -1,0 +1,168 @@
+//! Garbage collection of orphaned objects: objects whose id was reserved
+//! from the controller but never committed (a crash between upload and
+//! commit, or a commit the controller refused). They are deleted once older
+//! than `object_orphan_grace_ms`.
+//!
+//! The decision (`orphans`) is pure and unit-tested. The task runs on shard
+//! 0 only, in the uploads' task queue, and lists the store every
+//! `object_gc_interval_ms`. It never deletes an object the metadata commits,
+//! one whose id was never reserved (not ours), or one whose id is in a
+//! node's current reservation block (an upload may be about to commit it).
+
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use glommio::{Latency, Shares};
+use storage::object::keys::parse_object_key;
+use storage::object::ObjectInfo;
+use tracing::{info, warn};
+
+use crate::metadata::objects::ObjectsImage;
+use crate::shard::Shard;
+
+/// Keys deleted per request.
+const DELETE_BATCH: usize = 1000;
+
+/// The keys of `listing` that are orphans at `now_ms`.
+pub fn orphans(
+    objects: &ObjectsImage,
+    prefix: &str,
+    listing: &[ObjectInfo],
+    now_ms: i64,
+    grace_ms: i64,
+) -> Vec<String> {
+    let in_current_block = |id: u64| {
+        objects
+            .reservations
+            .values()
+            .any(|&(first, count)| (first..first + count).contains(&id))
+    };
+    listing
+        .iter()
+        .filter(|o| {
+            let Some(id) = parse_object_key(prefix, &o.key) else {
+                return false;
+            };
+            let old = o
+                .last_modified_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= grace_ms);
+            id < objects.next_object_id
+                && !objects.objects.contains_key(&id)
+                && !in_current_block(id)
+                && old
+        })
+        .map(|o| o.key.clone())
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Starts the collector on shard 0.
+pub fn start(shard: &Rc<Shard>) {
+    if shard.id != 0 || shard.config.object_gc_interval_ms == 0 {
+        return;
+    }
+    let tq = glommio::executor().create_task_queue(
+        Shares::Static(100),
+        Latency::NotImportant,
+        "object-gc",
+    );
+    let task = run(Rc::downgrade(shard));
+    match glommio::spawn_local_into(task, tq) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => warn!("cannot start the object garbage collector: {e}"),
+    }
+}
+
+async fn run(shard: Weak<Shard>) {
+    loop {
+        let Some(s) = shard.upgrade() else { return };
+        let interval = Duration::from_millis(s.config.object_gc_interval_ms);
+        drop(s);
+        glommio::timer::sleep(interval).await;
+        let Some(s) = shard.upgrade() else { return };
+        if let Err(e) = collect(&s).await {
+            warn!("object garbage collection failed: {e}");
+        }
+    }
+}
+
+/// One pass: list, decide, delete. Returns how many objects were deleted.
+pub async fn collect(shard: &Rc<Shard>) -> Result<usize, String> {
+    let store = shard.store().ok_or("no object store")?;
+    let prefix = shard.config.object_key_prefix();
+    let listing = store
+        .list(&prefix)
+        .await
+        .map_err(|e| format!("listing {}: {e}", store.describe()))?;
+    // The image is read after the listing: an object committed meanwhile
+    // is in it, so it cannot be mistaken for an orphan.
+    let image = shard.image();
+    let grace = shard.config.object_orphan_grace_ms as i64;
+    let doomed = orphans(&image.objects, &prefix, &listing, now_ms(), grace);
+    for chunk in doomed.chunks(DELETE_BATCH) {
+        store
+            .delete_many(chunk)
+            .await
+            .map_err(|e| format!("deleting orphans: {e}"))?;
+    }
+    if !doomed.is_empty() {
+        info!(
+            deleted = doomed.len(),
+            listed = listing.len(),
+            "deleted orphaned objects (reserved, never committed)"
+        );
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::objects::ObjectMeta;
+    use storage::object::keys::object_key;
+
+    fn info(id: u64, age_ms: i64) -> ObjectInfo {
+        ObjectInfo {
+            key: object_key("", id),
+            size: 10,
+            last_modified_ms: Some(1_000_000 - age_ms),
+        }
+    }
+
+    #[test]
+    fn only_old_reserved_uncommitted_objects_outside_a_live_block_go() {
+        let mut img = ObjectsImage::default();
+        img.apply_reserved(0, 0, 16); // node 0's first block (used up)
+        img.apply_reserved(1, 16, 16);
+        img.apply_reserved(0, 32, 16); // node 0's current block
+        img.apply_committed(ObjectMeta {
+            id: 3,
+            node_id: 0,
+            size: 10,
+            ranges: vec![],
+        });
+        let listing = vec![
+            info(3, 10_000),  // committed
+            info(5, 10_000),  // orphan
+            info(6, 10),      // orphan, but too young
+            info(20, 10_000), // in node 1's current block
+            info(33, 10_000), // in node 0's current block
+            info(90, 10_000), // never reserved: not ours
+            ObjectInfo {
+                key: "notes.txt".into(),
+                size: 1,
+                last_modified_ms: Some(0),
+            },
+        ];
+        let gone = orphans(&img, "", &listing, 1_000_000, 1000);
+        assert_eq!(gone, vec![object_key("", 5)]);
+        assert!(orphans(&img, "x/", &listing, 1_000_000, 1000).is_empty());
+    }
+}
