@@ -16,13 +16,20 @@ use storage::object::SharedStore;
 
 use crate::config::{Config, ObjectsLocation};
 
-/// This shard's share of the cold-read settings.
+/// This shard's share of the cold-read settings. A local directory shares
+/// its disk with the WAL: its reads are kept short and few, so a WAL flush
+/// never queues behind megabytes of them. S3 reads go over the network,
+/// where larger merged GETs and more in flight pay off.
 pub fn reader_config(cfg: &Config) -> ReaderConfig {
     let per_shard = |v: u64| v / cfg.shards.max(1) as u64;
+    let local = matches!(cfg.objects(), Ok(ObjectsLocation::Local(_)));
+    let (max_merge_bytes, max_inflight) = if local { (1 << 20, 2) } else { (4 << 20, 4) };
     ReaderConfig {
         key_prefix: cfg.object_key_prefix(),
         block_cache_bytes: per_shard(cfg.block_cache_bytes) as usize,
         bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec),
+        max_merge_bytes,
+        max_inflight,
         ..ReaderConfig::default()
     }
 }

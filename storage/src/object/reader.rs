@@ -94,6 +94,45 @@ pub struct ObjectReader {
     stats: Cell<ReaderStats>,
 }
 
+/// Blocks being fetched: registered on creation, and on drop removed and
+/// their waiters woken, whether the fetch finished, failed or was dropped.
+struct InflightGuard<'a> {
+    reader: &'a ObjectReader,
+    keys: Vec<BlockKey>,
+    event: Rc<Event>,
+}
+
+impl<'a> InflightGuard<'a> {
+    fn new(reader: &'a ObjectReader, keys: Vec<BlockKey>) -> Self {
+        let event = Rc::new(Event::new());
+        let mut inflight = reader.inflight.borrow_mut();
+        for k in &keys {
+            inflight.insert(*k, event.clone());
+        }
+        drop(inflight);
+        InflightGuard {
+            reader,
+            keys,
+            event,
+        }
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.reader.inflight.borrow_mut();
+        for k in &self.keys {
+            // Only our own entry: a later fetch of the same block may have
+            // taken the slot over.
+            if inflight.get(k).is_some_and(|e| Rc::ptr_eq(e, &self.event)) {
+                inflight.remove(k);
+            }
+        }
+        drop(inflight);
+        self.event.notify(usize::MAX);
+    }
+}
+
 /// Index LRU by count (indexes are small next to blocks).
 struct BlockCacheOfIndexes {
     cap: usize,
@@ -179,7 +218,7 @@ impl ObjectReader {
             }),
             blocks: RefCell::new(BlockCache::new(cfg.block_cache_bytes)),
             inflight: RefCell::new(HashMap::new()),
-            throttle: TokenBucket::new(cfg.bytes_per_sec, cfg.max_merge_bytes.max(1 << 20)),
+            throttle: TokenBucket::new(cfg.bytes_per_sec, cfg.max_merge_bytes.max(512 << 10)),
             stats: Cell::new(ReaderStats::default()),
             cfg,
         })
@@ -263,34 +302,21 @@ impl ObjectReader {
     async fn fetch_run(&self, id: u64, run: &[BlockEntry]) -> Result<(), ObjectError> {
         let start = run[0].position;
         let end = run[run.len() - 1].position + u64::from(run[run.len() - 1].size);
-        let keys: Vec<BlockKey> = run.iter().map(|b| (id, b.position)).collect();
-        let event = Rc::new(Event::new());
-        {
-            let mut inflight = self.inflight.borrow_mut();
-            for k in &keys {
-                inflight.insert(*k, event.clone());
-            }
+        // Marks the blocks in flight until dropped, also when this future is
+        // cancelled halfway (its fetch went away with its connection):
+        // otherwise later reads of these blocks would wait forever.
+        let _inflight = InflightGuard::new(self, run.iter().map(|b| (id, b.position)).collect());
+        let bytes = self.get(id, start..end).await?;
+        let mut cache = self.blocks.borrow_mut();
+        for b in run {
+            let from = (b.position - start) as usize;
+            let block = bytes.slice(from..from + b.size as usize);
+            format::verify_block(b, &block).map_err(invalid)?;
+            // Copied out of the run so that one evicted block frees its
+            // memory rather than pinning the whole GET buffer.
+            cache.insert((id, b.position), Bytes::copy_from_slice(&block));
         }
-        let result = self.get(id, start..end).await.and_then(|bytes| {
-            let mut cache = self.blocks.borrow_mut();
-            for b in run {
-                let from = (b.position - start) as usize;
-                let block = bytes.slice(from..from + b.size as usize);
-                format::verify_block(b, &block).map_err(invalid)?;
-                // Copied out of the run so that one evicted block frees its
-                // memory rather than pinning the whole GET buffer.
-                cache.insert((id, b.position), Bytes::copy_from_slice(&block));
-            }
-            Ok(())
-        });
-        {
-            let mut inflight = self.inflight.borrow_mut();
-            for k in &keys {
-                inflight.remove(k);
-            }
-        }
-        event.notify(usize::MAX);
-        result
+        Ok(())
     }
 
     /// Makes sure `blocks` are cached: waits for GETs already in flight,
@@ -603,6 +629,44 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(err.is_retriable());
+        });
+    }
+
+    #[test]
+    fn a_cancelled_read_does_not_leave_blocks_in_flight() {
+        run(|| async {
+            let store = MemStore::new();
+            let obj = put_object(&store, 10).await;
+            let r = ObjectReader::new(Rc::new(store.clone()), ReaderConfig::default(), None);
+            r.index(obj).await.unwrap();
+            store.set_delay(Some(std::time::Duration::from_millis(200)));
+            // A read whose fetch is dropped while its GET is in flight.
+            let cancelled = futures_lite::future::or(
+                async {
+                    let _ = r.read(obj, ([1; 16], 0), 0, 4000, true, 0).await;
+                    false
+                },
+                async {
+                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                    true
+                },
+            )
+            .await;
+            assert!(cancelled);
+            assert!(
+                r.inflight.borrow().is_empty(),
+                "the dropped fetch cleaned up"
+            );
+            store.set_delay(None);
+            let again = futures_lite::future::or(
+                async { Some(r.read(obj, ([1; 16], 0), 0, 4000, true, 0).await) },
+                async {
+                    glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                    None
+                },
+            )
+            .await;
+            assert!(again.expect("the next read must not hang").is_ok());
         });
     }
 
