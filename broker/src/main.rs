@@ -123,8 +123,12 @@ fn main() {
         let wal = wal.clone();
         let image = controller.image.clone();
         let ctl = (s == 0).then(|| controller.handle.clone());
+        // A task queue that has run this long yields to others that are
+        // runnable (glommio's default is 100 ms): uploads and cold reads
+        // must not hold a core while a produce waits.
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
+            .preempt_timer(std::time::Duration::from_millis(1))
             .spawn(move || serve_shard(s, cfg, mesh, wal, image, ctl, stop));
         match handle {
             Ok(h) => handles.push(h),

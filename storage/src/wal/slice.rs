@@ -87,6 +87,9 @@ pub struct WalStats {
     pub flushes: u64,
     /// Bytes written by the append path, padding included.
     pub bytes_written: u64,
+    /// Flushes that took 100 ms or more, and the longest flush.
+    pub slow_flushes: u64,
+    pub max_flush_us: u64,
 }
 
 /// A record found by recovery, in log order.
@@ -230,6 +233,8 @@ struct Inner {
     idle_wake: Signal,
     /// Serialises header writes (trim) and re-open.
     header_lock: Semaphore,
+    /// When a slow flush was last logged.
+    slow_logged: Cell<Option<std::time::Instant>>,
 }
 
 /// Closes the slice when the last clone of the [`WalSlice`] goes away, so the
@@ -295,6 +300,7 @@ impl WalSlice {
             syncer_wake: Signal::default(),
             idle_wake: Signal::default(),
             header_lock: Semaphore::new(1),
+            slow_logged: Cell::new(None),
         });
         inner.start_tasks();
         let slice = WalSlice {
@@ -595,7 +601,9 @@ impl Inner {
             let Some(n) = ready else { break };
             let dev = self.dev.borrow().clone();
             self.st.borrow_mut().flushing = true;
+            let started = std::time::Instant::now();
             let r = dev.flush().await;
+            self.note_flush(started.elapsed());
             self.st.borrow_mut().flushing = false;
             self.writer_wake.wake();
             // Never retried: a failed flush fails the slice (see module doc).
@@ -605,6 +613,32 @@ impl Inner {
             }
         }
         self.task_exited();
+    }
+
+    /// Counts a flush's duration; a slow one is logged (at most every 10 s),
+    /// since produce latency cannot be lower than the device's flush.
+    fn note_flush(&self, took: std::time::Duration) {
+        let us = took.as_micros() as u64;
+        let mut st = self.st.borrow_mut();
+        st.stats.max_flush_us = st.stats.max_flush_us.max(us);
+        if us < 100_000 {
+            return;
+        }
+        st.stats.slow_flushes += 1;
+        let now = std::time::Instant::now();
+        let due = self
+            .slow_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10));
+        if due {
+            self.slow_logged.set(Some(now));
+            tracing::warn!(
+                slice = self.geo.slice,
+                flush_ms = us / 1000,
+                slow_flushes = st.stats.slow_flushes,
+                "WAL device flush was slow: produce waits for it (the device or its host is busy)"
+            );
+        }
     }
 
     /// Takes queued appends into a batch if the ring has room, packs them
