@@ -107,6 +107,25 @@ pub struct Config {
     pub object_orphan_grace_ms: u64,
     /// How often shard 0 looks for orphaned objects (0: never).
     pub object_gc_interval_ms: u64,
+    /// `log.retention.ms`: default `retention.ms` of topics (-1: forever).
+    pub log_retention_ms: i64,
+    /// `log.retention.bytes`: default `retention.bytes` of topics (-1: no limit).
+    pub log_retention_bytes: i64,
+    /// `log.retention.check.interval.ms`: how often shards apply retention.
+    pub log_retention_check_interval_ms: u64,
+    /// Destroyed objects (no longer referenced) are deleted from the store
+    /// after this long, so reads that already hold them finish.
+    pub object_delete_delay_ms: u64,
+    /// How often shards merge their partitions' small object ranges into
+    /// stream objects (0: never).
+    pub object_compaction_interval_ms: u64,
+    /// Ranges whose newest record is younger than this are left alone.
+    pub object_compaction_min_age_ms: u64,
+    /// Target size of a stream object (the most one compaction holds in
+    /// memory).
+    pub stream_object_bytes: u64,
+    /// Compaction read and write bandwidth, all shards together (0: unlimited).
+    pub compaction_bytes_per_sec: u64,
     /// On SIGTERM, how long shards may take to upload what their WAL holds
     /// before the process exits anyway.
     pub shutdown_timeout_ms: u64,
@@ -158,6 +177,14 @@ impl Default for Config {
             object_orphan_grace_ms: 3_600_000,
             object_gc_interval_ms: 300_000,
             shutdown_timeout_ms: 30_000,
+            log_retention_ms: 604_800_000,
+            log_retention_bytes: -1,
+            log_retention_check_interval_ms: 300_000,
+            object_delete_delay_ms: 60_000,
+            object_compaction_interval_ms: 60_000,
+            object_compaction_min_age_ms: 60_000,
+            stream_object_bytes: 64 << 20,
+            compaction_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -258,6 +285,22 @@ pub struct Flags {
     pub object_gc_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    #[arg(long, env = "BROKER_LOG_RETENTION_MS", allow_hyphen_values = true)]
+    pub log_retention_ms: Option<i64>,
+    #[arg(long, env = "BROKER_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub log_retention_bytes: Option<i64>,
+    #[arg(long, env = "BROKER_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECT_DELETE_DELAY_MS")]
+    pub object_delete_delay_ms: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECT_COMPACTION_INTERVAL_MS")]
+    pub object_compaction_interval_ms: Option<u64>,
+    #[arg(long, env = "BROKER_OBJECT_COMPACTION_MIN_AGE_MS")]
+    pub object_compaction_min_age_ms: Option<u64>,
+    #[arg(long, env = "BROKER_STREAM_OBJECT_BYTES")]
+    pub stream_object_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_COMPACTION_BYTES_PER_SEC")]
+    pub compaction_bytes_per_sec: Option<u64>,
 }
 
 /// Subcommands: tools that inspect a data directory without serving.
@@ -366,7 +409,15 @@ impl Config {
             uploads_enabled,
             object_orphan_grace_ms,
             object_gc_interval_ms,
-            shutdown_timeout_ms
+            shutdown_timeout_ms,
+            log_retention_ms,
+            log_retention_bytes,
+            log_retention_check_interval_ms,
+            object_delete_delay_ms,
+            object_compaction_interval_ms,
+            object_compaction_min_age_ms,
+            stream_object_bytes,
+            compaction_bytes_per_sec
         );
         macro_rules! over_opt {
             ($($f:ident),*) => { $( if flags.$f.is_some() { cfg.$f = flags.$f; } )* };

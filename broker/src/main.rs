@@ -3,16 +3,19 @@
 //!
 //! The main thread only starts and joins shards; it never serves requests.
 
+mod clock;
 mod config;
 mod control;
 mod controller;
 mod group;
 mod handlers;
 mod metadata;
+mod object_compaction;
 mod object_gc;
 mod objects;
 mod objects_tool;
 mod partition;
+mod retention;
 mod shard;
 mod shutdown;
 mod topic_config;
@@ -219,6 +222,8 @@ async fn run_shard(
         std::process::exit(1);
     }
     object_gc::start(&shard);
+    retention::start(&shard);
+    object_compaction::start(&shard);
     let stopping = shard.clone();
     glommio::spawn_local(async move {
         if stop.requested.await.is_ok() {

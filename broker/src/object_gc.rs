@@ -3,21 +3,28 @@
 //! commit, or a commit the controller refused). They are deleted once older
 //! than `object_orphan_grace_ms`.
 //!
-//! The decision (`orphans`) is pure and unit-tested. The task runs on shard
+//! It also deletes destroyed objects (no range references them any more:
+//! retention, DeleteRecords, deleted topics, compaction) once they were
+//! destroyed `object_delete_delay_ms` ago, and then purges them from the
+//! metadata.
+//!
+//! The decisions (`orphans`, `due_for_deletion`) are pure and unit-tested. The task runs on shard
 //! 0 only, in the uploads' task queue, and lists the store every
 //! `object_gc_interval_ms`. It never deletes an object the metadata commits,
 //! one whose id was never reserved (not ours), or one whose id is in a
 //! node's current reservation block (an upload may be about to commit it).
 
+use crate::clock::now_ms;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use glommio::{Latency, Shares};
-use storage::object::keys::parse_object_key;
+use storage::object::keys::{object_key, parse_object_key};
 use storage::object::ObjectInfo;
 use tracing::{info, warn};
 
 use crate::metadata::objects::ObjectsImage;
+use crate::metadata::Command;
 use crate::shard::Shard;
 
 /// Keys deleted per request.
@@ -48,6 +55,7 @@ pub fn orphans(
                 .is_some_and(|t| now_ms.saturating_sub(t) >= grace_ms);
             id < objects.next_object_id
                 && !objects.objects.contains_key(&id)
+                && !objects.destroyed.contains_key(&id)
                 && !in_current_block(id)
                 && old
         })
@@ -55,10 +63,14 @@ pub fn orphans(
         .collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Destroyed objects whose delay has passed at `now_ms`.
+pub fn due_for_deletion(objects: &ObjectsImage, now_ms: i64, delay_ms: i64) -> Vec<u64> {
+    objects
+        .destroyed
+        .iter()
+        .filter(|(_, &at)| now_ms.saturating_sub(at) >= delay_ms)
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 /// Starts the collector on shard 0.
@@ -93,8 +105,50 @@ async fn run(shard: Weak<Shard>) {
     }
 }
 
-/// One pass: list, decide, delete. Returns how many objects were deleted.
+/// One pass: destroyed objects first, then orphans. Returns how many
+/// objects were deleted.
 pub async fn collect(shard: &Rc<Shard>) -> Result<usize, String> {
+    let destroyed = delete_destroyed(shard).await?;
+    Ok(destroyed + delete_orphans(shard).await?)
+}
+
+/// Deletes destroyed objects past their delay and purges them from the
+/// metadata.
+async fn delete_destroyed(shard: &Rc<Shard>) -> Result<usize, String> {
+    let store = shard.store().ok_or("no object store")?;
+    let image = shard.image();
+    let delay = shard.config.object_delete_delay_ms as i64;
+    let ids = due_for_deletion(&image.objects, now_ms(), delay);
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let prefix = shard.config.object_key_prefix();
+    for chunk in ids.chunks(DELETE_BATCH) {
+        let keys: Vec<String> = chunk.iter().map(|&id| object_key(&prefix, id)).collect();
+        store
+            .delete_many(&keys)
+            .await
+            .map_err(|e| format!("deleting destroyed objects: {e}"))?;
+    }
+    let results = shard
+        .control()
+        .submit(vec![Command::PurgeObjects { ids: ids.clone() }], false)
+        .await;
+    if let Some(Err(e)) = results.into_iter().next() {
+        return Err(format!(
+            "purging deleted objects from the metadata: {}",
+            e.message
+        ));
+    }
+    info!(
+        deleted = ids.len(),
+        "deleted objects no partition references any more"
+    );
+    Ok(ids.len())
+}
+
+/// Deletes orphans.
+async fn delete_orphans(shard: &Rc<Shard>) -> Result<usize, String> {
     let store = shard.store().ok_or("no object store")?;
     let prefix = shard.config.object_key_prefix();
     let listing = store
@@ -126,7 +180,6 @@ pub async fn collect(shard: &Rc<Shard>) -> Result<usize, String> {
 mod tests {
     use super::*;
     use crate::metadata::objects::ObjectMeta;
-    use storage::object::keys::object_key;
 
     fn info(id: u64, age_ms: i64) -> ObjectInfo {
         ObjectInfo {
@@ -164,5 +217,13 @@ mod tests {
         let gone = orphans(&img, "", &listing, 1_000_000, 1000);
         assert_eq!(gone, vec![object_key("", 5)]);
         assert!(orphans(&img, "x/", &listing, 1_000_000, 1000).is_empty());
+        // A destroyed object waits for its own delay, not the orphan grace.
+        img.apply_destroyed(&[3], 999_500);
+        assert_eq!(
+            orphans(&img, "", &listing, 1_000_000, 1000),
+            vec![object_key("", 5)]
+        );
+        assert!(due_for_deletion(&img, 1_000_000, 1000).is_empty());
+        assert_eq!(due_for_deletion(&img, 1_000_600, 1000), vec![3]);
     }
 }

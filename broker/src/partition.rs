@@ -80,7 +80,7 @@ impl PartitionState {
     /// The state the metadata describes: the data in objects, nothing else
     /// yet (the WAL tail is replayed on top).
     pub fn from_metadata(objects: Option<&PartitionObjects>, leader_epoch: i32) -> Self {
-        let start = objects.and_then(|o| o.start()).unwrap_or(0);
+        let start = objects.map_or(0, |o| o.log_start());
         let end = objects.and_then(|o| o.end()).unwrap_or(0);
         PartitionState {
             log_start: start,
@@ -101,8 +101,9 @@ impl PartitionState {
             return Replayed::Duplicate;
         }
         if self.log_end == 0 && self.uploaded_end == 0 {
-            // Nothing in objects yet: the log starts where the WAL does.
-            self.log_start = base_offset;
+            // Nothing in objects yet: the log starts where the WAL does
+            // (or later, if records were deleted).
+            self.log_start = self.log_start.max(base_offset);
         }
         self.log_end = last_offset + 1;
         self.high_watermark = self.log_end;
@@ -129,6 +130,11 @@ impl PartitionState {
     /// Data below `end` is in committed objects.
     pub fn uploaded(&mut self, end: i64) {
         self.uploaded_end = self.uploaded_end.max(end.min(self.high_watermark));
+    }
+
+    /// Retention or DeleteRecords moved the log start.
+    pub fn advance_log_start(&mut self, offset: i64) {
+        self.log_start = self.log_start.max(offset);
     }
 
     /// Whether `offset` may be read: `[log_start, high_watermark]`.

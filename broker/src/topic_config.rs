@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::Config;
+
 /// Config value types as DescribeConfigs v3+ reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigType {
@@ -36,6 +38,9 @@ const fn key(name: &'static str, kind: ConfigType, default: &'static str) -> Top
 /// The name of the key whose default comes from the broker's `message_max_bytes`.
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 pub const TIMESTAMP_TYPE: &str = "message.timestamp.type";
+pub const RETENTION_MS: &str = "retention.ms";
+pub const RETENTION_BYTES: &str = "retention.bytes";
+pub const CLEANUP_POLICY: &str = "cleanup.policy";
 
 pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     TopicConfigKey {
@@ -133,20 +138,34 @@ pub fn uses_log_append_time(configs: &BTreeMap<String, String>) -> bool {
         .is_some_and(|v| v == "LogAppendTime")
 }
 
-/// A topic's effective value of `name`: set explicitly, else the default
-/// (`max.message.bytes` defaults to the broker's `message_max_bytes`).
-pub fn effective(
-    configs: &BTreeMap<String, String>,
-    name: &str,
-    message_max_bytes: usize,
-) -> Option<String> {
+/// A topic's effective value of `name`: set explicitly, else the broker's
+/// default for it (`message_max_bytes`, `log_retention_ms`,
+/// `log_retention_bytes`), else Kafka's default.
+pub fn effective(configs: &BTreeMap<String, String>, name: &str, cfg: &Config) -> Option<String> {
     if let Some(v) = configs.get(name) {
         return Some(v.clone());
     }
-    if name == MAX_MESSAGE_BYTES {
-        return Some(message_max_bytes.to_string());
+    match name {
+        MAX_MESSAGE_BYTES => Some(cfg.message_max_bytes.to_string()),
+        RETENTION_MS => Some(cfg.log_retention_ms.to_string()),
+        RETENTION_BYTES => Some(cfg.log_retention_bytes.to_string()),
+        _ => lookup(name).map(|k| k.default.to_string()),
     }
-    lookup(name).map(|k| k.default.to_string())
+}
+
+/// What retention keeps of a topic: `(retention.ms, retention.bytes)`, -1
+/// for no limit; both -1 unless `cleanup.policy` includes `delete`.
+pub fn retention(configs: &BTreeMap<String, String>, cfg: &Config) -> (i64, i64) {
+    let policy = configs.get(CLEANUP_POLICY).map_or("delete", |s| s.as_str());
+    if !policy.split(',').any(|p| p.trim() == "delete") {
+        return (-1, -1);
+    }
+    let get = |name: &str| {
+        effective(configs, name, cfg)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    (get(RETENTION_MS), get(RETENTION_BYTES))
 }
 
 #[cfg(test)]
@@ -166,10 +185,22 @@ mod tests {
     #[test]
     fn defaults() {
         let mut c = BTreeMap::new();
-        assert_eq!(effective(&c, MAX_MESSAGE_BYTES, 777).unwrap(), "777");
+        let cfg = Config {
+            message_max_bytes: 777,
+            log_retention_bytes: 1 << 30,
+            ..Config::default()
+        };
+        assert_eq!(effective(&c, MAX_MESSAGE_BYTES, &cfg).unwrap(), "777");
+        assert_eq!(retention(&c, &cfg), (604_800_000, 1 << 30));
         c.insert("retention.ms".to_string(), "5".to_string());
-        assert_eq!(effective(&c, "retention.ms", 1).unwrap(), "5");
-        assert_eq!(effective(&c, "segment.ms", 1).unwrap(), "604800000");
+        assert_eq!(effective(&c, "retention.ms", &cfg).unwrap(), "5");
+        assert_eq!(effective(&c, "segment.ms", &cfg).unwrap(), "604800000");
+        assert_eq!(retention(&c, &cfg), (5, 1 << 30));
+        c.insert(CLEANUP_POLICY.to_string(), "compact".to_string());
+        assert_eq!(retention(&c, &cfg), (-1, -1));
+        c.insert(CLEANUP_POLICY.to_string(), "compact,delete".to_string());
+        assert_eq!(retention(&c, &cfg).0, 5);
+        c.remove(CLEANUP_POLICY);
         assert_eq!(max_message_bytes(&c, 777), 777);
         assert!(!uses_log_append_time(&c));
         c.insert(MAX_MESSAGE_BYTES.to_string(), "5000".to_string());

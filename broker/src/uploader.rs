@@ -476,7 +476,7 @@ async fn put(
 
 /// The next reserved object id, reserving a block from the controller when
 /// none is left.
-async fn next_object_id(shard: &Rc<Shard>) -> Result<u64, String> {
+pub async fn next_object_id(shard: &Rc<Shard>) -> Result<u64, String> {
     if let Some(id) = shard.uploader.ids.borrow_mut().pop_front() {
         return Ok(id);
     }

@@ -23,6 +23,7 @@ def value_of(seq: int, size: int) -> bytes:
 
 @dataclass
 class Produced:
+    """What one or more produce runs had acknowledged."""
     acked: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # partition -> (offset, seq)
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -31,6 +32,13 @@ class Produced:
     @property
     def count(self) -> int:
         return sum(len(a) for a in self.acked.values())
+
+    def add(self, other: "Produced") -> None:
+        for part, acked in other.acked.items():
+            self.acked.setdefault(part, []).extend(acked)
+        self.failed.extend(other.failed)
+        self.bytes += other.bytes
+        self.seconds += other.seconds
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -41,7 +49,8 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value_size: int,
-            on_progress=None, extra: dict | None = None, at_third=None) -> Produced:
+            on_progress=None, extra: dict | None = None, at_third=None,
+            first_seq: int = 0) -> Produced:
     """Sends `total_bytes` of `value_size` records round-robin over the
     partitions; returns what was acknowledged. `at_third` is called once,
     a third of the way through."""
@@ -61,8 +70,9 @@ def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value
     n = total_bytes // value_size
     start = time.monotonic()
     last_report = start
-    for seq in range(n):
-        if at_third is not None and seq == n // 3:
+    for i in range(n):
+        seq = first_seq + i
+        if at_third is not None and i == n // 3:
             at_third()
         while True:
             try:
@@ -74,7 +84,7 @@ def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value
         p.poll(0)
         if on_progress and time.monotonic() - last_report > 5:
             last_report = time.monotonic()
-            on_progress(seq, n)
+            on_progress(i, n)
     remaining = p.flush(600)
     out.seconds = time.monotonic() - start
     out.bytes = n * value_size

@@ -378,7 +378,10 @@ impl Controller {
     /// image every earlier request produced.
     async fn submit(&self, cmds: &[Command], dry_run: bool) -> Submitted {
         let image = self.image();
-        let (mut results, records) = plan(&image, cmds, self.placement);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let (mut results, records) = plan(&image, cmds, self.placement, now_ms);
         if dry_run || records.is_empty() {
             return Submitted {
                 results,

@@ -28,6 +28,11 @@ pub mod kind {
     pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
+    pub const LOG_START_ADVANCED: u16 = 102;
+    pub const OBJECTS_DESTROYED: u16 = 103;
+    pub const OBJECTS_PURGED: u16 = 104;
+    pub const STREAM_OBJECT_COMMITTED: u16 = 105;
+    pub const UPLOADED_END: u16 = 106;
 }
 
 /// Largest body a record may claim; metadata records are small.
@@ -98,6 +103,39 @@ pub enum Record {
         size: u64,
         ranges: Vec<ObjectRange>,
     },
+    /// Retention or DeleteRecords: nothing below `offset` is readable any
+    /// more; object ranges wholly below it are dropped.
+    LogStartAdvanced {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    },
+    /// Objects no range references any more: deleted from the store once
+    /// `at_ms` is a grace period old (readers may still hold them).
+    ObjectsDestroyed {
+        ids: Vec<u64>,
+        at_ms: i64,
+    },
+    /// Destroyed objects gone from the store.
+    ObjectsPurged {
+        ids: Vec<u64>,
+    },
+    /// Compaction: a stream object holding one partition's `range` takes
+    /// over that partition's live ranges starting at `replaces`.
+    StreamObjectCommitted {
+        object_id: u64,
+        node_id: i32,
+        size: u64,
+        range: ObjectRange,
+        replaces: Vec<i64>,
+    },
+    /// A partition's data was uploaded up to `offset` (snapshots: the
+    /// ranges that said so may all have been dropped since).
+    UploadedEnd {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// The offsets `start..end` of one partition inside an object.
@@ -141,6 +179,11 @@ impl Record {
             Record::ProducerIdsAllocated { .. } => kind::PRODUCER_IDS_ALLOCATED,
             Record::ObjectIdsReserved { .. } => kind::OBJECT_IDS_RESERVED,
             Record::ObjectCommitted { .. } => kind::OBJECT_COMMITTED,
+            Record::LogStartAdvanced { .. } => kind::LOG_START_ADVANCED,
+            Record::ObjectsDestroyed { .. } => kind::OBJECTS_DESTROYED,
+            Record::ObjectsPurged { .. } => kind::OBJECTS_PURGED,
+            Record::StreamObjectCommitted { .. } => kind::STREAM_OBJECT_COMMITTED,
+            Record::UploadedEnd { .. } => kind::UPLOADED_END,
         }
     }
 
@@ -255,15 +298,61 @@ impl Record {
                 out.put_u64(*size);
                 out.put_u32(ranges.len() as u32);
                 for r in ranges {
-                    put_uuid(out, &r.topic_id);
-                    out.put_i32(r.partition);
-                    out.put_i64(r.start_offset);
-                    out.put_i64(r.end_offset);
-                    out.put_i64(r.max_timestamp);
-                    out.put_u64(r.bytes);
+                    put_range(out, r);
+                }
+            }
+            Record::LogStartAdvanced {
+                topic_id,
+                partition,
+                offset,
+            }
+            | Record::UploadedEnd {
+                topic_id,
+                partition,
+                offset,
+            } => {
+                put_uuid(out, topic_id);
+                out.put_i32(*partition);
+                out.put_i64(*offset);
+            }
+            Record::ObjectsDestroyed { ids, at_ms } => {
+                out.put_i64(*at_ms);
+                put_ids(out, ids);
+            }
+            Record::ObjectsPurged { ids } => put_ids(out, ids),
+            Record::StreamObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                range,
+                replaces,
+            } => {
+                out.put_u64(*object_id);
+                out.put_i32(*node_id);
+                out.put_u64(*size);
+                put_range(out, range);
+                out.put_u32(replaces.len() as u32);
+                for s in replaces {
+                    out.put_i64(*s);
                 }
             }
         }
+    }
+}
+
+fn put_range(out: &mut Vec<u8>, r: &ObjectRange) {
+    put_uuid(out, &r.topic_id);
+    out.put_i32(r.partition);
+    out.put_i64(r.start_offset);
+    out.put_i64(r.end_offset);
+    out.put_i64(r.max_timestamp);
+    out.put_u64(r.bytes);
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
+    out.put_u32(ids.len() as u32);
+    for id in ids {
+        out.put_u64(*id);
     }
 }
 
@@ -385,20 +474,49 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             }
             let mut ranges = Vec::with_capacity(n);
             for _ in 0..n {
-                ranges.push(ObjectRange {
-                    topic_id: r.uuid()?,
-                    partition: r.i32()?,
-                    start_offset: r.i64()?,
-                    end_offset: r.i64()?,
-                    max_timestamp: r.i64()?,
-                    bytes: r.u64()?,
-                });
+                ranges.push(r.range()?);
             }
             Record::ObjectCommitted {
                 object_id,
                 node_id,
                 size,
                 ranges,
+            }
+        }
+        kind::LOG_START_ADVANCED => Record::LogStartAdvanced {
+            topic_id: r.uuid()?,
+            partition: r.i32()?,
+            offset: r.i64()?,
+        },
+        kind::UPLOADED_END => Record::UploadedEnd {
+            topic_id: r.uuid()?,
+            partition: r.i32()?,
+            offset: r.i64()?,
+        },
+        kind::OBJECTS_DESTROYED => {
+            let at_ms = r.i64()?;
+            Record::ObjectsDestroyed {
+                at_ms,
+                ids: r.ids()?,
+            }
+        }
+        kind::OBJECTS_PURGED => Record::ObjectsPurged { ids: r.ids()? },
+        kind::STREAM_OBJECT_COMMITTED => {
+            let object_id = r.u64()?;
+            let node_id = r.i32()?;
+            let size = r.u64()?;
+            let range = r.range()?;
+            let n = r.u32()? as usize;
+            if n > r.buf.len() / 8 {
+                return Err(r.invalid("replaced range count exceeds the record"));
+            }
+            let replaces = (0..n).map(|_| r.i64()).collect::<Result<_, _>>()?;
+            Record::StreamObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                range,
+                replaces,
             }
         }
         _ => return Ok(None),
@@ -467,6 +585,23 @@ impl Reader<'_> {
     }
     fn u64(&mut self) -> Result<u64, RecordError> {
         Ok(self.take(8)?.get_u64())
+    }
+    fn range(&mut self) -> Result<ObjectRange, RecordError> {
+        Ok(ObjectRange {
+            topic_id: self.uuid()?,
+            partition: self.i32()?,
+            start_offset: self.i64()?,
+            end_offset: self.i64()?,
+            max_timestamp: self.i64()?,
+            bytes: self.u64()?,
+        })
+    }
+    fn ids(&mut self) -> Result<Vec<u64>, RecordError> {
+        let n = self.u32()? as usize;
+        if n > self.buf.len() / 8 {
+            return Err(self.invalid("id count exceeds the record"));
+        }
+        (0..n).map(|_| self.u64()).collect()
     }
     fn uuid(&mut self) -> Result<Uuid, RecordError> {
         let b = self.take(16)?;
@@ -556,6 +691,31 @@ impl fmt::Display for Record {
                 }
                 Ok(())
             }
+            Record::LogStartAdvanced {
+                topic_id,
+                partition,
+                offset,
+            } => write!(f, "LogStartAdvanced {topic_id}-{partition} to {offset}"),
+            Record::UploadedEnd {
+                topic_id,
+                partition,
+                offset,
+            } => write!(f, "UploadedEnd {topic_id}-{partition} at {offset}"),
+            Record::ObjectsDestroyed { ids, at_ms } => {
+                write!(f, "ObjectsDestroyed at {at_ms} ms: {ids:?}")
+            }
+            Record::ObjectsPurged { ids } => write!(f, "ObjectsPurged {ids:?}"),
+            Record::StreamObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                range,
+                replaces,
+            } => write!(
+                f,
+                "StreamObjectCommitted id={object_id} node={node_id} size={size} {}-{}:{}..{} replaces {replaces:?}",
+                range.topic_id, range.partition, range.start_offset, range.end_offset
+            ),
         }
     }
 }
@@ -630,6 +790,35 @@ pub(crate) mod tests {
                     bytes: 4000,
                 }],
             },
+            Record::LogStartAdvanced {
+                topic_id: id,
+                partition: 0,
+                offset: 4,
+            },
+            Record::StreamObjectCommitted {
+                object_id: 4,
+                node_id: 1,
+                size: 100,
+                range: ObjectRange {
+                    topic_id: id,
+                    partition: 0,
+                    start_offset: 4,
+                    end_offset: 10,
+                    max_timestamp: 77,
+                    bytes: 90,
+                },
+                replaces: vec![0],
+            },
+            Record::UploadedEnd {
+                topic_id: id,
+                partition: 0,
+                offset: 10,
+            },
+            Record::ObjectsDestroyed {
+                ids: vec![3],
+                at_ms: 1234,
+            },
+            Record::ObjectsPurged { ids: vec![3] },
             Record::TopicDeleted { id },
         ]
     }
@@ -638,7 +827,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 10, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 15, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

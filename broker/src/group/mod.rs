@@ -43,14 +43,10 @@ pub fn java_hash(s: &str) -> i32 {
 
 /// The `__consumer_offsets` partition of a group: Kafka's
 /// `Utils.abs(groupId.hashCode) % partitions` (abs is `x & 0x7fffffff`).
+pub use crate::clock::now_ms;
+
 pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     (java_hash(group_id) & 0x7fff_ffff) % partitions.max(1)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A committed offset as OffsetFetch reports it.

@@ -179,8 +179,7 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError
             };
             Entry {
                 name: k.name.to_string(),
-                value: topic_config::effective(&topic.configs, k.name, cfg.message_max_bytes)
-                    .unwrap_or_default(),
+                value: topic_config::effective(&topic.configs, k.name, cfg).unwrap_or_default(),
                 source,
                 kind: k.kind,
             }

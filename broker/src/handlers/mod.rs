@@ -3,6 +3,7 @@
 //! for a partition led elsewhere gets `NOT_LEADER_OR_FOLLOWER`.
 
 pub mod configs;
+pub mod delete_records;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;

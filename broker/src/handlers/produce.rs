@@ -4,6 +4,7 @@
 //! Runs on the shard that leads the partitions. Never copies a payload
 //! except the one copy that stamps offsets (see `storage::batch`).
 
+use crate::clock::now_ms;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -83,12 +84,6 @@ type Started = Result<
     ),
     PartitionError,
 >;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Validates a partition's records and appends them (offsets assigned now).
 fn start_partition(

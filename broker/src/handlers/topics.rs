@@ -183,8 +183,7 @@ fn topic_configs(cfg: &Config, set: &BTreeMap<String, String>) -> Vec<CreatableT
         .map(|k| {
             let mut c = CreatableTopicConfigs::default();
             c.name = str_bytes(k.name);
-            c.value =
-                topic_config::effective(set, k.name, cfg.message_max_bytes).map(|v| str_bytes(&v));
+            c.value = topic_config::effective(set, k.name, cfg).map(|v| str_bytes(&v));
             c.config_source = if set.contains_key(k.name) {
                 SOURCE_TOPIC
             } else {

@@ -184,6 +184,37 @@ impl MetadataImage {
                 size: *size,
                 ranges: ranges.clone(),
             }),
+            Record::LogStartAdvanced {
+                topic_id,
+                partition,
+                offset,
+            } => self
+                .objects
+                .apply_log_start(*topic_id, *partition, *offset),
+            Record::UploadedEnd {
+                topic_id,
+                partition,
+                offset,
+            } => self
+                .objects
+                .apply_uploaded_end(*topic_id, *partition, *offset),
+            Record::ObjectsDestroyed { ids, at_ms } => self.objects.apply_destroyed(ids, *at_ms),
+            Record::ObjectsPurged { ids } => self.objects.apply_purged(ids),
+            Record::StreamObjectCommitted {
+                object_id,
+                node_id,
+                size,
+                range,
+                replaces,
+            } => self.objects.apply_stream_object(
+                ObjectMeta {
+                    id: *object_id,
+                    node_id: *node_id,
+                    size: *size,
+                    ranges: vec![*range],
+                },
+                replaces,
+            ),
         }
     }
 
@@ -301,6 +332,24 @@ pub enum Command {
         size: u64,
         ranges: Vec<ObjectRange>,
     },
+    /// Retention or DeleteRecords: moves a partition's log start up.
+    AdvanceLogStart {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    },
+    /// Compaction: a stream object replaces some of a partition's ranges.
+    CommitStreamObject {
+        object_id: u64,
+        node_id: i32,
+        size: u64,
+        range: ObjectRange,
+        replaces: Vec<i64>,
+    },
+    /// Destroyed objects are gone from the store.
+    PurgeObjects {
+        ids: Vec<u64>,
+    },
 }
 
 /// A refused command: the Kafka error and the message the client sees.
@@ -358,10 +407,15 @@ pub fn validate_topic_name(name: &str) -> Result<(), CommandError> {
 /// Checks `cmds` against `image` in order and turns the valid ones into
 /// records; a later command sees the effect of earlier ones. Returns one
 /// result per command and the records to commit (nothing is changed).
+///
+/// Objects the commands leave without any live range are destroyed in the
+/// same batch of records (at `now_ms`), so the change and its consequence
+/// commit atomically.
 pub fn plan(
     image: &MetadataImage,
     cmds: &[Command],
     placement: Placement,
+    now_ms: i64,
 ) -> (Vec<CommandResult>, Vec<Record>) {
     let mut scratch = image.clone();
     let mut records = Vec::new();
@@ -377,6 +431,13 @@ pub fn plan(
             }
             Err(e) => results.push(Err(e)),
         }
+    }
+    let unreferenced = scratch.objects.unreferenced();
+    if !unreferenced.is_empty() && !records.is_empty() {
+        records.push(Record::ObjectsDestroyed {
+            ids: unreferenced,
+            at_ms: now_ms,
+        });
     }
     (results, records)
 }
@@ -466,6 +527,65 @@ fn plan_one(
                     ranges,
                 }],
             ))
+        }
+        Command::AdvanceLogStart {
+            topic_id,
+            partition,
+            offset,
+        } => {
+            if !image.has_partition(*topic_id, *partition) {
+                return Err(CommandError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("partition {topic_id}-{partition} does not exist"),
+                ));
+            }
+            let current = image
+                .objects
+                .partition(*topic_id, *partition)
+                .map_or(0, |p| p.log_start);
+            if *offset <= current {
+                return Ok((*topic_id, Vec::new()));
+            }
+            Ok((
+                *topic_id,
+                vec![Record::LogStartAdvanced {
+                    topic_id: *topic_id,
+                    partition: *partition,
+                    offset: *offset,
+                }],
+            ))
+        }
+        Command::CommitStreamObject {
+            object_id,
+            node_id,
+            size,
+            range,
+            replaces,
+        } => {
+            image
+                .objects
+                .check_stream_object(*object_id, range, replaces)?;
+            Ok((
+                range.topic_id,
+                vec![Record::StreamObjectCommitted {
+                    object_id: *object_id,
+                    node_id: *node_id,
+                    size: *size,
+                    range: *range,
+                    replaces: replaces.clone(),
+                }],
+            ))
+        }
+        Command::PurgeObjects { ids } => {
+            let ids: Vec<u64> = ids
+                .iter()
+                .filter(|id| image.objects.destroyed.contains_key(*id))
+                .copied()
+                .collect();
+            if ids.is_empty() {
+                return Ok((Uuid::nil(), Vec::new()));
+            }
+            Ok((Uuid::nil(), vec![Record::ObjectsPurged { ids }]))
         }
     }
 }
@@ -629,7 +749,7 @@ impl TopicTable {
     /// Plans `cmds` and, unless `dry_run`, applies the records as one new
     /// version. Returns the results and the records applied.
     pub fn apply(&mut self, cmds: &[Command], dry_run: bool) -> (Vec<CommandResult>, Vec<Record>) {
-        let (results, records) = plan(&self.image, cmds, self.placement);
+        let (results, records) = plan(&self.image, cmds, self.placement, 0);
         if dry_run || records.is_empty() {
             return (results, Vec::new());
         }

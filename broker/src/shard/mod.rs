@@ -227,6 +227,13 @@ impl Shard {
                     Partition::new(key, state)
                 });
                 part.state.leader_epoch = epoch;
+                if let Some(o) = objects {
+                    if o.log_start() > part.state.log_start {
+                        part.state.advance_log_start(o.log_start());
+                        // Fetches parked below the new start must answer.
+                        part.waiters.notify(usize::MAX);
+                    }
+                }
                 if let Some(end) = objects.and_then(|o| o.end()) {
                     if end > part.state.uploaded_end {
                         let freed: usize = part
@@ -343,6 +350,9 @@ impl Shard {
             }
             RequestKind::CreateTopics(r) => {
                 ResponseKind::CreateTopics(handlers::topics::create_topics(&self, r, v).await)
+            }
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(handlers::delete_records::handle(&self, r).await)
             }
             RequestKind::DeleteTopics(r) => {
                 ResponseKind::DeleteTopics(handlers::topics::delete_topics(&self, r, v).await)

@@ -1,0 +1,400 @@
+//! Object compaction: a partition's data moves out of stream-set objects
+//! (one per upload, shared by all partitions of a shard) into stream
+//! objects of its own, and small stream objects merge, so the object count
+//! follows data size and partition count rather than elapsed time. A
+//! stream-set object is destroyed once every partition has moved out of it
+//! (or dropped it by retention); the controller plans that in the same
+//! record batch as the swap, so the swap is atomic.
+//!
+//! The choice of what to merge (`plan_runs`) is pure and unit-tested. The
+//! task runs on every shard, for the partitions it leads, every
+//! `object_compaction_interval_ms`, in a low-share task queue, within its
+//! own bandwidth budget (`compaction_bytes_per_sec`). It holds at most one
+//! run (`stream_object_bytes`) in memory at a time.
+
+use crate::clock::now_ms;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use glommio::{Latency, Shares};
+use storage::batch::parse_header;
+use storage::object::format::{split_batches, verify_block, BatchRef, ObjectBuilder};
+use storage::object::keys;
+use storage::object::reader::ObjectRef;
+use storage::throttle::TokenBucket;
+use tracing::{debug, info, warn};
+
+use crate::controller::records::ObjectRange;
+use crate::metadata::objects::{ObjectsImage, PartitionObjects, RangeRef};
+use crate::metadata::Command;
+use crate::partition::PartitionKey;
+use crate::shard::Shard;
+
+/// Contiguous ranges of one partition to write as one stream object.
+pub type Run = Vec<RangeRef>;
+
+/// Stream objects of a partition merged at once when they are small.
+pub const MERGE_FANIN: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// In a stream-set object, shared with other partitions.
+    Shared,
+    /// In a stream object of its own, smaller than the target.
+    Small,
+}
+
+/// Which of a partition's ranges to merge into stream objects:
+/// * consecutive ranges that live in shared (stream-set) objects always
+///   move out, merged up to about `target` bytes, so those objects can go;
+/// * small stream objects of its own merge once `MERGE_FANIN` of them are
+///   consecutive, or they add up to `target`, so each byte is rewritten a
+///   logarithmic number of times, not on every pass.
+///
+/// Only ranges whose newest record is older than `min_age_ms` are touched,
+/// and runs never span a gap.
+pub fn plan_runs(
+    objects: &ObjectsImage,
+    part: &PartitionObjects,
+    target: u64,
+    min_age_ms: i64,
+    now_ms: i64,
+) -> Vec<Run> {
+    let kind_of = |r: &RangeRef| -> Option<Kind> {
+        let shared = objects
+            .objects
+            .get(&r.object_id)
+            .is_some_and(|o| o.ranges.len() > 1);
+        if r.max_timestamp > now_ms.saturating_sub(min_age_ms) {
+            None
+        } else if shared {
+            Some(Kind::Shared)
+        } else if r.bytes < target {
+            Some(Kind::Small)
+        } else {
+            None
+        }
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    let mut cur: Run = Vec::new();
+    let mut cur_kind = Kind::Shared;
+    let close = |cur: &mut Run, kind: Kind, runs: &mut Vec<Run>| {
+        let bytes: u64 = cur.iter().map(|r| r.bytes).sum();
+        let worth = match kind {
+            Kind::Shared => !cur.is_empty(),
+            Kind::Small => cur.len() >= MERGE_FANIN || (cur.len() > 1 && bytes >= target),
+        };
+        if worth {
+            runs.push(std::mem::take(cur));
+        } else {
+            cur.clear();
+        }
+    };
+    for r in part.iter() {
+        let kind = kind_of(r);
+        let contiguous = cur.last().is_none_or(|l| l.end_offset == r.start_offset);
+        if kind != Some(cur_kind) || !contiguous {
+            close(&mut cur, cur_kind, &mut runs);
+        }
+        let Some(kind) = kind else { continue };
+        cur_kind = kind;
+        cur.push(*r);
+        if cur.iter().map(|r| r.bytes).sum::<u64>() >= target {
+            close(&mut cur, cur_kind, &mut runs);
+        }
+    }
+    close(&mut cur, cur_kind, &mut runs);
+    runs
+}
+
+/// Starts the compaction task of `shard`.
+pub fn start(shard: &Rc<Shard>) {
+    if shard.config.object_compaction_interval_ms == 0 {
+        return;
+    }
+    let tq = glommio::executor().create_task_queue(
+        Shares::Static(50),
+        Latency::NotImportant,
+        &format!("compaction-{}", shard.id),
+    );
+    let budget = shard.config.compaction_bytes_per_sec / shard.config.shards.max(1) as u64;
+    let task = run(Rc::downgrade(shard), TokenBucket::new(budget, 4 << 20));
+    match glommio::spawn_local_into(task, tq) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => warn!(shard = shard.id, "cannot start object compaction: {e}"),
+    }
+}
+
+async fn run(shard: Weak<Shard>, budget: TokenBucket) {
+    loop {
+        let Some(s) = shard.upgrade() else { return };
+        let interval = Duration::from_millis(s.config.object_compaction_interval_ms);
+        drop(s);
+        glommio::timer::sleep(interval).await;
+        let Some(s) = shard.upgrade() else { return };
+        match pass(&s, &budget).await {
+            Ok(0) => {}
+            Ok(n) => info!(shard = s.id, stream_objects = n, "object compaction pass"),
+            Err(e) => warn!(shard = s.id, "object compaction failed: {e}"),
+        }
+    }
+}
+
+/// One pass over the partitions this shard leads; returns the stream
+/// objects written.
+pub async fn pass(shard: &Rc<Shard>, budget: &TokenBucket) -> Result<usize, String> {
+    let image = shard.image();
+    let cfg = &shard.config;
+    let now = now_ms();
+    let keys: Vec<PartitionKey> = shard.partitions.borrow().keys().copied().collect();
+    let mut written = 0;
+    for key in keys {
+        let Some(part) = image.objects.partition(key.0, key.1) else {
+            continue;
+        };
+        let runs = plan_runs(
+            &image.objects,
+            part,
+            cfg.stream_object_bytes,
+            cfg.object_compaction_min_age_ms as i64,
+            now,
+        );
+        for r in runs {
+            compact(shard, key, &r, budget).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Reads one run, writes it as a stream object and commits the swap.
+async fn compact(
+    shard: &Rc<Shard>,
+    key: PartitionKey,
+    run: &[RangeRef],
+    budget: &TokenBucket,
+) -> Result<(), String> {
+    let store = shard.store().ok_or("no object store")?;
+    let reader = shard.reader().ok_or("no object reader")?;
+    let stream = (*key.0.as_bytes(), key.1);
+    let mut builder = ObjectBuilder::new(shard.config.object_block_bytes as usize);
+    let mut max_timestamp = i64::MIN;
+    let mut bytes = 0u64;
+    for r in run {
+        let obj = ObjectRef {
+            id: r.object_id,
+            size: r.object_size,
+        };
+        let index = reader.index(obj).await.map_err(|e| e.to_string())?;
+        let blocks: Vec<_> = index
+            .blocks_of(stream)
+            .iter()
+            .filter(|b| b.first_offset >= r.start_offset && b.end_offset <= r.end_offset)
+            .copied()
+            .collect();
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return Err(format!(
+                "object {} holds no blocks of the range",
+                r.object_id
+            ));
+        };
+        let span = first.position..last.position + u64::from(last.size);
+        budget.acquire(span.end - span.start).await;
+        let data = store
+            .get_range(
+                &keys::object_key(&shard.config.object_key_prefix(), r.object_id),
+                span.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for b in &blocks {
+            let at = (b.position - span.start) as usize;
+            let block = data.slice(at..at + b.size as usize);
+            verify_block(b, &block).map_err(|e| e.to_string())?;
+            for batch in split_batches(&block).map_err(|e| e.to_string())? {
+                let h = parse_header(&batch).map_err(|e| e.to_string())?;
+                max_timestamp = max_timestamp.max(h.max_timestamp);
+                bytes += batch.len() as u64;
+                builder.add(
+                    stream,
+                    &BatchRef {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                        records: h.records_count.max(0) as u32,
+                        max_timestamp: h.max_timestamp,
+                        bytes: batch,
+                    },
+                );
+            }
+        }
+    }
+    let built = builder.finish();
+    let size = built.index.size;
+    let id = crate::uploader::next_object_id(shard).await?;
+    let object_key = keys::object_key(&shard.config.object_key_prefix(), id);
+    budget.acquire(size).await;
+    let put = if size >= 32 << 20 {
+        store.put_multipart(&object_key, built.body, 8 << 20).await
+    } else {
+        store.put(&object_key, built.body).await
+    };
+    put.map_err(|e| format!("writing stream object {object_key}: {e}"))?;
+    let range = ObjectRange {
+        topic_id: key.0,
+        partition: key.1,
+        start_offset: run[0].start_offset,
+        end_offset: run[run.len() - 1].end_offset,
+        max_timestamp,
+        bytes,
+    };
+    let results = shard
+        .control()
+        .submit(
+            vec![Command::CommitStreamObject {
+                object_id: id,
+                node_id: shard.node_id(),
+                size,
+                range,
+                replaces: run.iter().map(|r| r.start_offset).collect(),
+            }],
+            false,
+        )
+        .await;
+    match results.into_iter().next() {
+        Some(Ok(_)) => {
+            debug!(
+                shard = shard.id,
+                object = id,
+                ranges = run.len(),
+                size,
+                "stream object"
+            );
+            Ok(())
+        }
+        // Retention or a deleted topic got there first: the new object is
+        // an orphan and will be collected.
+        Some(Err(e)) => Err(format!("stream object {id} not committed: {}", e.message)),
+        None => Err("no answer to the stream object commit".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::objects::ObjectMeta;
+    use uuid::Uuid;
+
+    fn range(t: u128, start: i64, end: i64, bytes: u64, ts: i64) -> ObjectRange {
+        ObjectRange {
+            topic_id: Uuid::from_u128(t),
+            partition: 0,
+            start_offset: start,
+            end_offset: end,
+            max_timestamp: ts,
+            bytes,
+        }
+    }
+
+    fn commit(img: &mut ObjectsImage, id: u64, ranges: Vec<ObjectRange>) {
+        img.apply_committed(ObjectMeta {
+            id,
+            node_id: 0,
+            size: 1,
+            ranges,
+        });
+    }
+
+    fn starts(runs: &[Run]) -> Vec<Vec<i64>> {
+        runs.iter()
+            .map(|r| r.iter().map(|x| x.start_offset).collect())
+            .collect()
+    }
+
+    #[test]
+    fn shared_ranges_move_out_big_own_ones_stay() {
+        let mut img = ObjectsImage::default();
+        // A big stream object of its own, then three uploads shared with
+        // topic 2, then a small object of its own, then a young upload.
+        commit(&mut img, 0, vec![range(1, 0, 100, 1000, 10)]);
+        for i in 0..3 {
+            let s = 100 + i * 10;
+            commit(
+                &mut img,
+                1 + i as u64,
+                vec![range(1, s, s + 10, 10, 10), range(2, s, s + 10, 10, 10)],
+            );
+        }
+        commit(&mut img, 4, vec![range(1, 130, 140, 10, 10)]);
+        commit(&mut img, 5, vec![range(1, 140, 150, 10, 10_000)]);
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        let runs = plan_runs(&img, &part, 500, 1000, 5000);
+        assert_eq!(starts(&runs), vec![vec![100, 110, 120]]);
+        // A run is cut at the target size.
+        let runs = plan_runs(&img, &part, 15, 1000, 5000);
+        assert_eq!(starts(&runs), vec![vec![100, 110], vec![120]]);
+    }
+
+    #[test]
+    fn small_own_objects_wait_for_the_fan_in_or_the_target() {
+        let mut img = ObjectsImage::default();
+        for i in 0..(MERGE_FANIN as i64 - 1) {
+            commit(
+                &mut img,
+                i as u64,
+                vec![range(1, i * 10, i * 10 + 10, 10, 10)],
+            );
+        }
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        assert!(
+            plan_runs(&img, &part, 500, 0, 5000).is_empty(),
+            "not enough yet"
+        );
+        // Enough bytes: merge.
+        assert_eq!(plan_runs(&img, &part, 30, 0, 5000).len(), 2);
+        let n = MERGE_FANIN as i64 - 1;
+        commit(&mut img, 99, vec![range(1, n * 10, n * 10 + 10, 10, 10)]);
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        let runs = plan_runs(&img, &part, 500, 0, 5000);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].len(), MERGE_FANIN);
+    }
+
+    #[test]
+    fn one_range_alone_in_a_small_object_stays() {
+        let mut img = ObjectsImage::default();
+        commit(&mut img, 0, vec![range(1, 0, 10, 10, 10)]);
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        assert!(
+            plan_runs(&img, &part, 500, 0, 5000).is_empty(),
+            "nothing to gain"
+        );
+        // One range in a shared object moves out, so the object can go.
+        commit(
+            &mut img,
+            1,
+            vec![range(1, 10, 20, 10, 10), range(2, 0, 5, 10, 10)],
+        );
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        assert_eq!(
+            starts(&plan_runs(&img, &part, 500, 0, 5000)),
+            vec![vec![10]]
+        );
+    }
+
+    #[test]
+    fn gaps_split_runs() {
+        let mut img = ObjectsImage::default();
+        let shared = |s: i64| vec![range(1, s, s + 10, 10, 10), range(2, s, s + 10, 10, 10)];
+        commit(&mut img, 0, shared(0));
+        commit(&mut img, 1, shared(10));
+        commit(&mut img, 2, shared(30));
+        commit(&mut img, 3, shared(40));
+        let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        assert_eq!(
+            starts(&plan_runs(&img, &part, 500, 0, 5000)),
+            vec![vec![0, 10], vec![30, 40]]
+        );
+    }
+}
