@@ -12,6 +12,7 @@ mod metadata;
 mod objects;
 mod objects_tool;
 mod partition;
+mod producer_state;
 mod shard;
 mod shutdown;
 mod topic_config;
