@@ -129,6 +129,24 @@ pub struct Config {
     /// On SIGTERM, how long shards may take to upload what their WAL holds
     /// before the process exits anyway.
     pub shutdown_timeout_ms: u64,
+    /// `producer.id.expiration.ms`: a partition forgets a producer (its
+    /// sequences) this long after its last write, unless a transaction of
+    /// it is open there.
+    pub producer_id_expiration_ms: i64,
+    /// `producer.id.expiration.check.interval.ms`.
+    pub producer_id_expiration_check_interval_ms: u64,
+    /// `transactional.id.expiration.ms`: the transaction coordinator forgets
+    /// a transactional id this long after its last transaction ended.
+    pub transactional_id_expiration_ms: i64,
+    /// `transaction.max.timeout.ms`: largest transaction timeout a producer
+    /// may ask for.
+    pub transaction_max_timeout_ms: i32,
+    /// `transaction.state.log.num.partitions`: partitions of
+    /// `__transaction_state`, created on first use. Fixed once it exists.
+    pub transaction_state_partitions: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how
+    /// often coordinators look for transactions past their timeout.
+    pub transaction_abort_check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -185,6 +203,12 @@ impl Default for Config {
             object_compaction_min_age_ms: 60_000,
             stream_object_bytes: 64 << 20,
             compaction_bytes_per_sec: 64 << 20,
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval_ms: 600_000,
+            transactional_id_expiration_ms: 604_800_000,
+            transaction_max_timeout_ms: 900_000,
+            transaction_state_partitions: 50,
+            transaction_abort_check_interval_ms: 10_000,
         }
     }
 }
@@ -301,6 +325,18 @@ pub struct Flags {
     pub stream_object_bytes: Option<u64>,
     #[arg(long, env = "BROKER_COMPACTION_BYTES_PER_SEC")]
     pub compaction_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "BROKER_PRODUCER_ID_EXPIRATION_MS")]
+    pub producer_id_expiration_ms: Option<i64>,
+    #[arg(long, env = "BROKER_PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS")]
+    pub producer_id_expiration_check_interval_ms: Option<u64>,
+    #[arg(long, env = "BROKER_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    pub transactional_id_expiration_ms: Option<i64>,
+    #[arg(long, env = "BROKER_TRANSACTION_MAX_TIMEOUT_MS")]
+    pub transaction_max_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_TRANSACTION_STATE_PARTITIONS")]
+    pub transaction_state_partitions: Option<i32>,
+    #[arg(long, env = "BROKER_TRANSACTION_ABORT_CHECK_INTERVAL_MS")]
+    pub transaction_abort_check_interval_ms: Option<u64>,
 }
 
 /// Subcommands: tools that inspect a data directory without serving.
@@ -417,7 +453,13 @@ impl Config {
             object_compaction_interval_ms,
             object_compaction_min_age_ms,
             stream_object_bytes,
-            compaction_bytes_per_sec
+            compaction_bytes_per_sec,
+            producer_id_expiration_ms,
+            producer_id_expiration_check_interval_ms,
+            transactional_id_expiration_ms,
+            transaction_max_timeout_ms,
+            transaction_state_partitions,
+            transaction_abort_check_interval_ms
         );
         macro_rules! over_opt {
             ($($f:ident),*) => { $( if flags.$f.is_some() { cfg.$f = flags.$f; } )* };
@@ -496,6 +538,22 @@ impl Config {
         if !(4096..=64 << 20).contains(&self.object_block_bytes) {
             return Err(ConfigError::Invalid(
                 "object_block_bytes must be in 4096..=67108864".into(),
+            ));
+        }
+        if self.producer_id_expiration_ms < 1
+            || self.producer_id_expiration_check_interval_ms == 0
+            || self.transactional_id_expiration_ms < 1
+            || self.transaction_max_timeout_ms < 1
+            || self.transaction_abort_check_interval_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "producer and transaction expirations, timeouts and intervals must be positive"
+                    .into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.transaction_state_partitions) {
+            return Err(ConfigError::Invalid(
+                "transaction_state_partitions must be in 1..=100000".into(),
             ));
         }
         if self.upload_interval_ms == 0 || self.s3_max_attempts == 0 {

@@ -15,6 +15,7 @@ mod object_gc;
 mod objects;
 mod objects_tool;
 mod partition;
+mod producer_state;
 mod retention;
 mod shard;
 mod shutdown;

@@ -6,9 +6,10 @@
 //!   epoch, lifecycle and how far the data is in object storage. It is built
 //!   from the metadata image (the objects) and then the WAL tail, never from
 //!   WAL replay alone, and unit-tested without I/O.
-//! * `Partition` adds the log cache (the batches not yet evicted), its own
-//!   waiters (long-polling fetches of this partition only) and the
-//!   read-ahead state of cold reads.
+//! * `Partition` adds the log cache (the batches not yet evicted), its
+//!   producer state (`ProducerStateTable`: idempotence, open and aborted
+//!   transactions), its own waiters (long-polling fetches of this partition
+//!   only) and the read-ahead state of cold reads.
 //!
 //! Lives on the shard that leads it; keyed by topic id and partition, and
 //! routed by node id (`broker_id * 1000 + shard`). Never blocks, never
@@ -18,12 +19,14 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use event_listener::Event;
-use storage::batch::{stamp_into, Stamp, ValidatedBatch};
+use storage::batch::{parse_header, stamp_into, Stamp, ValidatedBatch};
 use storage::log_cache::{LogCache, ReadResult, StoredBatch};
 use storage::object::reader::Readahead;
 use uuid::Uuid;
 
 use crate::metadata::objects::PartitionObjects;
+use crate::metadata::MetadataImage;
+use crate::producer_state::{BatchInfo, ProducerStateTable};
 
 /// Partitions are keyed by topic id, so a topic deleted and created again
 /// under the same name never sees the old data.
@@ -180,6 +183,7 @@ pub struct Partition {
     pub key: PartitionKey,
     pub state: PartitionState,
     pub cache: LogCache,
+    pub producers: ProducerStateTable,
     /// Notified when the high watermark moves or the partition goes away.
     pub waiters: Rc<Event>,
     pub readahead: Readahead,
@@ -191,21 +195,45 @@ impl Partition {
             key,
             state,
             cache: LogCache::new(),
+            producers: ProducerStateTable::new(),
             waiters: Rc::new(Event::new()),
             readahead: Readahead::default(),
         }
     }
 
+    /// The producer state the image holds (as of the uploaded end); the
+    /// WAL tail is replayed on top.
+    pub fn producers_from(image: &MetadataImage, key: PartitionKey) -> ProducerStateTable {
+        match image.producers.partition(key.0, key.1) {
+            Some(p) => ProducerStateTable::from_snapshot(p.producers.values(), p.aborted.iter()),
+            None => ProducerStateTable::new(),
+        }
+    }
+
+    /// Offsets below this hold no open transaction and are durable: what
+    /// `read_committed` consumers may see.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.state.high_watermark;
+        self.producers
+            .first_unstable_offset()
+            .map_or(hw, |first| first.min(hw))
+    }
+
     /// Assigns offsets to `batch`, stamps a copy behind `prefix` (the WAL
-    /// record header, in the same allocation) and caches it. Not visible
-    /// until committed.
+    /// record header, in the same allocation), caches it and records it in
+    /// the producer state (`info`, for batches with a producer id). Not
+    /// visible until committed.
     pub fn append(
         &mut self,
         batch: &ValidatedBatch,
+        info: Option<&BatchInfo>,
         prefix: &[u8],
         log_append_time: Option<i64>,
     ) -> Appended {
         let (base_offset, last_offset) = self.state.assign(batch.header.last_offset_delta);
+        if let Some(info) = info {
+            self.producers.apply(info, base_offset);
+        }
         let stamp = Stamp {
             base_offset,
             log_append_time,
@@ -225,10 +253,13 @@ impl Partition {
         }
     }
 
-    /// Puts back a batch recovered from the WAL.
+    /// Puts back a batch recovered from the WAL (and its producer state).
     pub fn replay(&mut self, batch: StoredBatch) -> Replayed {
         let r = self.state.replay(batch.base_offset, batch.last_offset);
         if r == Replayed::Applied {
+            if let Ok(h) = parse_header(&batch.bytes) {
+                self.producers.apply_stored(&h, &batch.bytes);
+            }
             self.cache.push(batch);
         }
         r

@@ -375,18 +375,16 @@ async fn round(shard: &Rc<Shard>, reason: &'static str) -> Result<Done, String> 
     let id = next_object_id(shard).await?;
     let key = keys::object_key(&up.key_prefix, id);
     put(shard, &key, built.body, size, snap.epoch).await?;
-    let results = shard
-        .control()
-        .submit(
-            vec![Command::CommitObject {
-                object_id: id,
-                node_id: shard.node_id(),
-                size,
-                ranges: ranges.clone(),
-            }],
-            false,
-        )
-        .await;
+    // The producer state as of each range's end goes in the same metadata
+    // entry, so the image's state always matches its objects.
+    let mut cmds = vec![Command::CommitObject {
+        object_id: id,
+        node_id: shard.node_id(),
+        size,
+        ranges: ranges.clone(),
+    }];
+    cmds.extend(shard.producer_snapshots(&snap.partitions));
+    let results = shard.control().submit(cmds, false).await;
     match results.into_iter().next() {
         Some(Ok(_)) => {}
         Some(Err(e)) => {

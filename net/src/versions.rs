@@ -32,6 +32,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    // v5+ may answer TRANSACTION_ABORTABLE (KIP-890), v6 is two-phase
+    // commit (KIP-939): neither is implemented.
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.
@@ -83,7 +87,8 @@ mod tests {
     fn ranges() {
         assert!(is_supported(ApiKey::Produce, 9));
         assert!(!is_supported(ApiKey::Produce, 2));
-        assert!(!is_supported(ApiKey::InitProducerId, 0));
+        assert!(is_supported(ApiKey::InitProducerId, 4));
+        assert!(!is_supported(ApiKey::InitProducerId, 5));
         assert!(is_supported(ApiKey::JoinGroup, 4));
         // OffsetCommit v9 / OffsetFetch v9 belong to the KIP-848 protocol.
         assert!(!is_supported(ApiKey::OffsetCommit, 9));

@@ -23,6 +23,15 @@ const MAGIC_OFFSET: usize = 16;
 /// The batch length field counts the bytes after itself.
 const LOG_OVERHEAD: usize = 12;
 
+/// Who wrote a batch, for idempotent produce: producer id and epoch from
+/// InitProducerId, and the sequence of its first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub id: i64,
+    pub epoch: i16,
+    pub sequence: i32,
+}
+
 /// Accumulates records for one partition and seals them into a v2 batch.
 #[derive(Debug)]
 pub struct BatchBuilder {
@@ -47,6 +56,11 @@ impl BatchBuilder {
     /// Whether no record has been appended.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Records appended so far.
+    pub fn count(&self) -> i32 {
+        self.count
     }
 
     /// Bytes the sealed batch will take, before compression.
@@ -95,7 +109,19 @@ impl BatchBuilder {
     }
 
     /// Seals the batch: header, optional compression of the records, CRC.
+    #[cfg(test)]
     pub fn finish(self, compression: Compression) -> Result<Bytes> {
+        self.finish_as(compression, None)
+    }
+
+    /// Seals the batch (header, optional compression of the records, CRC)
+    /// as written by idempotent producer `producer` (or by no producer id,
+    /// for `None`).
+    pub fn finish_as(
+        self,
+        compression: Compression,
+        producer: Option<ProducerStamp>,
+    ) -> Result<Bytes> {
         let body = match compression {
             Compression::None => self.records,
             codec => compress(codec, &self.records)?,
@@ -110,9 +136,14 @@ impl BatchBuilder {
         out.put_i32(self.count - 1); // last offset delta
         out.put_i64(self.base_timestamp);
         out.put_i64(self.max_timestamp);
-        out.put_i64(-1); // producer id: not idempotent
-        out.put_i16(-1); // producer epoch
-        out.put_i32(-1); // base sequence
+        let p = producer.unwrap_or(ProducerStamp {
+            id: -1,
+            epoch: -1,
+            sequence: -1,
+        });
+        out.put_i64(p.id);
+        out.put_i16(p.epoch);
+        out.put_i32(p.sequence);
         out.put_i32(self.count);
         out.put_slice(&body);
         let crc = crc32c::crc32c(&out[CRC_START..]);
@@ -421,6 +452,29 @@ mod tests {
             assert_eq!((h.producer_id, h.base_sequence), (-1, -1));
             assert_eq!(h.total_len(), batch.len());
         }
+    }
+
+    #[test]
+    fn idempotent_batches_carry_producer_and_sequence() {
+        let mut b = BatchBuilder::with_capacity(64);
+        b.append(5, None, b"v");
+        b.append(6, None, b"w");
+        let stamp = ProducerStamp {
+            id: 77,
+            epoch: 3,
+            sequence: 10,
+        };
+        let bytes = b.finish_as(Compression::None, Some(stamp)).unwrap();
+        let h = storage::batch::validate_batches(&bytes, 1 << 20).unwrap()[0].header;
+        assert_eq!(
+            (
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.records_count
+            ),
+            (77, 3, 10, 2)
+        );
     }
 
     #[test]

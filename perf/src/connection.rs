@@ -37,6 +37,7 @@ pub fn client_max_version(key: ApiKey) -> i16 {
         ApiKey::ListOffsets => 7,
         ApiKey::CreateTopics => 7,
         ApiKey::ApiVersions => 3,
+        ApiKey::InitProducerId => 4,
         _ => 0,
     }
 }

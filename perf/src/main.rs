@@ -155,6 +155,11 @@ struct RunArgs {
     /// Do not stop the run at the first rejected batch.
     #[arg(long)]
     keep_going: bool,
+    /// Produce as an idempotent producer (InitProducerId, then producer id,
+    /// epoch and per-partition sequences in every batch), as Kafka clients
+    /// do by default.
+    #[arg(long)]
+    idempotent: bool,
     /// Write every figure to this JSON file.
     #[arg(long)]
     json: Option<String>,
@@ -276,6 +281,7 @@ fn workload(mode: Option<Mode>, preset: Option<&str>, a: &RunArgs) -> Result<Wor
         p.request_timeout = Duration::from_millis(ms);
     }
     p.keep_going |= a.keep_going;
+    p.idempotent |= a.idempotent;
     validate(&w)?;
     Ok(w)
 }
@@ -300,6 +306,12 @@ fn validate(w: &Workload) -> Result<()> {
     }
     if p.duration.is_none() && p.records.is_none() && w.mode != Mode::Consume {
         return bad("give --duration or --records");
+    }
+    if p.idempotent && p.acks != -1 {
+        return bad("--idempotent needs acks=all (as Kafka's clients require)");
+    }
+    if p.idempotent && p.max_in_flight > 5 {
+        return bad("--idempotent allows at most 5 requests in flight (the broker remembers 5 batches per producer)");
     }
     if p.max_in_flight == 0 || p.producers == 0 || w.fetch.consumers == 0 {
         return bad("--max-in-flight, --producers and --consumers must be at least 1");

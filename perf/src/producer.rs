@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::batch::{BatchBuilder, Compression};
+use crate::batch::{BatchBuilder, Compression, ProducerStamp};
 use crate::cluster::{Cluster, TopicLayout};
 use crate::connection::Connection;
 use crate::control::RunControl;
@@ -61,6 +61,9 @@ pub struct ProduceSettings {
     pub request_timeout: Duration,
     /// Go on after a rejected batch instead of stopping the run.
     pub keep_going: bool,
+    /// Idempotent producers: a producer id per producer, sequences per
+    /// partition.
+    pub idempotent: bool,
 }
 
 /// What the producers measured.
@@ -160,6 +163,14 @@ pub async fn run(
         }
         conns.push(per_node);
     }
+    // One producer id per producer, as a client gets at start.
+    let mut ids = Vec::new();
+    for per_node in &conns {
+        ids.push(match settings.idempotent {
+            true => Some(init_producer_id(&per_node[0], settings.request_timeout).await?),
+            false => None,
+        });
+    }
 
     let start_ns = clock.now_ns();
     // Warm-up counts from the clock's start, so consumers started on the
@@ -180,7 +191,7 @@ pub async fn run(
 
     let mut senders = Vec::new();
     let mut generators = Vec::new();
-    for (p, per_node) in conns.into_iter().enumerate() {
+    for (p, (per_node, id)) in conns.into_iter().zip(ids).enumerate() {
         let mut txs = Vec::new();
         let mut slots = Vec::new();
         for (n, conn) in per_node.into_iter().enumerate() {
@@ -220,6 +231,8 @@ pub async fn run(
             end_ns,
             quota,
             seed: p as u64,
+            producer: id,
+            sequences: vec![0; route.len()],
         };
         generators.push(tokio::task::spawn_blocking(move || generator.run()));
     }
@@ -234,6 +247,19 @@ pub async fn run(
         stats,
         measure_start_ns,
     })
+}
+
+/// InitProducerId without a transactional id: `(producer id, epoch)`.
+async fn init_producer_id(conn: &Connection, timeout: Duration) -> Result<(i64, i16)> {
+    let req = InitProducerIdRequest::default()
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id((-1).into())
+        .with_producer_epoch(-1);
+    let resp = conn.call(&req, timeout).await?;
+    if let Some(e) = PerfError::from_code("InitProducerId", resp.error_code, None) {
+        return Err(e);
+    }
+    Ok((resp.producer_id.0, resp.producer_epoch))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -253,6 +279,11 @@ struct Generator {
     end_ns: Option<u64>,
     quota: Option<u64>,
     seed: u64,
+    /// Idempotent: this producer's id and epoch.
+    producer: Option<(i64, i16)>,
+    /// Next sequence per partition (batches of a partition are sealed and
+    /// sent in order, so sequences follow the order the broker sees).
+    sequences: Vec<i32>,
 }
 
 impl Generator {
@@ -365,7 +396,9 @@ impl Generator {
                 }
                 continue;
             };
-            let Some(sealed) = finish(&self.shared, &mut self.partitioner, p as i32, slot.take())
+            let batch = slot.take();
+            let stamp = stamp(self.producer, &mut self.sequences, p as i32, batch.as_ref());
+            let Some(sealed) = finish(&self.shared, &mut self.partitioner, p as i32, batch, stamp)
             else {
                 return false;
             };
@@ -380,13 +413,41 @@ impl Generator {
         if batch.is_none() {
             return true;
         }
-        let Some(sealed) = finish(&self.shared, &mut self.partitioner, partition, batch) else {
+        let stamp = stamp(
+            self.producer,
+            &mut self.sequences,
+            partition,
+            batch.as_ref(),
+        );
+        let Some(sealed) = finish(&self.shared, &mut self.partitioner, partition, batch, stamp)
+        else {
             return false;
         };
         self.txs[self.route[partition as usize]]
             .blocking_send(sealed)
             .is_ok()
     }
+}
+
+/// The producer id, epoch and first sequence of a batch about to be sealed
+/// (idempotent producers only); advances the partition's sequence by its
+/// record count, wrapping as Kafka's do.
+fn stamp(
+    producer: Option<(i64, i16)>,
+    sequences: &mut [i32],
+    partition: i32,
+    batch: Option<&OpenBatch>,
+) -> Option<ProducerStamp> {
+    let (id, epoch) = producer?;
+    let count = batch?.builder.count();
+    let seq = &mut sequences[partition as usize];
+    let sequence = *seq;
+    *seq = ((i64::from(*seq) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32;
+    Some(ProducerStamp {
+        id,
+        epoch,
+        sequence,
+    })
 }
 
 /// Closes a batch (header, compression, CRC); `None` if that failed, after
@@ -396,11 +457,12 @@ fn finish(
     partitioner: &mut Partitioner,
     partition: i32,
     batch: Option<OpenBatch>,
+    stamp: Option<ProducerStamp>,
 ) -> Option<Sealed> {
     let batch = batch?;
     partitioner.batch_sealed(partition);
     let s = &shared.settings;
-    match batch.builder.finish(s.compression) {
+    match batch.builder.finish_as(s.compression, stamp) {
         Ok(bytes) => Some(Sealed {
             partition,
             bytes,

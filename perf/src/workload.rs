@@ -88,6 +88,7 @@ impl Workload {
                 warmup: Duration::from_secs(5),
                 request_timeout: Duration::from_secs(30),
                 keep_going: false,
+                idempotent: false,
             },
             fetch: FetchSettings {
                 stamps: mode == Mode::EndToEnd,
@@ -155,6 +156,7 @@ impl Workload {
                 ("linger_ms", (p.linger.as_secs_f64() * 1000.0).to_string()),
                 ("max_in_flight", p.max_in_flight.to_string()),
                 ("producers", p.producers.to_string()),
+                ("idempotent", p.idempotent.to_string()),
                 ("compression", format!("{:?}", p.compression).to_lowercase()),
                 (
                     "rate",

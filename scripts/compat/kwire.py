@@ -35,16 +35,22 @@ FIND_COORDINATOR = 10
 JOIN_GROUP = 11
 HEARTBEAT = 12
 DESCRIBE_GROUPS = 15
+INIT_PRODUCER_ID = 22
+DESCRIBE_PRODUCERS = 61
 
 NONE = 0
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 UNSUPPORTED_VERSION = 35
+INVALID_RECORD = 87
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+INVALID_PRODUCER_EPOCH = 47
 
 # First flexible (KIP-482) version of each request we encode.
 FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FETCH: 12,
-                  FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5}
+                  FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5,
+                  INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -656,9 +662,10 @@ def negotiate(conn: Conn) -> dict[int, tuple[int, int]]:
 # --- Fetch (v4..v11, non-flexible) ---------------------------------------------
 
 def fetch_body(version: int, topic: str, partition: int, offset: int, max_wait_ms: int,
-               min_bytes: int = 1, max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20) -> bytes:
+               min_bytes: int = 1, max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20,
+               isolation_level: int = 0) -> bytes:
     assert 4 <= version <= 11
-    w = Writer().int32(-1).int32(max_wait_ms).int32(min_bytes).int32(max_bytes).int8(0)
+    w = Writer().int32(-1).int32(max_wait_ms).int32(min_bytes).int32(max_bytes).int8(isolation_level)
     if version >= 7:
         w.int32(0).int32(-1)  # session_id, session_epoch (-1: no fetch session)
     w.int32(1).string(topic).int32(1).int32(partition)
@@ -680,6 +687,8 @@ class FetchPartition:
     error_code: int
     high_watermark: int
     records: bytes | None
+    last_stable_offset: int = -1
+    aborted: list[tuple[int, int]] | None = None  # (producer id, first offset)
 
 
 def parse_fetch(r: Reader, version: int) -> dict[tuple[str, int], FetchPartition]:
@@ -692,15 +701,14 @@ def parse_fetch(r: Reader, version: int) -> dict[tuple[str, int], FetchPartition
         name = r.string()
         for _ in range(max(r.array_len(), 0)):
             idx, err, hw = r.int32(), r.int16(), r.int64()
-            r.int64()  # last_stable_offset
+            lso = r.int64()
             if version >= 5:
                 r.int64()  # log_start_offset
-            for _ in range(max(r.array_len(), 0)):
-                r.int64()
-                r.int64()
+            n = r.array_len()
+            aborted = None if n < 0 else [(r.int64(), r.int64()) for _ in range(n)]
             if version >= 11:
                 r.int32()  # preferred_read_replica
-            out[(name, idx)] = FetchPartition(err, hw, r.bytes_())
+            out[(name, idx)] = FetchPartition(err, hw, r.bytes_(), lso, aborted)
     r.expect_end(f"Fetch v{version} response")
     return out
 
@@ -717,3 +725,59 @@ def split_batches(records: bytes | None) -> list[bytes]:
         out.append(data[pos:end])
         pos = end
     return out
+
+
+# --- InitProducerId (v0..v4) and DescribeProducers (v0) ------------------------
+
+def init_producer_id(conn: Conn, version: int = 4, transactional_id: str | None = None,
+                     timeout_ms: int = 60000, producer_id: int = -1,
+                     producer_epoch: int = -1) -> tuple[int, int, int]:
+    """(error code, producer id, epoch)."""
+    flex = version >= 2
+    w = Writer().string(transactional_id, flex).int32(timeout_ms)
+    if version >= 3:
+        w.int64(producer_id).int16(producer_epoch)
+    w.tags(flex)
+    r = conn.request(INIT_PRODUCER_ID, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    out = (r.int16(), r.int64(), r.int16())
+    r.skip_tags(flex)
+    r.expect_end(f"InitProducerId v{version} response")
+    return out
+
+
+@dataclass
+class ProducerInfo:
+    producer_id: int
+    epoch: int
+    last_sequence: int
+    last_timestamp: int
+    coordinator_epoch: int
+    txn_start_offset: int
+
+
+def describe_producers(conn: Conn, topic: str, partition: int) -> tuple[int, list[ProducerInfo]]:
+    """(error code, active producers) of one partition."""
+    w = Writer().array_len(1, True).string(topic, True).array_len(1, True).int32(partition)
+    w.tags(True).tags(True)
+    r = conn.request(DESCRIBE_PRODUCERS, 0, w.getvalue())
+    r.int32()  # throttle_time_ms
+    result = None
+    for _ in range(r.array_len(True)):
+        r.string(True)
+        for _ in range(r.array_len(True)):
+            r.int32()
+            err = r.int16()
+            r.string(True)
+            producers = []
+            for _ in range(r.array_len(True)):
+                producers.append(ProducerInfo(r.int64(), r.int32(), r.int32(), r.int64(), r.int32(),
+                                              r.int64()))
+                r.skip_tags(True)
+            r.skip_tags(True)
+            result = (err, producers)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("DescribeProducers v0 response")
+    assert result is not None, "no partition in the DescribeProducers response"
+    return result

@@ -48,17 +48,25 @@ def watermarks(broker, topic: str, partition: int = 0) -> tuple[int, int]:
         c.close()
 
 
-def objects_of(broker, topic: str) -> set[str]:
-    """Keys of committed objects holding `topic` (from metadata-shell)."""
+def topics_by_object(broker) -> dict[int, set[str]]:
+    """Committed object id -> topics it holds ranges of (metadata-shell)."""
     shell = broker.tool("metadata-shell")
-    keys, current = set(), None
+    held, current = {}, None
     for line in shell.splitlines():
         m = re.match(r"  object (\d+) node", line)
         if m:
             current = int(m.group(1))
-        elif current is not None and line.strip().startswith(f"{topic}-"):
-            keys.add(current)
-    return keys
+            held[current] = set()
+        elif current is not None and (r := re.match(r"    (\S+)-\d+ ", line)):
+            held[current].add(r.group(1))
+        elif not line.startswith("    "):
+            current = None
+    return held
+
+
+def objects_of(broker, topic: str) -> set[int]:
+    """Ids of committed objects holding `topic`."""
+    return {i for i, topics in topics_by_object(broker).items() if topic in topics}
 
 
 def object_ids_on_disk(broker) -> set[int]:
@@ -163,17 +171,22 @@ def test_delete_records_with_confluent_and_kafka_python(broker):
     assert watermarks(broker, topic, 1) == (100, 100)
 
 
-def test_delete_topics_leaves_no_object_behind(broker):
+def test_delete_topics_leaves_no_object_behind(fresh_broker):
+    # A broker of its own, so that no other topic's data shares its uploads.
+    broker = fresh_broker
     topic = "deltopic"
     create(broker, topic, partitions=2)
     produce(broker, topic, 300, partition=0)
     produce(broker, topic, 300, partition=1)
     wait_for("the data to reach objects", lambda: objects_of(broker, topic))
-    ids = objects_of(broker, topic)
-    assert ids <= object_ids_on_disk(broker)
+    held = topics_by_object(broker)
+    ids = {i for i, topics in held.items() if topic in topics}
+    alone = {i for i in ids if held[i] == {topic}}
+    assert alone == ids and ids <= object_ids_on_disk(broker), held
     a = admin(broker)
     for f in a.delete_topics([topic]).values():
         f.result(30)
     wait_for("the deleted topic's objects to leave the store",
-             lambda: not (ids & object_ids_on_disk(broker)), timeout=20)
+             lambda: not (alone & object_ids_on_disk(broker)), timeout=20)
+    assert not objects_of(broker, topic)
     assert "deleted objects no partition references" in broker.log_text()

@@ -239,6 +239,137 @@ pub fn stamp_into(prefix: &[u8], batch: &Bytes, stamp: Stamp) -> Bytes {
     b.freeze()
 }
 
+/// A transaction marker: the one record of a control batch that ends a
+/// producer's transaction in a partition (Kafka's `EndTransactionMarker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndTxnMarker {
+    /// Commit (control type 1) or abort (control type 0).
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// Control record types that are transaction markers.
+const CONTROL_ABORT: i16 = 0;
+const CONTROL_COMMIT: i16 = 1;
+
+/// Reads the transaction marker of a control batch (its first record).
+/// `None` when the batch holds no record, is compressed, or its first
+/// record is another control type or does not parse: such a batch ends no
+/// transaction. Never panics on any bytes.
+pub fn end_txn_marker(batch: &[u8]) -> Option<EndTxnMarker> {
+    let h = parse_header(batch).ok()?;
+    if !h.is_control() || h.compression() != 0 || h.records_count < 1 {
+        return None;
+    }
+    let mut r = batch.get(HEADER_LEN..h.total_len().min(batch.len()))?;
+    let _len = read_varint(&mut r)?;
+    let _attributes = take(&mut r, 1)?;
+    let _ts_delta = read_varint(&mut r)?;
+    let _offset_delta = read_varint(&mut r)?;
+    let key_len = usize::try_from(read_varint(&mut r)?).ok()?;
+    let key = take(&mut r, key_len)?;
+    if key.len() < 4 {
+        return None;
+    }
+    let kind = i16::from_be_bytes([key[2], key[3]]);
+    let value_len = usize::try_from(read_varint(&mut r)?).ok()?;
+    let value = take(&mut r, value_len)?;
+    let coordinator_epoch = match value {
+        [_, _, a, b, c, d, ..] => i32::from_be_bytes([*a, *b, *c, *d]),
+        _ => return None,
+    };
+    match kind {
+        CONTROL_ABORT | CONTROL_COMMIT => Some(EndTxnMarker {
+            commit: kind == CONTROL_COMMIT,
+            coordinator_epoch,
+        }),
+        _ => None,
+    }
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if r.len() < n {
+        return None;
+    }
+    let (head, rest) = r.split_at(n);
+    *r = rest;
+    Some(head)
+}
+
+/// A zigzag varint of at most 10 bytes.
+fn read_varint(r: &mut &[u8]) -> Option<i64> {
+    let mut z = 0u64;
+    for i in 0..10 {
+        let b = *take(r, 1)?.first()?;
+        z |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+fn put_varint(out: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.extend_from_slice(&[z as u8]);
+            return;
+        }
+        out.extend_from_slice(&[(z as u8 & 0x7f) | 0x80]);
+        z >>= 7;
+    }
+}
+
+/// Encodes the control batch a transaction coordinator writes to end a
+/// producer's transaction in a partition: transactional and control
+/// attributes, one record whose key is `(version 0, type)` and whose value
+/// is `(version 0, coordinator epoch)`, base offset 0 (assigned on append).
+pub fn end_txn_marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: EndTxnMarker,
+    timestamp: i64,
+) -> Bytes {
+    let kind = if marker.commit {
+        CONTROL_COMMIT
+    } else {
+        CONTROL_ABORT
+    };
+    let mut rec = BytesMut::with_capacity(24);
+    rec.extend_from_slice(&[0]); // attributes
+    put_varint(&mut rec, 0); // timestamp delta
+    put_varint(&mut rec, 0); // offset delta
+    put_varint(&mut rec, 4);
+    rec.extend_from_slice(&0i16.to_be_bytes());
+    rec.extend_from_slice(&kind.to_be_bytes());
+    put_varint(&mut rec, 6);
+    rec.extend_from_slice(&0i16.to_be_bytes());
+    rec.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    put_varint(&mut rec, 0); // headers
+    let mut b = BytesMut::with_capacity(HEADER_LEN + rec.len() + 2);
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // batch length, below
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b.extend_from_slice(&[2]);
+    b.extend_from_slice(&0u32.to_be_bytes()); // CRC, below
+    b.extend_from_slice(&0x30i16.to_be_bytes()); // transactional | control
+    b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    b.extend_from_slice(&1i32.to_be_bytes());
+    put_varint(&mut b, rec.len() as i64);
+    b.extend_from_slice(&rec);
+    let batch_length = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -384,10 +515,49 @@ pub(crate) mod tests {
         assert_eq!(v[0].header.base_offset, 7);
     }
 
+    #[test]
+    fn end_txn_markers_round_trip_and_validate() {
+        for commit in [true, false] {
+            let m = EndTxnMarker {
+                commit,
+                coordinator_epoch: 7,
+            };
+            let b = end_txn_marker_batch(42, 3, m, 1234);
+            let v = validate_batches(&b, 1 << 20).unwrap();
+            let h = v[0].header;
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.records_count),
+                (42, 3, 1)
+            );
+            assert_eq!(end_txn_marker(&b), Some(m));
+        }
+        // A data batch is no marker; neither is a control batch cut short.
+        assert_eq!(end_txn_marker(&make_batch(1, 0, b"x")), None);
+        let b = end_txn_marker_batch(
+            1,
+            0,
+            EndTxnMarker {
+                commit: true,
+                coordinator_epoch: 0,
+            },
+            0,
+        );
+        assert_eq!(end_txn_marker(&b[..b.len() - 3]), None);
+    }
+
     proptest! {
         #[test]
         fn any_bytes_give_batch_or_error(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = validate_batches(&Bytes::from(data), 1 << 20);
+        }
+
+        #[test]
+        fn any_bytes_give_a_marker_or_none(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let mut b = end_txn_marker_batch(1, 0, EndTxnMarker { commit: true, coordinator_epoch: 0 }, 0).to_vec();
+            b.truncate(HEADER_LEN);
+            b.extend_from_slice(&data);
+            let _ = end_txn_marker(&b);
         }
 
         #[test]

@@ -110,12 +110,6 @@ enum Request {
         dry_run: bool,
         reply: oneshot::Sender<Submitted>,
     },
-    #[allow(dead_code)] // until InitProducerId lands
-    AllocateProducerIds {
-        node_id: i32,
-        count: i64,
-        reply: oneshot::Sender<Result<i64, CommandError>>,
-    },
 }
 
 /// Shard 0's handle on the controller. `Send`, cheap to clone.
@@ -141,27 +135,6 @@ impl ControllerHandle {
         }
         rx.await
             .unwrap_or_else(|_| Submitted::unavailable(n, "controller dropped the request"))
-    }
-
-    /// Reserves `count` producer ids for `node_id`; returns the first.
-    /// InitProducerId (idempotent producers) is its caller; until then tests.
-    #[allow(dead_code)] // until InitProducerId lands
-    pub async fn allocate_producer_ids(
-        &self,
-        node_id: i32,
-        count: i64,
-    ) -> Result<i64, CommandError> {
-        let (reply, rx) = oneshot::channel();
-        let mut tx = self.tx.clone();
-        let unavailable = || CommandError::new(ResponseError::NotController, "controller stopped");
-        tx.send(Request::AllocateProducerIds {
-            node_id,
-            count,
-            reply,
-        })
-        .await
-        .map_err(|_| unavailable())?;
-        rx.await.map_err(|_| unavailable())?
     }
 }
 
@@ -359,13 +332,6 @@ impl Controller {
                 } => {
                     let _ = reply.send(self.submit(&cmds, dry_run).await);
                 }
-                Request::AllocateProducerIds {
-                    node_id,
-                    count,
-                    reply,
-                } => {
-                    let _ = reply.send(self.allocate_producer_ids(node_id, count).await);
-                }
             }
         }
         info!("all controller handles dropped: stopping the metadata quorum");
@@ -407,25 +373,6 @@ impl Controller {
                 }
             }
         }
-    }
-
-    async fn allocate_producer_ids(&self, node_id: i32, count: i64) -> Result<i64, CommandError> {
-        if !(1..=1_000_000).contains(&count) {
-            return Err(CommandError::new(
-                ResponseError::InvalidRequest,
-                "producer id block size must be 1..=1000000",
-            ));
-        }
-        let first = self.image().next_producer_id;
-        let rec = Record::ProducerIdsAllocated {
-            node_id,
-            first,
-            count,
-        };
-        self.commit(&[rec])
-            .await
-            .map(|_| first)
-            .map_err(|e| CommandError::new(ResponseError::NotController, e.to_string()))
     }
 }
 
@@ -549,8 +496,15 @@ mod tests {
             assert!(del.results[0].is_ok());
             let dup = c.submit(&[create("t1", 1)], false).await;
             assert_eq!(dup.results[0].as_ref().unwrap_err().code, 36);
-            assert_eq!(c.allocate_producer_ids(0, 1000).await.unwrap(), 0);
-            assert_eq!(c.allocate_producer_ids(1, 1000).await.unwrap(), 1000);
+            for node_id in [0, 1] {
+                let cmd = Command::AllocateProducerIds {
+                    node_id,
+                    count: 1000,
+                };
+                let r = c.submit(&[cmd], false).await;
+                let first = r.image.unwrap().producer_id_blocks[&node_id].0;
+                assert_eq!(first, i64::from(node_id) * 1000);
+            }
             if snapshot_every < 10 {
                 c.raft
                     .wait(Some(Duration::from_secs(10)))

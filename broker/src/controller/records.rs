@@ -26,6 +26,7 @@ pub mod kind {
     pub const NODE_REGISTERED: u16 = 6;
     pub const NODE_FENCED: u16 = 7;
     pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
+    pub const PARTITION_PRODUCERS: u16 = 9;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -86,6 +87,19 @@ pub enum Record {
         node_id: i32,
         first: i64,
         count: i64,
+    },
+    /// The producer state of a partition changed in the range up to
+    /// `end_offset` (the end of an object committed in the same entry):
+    /// the new state of each producer that wrote in it, the transactions it
+    /// aborted, and `expire_before`: producers without an open transaction
+    /// whose last write is older than this are forgotten.
+    PartitionProducers {
+        topic_id: Uuid,
+        partition: i32,
+        end_offset: i64,
+        expire_before: i64,
+        producers: Vec<ProducerSnapshot>,
+        aborted: Vec<AbortedTxn>,
     },
     /// Object ids `first..first + count` belong to `node_id`, which may
     /// upload objects under them. An object whose id was reserved but never
@@ -152,6 +166,42 @@ pub struct ObjectRange {
 
 const OBJECT_RANGE_LEN: usize = 16 + 4 + 8 + 8 + 8 + 8;
 
+/// One producer's state in a partition, as the metadata keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerSnapshot {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub coordinator_epoch: i32,
+    pub last_timestamp: i64,
+    /// First offset of its open transaction, -1 when none.
+    pub txn_first_offset: i64,
+    /// Its last batches (at most five), oldest first.
+    pub batches: Vec<SnapshotBatch>,
+}
+
+/// Metadata of one batch of a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotBatch {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub timestamp: i64,
+}
+
+/// An aborted transaction of a partition: its producer, first offset and
+/// the offset of its abort marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+const PRODUCER_SNAPSHOT_MIN_LEN: usize = 8 + 2 + 4 + 8 + 8 + 4;
+const SNAPSHOT_BATCH_LEN: usize = 4 + 4 + 8 + 8 + 8;
+const ABORTED_TXN_LEN: usize = 8 + 8 + 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("record frame truncated: need {need} bytes, {have} left")]
@@ -177,6 +227,7 @@ impl Record {
             Record::NodeRegistered { .. } => kind::NODE_REGISTERED,
             Record::NodeFenced { .. } => kind::NODE_FENCED,
             Record::ProducerIdsAllocated { .. } => kind::PRODUCER_IDS_ALLOCATED,
+            Record::PartitionProducers { .. } => kind::PARTITION_PRODUCERS,
             Record::ObjectIdsReserved { .. } => kind::OBJECT_IDS_RESERVED,
             Record::ObjectCommitted { .. } => kind::OBJECT_COMMITTED,
             Record::LogStartAdvanced { .. } => kind::LOG_START_ADVANCED,
@@ -277,6 +328,41 @@ impl Record {
                 out.put_i32(*node_id);
                 out.put_i64(*first);
                 out.put_i64(*count);
+            }
+            Record::PartitionProducers {
+                topic_id,
+                partition,
+                end_offset,
+                expire_before,
+                producers,
+                aborted,
+            } => {
+                put_uuid(out, topic_id);
+                out.put_i32(*partition);
+                out.put_i64(*end_offset);
+                out.put_i64(*expire_before);
+                out.put_u32(producers.len() as u32);
+                for p in producers {
+                    out.put_i64(p.producer_id);
+                    out.put_i16(p.epoch);
+                    out.put_i32(p.coordinator_epoch);
+                    out.put_i64(p.last_timestamp);
+                    out.put_i64(p.txn_first_offset);
+                    out.put_u32(p.batches.len() as u32);
+                    for b in &p.batches {
+                        out.put_i32(b.first_seq);
+                        out.put_i32(b.last_seq);
+                        out.put_i64(b.first_offset);
+                        out.put_i64(b.last_offset);
+                        out.put_i64(b.timestamp);
+                    }
+                }
+                out.put_u32(aborted.len() as u32);
+                for a in aborted {
+                    out.put_i64(a.producer_id);
+                    out.put_i64(a.first_offset);
+                    out.put_i64(a.last_offset);
+                }
             }
             Record::ObjectIdsReserved {
                 node_id,
@@ -459,6 +545,7 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             first: r.i64()?,
             count: r.i64()?,
         },
+        kind::PARTITION_PRODUCERS => decode_partition_producers(&mut r)?,
         kind::OBJECT_IDS_RESERVED => Record::ObjectIdsReserved {
             node_id: r.i32()?,
             first: r.u64()?,
@@ -525,6 +612,67 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
     Ok(Some(rec))
 }
 
+fn decode_partition_producers(r: &mut Reader<'_>) -> Result<Record, RecordError> {
+    let topic_id = r.uuid()?;
+    let partition = r.i32()?;
+    let end_offset = r.i64()?;
+    let expire_before = r.i64()?;
+    let n = r.u32()? as usize;
+    if n > r.buf.len() / PRODUCER_SNAPSHOT_MIN_LEN {
+        return Err(r.invalid("producer count exceeds the record"));
+    }
+    let mut producers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let producer_id = r.i64()?;
+        let epoch = r.i16()?;
+        let coordinator_epoch = r.i32()?;
+        let last_timestamp = r.i64()?;
+        let txn_first_offset = r.i64()?;
+        let nb = r.u32()? as usize;
+        if nb > r.buf.len() / SNAPSHOT_BATCH_LEN {
+            return Err(r.invalid("batch count exceeds the record"));
+        }
+        let mut batches = Vec::with_capacity(nb);
+        for _ in 0..nb {
+            batches.push(SnapshotBatch {
+                first_seq: r.i32()?,
+                last_seq: r.i32()?,
+                first_offset: r.i64()?,
+                last_offset: r.i64()?,
+                timestamp: r.i64()?,
+            });
+        }
+        producers.push(ProducerSnapshot {
+            producer_id,
+            epoch,
+            coordinator_epoch,
+            last_timestamp,
+            txn_first_offset,
+            batches,
+        });
+    }
+    let m = r.u32()? as usize;
+    if m > r.buf.len() / ABORTED_TXN_LEN {
+        return Err(r.invalid("aborted transaction count exceeds the record"));
+    }
+    let mut aborted = Vec::with_capacity(m);
+    for _ in 0..m {
+        aborted.push(AbortedTxn {
+            producer_id: r.i64()?,
+            first_offset: r.i64()?,
+            last_offset: r.i64()?,
+        });
+    }
+    Ok(Record::PartitionProducers {
+        topic_id,
+        partition,
+        end_offset,
+        expire_before,
+        producers,
+        aborted,
+    })
+}
+
 fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
     if buf.len() < n {
         return Err(RecordError::Truncated {
@@ -573,6 +721,9 @@ impl Reader<'_> {
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
         Ok(self.take(2)?.get_u16())
+    }
+    fn i16(&mut self) -> Result<i16, RecordError> {
+        Ok(self.take(2)?.get_i16())
     }
     fn u32(&mut self) -> Result<u32, RecordError> {
         Ok(self.take(4)?.get_u32())
@@ -663,6 +814,20 @@ impl fmt::Display for Record {
             } => write!(
                 f,
                 "ProducerIdsAllocated node={node_id} first={first} count={count}"
+            ),
+            Record::PartitionProducers {
+                topic_id,
+                partition,
+                end_offset,
+                expire_before,
+                producers,
+                aborted,
+            } => write!(
+                f,
+                "PartitionProducers {topic_id}-{partition} end={end_offset} \
+                 expire_before={expire_before} producers={} aborted={}",
+                producers.len(),
+                aborted.len()
             ),
             Record::ObjectIdsReserved {
                 node_id,
@@ -772,6 +937,31 @@ pub(crate) mod tests {
                 first: 1000,
                 count: 1000,
             },
+            Record::PartitionProducers {
+                topic_id: id,
+                partition: 0,
+                end_offset: 10,
+                expire_before: 5,
+                producers: vec![ProducerSnapshot {
+                    producer_id: 1000,
+                    epoch: 2,
+                    coordinator_epoch: 1,
+                    last_timestamp: 9,
+                    txn_first_offset: -1,
+                    batches: vec![SnapshotBatch {
+                        first_seq: 0,
+                        last_seq: 4,
+                        first_offset: 5,
+                        last_offset: 9,
+                        timestamp: 9,
+                    }],
+                }],
+                aborted: vec![AbortedTxn {
+                    producer_id: 1001,
+                    first_offset: 0,
+                    last_offset: 4,
+                }],
+            },
             Record::ObjectIdsReserved {
                 node_id: 1,
                 first: 0,
@@ -827,7 +1017,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 15, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 16, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

@@ -1,6 +1,8 @@
 //! Fetch: reads whole batches through each partition (log cache, then
-//! objects), honouring `max_bytes`, per-partition limits, leader epochs and
-//! the `max_wait_ms`/`min_bytes` long poll, which only appends to the
+//! objects), honouring `max_bytes`, per-partition limits, leader epochs,
+//! `isolation_level` (read_committed stops at the last stable offset and
+//! lists the aborted transactions of what it returns) and the
+//! `max_wait_ms`/`min_bytes` long poll, which only appends to the
 //! requested partitions wake.
 //!
 //! Runs on the shard that leads the partitions. Never blocks the shard while
@@ -13,8 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use event_listener::EventListener;
 use kafka_protocol::messages::fetch_request::FetchPartition;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
 use super::{find_topic, locate};
@@ -108,6 +112,7 @@ async fn read_all(
     version: i16,
 ) -> (FetchResponse, usize, bool) {
     let image = shard.image();
+    let read_committed = req.isolation_level == 1;
     let mut remaining = if req.max_bytes > 0 {
         req.max_bytes as usize
     } else {
@@ -136,13 +141,38 @@ async fn read_all(
                 }
             };
             let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-            match shard.read(key, p.fetch_offset, limit, total == 0).await {
-                Ok(read) => {
+            let read = if read_committed {
+                shard
+                    .read_committed(key, p.fetch_offset, limit, total == 0)
+                    .await
+                    .map(|(read, aborted)| (read, Some(aborted)))
+            } else {
+                shard
+                    .read(key, p.fetch_offset, limit, total == 0)
+                    .await
+                    .map(|read| (read, None))
+            };
+            let lso = shard.last_stable_offset(key);
+            match read {
+                Ok((read, aborted)) => {
                     let mut d = error_data(p.partition, ResponseError::UnknownServerError);
                     d.error_code = 0;
                     d.high_watermark = read.high_watermark;
-                    d.last_stable_offset = read.high_watermark;
+                    d.last_stable_offset =
+                        lso.map_or(read.high_watermark, |l| l.min(read.high_watermark));
                     d.log_start_offset = read.log_start;
+                    if let Some(aborted) = aborted {
+                        d.aborted_transactions = Some(
+                            aborted
+                                .into_iter()
+                                .map(|(pid, first)| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(pid))
+                                        .with_first_offset(first)
+                                })
+                                .collect(),
+                        );
+                    }
                     remaining = remaining.saturating_sub(read.bytes);
                     total += read.bytes;
                     d.records = Some(concat(read.batches, read.bytes));
@@ -156,7 +186,7 @@ async fn read_all(
                     } = e
                     {
                         d.high_watermark = high_watermark;
-                        d.last_stable_offset = high_watermark;
+                        d.last_stable_offset = lso.unwrap_or(high_watermark).min(high_watermark);
                         d.log_start_offset = log_start;
                     }
                     errors = true;

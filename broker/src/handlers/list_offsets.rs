@@ -1,5 +1,7 @@
 //! ListOffsets: earliest, latest, by timestamp and max timestamp, answered
-//! through this shard's partitions (log cache and objects).
+//! through this shard's partitions (log cache and objects). Under
+//! `read_committed` the latest offset is the last stable offset, and a
+//! timestamp lookup finds nothing at or past it.
 //!
 //! Runs on the shard that leads the partitions; reads only. A lookup by
 //! timestamp in objects awaits GETs without blocking the shard.
@@ -46,11 +48,15 @@ pub async fn handle(
                     continue;
                 }
             };
-            let offsets = shard
-                .partitions
-                .borrow()
-                .get(&key)
-                .map(|part| (part.state.log_start, part.state.high_watermark));
+            let read_committed = version >= 2 && req.isolation_level == 1;
+            let offsets = shard.partitions.borrow().get(&key).map(|part| {
+                let end = if read_committed {
+                    part.last_stable_offset()
+                } else {
+                    part.state.high_watermark
+                };
+                (part.state.log_start, end)
+            });
             let Some((log_start, high_watermark)) = offsets else {
                 r.error_code = ResponseError::NotLeaderOrFollower.code();
                 out.push(r);
@@ -72,6 +78,10 @@ pub async fn handle(
                     .map(|hit| hit.map(|b| record_at_timestamp(&b, ts))),
             };
             match found {
+                // Kafka: nothing at or past the last fetchable offset.
+                Ok(Some((_, offset)))
+                    if (p.timestamp >= 0 || p.timestamp == MAX_TIMESTAMP)
+                        && offset >= high_watermark => {}
                 Ok(Some((ts, offset))) => {
                     r.timestamp = ts;
                     r.offset = offset;

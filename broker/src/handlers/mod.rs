@@ -10,6 +10,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 pub mod topics;
+pub mod transactions;
 
 use std::sync::Arc;
 

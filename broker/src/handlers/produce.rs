@@ -5,8 +5,6 @@
 //! except the one copy that stamps offsets (see `storage::batch`).
 
 use crate::clock::now_ms;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -14,12 +12,13 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::ResponseError;
-use storage::batch::{validate_batches, BatchError};
+use storage::batch::{validate_batches, BatchError, ValidatedBatch};
 use tracing::debug;
 
 use super::{find_topic, locate, str_bytes};
 use crate::metadata::TopicMeta;
-use crate::shard::{AppendOutcome, Shard};
+use crate::producer_state::Origin;
+use crate::shard::{DurableAppend, Shard};
 use crate::topic_config;
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
@@ -77,13 +76,7 @@ struct Produced {
 
 type PartitionError = (ResponseError, String);
 type PartitionResult = Result<Produced, PartitionError>;
-type Started = Result<
-    (
-        Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
-        Option<i64>,
-    ),
-    PartitionError,
->;
+type Started = Result<(DurableAppend, Option<i64>), PartitionError>;
 
 /// Validates a partition's records and appends them (offsets assigned now).
 fn start_partition(
@@ -105,11 +98,28 @@ fn start_partition(
     let log_append_time = topic_config::uses_log_append_time(&topic.configs).then(now_ms);
     // Appends at once when there is room, keeping the order of requests;
     // otherwise waits its turn for space.
-    let durable = match shard.try_append(key, &batches, log_append_time) {
+    if let Some(why) = refused_from_clients(&batches) {
+        return Err((ResponseError::InvalidRecord, why.into()));
+    }
+    let durable = match shard.try_append(key, &batches, log_append_time, Origin::Client) {
         Ok(now) => now,
         Err(waiting) => waiting,
     };
     Ok((durable, log_append_time))
+}
+
+/// Batches only the broker itself may write (Kafka's `LogValidator`
+/// refuses them from clients the same way).
+fn refused_from_clients(batches: &[ValidatedBatch]) -> Option<&'static str> {
+    for b in batches {
+        if b.header.is_control() {
+            return Some("clients may not write control batches");
+        }
+        if b.header.is_transactional() && b.header.producer_id < 0 {
+            return Some("a transactional batch needs a producer id");
+        }
+    }
+    None
 }
 
 async fn finish_partition(started: Started) -> PartitionResult {

@@ -1,6 +1,7 @@
 //! The metadata image: topics, their ids, partitions, the shard leading each
-//! partition and its leader epoch, topic configs, registered nodes and the
-//! producer-id cursor; the commands that change it, and how a command turns
+//! partition and its leader epoch, topic configs, registered nodes, the
+//! producer-id blocks handed to nodes, objects, and each partition's
+//! producer state as of its uploaded end; the commands that change it, and how a command turns
 //! into metadata records (`plan`) and records into a new image (`apply`).
 //!
 //! The controller thread plans and applies; every shard reads an immutable
@@ -15,12 +16,14 @@ use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::controller::records::{ObjectRange, Record};
+use crate::controller::records::{AbortedTxn, ObjectRange, ProducerSnapshot, Record};
 use crate::topic_config;
 
 pub mod objects;
+pub mod producers;
 
 use objects::{ObjectMeta, ObjectsImage};
+use producers::ProducersImage;
 
 /// One topic as every shard sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +59,14 @@ pub struct MetadataImage {
     pub nodes: BTreeMap<i32, NodeMeta>,
     /// The first producer id not yet handed to any node.
     pub next_producer_id: i64,
+    /// The latest block of producer ids handed to each node:
+    /// `(first, count)`. Not kept in snapshots: a restarted node asks for a
+    /// new block, so no id is ever handed out twice.
+    pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
     /// Committed objects and the partition ranges they hold.
     pub objects: ObjectsImage,
+    /// Each partition's producer state as of its uploaded end.
+    pub producers: ProducersImage,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -99,6 +108,7 @@ impl MetadataImage {
                     self.topics.remove(&name);
                 }
                 self.objects.drop_topic(*id);
+                self.producers.drop_topic(*id);
             }
             Record::PartitionsAdded {
                 topic_id,
@@ -165,8 +175,42 @@ impl MetadataImage {
                     }
                 }
             }
-            Record::ProducerIdsAllocated { first, count, .. } => {
+            Record::ProducerIdsAllocated {
+                node_id,
+                first,
+                count,
+            } => {
                 self.next_producer_id = self.next_producer_id.max(first.saturating_add(*count));
+                if *node_id >= 0 {
+                    self.producer_id_blocks.insert(*node_id, (*first, *count));
+                }
+            }
+            Record::PartitionProducers {
+                topic_id,
+                partition,
+                end_offset,
+                expire_before,
+                producers,
+                aborted,
+            } => {
+                if !self.has_partition(*topic_id, *partition) {
+                    warn!(%rec, "producer state of an unknown partition: skipped");
+                    return;
+                }
+                let log_start = self
+                    .objects
+                    .partition(*topic_id, *partition)
+                    .and_then(|o| o.start())
+                    .unwrap_or(0);
+                self.producers.apply(
+                    *topic_id,
+                    *partition,
+                    *end_offset,
+                    *expire_before,
+                    producers,
+                    aborted,
+                    log_start,
+                );
             }
             Record::ObjectIdsReserved {
                 node_id,
@@ -287,6 +331,8 @@ impl MetadataImage {
             });
         }
         out.extend(self.objects.to_records());
+        // After the objects: applying one prunes by the partition's start.
+        out.extend(self.producers.to_records());
         out
     }
 }
@@ -349,6 +395,23 @@ pub enum Command {
     /// Destroyed objects are gone from the store.
     PurgeObjects {
         ids: Vec<u64>,
+    },
+    /// Hands a block of `count` producer ids to `node_id` (the image then
+    /// names it in `producer_id_blocks`).
+    AllocateProducerIds {
+        node_id: i32,
+        count: i64,
+    },
+    /// The producer state a partition's newly uploaded range leads to;
+    /// submitted right after the `CommitObject` of that range (same entry),
+    /// and refused unless `end_offset` is the partition's end in objects.
+    SnapshotProducers {
+        topic_id: Uuid,
+        partition: i32,
+        end_offset: i64,
+        expire_before: i64,
+        producers: Vec<ProducerSnapshot>,
+        aborted: Vec<AbortedTxn>,
     },
 }
 
@@ -587,7 +650,84 @@ fn plan_one(
             }
             Ok((Uuid::nil(), vec![Record::ObjectsPurged { ids }]))
         }
+        Command::AllocateProducerIds { node_id, count } => {
+            allocate_producer_ids(image, *node_id, *count)
+        }
+        Command::SnapshotProducers {
+            topic_id,
+            partition,
+            end_offset,
+            expire_before,
+            producers,
+            aborted,
+        } => {
+            snapshot_producers(image, *topic_id, *partition, *end_offset)?;
+            Ok((
+                *topic_id,
+                vec![Record::PartitionProducers {
+                    topic_id: *topic_id,
+                    partition: *partition,
+                    end_offset: *end_offset,
+                    expire_before: *expire_before,
+                    producers: producers.clone(),
+                    aborted: aborted.clone(),
+                }],
+            ))
+        }
     }
+}
+
+/// Producer ids handed out per block.
+pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
+
+fn allocate_producer_ids(
+    image: &MetadataImage,
+    node_id: i32,
+    count: i64,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    if !(1..=MAX_PRODUCER_ID_BLOCK).contains(&count) {
+        return Err(CommandError::new(
+            ResponseError::InvalidRequest,
+            format!("producer id block size must be 1..={MAX_PRODUCER_ID_BLOCK}"),
+        ));
+    }
+    let first = image.next_producer_id;
+    if first.checked_add(count).is_none() {
+        return Err(CommandError::new(
+            ResponseError::UnknownServerError,
+            "producer ids are exhausted",
+        ));
+    }
+    Ok((
+        Uuid::nil(),
+        vec![Record::ProducerIdsAllocated {
+            node_id,
+            first,
+            count,
+        }],
+    ))
+}
+
+fn snapshot_producers(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    partition: i32,
+    end_offset: i64,
+) -> Result<(), CommandError> {
+    let end = image
+        .objects
+        .partition(topic_id, partition)
+        .and_then(|o| o.end());
+    if !image.has_partition(topic_id, partition) || end != Some(end_offset) {
+        return Err(CommandError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "producer state of {topic_id}-{partition} at {end_offset} does not match the \
+                 data in objects (up to {end:?})"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMeta>, CommandError> {
@@ -867,8 +1007,78 @@ mod tests {
         assert!(t.configs.is_empty(), "config set then removed");
         assert!(img.nodes[&1].fenced);
         assert_eq!(img.next_producer_id, 2000);
+        assert_eq!(img.producer_id_blocks[&0], (1000, 1000));
+        let p = img.producers.partition(t.id, 0).unwrap();
+        assert_eq!((p.producers.len(), p.aborted.len()), (1, 1));
         img.apply(recs.last().unwrap());
         assert!(img.topics.is_empty() && img.ids.is_empty());
+        assert!(
+            img.producers.partitions.is_empty(),
+            "dropped with the topic"
+        );
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap_and_snapshots_follow_objects() {
+        let mut t = TopicTable::new(P2);
+        t.apply(&[create("a", 1)], false);
+        let alloc = |node_id| Command::AllocateProducerIds {
+            node_id,
+            count: 1000,
+        };
+        t.apply(&[alloc(0), alloc(1), alloc(0)], false);
+        assert_eq!(t.image().producer_id_blocks[&1], (1000, 1000));
+        assert_eq!(t.image().producer_id_blocks[&0], (2000, 1000));
+        assert_eq!(t.image().next_producer_id, 3000);
+        let bad = Command::AllocateProducerIds {
+            node_id: 0,
+            count: 0,
+        };
+        assert!(t.apply(&[bad], false).0[0].is_err());
+        // A snapshot must sit at the partition's end in objects.
+        let id = t.image().topic("a").unwrap().id;
+        let snap = |end_offset| Command::SnapshotProducers {
+            topic_id: id,
+            partition: 0,
+            end_offset,
+            expire_before: 0,
+            producers: vec![ProducerSnapshot {
+                producer_id: 5,
+                epoch: 0,
+                coordinator_epoch: -1,
+                last_timestamp: 1,
+                txn_first_offset: -1,
+                batches: Vec::new(),
+            }],
+            aborted: Vec::new(),
+        };
+        assert!(t.apply(&[snap(0)], false).0[0].is_err(), "no objects yet");
+        let commit = Command::CommitObject {
+            object_id: 0,
+            node_id: 0,
+            size: 10,
+            ranges: vec![ObjectRange {
+                topic_id: id,
+                partition: 0,
+                start_offset: 0,
+                end_offset: 7,
+                max_timestamp: 1,
+                bytes: 10,
+            }],
+        };
+        let reserve = Command::ReserveObjectIds {
+            node_id: 0,
+            count: 1,
+        };
+        let (r, _) = t.apply(&[reserve, commit, snap(7)], false);
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+        assert!(t.image().producers.partition(id, 0).is_some());
+        let mut rebuilt = MetadataImage::default();
+        for r in t.image().to_records() {
+            rebuilt.apply(&r);
+        }
+        assert_eq!(rebuilt.producers.partitions, t.image().producers.partitions);
+        assert_eq!(rebuilt.next_producer_id, 3000);
     }
 
     #[test]

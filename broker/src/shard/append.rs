@@ -6,8 +6,13 @@
 //!    to free space (up to `wal_full_wait_ms`), then gets a retriable error.
 //!    Offsets are assigned only once admitted, so nothing is cancelled and
 //!    the log stays contiguous.
-//! 2. Offsets are assigned and the stamped batch goes into the log cache and
-//!    to the WAL slice at once, in call order.
+//! 2. Producer state is checked (sequences, epochs, transactions): a retry
+//!    of a batch already written is answered with its offsets once they are
+//!    durable, without writing anything; a refused batch gets its error.
+//!    Then offsets are assigned and the stamped batch goes into the log
+//!    cache and to the WAL slice at once, in call order. Check and
+//!    assignment happen together, synchronously, so pipelined requests of
+//!    one producer are checked in request order.
 //! 3. The committer task takes the WAL's acknowledgements in WAL order and
 //!    commits each append (moves its partition's high watermark, wakes that
 //!    partition's waiters). So the committed appends are always a prefix of
@@ -17,6 +22,7 @@
 //! Runs on the shard's executor; never holds a borrow across `.await`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +30,14 @@ use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use storage::batch::ValidatedBatch;
 use storage::wal::{AppendFuture, WalError, WalSlice};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::{PartitionKey, Shard};
+use crate::producer_state::{BatchInfo, BatchMeta, Origin, Verdict};
 use crate::wal_record;
+
+/// The future of an append's durability.
+pub type DurableAppend = Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>;
 
 /// Where a durable append landed.
 #[derive(Debug, Clone, Copy)]
@@ -56,49 +66,44 @@ enum Refused {
 }
 
 impl Shard {
-    /// Appends validated batches to a partition this shard leads, waiting
-    /// for WAL or cache space if needed. Resolves once the batches are
-    /// durable and visible.
+    /// Appends validated batches written by the broker itself (group
+    /// coordinator records, transaction markers: epochs are checked, not
+    /// sequences) to a partition this shard leads, waiting for WAL or cache
+    /// space if needed. Resolves once the batches are durable and visible.
     pub async fn append(
         self: &Rc<Self>,
         key: PartitionKey,
         batches: &[ValidatedBatch],
         log_append_time: Option<i64>,
     ) -> Result<AppendOutcome, ResponseError> {
-        match self.try_append(key, batches, log_append_time) {
+        match self.try_append(key, batches, log_append_time, Origin::Coordinator) {
             Ok(durable) => durable.await,
             Err(e) => e.await,
         }
     }
 
-    /// Appends at once when there is room and nobody is waiting (offsets
-    /// assigned before this returns, so calls keep their order); otherwise
-    /// returns the future that waits its turn and then appends.
-    #[allow(clippy::type_complexity)]
+    /// Appends at once when there is room and nobody is waiting (producer
+    /// state checked and offsets assigned before this returns, so calls keep
+    /// their order); otherwise returns the future that waits its turn and
+    /// then appends.
     pub fn try_append(
         self: &Rc<Self>,
         key: PartitionKey,
         batches: &[ValidatedBatch],
         log_append_time: Option<i64>,
-    ) -> Result<
-        std::pin::Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
-        std::pin::Pin<Box<dyn Future<Output = Result<AppendOutcome, ResponseError>>>>,
-    > {
+        origin: Origin,
+    ) -> Result<DurableAppend, DurableAppend> {
         let bytes = record_bytes(batches);
         match self.admit_now(key, batches, bytes) {
-            Ok(wal) => Ok(Box::pin(self.start_append(
-                &wal,
-                key,
-                batches,
-                log_append_time,
-            ))),
+            Ok(wal) => Ok(self.start_append(&wal, key, batches, log_append_time, origin)),
             Err(Refused::Error(e)) => Err(Box::pin(async move { Err(e) })),
             Err(Refused::NoRoom) => {
                 let me = self.clone();
                 let owned = batches.to_vec();
                 Err(Box::pin(async move {
                     let wal = me.wait_for_room(key, owned.len(), bytes).await?;
-                    me.start_append(&wal, key, &owned, log_append_time).await
+                    me.start_append(&wal, key, &owned, log_append_time, origin)
+                        .await
                 }))
             }
         }
@@ -203,39 +208,68 @@ impl Shard {
         Ok(self.has_room(&wal, count, bytes).then_some(wal))
     }
 
-    /// Assigns offsets, caches and queues the batches on the WAL (all before
-    /// the first await), and returns the future of their durability.
+    /// Checks producer state, assigns offsets, caches and queues the
+    /// batches on the WAL (all before the first await), and returns the
+    /// future of their durability.
     fn start_append(
         self: &Rc<Self>,
         wal: &WalSlice,
         key: PartitionKey,
         batches: &[ValidatedBatch],
         log_append_time: Option<i64>,
-    ) -> impl Future<Output = Result<AppendOutcome, ResponseError>> + 'static {
+        origin: Origin,
+    ) -> DurableAppend {
         let prefix = wal_record::batch_prefix(key.0, key.1);
         let epoch = self.wal_epoch.get();
         let (tx, rx) = oneshot::channel();
         let mut base_offset = None;
         let mut added = 0usize;
         let mut parts = self.partitions.borrow_mut();
-        let mut queue = self.commit_queue.borrow_mut();
-        let started = parts.get_mut(&key).map(|part| {
-            let n = batches.len();
-            let mut done = Some(tx);
-            for (i, b) in batches.iter().enumerate() {
-                let appended = part.append(b, &prefix, log_append_time);
-                base_offset.get_or_insert(appended.base_offset);
-                added += appended.framed.len() - prefix.len();
-                queue.push_back(InFlight {
-                    key,
-                    end_offset: appended.last_offset + 1,
-                    wal: wal.append(appended.framed),
-                    epoch,
-                    done: if i + 1 == n { done.take() } else { None },
-                });
+        let Some(part) = parts.get_mut(&key) else {
+            return Box::pin(async { Err(ResponseError::UnknownTopicOrPartition) });
+        };
+        // Only batches with a producer id have producer state; the common
+        // non-idempotent append allocates nothing here.
+        let infos: Vec<Option<BatchInfo>> = if batches.iter().any(|b| b.header.producer_id >= 0) {
+            batches
+                .iter()
+                .map(|b| BatchInfo::of(&b.header, &b.bytes))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !infos.is_empty() {
+            let checked: Vec<BatchInfo> = infos.iter().flatten().copied().collect();
+            match part.producers.check(&checked, origin, part.state.log_end) {
+                Ok(Verdict::Append) => {}
+                Ok(Verdict::Duplicate(meta)) => {
+                    drop(parts);
+                    return Box::pin(self.clone().await_duplicate(key, meta, epoch));
+                }
+                Err(e) => {
+                    debug!(shard = self.id, topic = %key.0, partition = key.1, "append refused: {e}");
+                    let code = e.code();
+                    return Box::pin(async move { Err(code) });
+                }
             }
-            part.state.log_start
-        });
+        }
+        let mut queue = self.commit_queue.borrow_mut();
+        let n = batches.len();
+        let mut done = Some(tx);
+        for (i, b) in batches.iter().enumerate() {
+            let info = infos.get(i).and_then(Option::as_ref);
+            let appended = part.append(b, info, &prefix, log_append_time);
+            base_offset.get_or_insert(appended.base_offset);
+            added += appended.framed.len() - prefix.len();
+            queue.push_back(InFlight {
+                key,
+                end_offset: appended.last_offset + 1,
+                wal: wal.append(appended.framed),
+                epoch,
+                done: if i + 1 == n { done.take() } else { None },
+            });
+        }
+        let log_start_offset = part.state.log_start;
         drop((parts, queue));
         if added > 0 {
             self.change_usage(added as isize, added as isize);
@@ -243,8 +277,7 @@ impl Shard {
             self.commit_wake.notify(1);
         }
         let shard = self.clone();
-        async move {
-            let log_start_offset = started.ok_or(ResponseError::UnknownTopicOrPartition)?;
+        Box::pin(async move {
             let Some(base_offset) = base_offset else {
                 return Err(ResponseError::InvalidRecord);
             };
@@ -260,6 +293,44 @@ impl Shard {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(ResponseError::KafkaStorageError),
             }
+        })
+    }
+
+    /// Answers a retried batch with the offsets it got the first time, once
+    /// they are durable. If the WAL recovered meanwhile, the original may be
+    /// gone (the rebuilt log then has other data at those offsets): the
+    /// client gets a retriable error and retries against the rebuilt state.
+    async fn await_duplicate(
+        self: Rc<Self>,
+        key: PartitionKey,
+        meta: BatchMeta,
+        epoch: u64,
+    ) -> Result<AppendOutcome, ResponseError> {
+        loop {
+            let listener = {
+                let parts = self.partitions.borrow();
+                let Some(p) = parts.get(&key) else {
+                    return Err(ResponseError::NotLeaderOrFollower);
+                };
+                if self.wal_epoch.get() != epoch || self.storage_failed.get() {
+                    return Err(ResponseError::KafkaStorageError);
+                }
+                if p.state.high_watermark > meta.last_offset {
+                    debug!(
+                        shard = self.id,
+                        topic = %key.0,
+                        partition = key.1,
+                        base_offset = meta.first_offset,
+                        "retried batch answered with its offsets"
+                    );
+                    return Ok(AppendOutcome {
+                        base_offset: meta.first_offset,
+                        log_start_offset: p.state.log_start,
+                    });
+                }
+                p.waiters.listen()
+            };
+            listener.await;
         }
     }
 

@@ -13,10 +13,16 @@
 //! * `read`: reads through a `Partition`: log cache, then objects.
 //! * `recovery`: opening the WAL slice, rebuilding partitions from metadata
 //!   plus the WAL tail, and recovering from a failed WAL.
+//! * `producers`: producer ids from metadata-allocated blocks, expiry of
+//!   idle producers, producer-state snapshots for uploads.
+//! * `stable`: `read_committed` reads (last stable offset, aborted
+//!   transactions).
 
 mod append;
+mod producers;
 pub mod read;
 mod recovery;
+mod stable;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +48,7 @@ use crate::partition::{Lifecycle, Partition, PartitionState};
 use crate::uploader::Uploader;
 
 pub use crate::partition::PartitionKey;
-pub use append::AppendOutcome;
+pub use append::DurableAppend;
 pub use read::ReadError;
 
 /// Memory accounting of the log caches of all partitions of a shard.
@@ -92,6 +98,10 @@ pub struct Shard {
     store: RefCell<Option<SharedStore>>,
     reader: RefCell<Option<Rc<ObjectReader>>>,
     pub uploader: Uploader,
+    /// Producer ids this shard may hand out (`producers`).
+    producer_ids: Cell<producers::ProducerIdBlock>,
+    producer_ids_pending: Cell<bool>,
+    producer_ids_ready: Event,
 }
 
 impl Shard {
@@ -118,6 +128,9 @@ impl Shard {
             evictable: RefCell::new(VecDeque::new()),
             store: RefCell::new(None),
             reader: RefCell::new(None),
+            producer_ids: Cell::new(producers::ProducerIdBlock::default()),
+            producer_ids_pending: Cell::new(false),
+            producer_ids_ready: Event::new(),
         })
     }
 
@@ -224,7 +237,9 @@ impl Shard {
                     if self.wal.borrow().is_some() {
                         state.lifecycle = Lifecycle::Leading;
                     }
-                    Partition::new(key, state)
+                    let mut part = Partition::new(key, state);
+                    part.producers = Partition::producers_from(&image, key);
+                    part
                 });
                 part.state.leader_epoch = epoch;
                 if let Some(o) = objects {
@@ -396,6 +411,12 @@ impl Shard {
             RequestKind::OffsetDelete(r) => {
                 ResponseKind::OffsetDelete(handlers::groups::offset_delete(&self, r).await)
             }
+            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(
+                handlers::transactions::init_producer_id(&self, r, v).await,
+            ),
+            RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
+                handlers::transactions::describe_producers(&self, r),
+            ),
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,
             ),

@@ -13,7 +13,7 @@ use storage::wal::{RecoveredRecord, WalError, WalLayout, WalSlice};
 use tracing::{debug, error, info, warn};
 
 use super::{CacheUsage, Shard};
-use crate::partition::{Lifecycle, PartitionState, Replayed};
+use crate::partition::{Lifecycle, Partition, PartitionState, Replayed};
 use crate::wal_record::{self, WalEntry};
 
 /// What a rebuild did, for the log and tests.
@@ -47,6 +47,7 @@ impl Shard {
         );
         *self.wal.borrow_mut() = Some(wal);
         glommio::spawn_local(self.clone().run_committer()).detach();
+        glommio::spawn_local(self.clone().run_producer_expiry()).detach();
         if self.store().is_some() {
             crate::uploader::start(self);
         }
@@ -65,6 +66,7 @@ impl Shard {
                 .and_then(|t| t.leader_epochs.get(p as usize).copied())
                 .unwrap_or(0);
             part.state = PartitionState::from_metadata(image.objects.partition(topic, p), epoch);
+            part.producers = Partition::producers_from(&image, part.key);
             part.cache.clear();
         }
         self.evictable.borrow_mut().clear();
@@ -114,6 +116,11 @@ impl Shard {
         }
         drop(parts);
         self.usage.set(usage);
+        if usage.unuploaded > 0 {
+            // Recovered data counts as just appended: it goes up on the age
+            // trigger even if nothing is produced after the restart.
+            self.uploader.note_appended();
+        }
         // Everything recovered is committed: the next upload covers it, and
         // the WAL may then be trimmed past it.
         self.committed_wal_end

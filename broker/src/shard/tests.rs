@@ -434,3 +434,121 @@ fn records_already_in_objects_are_skipped_on_replay() {
         drop(h.layout);
     });
 }
+
+/// One batch of `n` records from idempotent producer `pid` (epoch 0),
+/// starting at sequence `seq`.
+fn idempotent(pid: i64, seq: i32, n: usize) -> Vec<ValidatedBatch> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let recs: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: pid,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: seq + i as i32,
+            timestamp: crate::group::now_ms(),
+            key: None,
+            value: Some(bytes::Bytes::from(format!("{pid}-{}", seq + i as i32))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, recs.iter(), &opts).unwrap();
+    let batches = validate_batches(&buf.freeze(), 64 << 20).unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(
+        (
+            batches[0].header.producer_id,
+            batches[0].header.base_sequence
+        ),
+        (pid, seq)
+    );
+    batches
+}
+
+/// Produces as a client does (sequence checks); the base offset.
+async fn produce(h: &Harness, batches: Vec<ValidatedBatch>) -> Result<i64, ResponseError> {
+    let durable =
+        match h
+            .shard
+            .try_append(h.key, &batches, None, crate::producer_state::Origin::Client)
+        {
+            Ok(f) | Err(f) => f,
+        };
+    durable.await.map(|o| o.base_offset)
+}
+
+#[test]
+fn idempotent_retries_are_answered_once_across_upload_and_restart() {
+    run_with_controller("idem", 8 << 20, |cfg, ctl, image, dev, layout| async move {
+        let store = MemStore::new();
+        let mut h = start_shard(
+            cfg.clone(),
+            ctl.clone(),
+            image,
+            dev.clone(),
+            layout.clone(),
+            store.clone(),
+        )
+        .await;
+        create_topic(&mut h).await;
+        let pid = 4242;
+        assert_eq!(produce(&h, idempotent(pid, 0, 3)).await, Ok(0));
+        assert_eq!(produce(&h, idempotent(pid, 3, 2)).await, Ok(3));
+        // A retry is answered with its first offsets and not written.
+        assert_eq!(produce(&h, idempotent(pid, 0, 3)).await, Ok(0));
+        assert_eq!(
+            produce(&h, idempotent(pid, 9, 1)).await,
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+        assert_eq!(h.shard.partitions.borrow()[&h.key].state.high_watermark, 5);
+        // Upload: the image now holds the producer's state at offset 5.
+        h.shard.uploader.flush().await;
+        let image = h.shard.image();
+        let snap = image.producers.partition(h.key.0, h.key.1).unwrap();
+        assert_eq!(snap.producers[&pid].batches.last().unwrap().last_seq, 4);
+        // One more only in the WAL tail.
+        let cfg = Arc::new(Config {
+            uploads_enabled: false,
+            ..(*cfg).clone()
+        });
+        assert_eq!(produce(&h, idempotent(pid, 5, 1)).await, Ok(5));
+        let image = h.shard.image();
+        drop(h);
+        let h = start_shard(cfg, ctl, image, dev, layout, store).await;
+        // Retries of batches from before (image) and after (WAL tail) the
+        // upload are still recognised; the sequence goes on.
+        assert_eq!(produce(&h, idempotent(pid, 3, 2)).await, Ok(3));
+        assert_eq!(produce(&h, idempotent(pid, 5, 1)).await, Ok(5));
+        assert_eq!(
+            produce(&h, idempotent(pid, 7, 1)).await,
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+        assert_eq!(produce(&h, idempotent(pid, 6, 1)).await, Ok(6));
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < 7 {
+            let read = h.shard.read(h.key, at, 1 << 20, true).await.unwrap();
+            for b in &read.batches {
+                let hd = parse_header(b).unwrap();
+                seen.push((hd.base_offset, hd.base_sequence));
+                at = hd.last_offset() + 1;
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![(0, 0), (3, 3), (5, 5), (6, 6)],
+            "each batch once"
+        );
+    });
+}
