@@ -126,6 +126,14 @@ pub struct Config {
     pub stream_object_bytes: u64,
     /// Compaction read and write bandwidth, all shards together (0: unlimited).
     pub compaction_bytes_per_sec: u64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for the key → offset maps of
+    /// log compaction, all shards together.
+    pub log_cleaner_dedupe_buffer_bytes: u64,
+    /// `offsets.retention.minutes`: committed offsets of a group that has
+    /// been empty this long are deleted (tombstones).
+    pub offsets_retention_minutes: u64,
+    /// `offsets.retention.check.interval.ms`: how often groups are checked.
+    pub offsets_retention_check_interval_ms: u64,
     /// On SIGTERM, how long shards may take to upload what their WAL holds
     /// before the process exits anyway.
     pub shutdown_timeout_ms: u64,
@@ -203,6 +211,9 @@ impl Default for Config {
             object_compaction_min_age_ms: 60_000,
             stream_object_bytes: 64 << 20,
             compaction_bytes_per_sec: 64 << 20,
+            log_cleaner_dedupe_buffer_bytes: 128 << 20,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval_ms: 600_000,
             transactional_id_expiration_ms: 604_800_000,
@@ -325,6 +336,12 @@ pub struct Flags {
     pub stream_object_bytes: Option<u64>,
     #[arg(long, env = "BROKER_COMPACTION_BYTES_PER_SEC")]
     pub compaction_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "BROKER_LOG_CLEANER_DEDUPE_BUFFER_BYTES")]
+    pub log_cleaner_dedupe_buffer_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_OFFSETS_RETENTION_MINUTES")]
+    pub offsets_retention_minutes: Option<u64>,
+    #[arg(long, env = "BROKER_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
+    pub offsets_retention_check_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_PRODUCER_ID_EXPIRATION_MS")]
     pub producer_id_expiration_ms: Option<i64>,
     #[arg(long, env = "BROKER_PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS")]
@@ -454,6 +471,9 @@ impl Config {
             object_compaction_min_age_ms,
             stream_object_bytes,
             compaction_bytes_per_sec,
+            log_cleaner_dedupe_buffer_bytes,
+            offsets_retention_minutes,
+            offsets_retention_check_interval_ms,
             producer_id_expiration_ms,
             producer_id_expiration_check_interval_ms,
             transactional_id_expiration_ms,

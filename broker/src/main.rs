@@ -9,6 +9,7 @@ mod control;
 mod controller;
 mod group;
 mod handlers;
+mod log_cleaner;
 mod metadata;
 mod object_compaction;
 mod object_gc;

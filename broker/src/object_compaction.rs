@@ -16,8 +16,9 @@ use crate::clock::now_ms;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use glommio::{Latency, Shares};
-use storage::batch::parse_header;
+use storage::batch::{parse_header, BatchHeader};
 use storage::object::format::{split_batches, verify_block, BatchRef, ObjectBuilder};
 use storage::object::keys;
 use storage::object::reader::ObjectRef;
@@ -139,6 +140,10 @@ async fn run(shard: Weak<Shard>, budget: TokenBucket) {
             Ok(n) => info!(shard = s.id, stream_objects = n, "object compaction pass"),
             Err(e) => warn!(shard = s.id, "object compaction failed: {e}"),
         }
+        // Log compaction shares the task, its queue and its budget.
+        if let Err(e) = crate::log_cleaner::pass(&s, &budget).await {
+            warn!(shard = s.id, "log compaction failed: {e}");
+        }
     }
 }
 
@@ -176,60 +181,111 @@ async fn compact(
     run: &[RangeRef],
     budget: &TokenBucket,
 ) -> Result<(), String> {
-    let store = shard.store().ok_or("no object store")?;
-    let reader = shard.reader().ok_or("no object reader")?;
     let stream = (*key.0.as_bytes(), key.1);
     let mut builder = ObjectBuilder::new(shard.config.object_block_bytes as usize);
     let mut max_timestamp = i64::MIN;
     let mut bytes = 0u64;
     for r in run {
-        let obj = ObjectRef {
-            id: r.object_id,
-            size: r.object_size,
-        };
-        let index = reader.index(obj).await.map_err(|e| e.to_string())?;
-        let blocks: Vec<_> = index
-            .blocks_of(stream)
-            .iter()
-            .filter(|b| b.first_offset >= r.start_offset && b.end_offset <= r.end_offset)
-            .copied()
-            .collect();
-        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
-            return Err(format!(
-                "object {} holds no blocks of the range",
-                r.object_id
-            ));
-        };
-        let span = first.position..last.position + u64::from(last.size);
-        budget.acquire(span.end - span.start).await;
-        let data = store
-            .get_range(
-                &keys::object_key(&shard.config.object_key_prefix(), r.object_id),
-                span.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        for b in &blocks {
-            let at = (b.position - span.start) as usize;
-            let block = data.slice(at..at + b.size as usize);
-            verify_block(b, &block).map_err(|e| e.to_string())?;
-            for batch in split_batches(&block).map_err(|e| e.to_string())? {
-                let h = parse_header(&batch).map_err(|e| e.to_string())?;
-                max_timestamp = max_timestamp.max(h.max_timestamp);
-                bytes += batch.len() as u64;
-                builder.add(
-                    stream,
-                    &BatchRef {
-                        base_offset: h.base_offset,
-                        last_offset: h.last_offset(),
-                        records: h.records_count.max(0) as u32,
-                        max_timestamp: h.max_timestamp,
-                        bytes: batch,
-                    },
-                );
-            }
+        for (h, batch) in read_range(shard, key, r, budget).await? {
+            max_timestamp = max_timestamp.max(h.max_timestamp);
+            bytes += batch.len() as u64;
+            builder.add(stream, &batch_ref(&h, batch));
         }
     }
+    let range = ObjectRange {
+        topic_id: key.0,
+        partition: key.1,
+        start_offset: run[0].start_offset,
+        end_offset: run[run.len() - 1].end_offset,
+        max_timestamp,
+        bytes,
+    };
+    let replaces = run.iter().map(|r| r.start_offset).collect();
+    let cmd = write_stream_object(shard, builder, range, replaces, budget).await?;
+    let results = shard.control().submit(vec![cmd], false).await;
+    match results.into_iter().next() {
+        Some(Ok(_)) => {
+            debug!(shard = shard.id, ranges = run.len(), "stream object");
+            Ok(())
+        }
+        // Retention or a deleted topic got there first: the new object is
+        // an orphan and will be collected.
+        Some(Err(e)) => Err(format!("stream object not committed: {}", e.message)),
+        None => Err("no answer to the stream object commit".into()),
+    }
+}
+
+/// How a batch is listed in an object under construction.
+pub fn batch_ref(h: &BatchHeader, bytes: Bytes) -> BatchRef {
+    BatchRef {
+        base_offset: h.base_offset,
+        last_offset: h.last_offset(),
+        records: h.records_count.max(0) as u32,
+        max_timestamp: h.max_timestamp,
+        bytes,
+    }
+}
+
+/// The batches of one range of a partition, read from its object within
+/// `budget`, each block's checksum verified.
+pub async fn read_range(
+    shard: &Rc<Shard>,
+    key: PartitionKey,
+    r: &RangeRef,
+    budget: &TokenBucket,
+) -> Result<Vec<(BatchHeader, Bytes)>, String> {
+    let store = shard.store().ok_or("no object store")?;
+    let reader = shard.reader().ok_or("no object reader")?;
+    let stream = (*key.0.as_bytes(), key.1);
+    let obj = ObjectRef {
+        id: r.object_id,
+        size: r.object_size,
+    };
+    let index = reader.index(obj).await.map_err(|e| e.to_string())?;
+    let blocks: Vec<_> = index
+        .blocks_of(stream)
+        .iter()
+        .filter(|b| b.first_offset >= r.start_offset && b.end_offset <= r.end_offset)
+        .copied()
+        .collect();
+    let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+        return Err(format!(
+            "object {} holds no blocks of the range",
+            r.object_id
+        ));
+    };
+    let span = first.position..last.position + u64::from(last.size);
+    budget.acquire(span.end - span.start).await;
+    let data = store
+        .get_range(
+            &keys::object_key(&shard.config.object_key_prefix(), r.object_id),
+            span.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for b in &blocks {
+        let at = (b.position - span.start) as usize;
+        let block = data.slice(at..at + b.size as usize);
+        verify_block(b, &block).map_err(|e| e.to_string())?;
+        for batch in split_batches(&block).map_err(|e| e.to_string())? {
+            let h = parse_header(&batch).map_err(|e| e.to_string())?;
+            out.push((h, batch));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes what `builder` holds as a new stream object of `range` and
+/// returns the command that commits it in place of `replaces`.
+pub async fn write_stream_object(
+    shard: &Rc<Shard>,
+    builder: ObjectBuilder,
+    range: ObjectRange,
+    replaces: Vec<i64>,
+    budget: &TokenBucket,
+) -> Result<Command, String> {
+    let store = shard.store().ok_or("no object store")?;
     let built = builder.finish();
     let size = built.index.size;
     let id = crate::uploader::next_object_id(shard).await?;
@@ -241,43 +297,14 @@ async fn compact(
         store.put(&object_key, built.body).await
     };
     put.map_err(|e| format!("writing stream object {object_key}: {e}"))?;
-    let range = ObjectRange {
-        topic_id: key.0,
-        partition: key.1,
-        start_offset: run[0].start_offset,
-        end_offset: run[run.len() - 1].end_offset,
-        max_timestamp,
-        bytes,
-    };
-    let results = shard
-        .control()
-        .submit(
-            vec![Command::CommitStreamObject {
-                object_id: id,
-                node_id: shard.node_id(),
-                size,
-                range,
-                replaces: run.iter().map(|r| r.start_offset).collect(),
-            }],
-            false,
-        )
-        .await;
-    match results.into_iter().next() {
-        Some(Ok(_)) => {
-            debug!(
-                shard = shard.id,
-                object = id,
-                ranges = run.len(),
-                size,
-                "stream object"
-            );
-            Ok(())
-        }
-        // Retention or a deleted topic got there first: the new object is
-        // an orphan and will be collected.
-        Some(Err(e)) => Err(format!("stream object {id} not committed: {}", e.message)),
-        None => Err("no answer to the stream object commit".into()),
-    }
+    debug!(shard = shard.id, object = id, size, "stream object written");
+    Ok(Command::CommitStreamObject {
+        object_id: id,
+        node_id: shard.node_id(),
+        size,
+        range,
+        replaces,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub const TIMESTAMP_TYPE: &str = "message.timestamp.type";
 pub const RETENTION_MS: &str = "retention.ms";
 pub const RETENTION_BYTES: &str = "retention.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
 
 pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     TopicConfigKey {
@@ -168,6 +171,45 @@ pub fn retention(configs: &BTreeMap<String, String>, cfg: &Config) -> (i64, i64)
     (get(RETENTION_MS), get(RETENTION_BYTES))
 }
 
+/// Whether `cleanup.policy` includes `compact`. Read on every produce.
+pub fn is_compacted(configs: &BTreeMap<String, String>) -> bool {
+    configs
+        .get(CLEANUP_POLICY)
+        .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact"))
+}
+
+/// What log compaction honours for one topic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CleanerSettings {
+    /// Tombstones older than this are dropped.
+    pub delete_retention_ms: i64,
+    /// Records younger than this are not compacted yet.
+    pub min_compaction_lag_ms: i64,
+    /// A partition is cleaned once its dirty share of bytes reaches this.
+    pub min_cleanable_dirty_ratio: f64,
+}
+
+/// The log-compaction settings of a compacted topic, `None` otherwise.
+pub fn cleaner(configs: &BTreeMap<String, String>, cfg: &Config) -> Option<CleanerSettings> {
+    if !is_compacted(configs) {
+        return None;
+    }
+    let long = |name: &str, default: i64| {
+        effective(configs, name, cfg)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    let ratio = effective(configs, MIN_CLEANABLE_DIRTY_RATIO, cfg)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| r.is_finite())
+        .unwrap_or(0.5);
+    Some(CleanerSettings {
+        delete_retention_ms: long(DELETE_RETENTION_MS, 86_400_000).max(0),
+        min_compaction_lag_ms: long(MIN_COMPACTION_LAG_MS, 0).max(0),
+        min_cleanable_dirty_ratio: ratio.clamp(0.0, 1.0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +249,24 @@ mod tests {
         c.insert(TIMESTAMP_TYPE.to_string(), "LogAppendTime".to_string());
         assert_eq!(max_message_bytes(&c, 777), 5000);
         assert!(uses_log_append_time(&c));
+    }
+
+    #[test]
+    fn cleaner_settings() {
+        let cfg = Config::default();
+        let mut c = BTreeMap::new();
+        assert!(cleaner(&c, &cfg).is_none());
+        c.insert(CLEANUP_POLICY.to_string(), "delete,compact".to_string());
+        let s = cleaner(&c, &cfg).unwrap();
+        assert_eq!(s.delete_retention_ms, 86_400_000);
+        assert_eq!(s.min_compaction_lag_ms, 0);
+        assert_eq!(s.min_cleanable_dirty_ratio, 0.5);
+        c.insert(MIN_CLEANABLE_DIRTY_RATIO.to_string(), "0.01".to_string());
+        c.insert(DELETE_RETENTION_MS.to_string(), "1000".to_string());
+        let s = cleaner(&c, &cfg).unwrap();
+        assert_eq!(
+            (s.delete_retention_ms, s.min_cleanable_dirty_ratio),
+            (1000, 0.01)
+        );
     }
 }

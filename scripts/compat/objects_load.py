@@ -16,6 +16,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 MIB = 1 << 20
 
 
+def wait_for(what: str, cond, timeout: float = 60.0, every: float = 0.3) -> None:
+    """Polls `cond` until it holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def value_of(seq: int, size: int) -> bytes:
     head = hashlib.blake2b(seq.to_bytes(8, "big"), digest_size=16).digest()
     return (head * (size // 16 + 1))[:size]

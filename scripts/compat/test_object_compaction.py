@@ -10,7 +10,7 @@ import random
 import re
 import time
 
-from objects_load import MIB, Produced, check_read_back, create_topic, produce, read_back
+from objects_load import MIB, wait_for, Produced, check_read_back, create_topic, produce, read_back
 
 PARTITIONS = 3
 VALUE = 16 << 10
@@ -38,14 +38,6 @@ def objects(broker) -> dict[int, int]:
 def on_disk(broker) -> set[int]:
     return {int(p.stem, 16) for p in (broker.data_dir / "objects").rglob("*.sso")}
 
-
-def wait_for(what, cond, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_stream_set_objects_become_stream_objects(broker, figures):

@@ -12,6 +12,8 @@ import time
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from objects_load import wait_for
+
 BROKER_PARAMS = {"shards": 1, "args": [
     "--upload-interval-ms", "200",
     "--log-retention-check-interval-ms", "300",
@@ -72,14 +74,6 @@ def objects_of(broker, topic: str) -> set[int]:
 def object_ids_on_disk(broker) -> set[int]:
     return {int(p.stem, 16) for p in (broker.data_dir / "objects").rglob("*.sso")}
 
-
-def wait_for(what: str, cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_retention_ms_moves_log_start_and_deletes_old_objects(broker):

@@ -287,7 +287,7 @@ pub fn end_txn_marker(batch: &[u8]) -> Option<EndTxnMarker> {
     }
 }
 
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+pub(crate) fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     if r.len() < n {
         return None;
     }
@@ -297,7 +297,7 @@ fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 }
 
 /// A zigzag varint of at most 10 bytes.
-fn read_varint(r: &mut &[u8]) -> Option<i64> {
+pub(crate) fn read_varint(r: &mut &[u8]) -> Option<i64> {
     let mut z = 0u64;
     for i in 0..10 {
         let b = *take(r, 1)?.first()?;

@@ -6,7 +6,9 @@
 
 pub mod batch;
 pub mod block_cache;
+pub mod codec;
 pub mod log_cache;
 pub mod object;
+pub mod records;
 pub mod throttle;
 pub mod wal;

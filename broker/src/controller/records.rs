@@ -34,6 +34,7 @@ pub mod kind {
     pub const OBJECTS_PURGED: u16 = 104;
     pub const STREAM_OBJECT_COMMITTED: u16 = 105;
     pub const UPLOADED_END: u16 = 106;
+    pub const PARTITION_CLEANED: u16 = 107;
 }
 
 /// Largest body a record may claim; metadata records are small.
@@ -150,6 +151,13 @@ pub enum Record {
         partition: i32,
         offset: i64,
     },
+    /// Log compaction (`cleanup.policy=compact`) has cleaned a partition
+    /// up to `offset`: what lies above it is dirty.
+    PartitionCleaned {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// The offsets `start..end` of one partition inside an object.
@@ -235,6 +243,7 @@ impl Record {
             Record::ObjectsPurged { .. } => kind::OBJECTS_PURGED,
             Record::StreamObjectCommitted { .. } => kind::STREAM_OBJECT_COMMITTED,
             Record::UploadedEnd { .. } => kind::UPLOADED_END,
+            Record::PartitionCleaned { .. } => kind::PARTITION_CLEANED,
         }
     }
 
@@ -393,6 +402,11 @@ impl Record {
                 offset,
             }
             | Record::UploadedEnd {
+                topic_id,
+                partition,
+                offset,
+            }
+            | Record::PartitionCleaned {
                 topic_id,
                 partition,
                 offset,
@@ -576,6 +590,11 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             offset: r.i64()?,
         },
         kind::UPLOADED_END => Record::UploadedEnd {
+            topic_id: r.uuid()?,
+            partition: r.i32()?,
+            offset: r.i64()?,
+        },
+        kind::PARTITION_CLEANED => Record::PartitionCleaned {
             topic_id: r.uuid()?,
             partition: r.i32()?,
             offset: r.i64()?,
@@ -866,6 +885,11 @@ impl fmt::Display for Record {
                 partition,
                 offset,
             } => write!(f, "UploadedEnd {topic_id}-{partition} at {offset}"),
+            Record::PartitionCleaned {
+                topic_id,
+                partition,
+                offset,
+            } => write!(f, "PartitionCleaned {topic_id}-{partition} up to {offset}"),
             Record::ObjectsDestroyed { ids, at_ms } => {
                 write!(f, "ObjectsDestroyed at {at_ms} ms: {ids:?}")
             }
@@ -1004,6 +1028,11 @@ pub(crate) mod tests {
                 partition: 0,
                 offset: 10,
             },
+            Record::PartitionCleaned {
+                topic_id: id,
+                partition: 0,
+                offset: 8,
+            },
             Record::ObjectsDestroyed {
                 ids: vec![3],
                 at_ms: 1234,
@@ -1017,7 +1046,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 16, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 17, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

@@ -101,6 +101,15 @@ fn start_partition(
     if let Some(why) = refused_from_clients(&batches) {
         return Err((ResponseError::InvalidRecord, why.into()));
     }
+    if topic_config::is_compacted(&topic.configs) {
+        check_keys(&batches).map_err(|why| {
+            debug!(topic = %topic.name, partition, "rejecting batch: {why}");
+            (
+                ResponseError::InvalidRecord,
+                format!("{why} in topic partition {}-{partition}", topic.name),
+            )
+        })?;
+    }
     let durable = match shard.try_append(key, &batches, log_append_time, Origin::Client) {
         Ok(now) => now,
         Err(waiting) => waiting,
@@ -120,6 +129,22 @@ fn refused_from_clients(batches: &[ValidatedBatch]) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// The most a batch sent to a compacted topic may decompress to while its
+/// keys are checked.
+const MAX_EXPANDED_BATCH: usize = 64 << 20;
+
+/// Compacted topics take only keyed records (Kafka's `LogValidator`).
+fn check_keys(batches: &[ValidatedBatch]) -> Result<(), String> {
+    for b in batches {
+        match storage::records::all_records_keyed(&b.bytes, MAX_EXPANDED_BATCH) {
+            Ok(true) => {}
+            Ok(false) => return Err("Compacted topic cannot accept message without key".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 async fn finish_partition(started: Started) -> PartitionResult {

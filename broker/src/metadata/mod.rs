@@ -242,6 +242,11 @@ impl MetadataImage {
             } => self
                 .objects
                 .apply_uploaded_end(*topic_id, *partition, *offset),
+            Record::PartitionCleaned {
+                topic_id,
+                partition,
+                offset,
+            } => self.objects.apply_cleaned(*topic_id, *partition, *offset),
             Record::ObjectsDestroyed { ids, at_ms } => self.objects.apply_destroyed(ids, *at_ms),
             Record::ObjectsPurged { ids } => self.objects.apply_purged(ids),
             Record::StreamObjectCommitted {
@@ -395,6 +400,12 @@ pub enum Command {
     /// Destroyed objects are gone from the store.
     PurgeObjects {
         ids: Vec<u64>,
+    },
+    /// Log compaction cleaned a partition up to `offset`.
+    MarkCleaned {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
     },
     /// Hands a block of `count` producer ids to `node_id` (the image then
     /// names it in `producer_id_blocks`).
@@ -636,6 +647,30 @@ fn plan_one(
                     size: *size,
                     range: *range,
                     replaces: replaces.clone(),
+                }],
+            ))
+        }
+        Command::MarkCleaned {
+            topic_id,
+            partition,
+            offset,
+        } => {
+            let current = image.objects.partition(*topic_id, *partition);
+            if !image.has_partition(*topic_id, *partition) || current.is_none() {
+                return Err(CommandError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("partition {topic_id}-{partition} has no objects"),
+                ));
+            }
+            if current.is_some_and(|p| p.cleaned_end >= *offset) {
+                return Ok((*topic_id, Vec::new()));
+            }
+            Ok((
+                *topic_id,
+                vec![Record::PartitionCleaned {
+                    topic_id: *topic_id,
+                    partition: *partition,
+                    offset: *offset,
                 }],
             ))
         }

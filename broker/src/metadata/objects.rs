@@ -56,6 +56,8 @@ pub struct PartitionObjects {
     /// Offset after the last range ever committed: everything below it was
     /// uploaded (never decreases, also when ranges are dropped).
     pub uploaded_end: i64,
+    /// Log compaction cleaned the partition up to here (0: never).
+    pub cleaned_end: i64,
 }
 
 impl PartitionObjects {
@@ -377,6 +379,13 @@ impl ObjectsImage {
                     offset: part.uploaded_end,
                 });
             }
+            if part.cleaned_end > 0 {
+                out.push(Record::PartitionCleaned {
+                    topic_id: *topic,
+                    partition: *p,
+                    offset: part.cleaned_end,
+                });
+            }
         }
         if !self.destroyed.is_empty() {
             let mut by_time: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
@@ -403,6 +412,11 @@ impl ObjectsImage {
     pub fn apply_uploaded_end(&mut self, topic: Uuid, partition: i32, offset: i64) {
         let part = self.partitions.entry((topic, partition)).or_default();
         part.uploaded_end = part.uploaded_end.max(offset);
+    }
+
+    pub fn apply_cleaned(&mut self, topic: Uuid, partition: i32, offset: i64) {
+        let part = self.partitions.entry((topic, partition)).or_default();
+        part.cleaned_end = part.cleaned_end.max(offset);
     }
 }
 
@@ -466,6 +480,11 @@ mod tests {
                 partition,
                 offset,
             } => img.apply_uploaded_end(topic_id, partition, offset),
+            Record::PartitionCleaned {
+                topic_id,
+                partition,
+                offset,
+            } => img.apply_cleaned(topic_id, partition, offset),
             Record::ObjectsDestroyed { ids, at_ms } => img.apply_destroyed(&ids, at_ms),
             other => panic!("{other}"),
         }

@@ -289,6 +289,22 @@ impl Shard {
         }
     }
 
+    /// Drops a partition's cached batches below `offset` (all uploaded), so
+    /// reads below it go to objects (log compaction rewrote them there).
+    pub fn evict_cached_before(&self, key: PartitionKey, offset: i64) {
+        let freed = match self.partitions.borrow_mut().get_mut(&key) {
+            Some(p) => {
+                let end = offset.min(p.state.uploaded_end);
+                p.cache.evict_before(end)
+            }
+            None => 0,
+        };
+        if freed > 0 {
+            self.change_usage(-(freed as isize), 0);
+            self.space.notify(usize::MAX);
+        }
+    }
+
     /// Drops uploaded batches from log caches, oldest upload first, until
     /// the shard is within its log-cache budget.
     pub fn evict_to_budget(&self) {

@@ -59,6 +59,9 @@ fn object_ref(r: &RangeRef) -> ObjectRef {
     }
 }
 
+/// Emptied object ranges one read skips before it answers with nothing.
+const MAX_EMPTY_RANGES: usize = 64;
+
 fn storage_error(e: impl std::fmt::Display, key: PartitionKey) -> ReadError {
     warn!(topic = %key.0, partition = key.1, "object read failed: {e}");
     ReadError::Partition(ResponseError::KafkaStorageError)
@@ -75,6 +78,29 @@ impl Shard {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<PartitionRead, ReadError> {
+        // Log compaction leaves gaps: a range may end with offsets that no
+        // batch holds any more, and the read then moves on to the next range.
+        let (mut read, mut range_end) = self.read_once(key, offset, max_bytes, min_one).await?;
+        for _ in 0..MAX_EMPTY_RANGES {
+            match range_end {
+                Some(end) if read.batches.is_empty() && end < read.high_watermark => {
+                    (read, range_end) = self.read_once(key, end, max_bytes, min_one).await?;
+                }
+                _ => break,
+            }
+        }
+        Ok(read)
+    }
+
+    /// One read: from the log cache, or from the one object range holding
+    /// `offset` (then also its end).
+    async fn read_once(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<(PartitionRead, Option<i64>), ReadError> {
         let (range, readahead, mut out) = {
             let mut parts = self.partitions.borrow_mut();
             let part = parts
@@ -96,11 +122,12 @@ impl Shard {
                     })
                 }
                 Ok(ReadPlan::Cached(r)) => {
-                    return Ok(PartitionRead {
+                    let read = PartitionRead {
                         batches: r.batches,
                         bytes: r.bytes,
                         ..out
-                    })
+                    };
+                    return Ok((read, None));
                 }
                 Ok(ReadPlan::Cold) => {}
             }
@@ -141,7 +168,7 @@ impl Shard {
         }
         out.bytes = batches.iter().map(|b| b.len()).sum();
         out.batches = batches;
-        Ok(out)
+        Ok((out, Some(range.end_offset)))
     }
 
     fn reader_config(&self) -> storage::object::reader::ReaderConfig {

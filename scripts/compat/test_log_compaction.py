@@ -1,0 +1,181 @@
+"""Log compaction (cleanup.policy=compact) with real clients: after the
+cleaner ran, a topic read from the start holds exactly the latest record of
+each key, at the offset it was written at (gaps, as in Kafka); tombstones
+stay for delete.retention.ms and then go; a keyless record is refused with
+INVALID_RECORD; __consumer_offsets is compacted too, and everything holds
+across kill -9.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from objects_load import wait_for
+
+BROKER_PARAMS = {"shards": 1, "args": [
+    "--upload-interval-ms", "200",
+    "--object-compaction-interval-ms", "500",
+    "--object-compaction-min-age-ms", "0",
+    "--object-gc-interval-ms", "300",
+    "--object-delete-delay-ms", "500",
+]}
+
+KEYS = 40
+ROUNDS = 8
+DELETED = 5  # k0..k4 get tombstones
+
+
+def create(broker, topic: str, **configs) -> None:
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    fs = a.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
+                                   config={k.replace("_", "."): str(v) for k, v in configs.items()})])
+    for f in fs.values():
+        f.result(30)
+
+
+def produce(broker, topic: str, records, compression: str = "lz4") -> dict[str, tuple[int, bytes | None]]:
+    """Produces (key, value) pairs in order; returns key -> (offset, value)
+    of the last write of each key, from the delivery reports."""
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 5,
+                  "compression.type": compression})
+    latest: dict[str, tuple[int, bytes | None]] = {}
+    errors = []
+
+    def done(err, msg):
+        if err:
+            errors.append(err)
+        else:
+            k = msg.key().decode()
+            if k not in latest or latest[k][0] < msg.offset():
+                latest[k] = (msg.offset(), msg.value())
+
+    for k, v in records:
+        p.produce(topic, key=k.encode(), value=v, partition=0, on_delivery=done)
+    assert p.flush(30) == 0
+    assert not errors, errors
+    return latest
+
+
+def read_all(broker, topic: str) -> list[tuple[int, str | None, bytes | None]]:
+    """Every record from offset 0 to the high watermark (confluent-kafka)."""
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"read-{time.monotonic()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    c.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    deadline = time.monotonic() + 30
+    last = -1
+    while last < high - 1 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        assert not m.error(), m.error()
+        out.append((m.offset(), m.key().decode() if m.key() else None, m.value()))
+        last = m.offset()
+    c.close()
+    return out
+
+
+def read_all_kafka_python(broker, topic: str) -> list[tuple[int, str | None, bytes | None]]:
+    from kafka import KafkaConsumer, TopicPartition as KTP
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                      auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    tp = KTP(topic, 0)
+    c.assign([tp])
+    c.seek(tp, 0)
+    out = [(m.offset, m.key.decode() if m.key else None, m.value) for m in c]
+    c.close()
+    return out
+
+
+def cleaner_passes(broker, topic: str) -> int:
+    return len(re.findall(rf'log cleaner pass.*topic="?{re.escape(topic)}[" ]', broker.log_text()))
+
+
+def cleaned_to(broker, topic: str) -> int:
+    """The highest offset the cleaner has reported cleaning `topic` to."""
+    got = re.findall(rf'log cleaner pass.*topic="?{re.escape(topic)}[" ].*cleaned_to=(\d+)',
+                     broker.log_text())
+    return max((int(g) for g in got), default=0)
+
+
+
+def test_compacted_topic_keeps_the_latest_per_key_and_drops_old_tombstones(broker):
+    topic = "compacted"
+    create(broker, topic, cleanup_policy="compact", min_cleanable_dirty_ratio="0.01",
+           delete_retention_ms=10_000)
+    latest = {}
+    for r in range(ROUNDS):
+        recs = [(f"k{i}", f"k{i}-round{r}".encode() * 20) for i in range(KEYS)]
+        latest.update(produce(broker, topic, recs, compression=["lz4", "zstd", "gzip", "none"][r % 4]))
+        time.sleep(0.3)  # several uploads, so several ranges
+    latest.update(produce(broker, topic, [(f"k{i}", None) for i in range(DELETED)]))
+    high = KEYS * ROUNDS + DELETED
+
+    wait_for("the cleaner to compact the whole topic", lambda: cleaned_to(broker, topic) == high)
+    # Reads now come from the cleaned objects: exactly the latest record of
+    # each key, at its original offset, tombstones included for now.
+    expected = sorted((off, k, v) for k, (off, v) in latest.items())
+    after = read_all(broker, topic)
+    assert after == expected, (len(after), len(expected), after[:5], expected[:5])
+    assert read_all_kafka_python(broker, topic) == expected
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "wm"})
+    assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, high)
+    c.close()
+
+    # After delete.retention.ms the tombstones (and so their keys) are gone,
+    # once new writes make the partition dirty enough to clean again.
+    time.sleep(10.5)
+    latest.update(produce(broker, topic, [("k39", b"final")]))
+    wait_for("another cleaner pass", lambda: cleaned_to(broker, topic) == high + 1)
+    expected = sorted((off, k, v) for k, (off, v) in latest.items() if v is not None)
+    after = read_all(broker, topic)
+    assert after == expected
+    assert not any(k == f"k{i}" for _, k, _ in after for i in range(DELETED))
+
+    # Compacted data and the cleaned offset survive kill -9.
+    broker.kill9()
+    broker.restart()
+    assert read_all(broker, topic) == expected
+
+
+def test_keyless_record_to_a_compacted_topic_is_refused(broker):
+    topic = "compacted-keys"
+    create(broker, topic, cleanup_policy="compact")
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "retries": 0})
+    errors = []
+    p.produce(topic, value=b"no key", partition=0,
+              on_delivery=lambda err, msg: errors.append(err))
+    p.flush(30)
+    assert len(errors) == 1 and errors[0] is not None
+    assert errors[0].code() == KafkaError.INVALID_RECORD, errors[0]
+    # Keyed records still go in, and a topic without compaction takes keyless ones.
+    assert produce(broker, topic, [("a", b"1")])["a"][0] == 0
+    create(broker, "not-compacted")
+    p.produce("not-compacted", value=b"no key", partition=0)
+    assert p.flush(30) == 0
+
+
+def test_consumer_offsets_are_compacted(broker):
+    topic = "offsets-src"
+    create(broker, topic)
+    produce(broker, topic, [("x", b"y")])
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "many-commits",
+                  "enable.auto.commit": False})
+    for i in range(300):
+        c.commit(offsets=[TopicPartition(topic, 0, i)], asynchronous=False)
+    c.close()
+    wait_for("the cleaner to compact __consumer_offsets",
+             lambda: cleaner_passes(broker, "__consumer_offsets") >= 1)
+    m = re.findall(r"log cleaner pass.*topic=\"?__consumer_offsets.*bytes_in=(\d+) bytes_out=(\d+)",
+                   broker.log_text())
+    assert m and int(m[-1][1]) < int(m[-1][0]), m
+    broker.kill9()
+    broker.restart()
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "many-commits"})
+    got = c.committed([TopicPartition(topic, 0)], timeout=10)
+    c.close()
+    assert got[0].offset == 299
