@@ -132,6 +132,8 @@ pub struct Config {
     /// `offsets.retention.minutes`: committed offsets of a group that has
     /// been empty this long are deleted (tombstones).
     pub offsets_retention_minutes: u64,
+    /// Overrides `offsets_retention_minutes` with milliseconds (tests).
+    pub offsets_retention_ms: Option<u64>,
     /// `offsets.retention.check.interval.ms`: how often groups are checked.
     pub offsets_retention_check_interval_ms: u64,
     /// On SIGTERM, how long shards may take to upload what their WAL holds
@@ -213,6 +215,7 @@ impl Default for Config {
             compaction_bytes_per_sec: 64 << 20,
             log_cleaner_dedupe_buffer_bytes: 128 << 20,
             offsets_retention_minutes: 10_080,
+            offsets_retention_ms: None,
             offsets_retention_check_interval_ms: 600_000,
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval_ms: 600_000,
@@ -340,6 +343,8 @@ pub struct Flags {
     pub log_cleaner_dedupe_buffer_bytes: Option<u64>,
     #[arg(long, env = "BROKER_OFFSETS_RETENTION_MINUTES")]
     pub offsets_retention_minutes: Option<u64>,
+    #[arg(long, env = "BROKER_OFFSETS_RETENTION_MS")]
+    pub offsets_retention_ms: Option<u64>,
     #[arg(long, env = "BROKER_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
     pub offsets_retention_check_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_PRODUCER_ID_EXPIRATION_MS")]
@@ -408,6 +413,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How long committed offsets of an empty group are kept, in ms.
+    pub fn offsets_retention_ms(&self) -> i64 {
+        let ms = self
+            .offsets_retention_ms
+            .unwrap_or(self.offsets_retention_minutes.saturating_mul(60_000));
+        i64::try_from(ms).unwrap_or(i64::MAX)
+    }
+
     /// Builds the config from a file (if any) and the flags/environment.
     pub fn load(flags: Flags) -> Result<Config, ConfigError> {
         let mut cfg = match &flags.config {
@@ -485,6 +498,7 @@ impl Config {
             ($($f:ident),*) => { $( if flags.$f.is_some() { cfg.$f = flags.$f; } )* };
         }
         over_opt!(
+            offsets_retention_ms,
             objects_url,
             s3_endpoint,
             s3_region,

@@ -83,6 +83,10 @@ pub struct GroupCoordinator {
     shard: Weak<Shard>,
     pub settings: GroupSettings,
     offset_metadata_max_bytes: usize,
+    /// `offsets.retention.minutes`, in ms.
+    offsets_retention_ms: i64,
+    /// How often offsets expire (0: never).
+    offsets_retention_check_ms: u64,
     groups: RefCell<HashMap<String, Group>>,
     /// `__consumer_offsets` partitions this shard leads and has replayed.
     loaded: RefCell<HashSet<i32>>,
@@ -112,6 +116,8 @@ impl GroupCoordinator {
                 max_member_metadata_bytes: config.group_max_member_metadata_bytes,
             },
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
+            offsets_retention_ms: config.offsets_retention_ms(),
+            offsets_retention_check_ms: config.offsets_retention_check_interval_ms,
             groups: RefCell::new(HashMap::new()),
             loaded: RefCell::new(HashSet::new()),
             loading: RefCell::new(HashSet::new()),
@@ -336,6 +342,77 @@ impl GroupCoordinator {
             }
         })
         .detach();
+        let every = self.offsets_retention_check_ms;
+        if every == 0 {
+            return;
+        }
+        let weak = self.shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(every)).await;
+                let Some(shard) = weak.upgrade() else { return };
+                shard.groups.expire_offsets(&shard).await;
+            }
+        })
+        .detach();
+    }
+
+    /// Deletes (with tombstones) the committed offsets that
+    /// `offsets.retention.minutes` expires, and the groups left with
+    /// neither members nor offsets.
+    async fn expire_offsets(&self, shard: &Rc<Shard>) {
+        let now = now_ms();
+        // (group, its expired offsets, whether that is all of them)
+        type Due = (String, Vec<(String, i32)>, bool);
+        let due: Vec<Due> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter_map(|(id, g)| {
+                let expired = g.expired_offsets(self.offsets_retention_ms, now);
+                let gone = expired.len() == g.offsets.len();
+                (!expired.is_empty()).then(|| (id.clone(), expired, gone))
+            })
+            .collect();
+        for (group_id, expired, gone) in due {
+            let Ok(key) = self.route(&group_id) else {
+                continue;
+            };
+            let mut records: Vec<GroupRecord> = expired
+                .iter()
+                .map(|(t, p)| GroupRecord::Offset {
+                    group: group_id.clone(),
+                    topic: t.clone(),
+                    partition: *p,
+                    value: None,
+                })
+                .collect();
+            if gone {
+                records.push(GroupRecord::Group {
+                    group: group_id.clone(),
+                    value: None,
+                });
+            }
+            if let Err(e) = write(shard, key, records).await {
+                warn!(group = group_id, "cannot expire committed offsets: {e:?}");
+                continue;
+            }
+            let mut groups = self.groups.borrow_mut();
+            if let Some(g) = groups.get_mut(&group_id) {
+                for k in &expired {
+                    g.offsets.remove(k);
+                }
+                if gone && g.offsets.is_empty() && g.is_empty() {
+                    groups.remove(&group_id);
+                }
+            }
+            info!(
+                group = group_id,
+                offsets = expired.len(),
+                group_deleted = gone,
+                "committed offsets expired (offsets.retention.minutes)"
+            );
+        }
     }
 
     fn next_deadline(&self) -> Option<i64> {

@@ -252,6 +252,26 @@ impl Group {
         self.members.is_empty() && self.pending_members.is_empty()
     }
 
+    /// The committed offsets `offsets.retention` expires at `now` (Kafka's
+    /// KIP-211): those of a group that uses the group protocol once it has
+    /// been Empty for `retention_ms`; those of a standalone group (offsets
+    /// committed without joining) each `retention_ms` after its commit.
+    /// A group with members keeps every offset.
+    pub fn expired_offsets(&self, retention_ms: i64, now: i64) -> Vec<(String, i32)> {
+        if !self.is_empty() || self.state != GroupState::Empty {
+            return Vec::new();
+        }
+        let limit = now.saturating_sub(retention_ms);
+        let group_expired = self.protocol_type.is_some() && self.state_since <= limit;
+        self.offsets
+            .iter()
+            .filter(|(_, v)| {
+                group_expired || (self.protocol_type.is_none() && v.commit_timestamp <= limit)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     fn transition(&mut self, state: GroupState, now: i64) {
         self.state = state;
         self.state_since = now;
@@ -1068,6 +1088,11 @@ impl Group {
             GroupState::Stable
         };
         self.transition(state, now);
+        // An empty group has been empty since it was last written (offset
+        // expiry counts from there, across restarts).
+        if state == GroupState::Empty && v.state_timestamp >= 0 {
+            self.state_since = v.state_timestamp.min(now);
+        }
     }
 }
 

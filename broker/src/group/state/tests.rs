@@ -513,3 +513,48 @@ fn an_unwritten_assignment_is_taken_back() {
     assert!(sim.g.members.values().all(|m| m.assignment.is_empty()));
     assert_eq!(sim.hb(&ids[0]), Err(ResponseError::RebalanceInProgress));
 }
+
+fn committed(at: i64) -> OffsetValue {
+    OffsetValue {
+        offset: 1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp: at,
+    }
+}
+
+#[test]
+fn offsets_expire_once_the_group_has_been_empty_for_the_retention() {
+    let mut sim = Sim::new();
+    let ids = sim.stable_with(1);
+    sim.g.offsets.insert(("t".into(), 0), committed(sim.now));
+    let never = sim.now + 1_000_000;
+    assert!(
+        sim.g.expired_offsets(10, never).is_empty(),
+        "a group with members keeps its offsets"
+    );
+    let (r, _) = sim.g.leave(&ids[0], None, &sim.s, sim.now);
+    assert_eq!(r, Ok(()));
+    assert_eq!(sim.g.state, GroupState::Empty);
+    let empty_at = sim.now;
+    assert!(sim.g.expired_offsets(1000, empty_at + 999).is_empty());
+    assert_eq!(
+        sim.g.expired_offsets(1000, empty_at + 1000),
+        vec![("t".to_string(), 0)]
+    );
+    // After a restart the group is still empty since the time it was written.
+    let mut restored = Group::new("g", 0);
+    restored.restore(sim.g.to_value(empty_at), empty_at + 500);
+    restored.offsets = sim.g.offsets.clone();
+    assert!(restored.expired_offsets(1000, empty_at + 999).is_empty());
+    assert_eq!(restored.expired_offsets(1000, empty_at + 1000).len(), 1);
+}
+
+#[test]
+fn standalone_offsets_expire_one_by_one_after_their_commit() {
+    let mut g = Group::new("standalone", 0);
+    g.offsets.insert(("t".into(), 0), committed(100));
+    g.offsets.insert(("t".into(), 1), committed(5000));
+    assert_eq!(g.expired_offsets(1000, 1100), vec![("t".to_string(), 0)]);
+    assert_eq!(g.expired_offsets(1000, 6000).len(), 2);
+}
