@@ -46,8 +46,11 @@ enum Kind {
 }
 
 /// Which of a partition's ranges to merge into stream objects:
-/// * consecutive ranges that live in shared (stream-set) objects always
-///   move out, merged up to about `target` bytes, so those objects can go;
+/// * consecutive ranges that live in shared (stream-set) objects move out,
+///   merged up to about `target` bytes, so those objects can go, once they
+///   add up to half the target or the oldest is older than `max_age_ms`
+///   (ten times `min_age_ms`): every stream object written is a PUT, so a
+///   slow partition does not move out in small pieces;
 /// * small stream objects of its own merge once `MERGE_FANIN` of them are
 ///   consecutive, or they add up to `target`, so each byte is rewritten a
 ///   logarithmic number of times, not on every pass.
@@ -61,6 +64,7 @@ pub fn plan_runs(
     min_age_ms: i64,
     now_ms: i64,
 ) -> Vec<Run> {
+    let max_age_ms = min_age_ms.saturating_mul(10);
     let kind_of = |r: &RangeRef| -> Option<Kind> {
         let shared = objects
             .objects
@@ -81,8 +85,11 @@ pub fn plan_runs(
     let mut cur_kind = Kind::Shared;
     let close = |cur: &mut Run, kind: Kind, runs: &mut Vec<Run>| {
         let bytes: u64 = cur.iter().map(|r| r.bytes).sum();
+        let old = cur
+            .first()
+            .is_some_and(|r| r.max_timestamp <= now_ms.saturating_sub(max_age_ms));
         let worth = match kind {
-            Kind::Shared => !cur.is_empty(),
+            Kind::Shared => !cur.is_empty() && (bytes >= target / 2 || old),
             Kind::Small => cur.len() >= MERGE_FANIN || (cur.len() > 1 && bytes >= target),
         };
         if worth {
@@ -291,8 +298,10 @@ pub async fn write_stream_object(
     let id = crate::uploader::next_object_id(shard).await?;
     let object_key = keys::object_key(&shard.config.object_key_prefix(), id);
     budget.acquire(size).await;
-    let put = if size >= 32 << 20 {
-        store.put_multipart(&object_key, built.body, 8 << 20).await
+    let put = if size >= storage::object::MULTIPART_THRESHOLD {
+        store
+            .put_multipart(&object_key, built.body, storage::object::MULTIPART_PART)
+            .await
     } else {
         store.put(&object_key, built.body).await
     };
@@ -354,12 +363,21 @@ mod tests {
             );
         }
         commit(&mut img, 4, vec![range(1, 130, 140, 10, 10)]);
-        commit(&mut img, 5, vec![range(1, 140, 150, 10, 10_000)]);
+        commit(&mut img, 5, vec![range(1, 140, 150, 10, 19_500)]);
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
-        let runs = plan_runs(&img, &part, 500, 1000, 5000);
+        // 30 shared bytes: too few for a 500-byte target while they are
+        // younger than ten times the minimum age...
+        assert!(plan_runs(&img, &part, 500, 1000, 5000).is_empty());
+        // ...enough for a 60-byte target...
+        assert_eq!(
+            starts(&plan_runs(&img, &part, 60, 1000, 5000)),
+            vec![vec![100, 110, 120]]
+        );
+        // ...and they move out anyway once old.
+        let runs = plan_runs(&img, &part, 500, 1000, 20_000);
         assert_eq!(starts(&runs), vec![vec![100, 110, 120]]);
         // A run is cut at the target size.
-        let runs = plan_runs(&img, &part, 15, 1000, 5000);
+        let runs = plan_runs(&img, &part, 15, 1000, 20_000);
         assert_eq!(starts(&runs), vec![vec![100, 110], vec![120]]);
     }
 

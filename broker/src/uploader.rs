@@ -37,9 +37,6 @@ use crate::shard::Shard;
 
 /// Object ids reserved from the controller at a time.
 const ID_BLOCK: u64 = 16;
-/// Objects at least this large go up as multipart uploads.
-const MULTIPART_THRESHOLD: u64 = 32 << 20;
-const MULTIPART_PART: usize = 8 << 20;
 
 /// Counters of one shard's uploader.
 #[derive(Debug, Clone, Copy, Default)]
@@ -446,8 +443,10 @@ async fn put(
     up.throttle.acquire(size).await;
     let mut attempt = 0u32;
     loop {
-        let result = if size >= MULTIPART_THRESHOLD {
-            store.put_multipart(key, body.clone(), MULTIPART_PART).await
+        let result = if size >= storage::object::MULTIPART_THRESHOLD {
+            store
+                .put_multipart(key, body.clone(), storage::object::MULTIPART_PART)
+                .await
         } else {
             store.put(key, body.clone()).await
         };

@@ -23,7 +23,8 @@ refuses connections):
   GET  /__faults         the fault settings as JSON
   POST /__faults         change them: {"error500": 0.2, "outage": "refuse", ...}
                          ("outage": null ends an outage)
-  GET  /__stats          how many times each fault was injected, requests seen,
+  GET  /__stats          how many times each fault was injected, requests seen
+                         (also by method: method_PUT, method_GET, ...),
                          requests forwarded
   POST /__stats/reset    zero the counters
 
@@ -263,6 +264,7 @@ class Proxy:
             await self.answer(writer, 404, "Not Found", b"control port: /__faults, /__stats\n")
             return not wants_close
         self.stats["requests"] += 1
+        self.stats[f"method_{method}"] = self.stats.get(f"method_{method}", 0) + 1
         if self.outage is not None:
             self.stats["outage_reset"] += 1
             reset(writer)

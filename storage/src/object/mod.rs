@@ -14,6 +14,13 @@
 //! * [`keys`]: where an object id lives in the bucket.
 //! * [`reader`]: cold reads: index and block caches, ranged GETs, read-ahead.
 
+/// Objects at least this large go up as multipart uploads. Below it one PUT
+/// carries the whole object: the body is in memory anyway, and every part
+/// is a billed request (a 64 MiB object in 8 MiB parts costs 10 requests).
+pub const MULTIPART_THRESHOLD: u64 = 128 << 20;
+/// Part size of a multipart upload.
+pub const MULTIPART_PART: usize = 32 << 20;
+
 pub mod format;
 pub mod keys;
 pub mod local;
