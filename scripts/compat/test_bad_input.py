@@ -408,3 +408,56 @@ def test_fuzzed_requests_never_crash(fresh_broker):
     assert grown < 256 * 1024, f"RSS grew by {grown} KiB over the fuzz run"
     assert outcomes["closed"] + outcomes["response"] > 0, outcomes
     assert_serves(fresh_broker)
+
+
+def _gzip_bomb_batch(value_len: int) -> bytes:
+    """One v2 batch, gzip, holding one record whose value is `value_len`
+    zero bytes: a few hundred KB on the wire, huge once decompressed."""
+    import zlib
+
+    w = kwire.Writer()
+    body = kwire.Writer().int8(0).varint(0).varint(0).varint(-1).varint(value_len).getvalue()
+    rec_len = len(body) + value_len + 1  # + the empty header count
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    out = [z.compress(w.varint(rec_len).getvalue() + body)]
+    chunk = bytes(1 << 20)
+    for _ in range(value_len >> 20):
+        out.append(z.compress(chunk))
+    out.append(z.compress(kwire.Writer().varint(0).getvalue()))
+    out.append(z.flush())
+    packed = b"".join(out)
+    now = int(time.time() * 1000)
+    after_crc = (kwire.Writer().int16(1).int32(0).int64(now).int64(now).int64(-1).int16(-1)
+                 .int32(-1).int32(1).raw(packed).getvalue())
+    return (kwire.Writer().int64(0).int32(4 + 1 + 4 + len(after_crc)).int32(-1).int8(2)
+            .uint32(kwire.crc32c(after_crc)).raw(after_crc).getvalue())
+
+
+def test_list_offsets_by_timestamp_does_not_decompress_a_bomb(broker):
+    """A small gzip batch that expands to 512 MiB: ListOffsets by timestamp
+    (confluent-kafka's offsets_for_times) answers at once, and the broker's
+    memory does not grow by the expanded size (issue 15, defect 5)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = "ts-bomb"
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in a.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        f.result(30)
+    batch = _gzip_bomb_batch(512 << 20)
+    assert len(batch) < 1_000_000, len(batch)
+    with connect(broker) as c:
+        r = kwire.produce(c, 7, topic, 0, batch)
+    assert r.error_code == kwire.NONE, r
+    rss_before = broker.rss_kib()
+    cons = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ts-bomb"})
+    t0 = time.monotonic()
+    got = cons.offsets_for_times([TopicPartition(topic, 0, int(time.time() * 1000) - 60_000)],
+                                 timeout=20)
+    took = time.monotonic() - t0
+    cons.close()
+    assert got[0].error is None and got[0].offset == 0, got
+    assert took < 5, f"ListOffsets took {took:.1f} s"
+    grown_mib = (broker.peak_rss_kib() - rss_before) / 1024
+    assert grown_mib < 256, f"the broker grew by {grown_mib:.0f} MiB"
+    assert_serves(broker)

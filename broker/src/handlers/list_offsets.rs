@@ -13,9 +13,9 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use std::rc::Rc;
 
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use storage::batch::parse_header;
+use storage::records::{parse_records, records_section};
 
 use super::{find_topic, locate};
 use crate::shard::read::TimestampHit;
@@ -101,10 +101,15 @@ pub async fn handle(
     resp
 }
 
+/// The most a batch's records may decompress to while a timestamp is
+/// looked up; a batch beyond it answers with its base offset.
+const MAX_EXPANDED_BATCH: usize = 64 << 20;
+
 /// The first record of `batch` with a timestamp at or after `ts`:
-/// `(timestamp, offset)`. The batch is decoded (and decompressed) only here,
-/// off the produce and fetch paths. A batch that does not decode answers
-/// with its base offset: the client then skips the earlier records itself.
+/// `(timestamp, offset)`. The batch is decompressed only here, off the
+/// produce and fetch paths, and never beyond `MAX_EXPANDED_BATCH`. A batch
+/// that does not decode answers with its base offset: the client then skips
+/// the earlier records itself.
 fn record_at_timestamp(batch: &TimestampHit, ts: i64) -> (i64, i64) {
     let whole_batch = (batch.max_timestamp, batch.base_offset);
     let Ok(header) = parse_header(&batch.bytes) else {
@@ -113,12 +118,20 @@ fn record_at_timestamp(batch: &TimestampHit, ts: i64) -> (i64, i64) {
     if header.log_append_time() {
         return whole_batch;
     }
-    match RecordBatchDecoder::decode(&mut batch.bytes.clone()) {
-        Ok(set) => set
-            .records
-            .iter()
-            .find(|r| r.timestamp >= ts)
-            .map_or(whole_batch, |r| (r.timestamp, r.offset)),
-        Err(_) => whole_batch,
-    }
+    let Ok(section) = records_section(&batch.bytes, &header, MAX_EXPANDED_BATCH) else {
+        return whole_batch;
+    };
+    let Ok(records) = parse_records(&section, header.records_count) else {
+        return whole_batch;
+    };
+    records
+        .iter()
+        .map(|r| {
+            (
+                header.base_timestamp.saturating_add(r.timestamp_delta),
+                header.base_offset + i64::from(r.offset_delta),
+            )
+        })
+        .find(|(t, _)| *t >= ts)
+        .unwrap_or(whole_batch)
 }
