@@ -9,8 +9,9 @@
 //! metadata.
 //!
 //! The decisions (`orphans`, `due_for_deletion`) are pure and unit-tested. The task runs on shard
-//! 0 only, in the uploads' task queue, and lists the store every
-//! `object_gc_interval_ms`. It never deletes an object the metadata commits,
+//! 0 only, in the uploads' task queue. It deletes destroyed objects every
+//! quarter of `object_delete_delay_ms` (from the metadata alone) and lists
+//! the store for orphans every `object_gc_interval_ms`. It never deletes an object the metadata commits,
 //! one whose id was never reserved (not ours), or one whose id is in a
 //! node's current reservation block (an upload may be about to commit it).
 
@@ -92,24 +93,33 @@ pub fn start(shard: &Rc<Shard>) {
     }
 }
 
-async fn run(shard: Weak<Shard>) {
-    loop {
-        let Some(s) = shard.upgrade() else { return };
-        let interval = Duration::from_millis(s.config.object_gc_interval_ms);
-        drop(s);
-        glommio::timer::sleep(interval).await;
-        let Some(s) = shard.upgrade() else { return };
-        if let Err(e) = collect(&s).await {
-            warn!("object garbage collection failed: {e}");
-        }
-    }
+/// How often destroyed objects are looked for: a quarter of their delay
+/// (no listing needed, the metadata names them), at most the orphan
+/// interval, at least 100 ms.
+fn destroyed_interval_ms(delete_delay_ms: u64, gc_interval_ms: u64) -> u64 {
+    (delete_delay_ms / 4).max(100).min(gc_interval_ms)
 }
 
-/// One pass: destroyed objects first, then orphans. Returns how many
-/// objects were deleted.
-pub async fn collect(shard: &Rc<Shard>) -> Result<usize, String> {
-    let destroyed = delete_destroyed(shard).await?;
-    Ok(destroyed + delete_orphans(shard).await?)
+async fn run(shard: Weak<Shard>) {
+    let mut since_orphans = 0u64;
+    loop {
+        let Some(s) = shard.upgrade() else { return };
+        let gc_every = s.config.object_gc_interval_ms;
+        let tick = destroyed_interval_ms(s.config.object_delete_delay_ms, gc_every);
+        drop(s);
+        glommio::timer::sleep(Duration::from_millis(tick)).await;
+        let Some(s) = shard.upgrade() else { return };
+        if let Err(e) = delete_destroyed(&s).await {
+            warn!("object garbage collection failed: {e}");
+        }
+        since_orphans += tick;
+        if since_orphans >= gc_every {
+            since_orphans = 0;
+            if let Err(e) = delete_orphans(&s).await {
+                warn!("object garbage collection failed: {e}");
+            }
+        }
+    }
 }
 
 /// Deletes destroyed objects past their delay and purges them from the
@@ -179,6 +189,14 @@ async fn delete_orphans(shard: &Rc<Shard>) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destroyed_objects_are_looked_for_often() {
+        assert_eq!(destroyed_interval_ms(60_000, 300_000), 15_000);
+        assert_eq!(destroyed_interval_ms(500, 300), 125);
+        assert_eq!(destroyed_interval_ms(0, 300), 100);
+        assert_eq!(destroyed_interval_ms(60_000, 1_000), 1_000);
+    }
     use crate::metadata::objects::ObjectMeta;
 
     fn info(id: u64, age_ms: i64) -> ObjectInfo {
