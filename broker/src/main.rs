@@ -7,6 +7,7 @@ mod clock;
 mod config;
 mod control;
 mod controller;
+mod data_dir;
 mod group;
 mod handlers;
 mod metadata;
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use storage::wal::{open_or_create, WalConfig, WalLayout};
+use storage::file_lock::{FileLock, LockError};
+use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Flags, Tool};
@@ -82,16 +84,18 @@ fn main() {
         }
         return;
     }
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        error!(
-            "cannot create data directory {}: {e}",
-            cfg.data_dir.display()
-        );
-        std::process::exit(1);
-    }
+    // Held until the process ends: one broker per data directory and WAL.
+    // Taken before anything in the directory is opened or written.
+    let _dir_lock = match data_dir::lock(&cfg.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
     check_memlock();
-    let wal = match open_wal(&cfg) {
-        Ok(layout) => Arc::new(layout),
+    let (wal, _wal_lock) = match open_wal(&cfg) {
+        Ok((layout, lock)) => (Arc::new(layout), lock),
         Err(e) => {
             error!("{e}");
             std::process::exit(1);
@@ -239,8 +243,19 @@ async fn run_shard(
     }
 }
 
-/// Opens (or creates) the WAL on the main thread, before any shard starts.
-fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
+/// Locks and opens (or creates) the WAL on the main thread, before any
+/// shard starts. The lock keeps a second broker off the same WAL file or
+/// device, even one with another data directory.
+fn open_wal(cfg: &Config) -> Result<(WalLayout, FileLock), String> {
+    let path = cfg.wal_path();
+    let lock = lock_wal(&path).map_err(|e| match e {
+        WalError::Locked(LockError::Held { path }) => format!(
+            "the WAL {} is in use: it is locked by another process; another broker uses \
+             this WAL (each broker needs its own wal_path)",
+            path.display()
+        ),
+        e => format!("cannot lock the WAL {}: {e}", path.display()),
+    })?;
     let wal_cfg = WalConfig {
         path: cfg.wal_path(),
         size_bytes: cfg.wal_size_bytes,
@@ -266,7 +281,7 @@ fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
         block = layout.block_size,
         "WAL open"
     );
-    Ok(layout)
+    Ok((layout, lock))
 }
 
 /// glommio registers io_uring buffers in locked memory; without enough of it

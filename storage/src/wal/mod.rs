@@ -24,7 +24,7 @@ pub mod mem_device;
 pub mod slice;
 
 pub use device::{BlockDevice, DmaDevice, IoBuf};
-pub use layout::{format_wal, open_or_create, WalConfig, WalLayout};
+pub use layout::{format_wal, lock_wal, open_or_create, WalConfig, WalLayout};
 pub use mem_device::{IoEvent, MemDevice};
 pub use slice::{AppendFuture, RecoveredRecord, WalSlice, WalStats, WalTuning};
 
@@ -52,6 +52,8 @@ pub enum WalError {
     Closed,
     #[error("WAL record of {len} bytes is larger than the limit of {max} bytes")]
     RecordTooLarge { len: usize, max: usize },
+    #[error("WAL is in use: {0}")]
+    Locked(#[from] crate::file_lock::LockError),
 }
 
 impl WalError {
