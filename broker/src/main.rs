@@ -38,6 +38,7 @@ use crate::config::{Config, Flags, Tool};
 use crate::control::{Control, MeshMsg};
 use crate::controller::ControllerHandle;
 use crate::metadata::MetadataImage;
+use crate::shard::listener::{self, ShardSocket};
 use crate::shard::Shard;
 
 /// Metadata messages in flight between two shards before a sender waits.
@@ -84,10 +85,17 @@ fn main() {
         }
         return;
     }
-    // Held until the process ends: one broker per data directory and WAL.
-    // Taken before anything in the directory is opened or written.
+    // Held until the process ends: one broker per data directory, WAL and
+    // port. Taken before anything in the directory is opened or written.
     let _dir_lock = match data_dir::lock(&cfg.data_dir) {
         Ok(lock) => lock,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mut sockets = match listener::bind_all(&cfg) {
+        Ok(sockets) => sockets.into_iter(),
         Err(e) => {
             error!("{e}");
             std::process::exit(1);
@@ -126,18 +134,23 @@ fn main() {
         std::time::Duration::from_millis(cfg.shutdown_timeout_ms),
     );
     for (s, stop) in stops.into_iter().enumerate() {
-        let cfg = cfg.clone();
-        let mesh = mesh.clone();
-        let wal = wal.clone();
-        let image = controller.image.clone();
-        let ctl = (s == 0).then(|| controller.handle.clone());
+        let start = ShardStart {
+            id: s,
+            cfg: cfg.clone(),
+            mesh: mesh.clone(),
+            wal: wal.clone(),
+            image: controller.image.clone(),
+            controller: (s == 0).then(|| controller.handle.clone()),
+            stop,
+            socket: sockets.next().expect("one socket per shard"),
+        };
         // A task queue that has run this long yields to others that are
         // runnable (glommio's default is 100 ms): uploads and cold reads
         // must not hold a core while a produce waits.
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
             .preempt_timer(std::time::Duration::from_millis(1))
-            .spawn(move || serve_shard(s, cfg, mesh, wal, image, ctl, stop));
+            .spawn(move || serve_shard(start));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -156,26 +169,32 @@ fn main() {
     }
 }
 
-/// Runs the shard in a latency-sensitive task queue: requests, appends, WAL
-/// I/O and commits, and everything they spawn, preempt the throughput
-/// queues (uploads, cold reads) within half a millisecond of becoming
-/// runnable, instead of waiting out glommio's default 100 ms slice.
-async fn serve_shard(
-    s: usize,
+/// What a shard's executor gets from the main thread.
+struct ShardStart {
+    id: usize,
     cfg: Arc<Config>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     wal: Arc<WalLayout>,
     image: Arc<MetadataImage>,
+    /// Shard 0 only: the controller thread.
     controller: Option<ControllerHandle>,
     stop: shutdown::ShardShutdown,
-) {
+    /// Its port, bound by the main thread; listened on once it serves.
+    socket: ShardSocket,
+}
+
+/// Runs the shard in a latency-sensitive task queue: requests, appends, WAL
+/// I/O and commits, and everything they spawn, preempt the throughput
+/// queues (uploads, cold reads) within half a millisecond of becoming
+/// runnable, instead of waiting out glommio's default 100 ms slice.
+async fn serve_shard(start: ShardStart) {
+    let s = start.id;
     let serve = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
         glommio::Latency::Matters(std::time::Duration::from_micros(500)),
         &format!("serve-{s}"),
     );
-    let run = run_shard(s, cfg, mesh, wal, image, controller, stop);
-    match glommio::spawn_local_into(run, serve) {
+    match glommio::spawn_local_into(run_shard(start), serve) {
         Ok(task) => task.await,
         Err(e) => {
             error!("shard {s} cannot create its serving task queue: {e}");
@@ -184,15 +203,17 @@ async fn serve_shard(
     }
 }
 
-async fn run_shard(
-    s: usize,
-    cfg: Arc<Config>,
-    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-    wal: Arc<WalLayout>,
-    image: Arc<MetadataImage>,
-    controller: Option<ControllerHandle>,
-    stop: shutdown::ShardShutdown,
-) {
+async fn run_shard(start: ShardStart) {
+    let ShardStart {
+        id: s,
+        cfg,
+        mesh,
+        wal,
+        image,
+        controller,
+        stop,
+        socket,
+    } = start;
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
     shard.install_image(image);
@@ -237,10 +258,15 @@ async fn run_shard(
         }
     })
     .detach();
-    if let Err(e) = shard.listen().await {
-        error!("shard {s} cannot listen: {e}");
-        std::process::exit(1);
-    }
+    let addr = socket.addr;
+    let listener = match socket.listen() {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{}", listener::bind_error(s, addr, &e));
+            std::process::exit(1);
+        }
+    };
+    shard.serve(listener).await;
 }
 
 /// Locks and opens (or creates) the WAL on the main thread, before any

@@ -1,7 +1,7 @@
 """Operator mistakes that must stop a second broker at start (issue 15,
-defect 1): the same data directory or the same WAL. The second process
-exits non-zero with a message naming what is taken, and the first broker
-keeps serving its data.
+defects 1 and 2): the same data directory, the same WAL, or a port another
+broker already serves. The second process exits non-zero with a message
+naming what is taken, and the first broker keeps serving its data.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import conftest
+import kwire
 
 SECOND_TIMEOUT_S = 20.0
 
@@ -100,3 +101,35 @@ def test_second_broker_on_the_same_wal_is_refused(fresh_broker, tmp_path):
                               broker_id=fresh_broker.broker_id, extra=["--wal-path", str(wal)])
     assert_refused(code, out, str(wal), "locked by another process")
     produce_and_read_back(fresh_broker, f"excl-wal-{uuid.uuid4().hex[:6]}")
+
+
+def test_second_broker_on_a_served_port_is_refused(fresh_broker, tmp_path):
+    # Another data directory and another broker id: if it ran, Metadata on
+    # the shared port would sometimes name its nodes (7000, 7001, ...).
+    data_dir = tmp_path / "other"
+    code, out = second_broker(tmp_path, shards=fresh_broker.shards, data_dir=data_dir,
+                              base_port=fresh_broker.base_port, broker_id=7)
+    assert_refused(code, out, f"{fresh_broker.host}:{fresh_broker.base_port}", "already in use")
+    assert not (data_dir / "wal").exists(), "the WAL was created before the port check"
+    for _ in range(20):
+        with kwire.Conn(fresh_broker.host, fresh_broker.ports[-1]) as c:
+            md = kwire.metadata(c, 1, None)
+        assert md.brokers == fresh_broker.expected_nodes, md.brokers
+    produce_and_read_back(fresh_broker, f"excl-port-{uuid.uuid4().hex[:6]}")
+
+
+def test_a_port_taken_by_another_program_is_refused(tmp_path):
+    """Not only brokers: any listener on a shard's port (here the second
+    shard's) stops the start before the WAL or metadata are touched."""
+    import socket
+    base = free_base_port(2)
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    other.bind((conftest.HOST, base + 1))
+    other.listen(1)
+    try:
+        data_dir = tmp_path / "data"
+        code, out = second_broker(tmp_path, shards=2, data_dir=data_dir, base_port=base)
+        assert_refused(code, out, f"{conftest.HOST}:{base + 1}", "shard 1", "already in use")
+        assert not (data_dir / "wal").exists(), "the WAL was created before the port check"
+    finally:
+        other.close()
