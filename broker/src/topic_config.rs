@@ -131,6 +131,15 @@ pub fn max_message_bytes(configs: &BTreeMap<String, String>, broker_default: usi
         .unwrap_or(broker_default)
 }
 
+/// A `max.message.bytes` value as enforced: at most `cap` (what the WAL
+/// can hold). Values that are not numbers are left as they are.
+pub fn capped(value: &str, cap: usize) -> String {
+    match value.parse::<usize>() {
+        Ok(v) if v > cap => cap.to_string(),
+        _ => value.to_string(),
+    }
+}
+
 /// Whether a topic stamps batches with the append time. Read on every produce.
 pub fn uses_log_append_time(configs: &BTreeMap<String, String>) -> bool {
     configs
@@ -207,5 +216,13 @@ mod tests {
         c.insert(TIMESTAMP_TYPE.to_string(), "LogAppendTime".to_string());
         assert_eq!(max_message_bytes(&c, 777), 5000);
         assert!(uses_log_append_time(&c));
+    }
+
+    #[test]
+    fn max_message_bytes_is_capped_at_what_the_wal_holds() {
+        assert_eq!(capped("64000000", 33_000_000), "33000000");
+        assert_eq!(capped("1048588", 33_000_000), "1048588");
+        assert_eq!(capped("33000000", 33_000_000), "33000000");
+        assert_eq!(capped("junk", 5), "junk");
     }
 }
