@@ -12,13 +12,23 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::io::{FromRawFd, IntoRawFd};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tracing::info;
 
 use crate::config::Config;
 
 /// Connections the kernel completes before the shard accepts them.
 const BACKLOG: i32 = 1024;
+
+/// How long a port in use is tried again before the start stops. A broker
+/// killed a moment ago can leave its listening sockets behind for a while
+/// (io_uring closes them in a kernel worker after the process is gone), and
+/// a restart right after a crash must not fail on them; a port that is
+/// really served is still refused, only this much later.
+const IN_USE_GRACE: Duration = Duration::from_secs(5);
+const IN_USE_RETRY: Duration = Duration::from_millis(100);
 
 /// A shard's bound (not yet listening) socket.
 #[derive(Debug)]
@@ -50,15 +60,38 @@ impl ShardSocket {
 }
 
 /// Binds every shard's port (`base_port + shard` on `listen_host`), or says
-/// which port cannot be had and why.
+/// which port cannot be had and why. Blocks the calling (main) thread for
+/// up to [`IN_USE_GRACE`] while a port is in use.
 pub fn bind_all(cfg: &Config) -> Result<Vec<ShardSocket>, String> {
     (0..cfg.shards)
         .map(|s| {
             let port = cfg.port(s);
             let addr = resolve(&cfg.listen_host, port)?;
-            ShardSocket::bind(addr).map_err(|e| bind_error(s, addr, &e))
+            bind_waiting(addr, IN_USE_GRACE).map_err(|e| bind_error(s, addr, &e))
         })
         .collect()
+}
+
+/// Binds `addr`, trying again for up to `grace` while it is in use.
+fn bind_waiting(addr: SocketAddr, grace: Duration) -> io::Result<ShardSocket> {
+    let deadline = Instant::now() + grace;
+    let mut logged = false;
+    loop {
+        match ShardSocket::bind(addr) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !logged {
+                    info!(
+                        "{addr} is in use; trying again for {} s in case a previous broker's \
+                         socket is still closing",
+                        grace.as_secs()
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(IN_USE_RETRY);
+            }
+            other => return other,
+        }
+    }
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -94,11 +127,24 @@ mod tests {
     fn a_port_someone_listens_on_is_refused() {
         let taken = std::net::TcpListener::bind(localhost(0)).unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = ShardSocket::bind(addr).unwrap_err();
+        let e = bind_waiting(addr, Duration::from_millis(300)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         let msg = bind_error(3, addr, &e);
         assert!(msg.contains(&addr.to_string()) && msg.contains("already in use"));
         assert!(msg.contains("shard 3"));
+    }
+
+    #[test]
+    fn a_port_freed_within_the_grace_is_taken() {
+        let taken = std::net::TcpListener::bind(localhost(0)).unwrap();
+        let addr = taken.local_addr().unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(taken);
+        });
+        let sock = bind_waiting(addr, Duration::from_secs(5)).unwrap();
+        closer.join().unwrap();
+        sock.socket.listen(BACKLOG).unwrap();
     }
 
     #[test]
