@@ -135,3 +135,43 @@ def test_reported_cap_is_exactly_what_produce_takes(broker):
         assert r.error_message and "max.message.bytes" in r.error_message, r
         r = kwire.produce(c, v, topic, 0, kwire.record_batch([kwire.Record(b"k", b"after")]))
         assert r.error_code == kwire.NONE and r.base_offset == 1, r
+
+
+def create_topic_v5(conn: kwire.Conn, name: str, configs: dict[str, str]) -> dict[str, str]:
+    """CreateTopics v5 (the first version that returns the topic's configs);
+    returns them."""
+    w = kwire.Writer().array_len(1, True).string(name, True).int32(1).int16(1)
+    w.array_len(0, True)  # assignments
+    w.array_len(len(configs), True)
+    for k, v in configs.items():
+        w.string(k, True).string(v, True).tags(True)
+    w.tags(True).int32(30000).bool(False).tags(True)
+    r = conn.request(kwire.CREATE_TOPICS, 5, w.getvalue())
+    r.int32()  # throttle_time_ms
+    assert r.array_len(True) == 1
+    assert r.string(True) == name
+    err, msg = r.int16(), r.string(True)
+    assert err == kwire.NONE, (err, msg)
+    r.int32()  # num_partitions
+    r.int16()  # replication_factor
+    out = {}
+    for _ in range(max(r.array_len(True), 0)):
+        k, v = r.string(True), r.string(True)
+        r.bool()  # read_only
+        r.int8()  # config_source
+        r.bool()  # is_sensitive
+        r.skip_tags(True)
+        out[k] = v
+    r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("CreateTopics v5 response")
+    return out
+
+
+def test_create_topics_reports_the_cap_too(broker):
+    """CreateTopics v5+ answers with the new topic's configs: the same
+    capped max.message.bytes as DescribeConfigs."""
+    name = f"big-ct-{uuid.uuid4().hex[:8]}"
+    with kwire.Conn(broker.host, broker.ports[0]) as c:
+        configs = create_topic_v5(c, name, {"max.message.bytes": str(TOPIC_MAX)})
+    assert int(configs["max.message.bytes"]) == described_max_message_bytes(broker, name) < TOPIC_MAX
