@@ -7,6 +7,7 @@ mod clock;
 mod config;
 mod control;
 mod controller;
+mod data_dir;
 mod group;
 mod handlers;
 mod log_cleaner;
@@ -30,13 +31,15 @@ use std::sync::Arc;
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use storage::wal::{open_or_create, WalConfig, WalLayout};
+use storage::file_lock::{FileLock, LockError};
+use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Flags, Tool};
 use crate::control::{Control, MeshMsg};
 use crate::controller::ControllerHandle;
 use crate::metadata::MetadataImage;
+use crate::shard::listener::{self, ShardSocket};
 use crate::shard::Shard;
 
 /// Metadata messages in flight between two shards before a sender waits.
@@ -83,16 +86,25 @@ fn main() {
         }
         return;
     }
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        error!(
-            "cannot create data directory {}: {e}",
-            cfg.data_dir.display()
-        );
-        std::process::exit(1);
-    }
+    // Held until the process ends: one broker per data directory, WAL and
+    // port. Taken before anything in the directory is opened or written.
+    let _dir_lock = match data_dir::lock(&cfg.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mut sockets = match listener::bind_all(&cfg) {
+        Ok(sockets) => sockets.into_iter(),
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    };
     check_memlock();
-    let wal = match open_wal(&cfg) {
-        Ok(layout) => Arc::new(layout),
+    let (wal, _wal_lock) = match open_wal(&cfg) {
+        Ok((layout, lock)) => (Arc::new(layout), lock),
         Err(e) => {
             error!("{e}");
             std::process::exit(1);
@@ -123,18 +135,23 @@ fn main() {
         std::time::Duration::from_millis(cfg.shutdown_timeout_ms),
     );
     for (s, stop) in stops.into_iter().enumerate() {
-        let cfg = cfg.clone();
-        let mesh = mesh.clone();
-        let wal = wal.clone();
-        let image = controller.image.clone();
-        let ctl = (s == 0).then(|| controller.handle.clone());
+        let start = ShardStart {
+            id: s,
+            cfg: cfg.clone(),
+            mesh: mesh.clone(),
+            wal: wal.clone(),
+            image: controller.image.clone(),
+            controller: (s == 0).then(|| controller.handle.clone()),
+            stop,
+            socket: sockets.next().expect("one socket per shard"),
+        };
         // A task queue that has run this long yields to others that are
         // runnable (glommio's default is 100 ms): uploads and cold reads
         // must not hold a core while a produce waits.
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
             .preempt_timer(std::time::Duration::from_millis(1))
-            .spawn(move || serve_shard(s, cfg, mesh, wal, image, ctl, stop));
+            .spawn(move || serve_shard(start));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -153,26 +170,32 @@ fn main() {
     }
 }
 
-/// Runs the shard in a latency-sensitive task queue: requests, appends, WAL
-/// I/O and commits, and everything they spawn, preempt the throughput
-/// queues (uploads, cold reads) within half a millisecond of becoming
-/// runnable, instead of waiting out glommio's default 100 ms slice.
-async fn serve_shard(
-    s: usize,
+/// What a shard's executor gets from the main thread.
+struct ShardStart {
+    id: usize,
     cfg: Arc<Config>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     wal: Arc<WalLayout>,
     image: Arc<MetadataImage>,
+    /// Shard 0 only: the controller thread.
     controller: Option<ControllerHandle>,
     stop: shutdown::ShardShutdown,
-) {
+    /// Its port, bound by the main thread; listened on once it serves.
+    socket: ShardSocket,
+}
+
+/// Runs the shard in a latency-sensitive task queue: requests, appends, WAL
+/// I/O and commits, and everything they spawn, preempt the throughput
+/// queues (uploads, cold reads) within half a millisecond of becoming
+/// runnable, instead of waiting out glommio's default 100 ms slice.
+async fn serve_shard(start: ShardStart) {
+    let s = start.id;
     let serve = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
         glommio::Latency::Matters(std::time::Duration::from_micros(500)),
         &format!("serve-{s}"),
     );
-    let run = run_shard(s, cfg, mesh, wal, image, controller, stop);
-    match glommio::spawn_local_into(run, serve) {
+    match glommio::spawn_local_into(run_shard(start), serve) {
         Ok(task) => task.await,
         Err(e) => {
             error!("shard {s} cannot create its serving task queue: {e}");
@@ -181,15 +204,17 @@ async fn serve_shard(
     }
 }
 
-async fn run_shard(
-    s: usize,
-    cfg: Arc<Config>,
-    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-    wal: Arc<WalLayout>,
-    image: Arc<MetadataImage>,
-    controller: Option<ControllerHandle>,
-    stop: shutdown::ShardShutdown,
-) {
+async fn run_shard(start: ShardStart) {
+    let ShardStart {
+        id: s,
+        cfg,
+        mesh,
+        wal,
+        image,
+        controller,
+        stop,
+        socket,
+    } = start;
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
     shard.install_image(image);
@@ -234,14 +259,30 @@ async fn run_shard(
         }
     })
     .detach();
-    if let Err(e) = shard.listen().await {
-        error!("shard {s} cannot listen: {e}");
-        std::process::exit(1);
-    }
+    let addr = socket.addr;
+    let listener = match socket.listen() {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{}", listener::bind_error(s, addr, &e));
+            std::process::exit(1);
+        }
+    };
+    shard.serve(listener).await;
 }
 
-/// Opens (or creates) the WAL on the main thread, before any shard starts.
-fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
+/// Locks and opens (or creates) the WAL on the main thread, before any
+/// shard starts. The lock keeps a second broker off the same WAL file or
+/// device, even one with another data directory.
+fn open_wal(cfg: &Config) -> Result<(WalLayout, FileLock), String> {
+    let path = cfg.wal_path();
+    let lock = lock_wal(&path).map_err(|e| match e {
+        WalError::Locked(LockError::Held { path }) => format!(
+            "the WAL {} is in use: it is locked by another process; another broker uses \
+             this WAL (each broker needs its own wal_path)",
+            path.display()
+        ),
+        e => format!("cannot lock the WAL {}: {e}", path.display()),
+    })?;
     let wal_cfg = WalConfig {
         path: cfg.wal_path(),
         size_bytes: cfg.wal_size_bytes,
@@ -267,7 +308,7 @@ fn open_wal(cfg: &Config) -> Result<WalLayout, String> {
         block = layout.block_size,
         "WAL open"
     );
-    Ok(layout)
+    Ok((layout, lock))
 }
 
 /// glommio registers io_uring buffers in locked memory; without enough of it

@@ -134,6 +134,15 @@ pub fn max_message_bytes(configs: &BTreeMap<String, String>, broker_default: usi
         .unwrap_or(broker_default)
 }
 
+/// A `max.message.bytes` value as enforced: at most `cap` (what the WAL
+/// can hold). Values that are not numbers are left as they are.
+pub fn capped(value: &str, cap: usize) -> String {
+    match value.parse::<usize>() {
+        Ok(v) if v > cap => cap.to_string(),
+        _ => value.to_string(),
+    }
+}
+
 /// Whether a topic stamps batches with the append time. Read on every produce.
 pub fn uses_log_append_time(configs: &BTreeMap<String, String>) -> bool {
     configs
@@ -268,5 +277,13 @@ mod tests {
             (s.delete_retention_ms, s.min_cleanable_dirty_ratio),
             (1000, 0.01)
         );
+    }
+
+    #[test]
+    fn max_message_bytes_is_capped_at_what_the_wal_holds() {
+        assert_eq!(capped("64000000", 33_000_000), "33000000");
+        assert_eq!(capped("1048588", 33_000_000), "1048588");
+        assert_eq!(capped("33000000", 33_000_000), "33000000");
+        assert_eq!(capped("junk", 5), "junk");
     }
 }

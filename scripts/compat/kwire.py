@@ -1,7 +1,8 @@
 """A small hand-written Kafka wire encoder/decoder for the compat tests.
 
 It covers only what the raw-socket tests need: request framing (header v1/v2),
-ApiVersions, Metadata, Produce, and v2 record batches with CRC-32C. It is
+ApiVersions, Metadata, Produce, OffsetCommit/OffsetFetch (every version the
+broker serves), and v2 record batches with CRC-32C. It is
 written from the Kafka protocol spec independently of the broker's Rust codec,
 so the two cannot share a mistake. Decoders are strict: a response must be
 consumed exactly (see Reader.expect_end), which catches stray tagged-field
@@ -32,6 +33,8 @@ DELETE_TOPICS = 20
 CREATE_PARTITIONS = 37
 DESCRIBE_CLUSTER = 60
 FIND_COORDINATOR = 10
+OFFSET_COMMIT = 8
+OFFSET_FETCH = 9
 JOIN_GROUP = 11
 HEARTBEAT = 12
 DESCRIBE_GROUPS = 15
@@ -50,7 +53,7 @@ INVALID_PRODUCER_EPOCH = 47
 # First flexible (KIP-482) version of each request we encode.
 FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FETCH: 12,
                   FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5,
-                  INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0}
+                  INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -781,3 +784,107 @@ def describe_producers(conn: Conn, topic: str, partition: int) -> tuple[int, lis
     r.expect_end("DescribeProducers v0 response")
     assert result is not None, "no partition in the DescribeProducers response"
     return result
+
+
+# --- OffsetCommit (v2..v8) and OffsetFetch (v1..v8) -----------------------------
+
+def offset_commit(conn: Conn, version: int, group: str, topic: str, partition: int, offset: int,
+                  metadata: str | None, leader_epoch: int = -1, generation: int = -1,
+                  member: str = "") -> int:
+    """Commits one offset outside any group generation; returns the
+    partition's error code. `metadata` is sent as given (None: null)."""
+    assert 2 <= version <= 8
+    flex = version >= 8
+    w = Writer().string(group, flex).int32(generation).string(member, flex)
+    if version >= 7:
+        w.string(None, flex)  # group_instance_id
+    if 2 <= version <= 4:
+        w.int64(-1)  # retention_time_ms: the broker's default
+    w.array_len(1, flex).string(topic, flex).array_len(1, flex)
+    w.int32(partition).int64(offset)
+    if version >= 6:
+        w.int32(leader_epoch)
+    w.string(metadata, flex).tags(flex)
+    w.tags(flex).tags(flex)
+    r = conn.request(OFFSET_COMMIT, version, w.getvalue())
+    if version >= 3:
+        r.int32()  # throttle_time_ms
+    errors = []
+    for _ in range(max(r.array_len(flex), 0)):
+        r.string(flex)
+        for _ in range(max(r.array_len(flex), 0)):
+            r.int32()
+            errors.append(r.int16())
+            r.skip_tags(flex)
+        r.skip_tags(flex)
+    r.skip_tags(flex)
+    r.expect_end(f"OffsetCommit v{version} response")
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@dataclass
+class FetchedOffset:
+    error_code: int  # the partition's, or else the group's
+    offset: int
+    leader_epoch: int | None  # None before v5
+    metadata_raw: bytes | None  # exactly the bytes on the wire; None: null
+
+
+def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: int) -> FetchedOffset:
+    """Fetches one committed offset, keeping the metadata as raw bytes."""
+    assert 1 <= version <= 8
+    flex = version >= 6
+    w = Writer()
+    if version >= 8:
+        w.array_len(1, flex).string(group, flex)
+    else:
+        w.string(group, flex)
+    w.array_len(1, flex).string(topic, flex).array_len(1, flex).int32(partition).tags(flex)
+    if version >= 8:
+        w.tags(flex)  # end of the group
+    if version >= 7:
+        w.bool(False)  # require_stable
+    w.tags(flex)
+    r = conn.request(OFFSET_FETCH, version, w.getvalue())
+    if version >= 3:
+        r.int32()  # throttle_time_ms
+    groups = r.array_len(flex) if version >= 8 else 1
+    found, group_error = None, 0
+    for _ in range(max(groups, 0)):
+        if version >= 8:
+            r.string(flex)
+        for _ in range(max(r.array_len(flex), 0)):
+            r.string(flex)
+            for _ in range(max(r.array_len(flex), 0)):
+                r.int32()
+                offset = r.int64()
+                epoch = r.int32() if version >= 5 else None
+                n = r.uvarint() - 1 if flex else r.int16()
+                raw = None if n < 0 else r.take(n)
+                err = r.int16()
+                r.skip_tags(flex)
+                found = FetchedOffset(err, offset, epoch, raw)
+            r.skip_tags(flex)
+        if version >= 2:
+            group_error = r.int16()
+        if version >= 8:
+            r.skip_tags(flex)
+    r.skip_tags(flex)
+    r.expect_end(f"OffsetFetch v{version} response")
+    if found is None or (group_error and not found.error_code):
+        return FetchedOffset(group_error, -1, None, None)
+    return found
+
+
+def find_coordinator(conn: Conn, group: str) -> tuple[int, int]:
+    """(error code, coordinator node id) by FindCoordinator v1."""
+    r = conn.request(FIND_COORDINATOR, 1, Writer().string(group).int8(0).getvalue())
+    r.int32()  # throttle_time_ms
+    err = r.int16()
+    r.string()  # error_message
+    node = r.int32()
+    r.string()
+    r.int32()
+    r.expect_end("FindCoordinator v1 response")
+    return err, node

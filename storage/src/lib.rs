@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod block_cache;
 pub mod codec;
+pub mod file_lock;
 pub mod log_cache;
 pub mod object;
 pub mod records;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use storage::wal::{open_or_create, WalConfig, WalError, WalLayout, WalSlice};
+use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout, WalSlice};
 
 fn run<Fut: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> Fut + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
@@ -83,6 +83,28 @@ fn file_append_and_recover_round_trip() {
     let dir = temp_dir("roundtrip");
     let layout = open_or_create(&cfg(&dir.join("data/wal"), 32 << 20, 2)).unwrap();
     run(move || round_trip_two_slices(layout));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_locked_wal_is_created_then_refused_to_a_second_locker() {
+    let dir = temp_dir("lock");
+    let path = dir.join("data/wal");
+    let lock = lock_wal(&path).unwrap();
+    // The lock leaves an empty file: open_or_create sizes and formats it.
+    let layout = open_or_create(&cfg(&path, 4 << 20, 1)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+    match lock_wal(&path) {
+        Err(e @ WalError::Locked(_)) => {
+            let shown = e.to_string();
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+        }
+        other => panic!("second lock of the WAL: {other:?}"),
+    }
+    drop(lock);
+    let _again = lock_wal(&path).unwrap();
+    // Re-opening keeps the formatted WAL (its epoch stays).
+    assert_eq!(open_or_create(&cfg(&path, 4 << 20, 1)).unwrap(), layout);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -113,7 +113,9 @@ pub fn describe_configs(shard: &Shard, req: DescribeConfigsRequest) -> DescribeC
         out.resource_name = res.resource_name.clone();
         let entries = match res.resource_type {
             RESOURCE_TOPIC => topic_entries(shard, &res.resource_name),
-            RESOURCE_BROKER => broker_entries(&shard.config, &res.resource_name),
+            RESOURCE_BROKER => {
+                broker_entries(&shard.config, shard.max_batch_bytes(), &res.resource_name)
+            }
             other => Err((
                 ResponseError::InvalidRequest,
                 format!("resource type {other} is not supported"),
@@ -167,6 +169,7 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError
     };
     let cfg = &shard.config;
     let broker_default = Config::default().message_max_bytes;
+    let cap = shard.max_batch_bytes();
     Ok(TOPIC_CONFIGS
         .iter()
         .map(|k| {
@@ -177,9 +180,15 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError
             } else {
                 SOURCE_DEFAULT
             };
+            let mut value =
+                topic_config::effective(&topic.configs, k.name, cfg).unwrap_or_default();
+            if k.name == MAX_MESSAGE_BYTES {
+                // What produce enforces: no larger than the WAL can hold.
+                value = topic_config::capped(&value, cap);
+            }
             Entry {
                 name: k.name.to_string(),
-                value: topic_config::effective(&topic.configs, k.name, cfg).unwrap_or_default(),
+                value,
                 source,
                 kind: k.kind,
             }
@@ -187,7 +196,11 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError
         .collect())
 }
 
-fn broker_entries(cfg: &Config, name: &str) -> Result<Vec<Entry>, (ResponseError, String)> {
+fn broker_entries(
+    cfg: &Config,
+    max_batch_bytes: usize,
+    name: &str,
+) -> Result<Vec<Entry>, (ResponseError, String)> {
     let ours = name.is_empty()
         || name
             .parse::<i32>()
@@ -243,7 +256,7 @@ fn broker_entries(cfg: &Config, name: &str) -> Result<Vec<Entry>, (ResponseError
         ),
         e(
             "message.max.bytes",
-            cfg.message_max_bytes.to_string(),
+            cfg.message_max_bytes.min(max_batch_bytes).to_string(),
             src(cfg.message_max_bytes == d.message_max_bytes),
             ConfigType::Int,
         ),

@@ -90,7 +90,11 @@ fn start_partition(
     let Some(records) = records else {
         return Err((ResponseError::InvalidRecord, "no records".into()));
     };
-    let max = topic_config::max_message_bytes(&topic.configs, shard.config.message_max_bytes);
+    // Checked here, at the edge: a batch the WAL cannot hold is the
+    // request's fault (MESSAGE_TOO_LARGE, not retried), whatever the topic's
+    // max.message.bytes says.
+    let max = topic_config::max_message_bytes(&topic.configs, shard.config.message_max_bytes)
+        .min(shard.max_batch_bytes());
     let batches = validate_batches(&records, max).map_err(|e| {
         debug!(topic = %topic.name, partition, "rejecting batch: {e}");
         (batch_error_code(&e), e.to_string())

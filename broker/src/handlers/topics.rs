@@ -164,7 +164,7 @@ pub async fn create_topics(
                         .iter()
                         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
                         .collect();
-                    r.configs = Some(topic_configs(&cfg, &set));
+                    r.configs = Some(topic_configs(&cfg, &set, shard.max_batch_bytes()));
                 }
             }
             Err(e) => {
@@ -177,13 +177,24 @@ pub async fn create_topics(
     resp
 }
 
-fn topic_configs(cfg: &Config, set: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
+/// The created topic's configs as DescribeConfigs would report them
+/// (`max.message.bytes` capped at `max_batch_bytes`, what produce enforces).
+fn topic_configs(
+    cfg: &Config,
+    set: &BTreeMap<String, String>,
+    max_batch_bytes: usize,
+) -> Vec<CreatableTopicConfigs> {
     TOPIC_CONFIGS
         .iter()
         .map(|k| {
             let mut c = CreatableTopicConfigs::default();
             c.name = str_bytes(k.name);
-            c.value = topic_config::effective(set, k.name, cfg).map(|v| str_bytes(&v));
+            c.value = topic_config::effective(set, k.name, cfg)
+                .map(|v| match k.name {
+                    topic_config::MAX_MESSAGE_BYTES => topic_config::capped(&v, max_batch_bytes),
+                    _ => v,
+                })
+                .map(|v| str_bytes(&v));
             c.config_source = if set.contains_key(k.name) {
                 SOURCE_TOPIC
             } else {

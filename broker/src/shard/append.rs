@@ -109,6 +109,17 @@ impl Shard {
         }
     }
 
+    /// The largest record batch this shard can append: what one WAL record
+    /// holds (half the slice's ring) and what the shard's log cache holds,
+    /// less the record's partition header. Produce caps `max.message.bytes`
+    /// at this and DescribeConfigs reports the cap.
+    pub fn max_batch_bytes(&self) -> usize {
+        let record = self.wal().map_or(usize::MAX, |w| w.max_body_len());
+        record
+            .min(self.log_cache_budget())
+            .saturating_sub(wal_record::PREFIX_LEN)
+    }
+
     /// The checks every append passes before offsets are assigned.
     fn admit_now(
         &self,
@@ -132,12 +143,7 @@ impl Shard {
             }
             Some(_) => {}
         }
-        let largest = batches
-            .iter()
-            .map(|b| wal_record::PREFIX_LEN + b.bytes.len())
-            .max()
-            .unwrap_or(0);
-        if largest > wal.max_body_len() || bytes as usize > self.log_cache_budget() {
+        if !fits_wal_records(&wal, batches) || bytes as usize > self.log_cache_budget() {
             // It could never fit: waiting would not help.
             return Err(Refused::Error(ResponseError::MessageTooLarge));
         }
@@ -211,7 +217,7 @@ impl Shard {
     /// Checks producer state, assigns offsets, caches and queues the
     /// batches on the WAL (all before the first await), and returns the
     /// future of their durability.
-    fn start_append(
+    pub(super) fn start_append(
         self: &Rc<Self>,
         wal: &WalSlice,
         key: PartitionKey,
@@ -219,6 +225,12 @@ impl Shard {
         log_append_time: Option<i64>,
         origin: Origin,
     ) -> DurableAppend {
+        // A record the slice would refuse is refused here, before offsets
+        // are assigned: refused after, it would leave a hole in the log that
+        // only a WAL recovery could close.
+        if !fits_wal_records(wal, batches) {
+            return Box::pin(async { Err(ResponseError::MessageTooLarge) });
+        }
         let prefix = wal_record::batch_prefix(key.0, key.1);
         let epoch = self.wal_epoch.get();
         let (tx, rx) = oneshot::channel();
@@ -369,9 +381,15 @@ impl Shard {
                         }
                         Ok(())
                     }
-                    Err(e) => {
+                    Err(e) if e.is_device_failure() => {
                         self.on_wal_failure(epoch, &e);
                         Err(ResponseError::KafkaStorageError)
+                    }
+                    Err(e) => {
+                        // Not the device's fault: no recovery, and the
+                        // slice keeps serving everyone else.
+                        warn!(shard = self.id, "WAL refused an append: {e}");
+                        Err(refusal_code(&e))
                     }
                 }
             };
@@ -427,6 +445,23 @@ impl Shard {
         self.storage_failed.set(true);
         let shard = self.clone();
         glommio::spawn_local(async move { shard.recover_wal().await }).detach();
+    }
+}
+
+/// Whether each batch fits in one record of `wal` (header prefix included).
+fn fits_wal_records(wal: &WalSlice, batches: &[ValidatedBatch]) -> bool {
+    let max = wal.max_body_len();
+    batches
+        .iter()
+        .all(|b| wal_record::PREFIX_LEN + b.bytes.len() <= max)
+}
+
+/// The error a client gets for an append the WAL refused without failing.
+fn refusal_code(e: &WalError) -> ResponseError {
+    match e {
+        WalError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
+        // Closed on purpose (shutdown): retriable, elsewhere or later.
+        _ => ResponseError::KafkaStorageError,
     }
 }
 

@@ -19,6 +19,7 @@
 //!   transactions).
 
 mod append;
+pub mod listener;
 mod producers;
 pub mod read;
 mod recovery;
@@ -330,10 +331,13 @@ impl Shard {
         }
     }
 
-    /// Accepts connections on this shard's port until the process ends.
-    pub async fn listen(self: Rc<Self>) -> std::io::Result<()> {
-        let addr = format!("{}:{}", self.config.listen_host, self.config.port(self.id));
-        let listener = TcpListener::bind(&addr)?;
+    /// Accepts connections on this shard's listener (see `listener`) until
+    /// the process ends.
+    pub async fn serve(self: Rc<Self>, listener: TcpListener) {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         info!(
             "shard {} listening on {addr} as node {}",
             self.id,

@@ -20,6 +20,7 @@ use super::*;
 use crate::control::{Control, MeshMsg};
 use crate::controller::{self, ControllerHandle};
 use crate::metadata::{Command, MetadataImage, Placement, TopicTable};
+use crate::producer_state::Origin;
 
 /// One uncompressed v2 batch with `n` records of `value` (built by
 /// kafka-protocol).
@@ -127,6 +128,81 @@ fn flush_error_answers_storage_error_then_recovers() {
                 expected,
                 "the log stays contiguous across the failure"
             );
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// A batch larger than one WAL record is the request's fault: refused with
+/// MESSAGE_TOO_LARGE before offsets are assigned, on every path to the WAL
+/// (here the one behind admission), without a WAL recovery, and the
+/// partition goes on with the next offset.
+#[test]
+fn oversized_batch_is_refused_without_a_wal_recovery() {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let cfg = Arc::new(Config {
+                shards: 1,
+                ..Config::default()
+            });
+            let shard = Shard::new(0, cfg);
+            let mut table = TopicTable::new(Placement {
+                broker_id: 0,
+                shards: 1,
+            });
+            let create = Command::CreateTopic {
+                name: "t".into(),
+                partitions: 1,
+                configs: BTreeMap::new(),
+                assignment: None,
+            };
+            assert!(table.apply(&[create], false).0[0].is_ok());
+            let image = Arc::new(table.image().clone());
+            let key = (image.topic("t").unwrap().id, 0);
+            shard.install_image(image);
+            let layout = WalLayout::plan("mem".into(), false, 4 << 20, 512, 1, 0, 7).unwrap();
+            let dev = MemDevice::formatted(&layout);
+            let (wal, recovered) =
+                WalSlice::open_device(Rc::new(dev.clone()), &layout, 0, WalTuning::default())
+                    .await
+                    .unwrap();
+            shard.attach_wal(wal.clone(), recovered);
+            let generation = wal.generation();
+            assert_eq!(
+                shard
+                    .append(key, &batch(b"a"), None)
+                    .await
+                    .unwrap()
+                    .base_offset,
+                0
+            );
+
+            let cap = shard.max_batch_bytes();
+            assert!(cap < wal.max_body_len() && cap > (1 << 20), "cap {cap}");
+            let big = batch_of(1, &vec![7u8; cap + 1000]);
+            assert!(big[0].bytes.len() > cap);
+            // Through admission.
+            let refused = shard.append(key, &big, None).await;
+            assert_eq!(refused.unwrap_err(), ResponseError::MessageTooLarge);
+            // Straight to the WAL (a path that skipped admission's check).
+            let refused = shard
+                .start_append(&wal, key, &big, None, Origin::Client)
+                .await;
+            assert_eq!(refused.unwrap_err(), ResponseError::MessageTooLarge);
+
+            assert!(
+                !shard.storage_failed.get(),
+                "no WAL recovery for a request error"
+            );
+            assert_eq!(wal.generation(), generation, "the slice was not re-opened");
+            let next = shard.append(key, &batch(b"b"), None).await.unwrap();
+            assert_eq!(
+                next.base_offset, 1,
+                "no offsets were spent on the refused batch"
+            );
+            let read = shard.read(key, 0, 1 << 20, true).await.unwrap();
+            assert_eq!(offsets(&read.batches), vec![0, 1]);
         })
         .unwrap()
         .join()

@@ -23,6 +23,7 @@ use super::{
     format::{align_down, DeviceHeader, SliceHeader, FORMAT_VERSION, MIN_BLOCK_SIZE},
     WalError,
 };
+use crate::file_lock::FileLock;
 
 /// Default WAL file, relative to the broker's working directory.
 pub const DEFAULT_WAL_PATH: &str = "data/wal";
@@ -244,8 +245,7 @@ impl WalLayout {
 /// A mounted block device is refused.
 pub fn open_or_create(cfg: &WalConfig) -> Result<WalLayout, WalError> {
     let path = cfg.path.clone();
-    let exists = path.exists();
-    if !exists {
+    if needs_creating(&path) {
         create_file(cfg)?;
     }
     let target = open_target(&path)?;
@@ -283,11 +283,33 @@ pub fn open_or_create(cfg: &WalConfig) -> Result<WalLayout, WalError> {
 /// (or on explicit operator request); [`open_or_create`] never calls it on a
 /// WAL that has a header.
 pub fn format_wal(cfg: &WalConfig) -> Result<WalLayout, WalError> {
-    if !cfg.path.exists() {
+    if needs_creating(&cfg.path) {
         create_file(cfg)?;
     }
     let target = open_target(&cfg.path)?;
     format_target(cfg, &target)
+}
+
+/// Locks the WAL at `path` for this process ([`FileLock`]: `flock`, held
+/// until the lock is dropped), so that no second broker opens it. Call it
+/// before [`open_or_create`]: a missing WAL file is created empty here (and
+/// sized and formatted there), so two brokers racing to create the same
+/// file cannot both format it. A block device is locked as it is.
+pub fn lock_wal(path: &Path) -> Result<FileLock, WalError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| WalError::io("creating directory", dir.display(), e))?;
+    }
+    Ok(FileLock::acquire(path)?)
+}
+
+/// A missing file, or an empty one (left by [`lock_wal`], or by a crash
+/// before the file was sized), is created; anything else is opened as it is.
+fn needs_creating(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Err(_) => true,
+        Ok(m) => m.is_file() && m.len() == 0,
+    }
 }
 
 struct Target {
@@ -381,7 +403,8 @@ fn create_file(cfg: &WalConfig) -> Result<(), WalError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| WalError::io("creating", shown, e))?;

@@ -24,13 +24,19 @@ pub mod mem_device;
 pub mod slice;
 
 pub use device::{BlockDevice, DmaDevice, IoBuf};
-pub use layout::{format_wal, open_or_create, WalConfig, WalLayout};
+pub use layout::{format_wal, lock_wal, open_or_create, WalConfig, WalLayout};
 pub use mem_device::{IoEvent, MemDevice};
 pub use slice::{AppendFuture, RecoveredRecord, WalSlice, WalStats, WalTuning};
 
 /// Everything that can go wrong in the WAL. Appends that fail because the
 /// slice failed carry the reason as text so the error can be cloned to every
-/// waiter; the broker maps all of them to `KAFKA_STORAGE_ERROR`.
+/// waiter.
+///
+/// Two kinds must not be confused (see [`WalError::is_device_failure`]): a
+/// failure of the device or slice (I/O, corruption, a failed slice), after
+/// which the slice must be recovered, and a refusal of one request
+/// ([`WalError::RecordTooLarge`]), which says nothing about the device and
+/// is answered to that request alone.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("WAL I/O error during {op} on {path}: {source}")]
@@ -52,9 +58,26 @@ pub enum WalError {
     Closed,
     #[error("WAL record of {len} bytes is larger than the limit of {max} bytes")]
     RecordTooLarge { len: usize, max: usize },
+    #[error("WAL is in use: {0}")]
+    Locked(#[from] crate::file_lock::LockError),
 }
 
 impl WalError {
+    /// True when the device or the slice failed, so what the slice acknowledges
+    /// can no longer be trusted until it is recovered. False for a record
+    /// refused because of its size, for a slice closed on purpose, and for
+    /// problems found at open (configuration, layout, lock).
+    pub fn is_device_failure(&self) -> bool {
+        match self {
+            WalError::Io { .. } | WalError::Corrupt { .. } | WalError::SliceFailed { .. } => true,
+            WalError::RecordTooLarge { .. }
+            | WalError::Closed
+            | WalError::Config(_)
+            | WalError::LayoutMismatch { .. }
+            | WalError::Locked(_) => false,
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl std::fmt::Display,
@@ -75,10 +98,36 @@ impl WalError {
                 reason: reason.clone(),
             },
             WalError::Closed => WalError::Closed,
+            WalError::RecordTooLarge { len, max } => WalError::RecordTooLarge {
+                len: *len,
+                max: *max,
+            },
             other => WalError::SliceFailed {
                 slice: u32::MAX,
                 reason: other.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_device_failures_call_for_recovery() {
+        let io = WalError::io("write", "wal", std::io::Error::other("EIO"));
+        assert!(io.is_device_failure());
+        assert!(io.duplicate().is_device_failure());
+        assert!(WalError::Corrupt { what: "crc" }.is_device_failure());
+        let too_large = WalError::RecordTooLarge { len: 10, max: 5 };
+        assert!(!too_large.is_device_failure());
+        // Handed to many waiters, it stays a refusal of the request.
+        assert!(matches!(
+            too_large.duplicate(),
+            WalError::RecordTooLarge { len: 10, max: 5 }
+        ));
+        assert!(!WalError::Closed.is_device_failure());
+        assert!(!WalError::Config("x".into()).is_device_failure());
     }
 }
