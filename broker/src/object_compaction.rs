@@ -17,6 +17,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use glommio::{Latency, Shares};
 use storage::batch::{parse_header, BatchHeader};
 use storage::object::format::{split_batches, verify_block, BatchRef, ObjectBuilder};
@@ -33,6 +34,9 @@ use crate::shard::Shard;
 
 /// Contiguous ranges of one partition to write as one stream object.
 pub type Run = Vec<RangeRef>;
+
+/// Ranges of a run read from the store at once.
+const PARALLEL_READS: usize = 8;
 
 /// Stream objects of a partition merged at once when they are small.
 pub const MERGE_FANIN: usize = 8;
@@ -192,8 +196,13 @@ async fn compact(
     let mut builder = ObjectBuilder::new(shard.config.object_block_bytes as usize);
     let mut max_timestamp = i64::MIN;
     let mut bytes = 0u64;
-    for r in run {
-        for (h, batch) in read_range(shard, key, r, budget).await? {
+    // Ranges are read a few at a time: one GET each, so a run of many
+    // small ranges is bound by request latency, not bandwidth, when read
+    // one after the other. The run (at most the target size) is held anyway.
+    let mut reads = futures::stream::iter(run.iter().map(|r| read_range(shard, key, r, budget)))
+        .buffered(PARALLEL_READS);
+    while let Some(batches) = reads.next().await {
+        for (h, batch) in batches? {
             max_timestamp = max_timestamp.max(h.max_timestamp);
             bytes += batch.len() as u64;
             builder.add(stream, &batch_ref(&h, batch));
