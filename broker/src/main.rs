@@ -151,6 +151,9 @@ fn main() {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
             .preempt_timer(std::time::Duration::from_millis(1))
+            // One blocking thread serves file opens and the like; the other
+            // is the reactor watchdog's (`start_watchdog`).
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || serve_shard(start));
         match handle {
             Ok(h) => handles.push(h),
@@ -189,6 +192,7 @@ struct ShardStart {
 /// queues (uploads, cold reads) within half a millisecond of becoming
 /// runnable, instead of waiting out glommio's default 100 ms slice.
 async fn serve_shard(start: ShardStart) {
+    start_watchdog();
     let s = start.id;
     let serve = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
@@ -202,6 +206,29 @@ async fn serve_shard(start: ShardStart) {
             std::process::exit(1);
         }
     }
+}
+
+/// How often the watchdog wakes a shard's reactor.
+const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Wakes the shard's reactor from another thread every `WATCHDOG_TICK`.
+///
+/// glommio 0.9 puts an idle reactor to sleep on its main io_uring, waiting
+/// for a poll of its latency ring's fd, and that wake-up is sometimes lost
+/// on this kernel (glommio issues #326 and #547): about one start in 20 hung
+/// with both shards asleep for good, in the channel-mesh join or the WAL
+/// open, and a timer on the shard itself did not wake it. A blocking-pool
+/// job that sleeps and returns wakes the reactor through its eventfd, the
+/// path cross-thread wake-ups take, so such a sleep now ends within a tick.
+fn start_watchdog() {
+    glommio::spawn_local(async {
+        loop {
+            glommio::executor()
+                .spawn_blocking(|| std::thread::sleep(WATCHDOG_TICK))
+                .await;
+        }
+    })
+    .detach();
 }
 
 async fn run_shard(start: ShardStart) {

@@ -142,13 +142,8 @@ class Broker:
             if ok:
                 return
             self.stop()
-            # A port race, or a start that hangs: about one start in 20 on
-            # this VM's kernel, a shard parks in io_uring before it listens
-            # (a lost wake-up in glommio's sleep; see docs/ARCHITECTURE.md).
-            # Anything else: retrying will not help.
-            hung = "not accepting TCP" in last_error
-            if "in use" not in self.log_tail(20).lower() and not hung:
-                break
+            if "in use" not in self.log_tail(20).lower():
+                break  # not a port race: retrying will not help
         pytest.fail(f"broker did not start: {last_error}\n--- broker log tail ---\n{self.log_tail()}",
                     pytrace=False)
 
