@@ -26,6 +26,7 @@ use glommio::{Latency, Shares};
 use storage::log_cache::StoredBatch;
 use storage::object::format::{BatchRef, ObjectBuilder};
 use storage::object::keys;
+use storage::object::StoreStats;
 use storage::throttle::TokenBucket;
 use tracing::{debug, error, info, warn};
 
@@ -209,7 +210,11 @@ pub fn start(shard: &Rc<Shard>) {
 
 async fn run(shard: Weak<Shard>) {
     let mut failures = 0u32;
-    let mut reported = (Instant::now(), UploadStats::default());
+    let mut reported = (
+        Instant::now(),
+        UploadStats::default(),
+        StoreStats::default(),
+    );
     loop {
         let Some(s) = shard.upgrade() else { return };
         let up = &s.uploader;
@@ -255,13 +260,15 @@ async fn run(shard: Weak<Shard>) {
     }
 }
 
-/// Logs the shard's upload counters once a minute while they change.
-fn report(shard: &Shard, last: &mut (Instant, UploadStats)) {
+/// Logs the shard's upload counters, and the requests its object store
+/// made so far (cumulative), once a minute while they change.
+fn report(shard: &Shard, last: &mut (Instant, UploadStats, StoreStats)) {
     if last.0.elapsed() < Duration::from_secs(60) {
         return;
     }
     let now = shard.uploader.stats();
-    if now.objects != last.1.objects || now.failures != last.1.failures {
+    let store = shard.store().map(|s| s.stats()).unwrap_or_default();
+    if now.objects != last.1.objects || now.failures != last.1.failures || store != last.2 {
         let usage = shard.usage();
         info!(
             shard = shard.id,
@@ -271,10 +278,15 @@ fn report(shard: &Shard, last: &mut (Instant, UploadStats)) {
             last_upload_ms = now.last_duration_ms,
             unuploaded_bytes = usage.unuploaded,
             log_cache_bytes = usage.cached,
+            store_puts = store.puts,
+            store_gets = store.gets,
+            store_heads = store.heads,
+            store_deletes = store.deletes,
+            store_lists = store.lists,
             "uploads in the last minute"
         );
     }
-    *last = (Instant::now(), now);
+    *last = (Instant::now(), now, store);
 }
 
 /// What a round did.

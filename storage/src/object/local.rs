@@ -367,6 +367,10 @@ impl ObjectStore for LocalStore {
         Box::pin(self.do_list(prefix))
     }
 
+    fn stats(&self) -> StoreStats {
+        LocalStore::stats(self)
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }

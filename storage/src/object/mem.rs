@@ -215,6 +215,10 @@ impl ObjectStore for MemStore {
         })
     }
 
+    fn stats(&self) -> StoreStats {
+        MemStore::stats(self)
+    }
+
     fn describe(&self) -> String {
         "mem://".into()
     }

@@ -124,6 +124,9 @@ pub trait ObjectStore {
 
     /// Where the objects go, for logs (`file:///...`, `s3://bucket`).
     fn describe(&self) -> String;
+
+    /// The requests this instance made so far.
+    fn stats(&self) -> StoreStats;
 }
 
 /// A shard's handle on its store.

@@ -479,6 +479,10 @@ impl ObjectStore for S3Store {
         Box::pin(self.list_prefix(prefix))
     }
 
+    fn stats(&self) -> StoreStats {
+        S3Store::stats(self)
+    }
+
     fn describe(&self) -> String {
         format!(
             "s3://{}/{} at {}",
