@@ -244,9 +244,21 @@ impl GroupCoordinator {
                     if matches!(e, crate::shard::ReadError::OutOfRange { .. }) {
                         break;
                     }
-                    // Objects unreachable for now: keep the groups loading
-                    // (COORDINATOR_LOAD_IN_PROGRESS) and try again.
-                    warn!("{OFFSETS_TOPIC}-{p}: cannot read at offset {offset} ({e:?}); retrying");
+                    // The partition still opening (WAL recovery after a
+                    // restart), or objects unreachable for now: keep the
+                    // groups loading (COORDINATOR_LOAD_IN_PROGRESS) and try
+                    // again. Only the second is worth a warning.
+                    let opening = matches!(
+                        e,
+                        crate::shard::ReadError::Partition(ResponseError::NotLeaderOrFollower)
+                    );
+                    if opening {
+                        debug!("{OFFSETS_TOPIC}-{p}: not open yet at offset {offset}; retrying");
+                    } else {
+                        warn!(
+                            "{OFFSETS_TOPIC}-{p}: cannot read at offset {offset} ({e:?}); retrying"
+                        );
+                    }
                     glommio::timer::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
