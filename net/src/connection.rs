@@ -90,8 +90,9 @@ pub async fn serve_connection<S, T>(
         let frame = match read {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
-            Err(FrameError::Io(e)) => {
-                // Resets and aborts are how clients often leave.
+            Err(e @ (FrameError::Io(_) | FrameError::Truncated { .. })) => {
+                // Resets, aborts and closes mid-frame are how clients often
+                // leave; at warn level a crowd of them would flood the log.
                 debug!(%peer, "connection closed: {e}");
                 break;
             }
