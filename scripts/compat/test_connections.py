@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -32,14 +33,25 @@ SLOW_LORIS_CLAIM = 64 << 20
 SLOW_LORIS_BYTE_EVERY_S = 0.2
 
 PRODUCE_RATE = 500  # messages per second
-WINDOW_S = 6.0  # the producer runs four windows: without, with, without, with
+# The producer runs windows without and with the connections, alternately,
+# so a disturbance of the machine (a slow fsync, a neighbour's build) falls
+# on both sides rather than on one. acks=all latency here is mostly fsync:
+# on a shared machine one window in several stalls for up to seconds, with
+# or without any extra connection (seen on the code before this change
+# too), so the test compares the median of the windows' p99s of each side;
+# the p99 over all messages of each side is reported as well.
+WINDOWS = 8
+WINDOW_S = 3.0
+WARM_UP_S = 3.0
+PAUSE_S = 1.0
 P99_RATIO_LIMIT = 2.0
-# Resident set of the whole broker while the connections are open. Measured
-# at about 60 MiB before and during the attack (256 MiB WAL, one shard);
-# the limit leaves room for allocator noise but not for a per-connection
-# buffer of tens of KiB (1,050 x 64 KiB alone is 66 MiB).
-RSS_LIMIT_KIB = 160 * 1024
-# Growth of the RSS while the connections are open.
+# Resident set of the whole broker (one shard, 256 MiB WAL file) while the
+# connections are open. Measured: about 23 MiB before the first attack and
+# 38 MiB during it, so about 15 KiB per connection (8 KiB read buffer, the
+# slow-loris frames' first 8 KiB, the task). The limits leave room for
+# allocator noise, not for per-connection buffers of 64 KiB as before
+# (1,050 x 64 KiB alone is 66 MiB).
+RSS_LIMIT_KIB = 96 * 1024
 RSS_GROWTH_LIMIT_KIB = 32 * 1024
 
 
@@ -264,6 +276,10 @@ class Attack:
         self.loris.clear()
 
 
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
 def p99(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
@@ -279,12 +295,8 @@ def test_idle_and_slow_loris_connections_do_not_slow_a_producer(fresh_broker, fi
     producer = Producer({"bootstrap.servers": b.bootstrap, "broker.address.family": "v4",
                          "acks": "all", "linger.ms": 0, "enable.idempotence": False,
                          "message.timeout.ms": 30000})
-    # Warm up: metadata, connection, first batches.
-    for _ in range(200):
-        producer.produce(topic, b"warm")
-    assert producer.flush(30) == 0
-
     latencies: dict[bool, list[float]] = {False: [], True: []}
+    window_p99s: dict[bool, list[float]] = {False: [], True: []}
     errors: list[str] = []
 
     def on_delivery(sent_at: float, attacked: bool, err, _msg) -> None:
@@ -293,29 +305,47 @@ def test_idle_and_slow_loris_connections_do_not_slow_a_producer(fresh_broker, fi
         else:
             latencies[attacked].append(time.monotonic() - sent_at)
 
+    def produce_for(seconds: float, attacked: bool) -> int:
+        """Produces at PRODUCE_RATE for `seconds`; returns how many."""
+        end = time.monotonic() + seconds
+        next_at = time.monotonic()
+        n = 0
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now < next_at:
+                producer.poll(next_at - now)
+                continue
+            producer.produce(topic, b"v" * 100,
+                             on_delivery=lambda e, m, t=now, a=attacked: on_delivery(t, a, e, m))
+            producer.poll(0)
+            next_at += 1.0 / PRODUCE_RATE
+            n += 1
+        assert producer.flush(30) == 0
+        return n
+
+    # Warm up (not counted): metadata, connection, and the first writes to
+    # a fresh WAL file, which are slow on some file systems.
+    produce_for(WARM_UP_S, False)
+    latencies[False].clear()
+
     attack = Attack(b)
     rss_before = b.rss_kib()
     rss_during = 0
     sockets_during = 0
     try:
-        for window in range(4):
+        for window in range(WINDOWS):
             attacked = window % 2 == 1
+            opened = time.monotonic()
             if attacked:
                 attack.open()
-            end = time.monotonic() + WINDOW_S
-            next_at = time.monotonic()
-            i = 0
-            while time.monotonic() < end:
-                now = time.monotonic()
-                if now < next_at:
-                    producer.poll(next_at - now)
-                    continue
-                producer.produce(topic, b"v" * 100,
-                                 on_delivery=lambda e, m, t=now, a=attacked: on_delivery(t, a, e, m))
-                producer.poll(0)
-                next_at += 1.0 / PRODUCE_RATE
-                i += 1
-            assert producer.flush(30) == 0
+            # Both sides start alike: opening the connections takes a moment,
+            # so a window without them waits as long before it starts.
+            time.sleep(max(0.0, opened + PAUSE_S - time.monotonic()))
+            i = produce_for(WINDOW_S, attacked)
+            w = latencies[attacked][-i:]
+            window_p99s[attacked].append(p99(w))
+            print(f"window {window} {'with' if attacked else 'without'} the connections: "
+                  f"{len(w)} messages, p99 {p99(w) * 1000:.1f} ms, max {max(w) * 1000:.1f} ms")
             if attacked:
                 rss_during = max(rss_during, b.rss_kib())
                 sockets_during = max(sockets_during, broker_sockets(b))
@@ -325,17 +355,19 @@ def test_idle_and_slow_loris_connections_do_not_slow_a_producer(fresh_broker, fi
 
     assert not errors, f"{len(errors)} delivery errors, first: {errors[:3]}"
     n_without, n_with = len(latencies[False]), len(latencies[True])
-    assert n_without > PRODUCE_RATE * WINDOW_S and n_with > PRODUCE_RATE * WINDOW_S
+    assert min(n_without, n_with) > PRODUCE_RATE * WINDOW_S
     # The attack was real: the broker held every connection.
     assert sockets_during > IDLE_CONNECTIONS + SLOW_LORIS_CONNECTIONS, \
         f"broker held only {sockets_during} sockets during the attack"
     p99_without, p99_with = p99(latencies[False]), p99(latencies[True])
-    figures.record(f"connections: producer p99 {p99_without * 1000:.2f} ms without, "
-            f"{p99_with * 1000:.2f} ms with {IDLE_CONNECTIONS} idle + {SLOW_LORIS_CONNECTIONS} "
-            f"slow-loris connections; broker RSS {rss_before // 1024} MiB before, "
-            f"{rss_during // 1024} MiB during")
-    assert p99_with <= P99_RATIO_LIMIT * p99_without, \
-        f"p99 {p99_with * 1000:.2f} ms with the connections, {p99_without * 1000:.2f} ms without"
+    med_without, med_with = median(window_p99s[False]), median(window_p99s[True])
+    figures.record(f"connections: producer p99 (median of {WINDOWS // 2} windows) "
+                   f"{med_without * 1000:.2f} ms without, {med_with * 1000:.2f} ms with "
+                   f"{IDLE_CONNECTIONS} idle + {SLOW_LORIS_CONNECTIONS} slow-loris connections "
+                   f"(all messages: {p99_without * 1000:.2f} / {p99_with * 1000:.2f} ms); "
+                   f"broker RSS {rss_before // 1024} MiB before, {rss_during // 1024} MiB during")
+    assert med_with <= P99_RATIO_LIMIT * med_without, \
+        f"p99 {med_with * 1000:.2f} ms with the connections, {med_without * 1000:.2f} ms without"
     assert rss_during < RSS_LIMIT_KIB, f"broker RSS {rss_during} KiB during the attack"
     assert rss_during - rss_before < RSS_GROWTH_LIMIT_KIB, \
         f"broker RSS grew from {rss_before} to {rss_during} KiB during the attack"
