@@ -32,6 +32,15 @@ pub struct Config {
     pub wal_size_bytes: u64,
     /// Largest request frame accepted; larger frames close the connection.
     pub max_frame_bytes: usize,
+    /// `max.connections`: open client connections per shard (each shard is
+    /// its own Kafka node); a connection beyond it is closed at once.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: open connections per client address, per
+    /// shard; a connection beyond it is closed at once.
+    pub max_connections_per_ip: usize,
+    /// `connections.max.idle.ms`: a connection that completes no request for
+    /// this long is closed.
+    pub connections_max_idle_ms: u64,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
@@ -171,6 +180,9 @@ impl Default for Config {
             wal_path: None,
             wal_size_bytes: 1 << 30,
             max_frame_bytes: 100 * 1024 * 1024,
+            max_connections: 2_147_483_647,
+            max_connections_per_ip: 2_147_483_647,
+            connections_max_idle_ms: 600_000,
             auto_create_topics: true,
             num_partitions: 1,
             message_max_bytes: 1_048_588,
@@ -255,6 +267,12 @@ pub struct Flags {
     pub wal_size_bytes: Option<u64>,
     #[arg(long, env = "BROKER_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    #[arg(long, env = "BROKER_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
     #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
     #[arg(long, env = "BROKER_NUM_PARTITIONS")]
@@ -447,6 +465,9 @@ impl Config {
             data_dir,
             wal_size_bytes,
             max_frame_bytes,
+            max_connections,
+            max_connections_per_ip,
+            connections_max_idle_ms,
             auto_create_topics,
             num_partitions,
             message_max_bytes,
@@ -544,6 +565,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "group settings: delay >= 0, 1 <= min session timeout <= max, max size >= 1".into(),
+            ));
+        }
+        if self.connections_max_idle_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "connections_max_idle_ms must be at least 1".into(),
             ));
         }
         if self.metadata_snapshot_entries < 2 {

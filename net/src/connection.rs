@@ -5,8 +5,20 @@
 //! Runs on the shard that accepted the connection; the request tasks stay on
 //! that shard. Never blocks; the number of requests in flight per connection
 //! is bounded so a fast client cannot queue unbounded work.
+//!
+//! What one connection can cost, whatever the peer does:
+//! * a frame being read holds at most about twice the bytes that have
+//!   arrived (see `frame`), and at most `max_frame`;
+//! * a peer that never reads its responses holds at most `MAX_IN_FLIGHT`
+//!   requests and their responses: once that many wait, the loop stops
+//!   reading from it;
+//! * a peer that completes no request for `idle_timeout` (idle, dribbling a
+//!   frame, or stuck because it does not read) is closed and all of it is
+//!   freed, including responses the writer could not send.
 
+use std::future::Future;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::io::BufReader;
@@ -22,6 +34,21 @@ use crate::versions::api_versions_response;
 /// Requests decoded but not yet answered, per connection.
 const MAX_IN_FLIGHT: usize = 128;
 
+/// Read buffer per connection. Small, because every open connection holds
+/// one, idle or not; large frames bypass it and are read straight into
+/// their own buffer.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// How the broker wants its connections served.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    /// Largest request frame; a larger one closes the connection.
+    pub max_frame: usize,
+    /// `connections.max.idle.ms`: a connection that completes no request
+    /// for this long is closed.
+    pub idle_timeout: Duration,
+}
+
 /// A boxed, single-threaded future.
 pub type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
 
@@ -31,23 +58,41 @@ pub trait Service: 'static {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>>;
 }
 
-/// Serves one connection until the peer closes it or sends something that
-/// must close it. `peer` is only used in log lines.
-pub async fn serve_connection<S, T>(stream: T, service: Rc<S>, max_frame: usize, peer: String)
-where
+/// Serves one connection until the peer closes it, sends something that
+/// must close it, or stays idle too long. `peer` is only used in log lines.
+pub async fn serve_connection<S, T>(
+    stream: T,
+    service: Rc<S>,
+    settings: ConnectionSettings,
+    peer: String,
+) where
     S: Service,
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
     let writer_task = glommio::spawn_local(write_responses(writer, rx, peer.clone()));
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let idle = settings.idle_timeout;
+    // The idle clock restarts with every complete request; waiting for a
+    // free in-flight slot does not restart it, so a peer that never reads
+    // its responses is closed too.
+    let mut idle_deadline = Instant::now() + idle;
+    let mut timed_out = false;
     loop {
-        let frame = match read_frame(&mut reader, max_frame).await {
+        let Some(read) = before(idle_deadline, read_frame(&mut reader, settings.max_frame)).await
+        else {
+            debug!(%peer, "closing connection: no complete request for {idle:?}");
+            timed_out = true;
+            break;
+        };
+        idle_deadline = Instant::now() + idle;
+        let frame = match read {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
-            Err(FrameError::Io(e)) => {
-                // Resets and aborts are how clients often leave.
+            Err(e @ (FrameError::Io(_) | FrameError::Truncated { .. })) => {
+                // Resets, aborts and closes mid-frame are how clients often
+                // leave; at warn level a crowd of them would flood the log.
                 debug!(%peer, "connection closed: {e}");
                 break;
             }
@@ -82,12 +127,37 @@ where
                 break;
             }
         };
-        if tx.send(task).await.is_err() {
-            break;
+        match before(idle_deadline, tx.send(task)).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => break,
+            None => {
+                debug!(%peer, "closing connection: its responses are not read");
+                timed_out = true;
+                break;
+            }
         }
     }
     drop(tx);
-    writer_task.await;
+    if timed_out {
+        // Dropping the writer task cancels it: a response it is stuck
+        // writing to a peer that does not read is freed with it.
+        return;
+    }
+    // Responses already queued still go out, unless the peer does not read
+    // them either.
+    if before(Instant::now() + idle, writer_task).await.is_none() {
+        debug!(%peer, "closing connection: its responses are not read");
+    }
+}
+
+/// Runs `fut` until `deadline`; `None` if the deadline came first (and `fut`
+/// is dropped).
+async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    };
+    futures_lite::future::or(async { Some(fut.await) }, timer).await
 }
 
 /// What a request task hands the writer.

@@ -2,13 +2,15 @@
 //!
 //! Runs on the shard that owns the connection. Never allocates the claimed
 //! length up front: the buffer grows with the bytes that actually arrive, so
-//! a peer that claims 100 MiB and sends nothing costs nothing.
+//! a peer that claims 100 MiB and sends nothing costs `FIRST_CHUNK`, and one
+//! that dribbles a frame a byte at a time holds at most twice what it sent.
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
 
-/// First buffer size for a frame body; it doubles as bytes arrive.
-const FIRST_CHUNK: usize = 64 * 1024;
+/// First buffer size for a frame body; it doubles as bytes arrive. Small,
+/// because a slow or hostile peer holds it for as long as it likes.
+const FIRST_CHUNK: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -56,8 +58,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     while buf.len() < len {
         let start = buf.len();
-        let step = (len - start).min(FIRST_CHUNK.max(start));
-        buf.resize(start + step, 0);
+        buf.resize(grown_size(start, len), 0);
         let n = r.read(&mut buf[start..]).await?;
         buf.truncate(start + n);
         if n == 0 {
@@ -70,9 +71,60 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(buf.freeze()))
 }
 
+/// The body buffer's next size once its first `filled` bytes of `len` have
+/// arrived: doubled, so a large frame costs few reads and copies, but never
+/// more than twice what the peer has sent (or `FIRST_CHUNK`).
+fn grown_size(filled: usize, len: usize) -> usize {
+    filled + (len - filled).min(FIRST_CHUNK.max(filled))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_grows_with_what_arrived_not_with_the_claim() {
+        let claim = 100 << 20;
+        assert_eq!(grown_size(0, claim), FIRST_CHUNK);
+        assert_eq!(grown_size(0, 10), 10);
+        let mut filled = 0;
+        while filled < claim {
+            let next = grown_size(filled, claim);
+            assert!(next > filled && next <= claim);
+            assert!(next <= FIRST_CHUNK.max(2 * filled), "{filled} -> {next}");
+            filled = next;
+        }
+    }
+
+    /// Hands out one byte per read, like a peer sending a byte a second.
+    struct Dribble(std::vec::IntoIter<u8>);
+
+    impl AsyncRead for Dribble {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = match (buf.first_mut(), self.0.next()) {
+                (Some(slot), Some(b)) => {
+                    *slot = b;
+                    1
+                }
+                _ => 0,
+            };
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn a_frame_dribbled_a_byte_at_a_time_arrives_whole() {
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let mut data = (body.len() as i32).to_be_bytes().to_vec();
+        data.extend_from_slice(&body);
+        let mut r = Dribble(data.into_iter());
+        let frame = run(read_frame(&mut r, 1 << 20)).unwrap().unwrap();
+        assert_eq!(&frame[..], &body[..]);
+    }
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
         futures_lite::future::block_on(f)

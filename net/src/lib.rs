@@ -2,14 +2,16 @@
 //! codecs (the `kafka-protocol` crate), version negotiation, and the
 //! connection loop that runs on a shard.
 //!
-//! `frame`, `codec` and `versions` are sans-IO and testable with a byte
+//! `frame`, `codec`, `versions` and `limits` are sans-IO and testable with a byte
 //! buffer; only `connection` touches a socket. Knows nothing about storage.
 
 pub mod codec;
 pub mod connection;
 pub mod frame;
+pub mod limits;
 pub mod versions;
 
 pub use codec::{decode_request, encode_response, DecodeError, Request};
-pub use connection::{serve_connection, Service};
+pub use connection::{serve_connection, ConnectionSettings, Service};
 pub use kafka_protocol;
+pub use limits::{ConnectionLimits, ConnectionPermit, Refusal};

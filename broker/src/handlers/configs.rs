@@ -267,6 +267,24 @@ fn broker_entries(
             ConfigType::Int,
         ),
         e(
+            "max.connections",
+            cfg.max_connections.to_string(),
+            src(cfg.max_connections == d.max_connections),
+            ConfigType::Int,
+        ),
+        e(
+            "max.connections.per.ip",
+            cfg.max_connections_per_ip.to_string(),
+            src(cfg.max_connections_per_ip == d.max_connections_per_ip),
+            ConfigType::Int,
+        ),
+        e(
+            "connections.max.idle.ms",
+            cfg.connections_max_idle_ms.to_string(),
+            src(cfg.connections_max_idle_ms == d.connections_max_idle_ms),
+            ConfigType::Long,
+        ),
+        e(
             "log.dirs",
             cfg.data_dir.display().to_string(),
             src(cfg.data_dir == d.data_dir),

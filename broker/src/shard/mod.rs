@@ -27,8 +27,10 @@ mod stable;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use glommio::net::TcpListener;
@@ -343,24 +345,59 @@ impl Shard {
             self.id,
             self.node_id()
         );
+        let limits = Rc::new(RefCell::new(net::ConnectionLimits::new(
+            self.config.max_connections,
+            self.config.max_connections_per_ip,
+        )));
+        let settings = net::ConnectionSettings {
+            max_frame: self.config.max_frame_bytes,
+            idle_timeout: Duration::from_millis(self.config.connections_max_idle_ms),
+        };
         loop {
             let stream = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(shard = self.id, "accept failed: {e}");
-                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             };
+            let Ok(peer) = stream.peer_addr() else {
+                continue; // gone already
+            };
+            let permit = match net::ConnectionLimits::try_admit(&limits, peer.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    self.log_refusal(&limits, peer, &refusal);
+                    continue; // dropping the stream closes it
+                }
+            };
             let _ = stream.set_nodelay(true);
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             let shard = self.clone();
-            let max = self.config.max_frame_bytes;
-            glommio::spawn_local(net::serve_connection(stream, shard, max, peer)).detach();
+            glommio::spawn_local(async move {
+                net::serve_connection(stream, shard, settings, peer.to_string()).await;
+                drop(permit);
+            })
+            .detach();
         }
+    }
+
+    /// One line per `net::limits::REFUSAL_LOG_INTERVAL` at most, however
+    /// many connections a flood brings.
+    fn log_refusal(
+        &self,
+        limits: &RefCell<net::ConnectionLimits>,
+        peer: SocketAddr,
+        refusal: &net::Refusal,
+    ) {
+        let Some(unlogged) = limits.borrow_mut().note_refusal(Instant::now()) else {
+            return;
+        };
+        warn!(
+            shard = self.id,
+            %peer,
+            "refused connection: {refusal} ({unlogged} more refused since the last such line)"
+        );
     }
 
     async fn dispatch(self: Rc<Self>, req: Request) -> Option<ResponseKind> {
