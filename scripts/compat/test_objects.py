@@ -98,20 +98,27 @@ def test_orphans_are_collected_and_nothing_else(broker):
     import re
     # After a restart the shard reserves a new block of ids on its first
     # upload: what the old block did not use is reserved, never committed.
-    broker.kill9()
-    broker.restart()
-    produce(broker.bootstrap, "objects-orphans", 1, 4 * MIB, VALUE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        shell = broker.tool("metadata-shell")
-        if "objects-orphans-0 offsets" in shell:
+    # If the old block happened to be used up, one more restart leaves the
+    # new block (a couple of uploads into it) with unused ids.
+    candidates: list[int] = []
+    for attempt in range(3):
+        broker.kill9()
+        broker.restart()
+        ranges_before = broker.tool("metadata-shell").count("objects-orphans-0 offsets")
+        produce(broker.bootstrap, "objects-orphans", 1, 4 * MIB, VALUE, first_seq=attempt * 1000)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            shell = broker.tool("metadata-shell")
+            if shell.count("objects-orphans-0 offsets") > ranges_before:
+                break
+            time.sleep(0.2)
+        committed = {int(m) for m in re.findall(r"^  object (\d+) node", shell, re.M)}
+        blocks = [(int(a), int(b)) for a, b in re.findall(r"reserved ids (\d+)\.\.(\d+)", shell)]
+        next_id = int(re.search(r"next id (\d+)", shell).group(1))
+        live = {i for a, b in blocks for i in range(a, b)}
+        candidates = [i for i in range(next_id) if i not in committed and i not in live]
+        if candidates:
             break
-        time.sleep(0.2)
-    committed = {int(m) for m in re.findall(r"^  object (\d+) node", shell, re.M)}
-    blocks = [(int(a), int(b)) for a, b in re.findall(r"reserved ids (\d+)\.\.(\d+)", shell)]
-    next_id = int(re.search(r"next id (\d+)", shell).group(1))
-    live = {i for a, b in blocks for i in range(a, b)}
-    candidates = [i for i in range(next_id) if i not in committed and i not in live]
     assert candidates, f"no reserved-but-unused id to play the orphan ({shell[-800:]})"
     objects = broker.data_dir / "objects"
     orphan = objects / _key_of(candidates[0])

@@ -129,9 +129,13 @@ def test_metadata_survives_kill9(fresh_broker):
     topic = kept[5]
     parts = len(mds_after[0].topics[topic].partitions)
     p = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    errors = []
     for i in range(parts):
-        p.produce(topic, value=f"v{i}".encode(), partition=i)
+        # Keyed: the topic may be compacted, which refuses keyless records.
+        p.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=i,
+                  on_delivery=lambda err, msg: err and errors.append(err))
     assert p.flush(30) == 0
+    assert not errors, errors
     c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
                   "group.id": "unused", "enable.auto.commit": False})
     try:
