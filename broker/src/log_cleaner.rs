@@ -32,7 +32,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use storage::batch::BatchHeader;
 use storage::object::format::ObjectBuilder;
-use storage::records::{parse_records, rebuild, records_section};
+use storage::records::{parse_records, rebuild, records_section, MAX_EXPANDED_BATCH};
 use storage::throttle::TokenBucket;
 use tracing::{info, warn};
 
@@ -44,10 +44,6 @@ use crate::object_compaction::{batch_ref, read_range, write_stream_object};
 use crate::partition::PartitionKey;
 use crate::shard::Shard;
 use crate::topic_config::{self, CleanerSettings};
-
-/// The most a batch's records may decompress to in the cleaner; a batch
-/// beyond it is kept whole.
-const MAX_EXPANDED_BATCH: usize = 64 << 20;
 
 /// Bytes the map counts for each key beyond the key itself.
 const ENTRY_OVERHEAD: usize = 64;

@@ -168,8 +168,7 @@ pub fn effective(configs: &BTreeMap<String, String>, name: &str, cfg: &Config) -
 /// What retention keeps of a topic: `(retention.ms, retention.bytes)`, -1
 /// for no limit; both -1 unless `cleanup.policy` includes `delete`.
 pub fn retention(configs: &BTreeMap<String, String>, cfg: &Config) -> (i64, i64) {
-    let policy = configs.get(CLEANUP_POLICY).map_or("delete", |s| s.as_str());
-    if !policy.split(',').any(|p| p.trim() == "delete") {
+    if !has_cleanup_policy(configs, "delete") {
         return (-1, -1);
     }
     let get = |name: &str| {
@@ -182,9 +181,16 @@ pub fn retention(configs: &BTreeMap<String, String>, cfg: &Config) -> (i64, i64)
 
 /// Whether `cleanup.policy` includes `compact`. Read on every produce.
 pub fn is_compacted(configs: &BTreeMap<String, String>) -> bool {
+    has_cleanup_policy(configs, "compact")
+}
+
+/// Whether a topic's `cleanup.policy` (default `delete`) lists `policy`.
+fn has_cleanup_policy(configs: &BTreeMap<String, String>, policy: &str) -> bool {
     configs
         .get(CLEANUP_POLICY)
-        .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact"))
+        .map_or("delete", |s| s.as_str())
+        .split(',')
+        .any(|p| p.trim() == policy)
 }
 
 /// What log compaction honours for one topic.

@@ -15,6 +15,11 @@ use crate::batch::{
 };
 use crate::codec;
 
+/// The most a batch's records may decompress to wherever the broker looks
+/// inside them (log compaction, keys on compacted topics, offsets by
+/// timestamp); a batch beyond it is refused or kept whole, never expanded.
+pub const MAX_EXPANDED_BATCH: usize = 64 << 20;
+
 /// One record of a batch, borrowed from the (decompressed) records section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawRecord<'a> {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use kafka_protocol::ResponseError;
 use storage::batch::parse_header;
-use storage::records::{parse_records, records_section};
+use storage::records::{parse_records, records_section, MAX_EXPANDED_BATCH};
 
 use super::{find_topic, locate};
 use crate::shard::read::TimestampHit;
@@ -100,10 +100,6 @@ pub async fn handle(
     resp.topics = topics;
     resp
 }
-
-/// The most a batch's records may decompress to while a timestamp is
-/// looked up; a batch beyond it answers with its base offset.
-const MAX_EXPANDED_BATCH: usize = 64 << 20;
 
 /// The first record of `batch` with a timestamp at or after `ts`:
 /// `(timestamp, offset)`. The batch is decompressed only here, off the

@@ -135,14 +135,10 @@ fn refused_from_clients(batches: &[ValidatedBatch]) -> Option<&'static str> {
     None
 }
 
-/// The most a batch sent to a compacted topic may decompress to while its
-/// keys are checked.
-const MAX_EXPANDED_BATCH: usize = 64 << 20;
-
 /// Compacted topics take only keyed records (Kafka's `LogValidator`).
 fn check_keys(batches: &[ValidatedBatch]) -> Result<(), String> {
     for b in batches {
-        match storage::records::all_records_keyed(&b.bytes, MAX_EXPANDED_BATCH) {
+        match storage::records::all_records_keyed(&b.bytes, storage::records::MAX_EXPANDED_BATCH) {
             Ok(true) => {}
             Ok(false) => return Err("Compacted topic cannot accept message without key".into()),
             Err(e) => return Err(e.to_string()),
