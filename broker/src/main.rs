@@ -3,28 +3,6 @@
 //!
 //! The main thread only starts and joins shards; it never serves requests.
 
-mod clock;
-mod config;
-mod control;
-mod controller;
-mod data_dir;
-mod group;
-mod handlers;
-mod log_cleaner;
-mod metadata;
-mod object_compaction;
-mod object_gc;
-mod objects;
-mod objects_tool;
-mod partition;
-mod producer_state;
-mod retention;
-mod shard;
-mod shutdown;
-mod topic_config;
-mod uploader;
-mod wal_record;
-
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -35,12 +13,15 @@ use storage::file_lock::{FileLock, LockError};
 use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Flags, Tool};
-use crate::control::{Control, MeshMsg};
-use crate::controller::ControllerHandle;
-use crate::metadata::MetadataImage;
-use crate::shard::listener::{self, ShardSocket};
-use crate::shard::Shard;
+use broker::config::{Config, Flags, Tool};
+use broker::control::{Control, MeshMsg};
+use broker::controller::ControllerHandle;
+use broker::metadata::MetadataImage;
+use broker::shard::listener::{self, ShardSocket};
+use broker::shard::Shard;
+use broker::{
+    controller, data_dir, object_compaction, object_gc, objects, objects_tool, retention, shutdown,
+};
 
 /// Metadata messages in flight between two shards before a sender waits.
 const MESH_CAPACITY: usize = 1024;

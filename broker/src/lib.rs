@@ -1,0 +1,27 @@
+//! The broker as a library: every module of the `broker` binary, so that
+//! `src/main.rs` stays a thin start-up and the fuzz targets in `fuzz/` can
+//! reach the decoders (metadata records, log entries, snapshots).
+//!
+//! Nothing here runs by itself; `main.rs` starts the shards.
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod controller;
+pub mod data_dir;
+pub mod group;
+pub mod handlers;
+pub mod log_cleaner;
+pub mod metadata;
+pub mod object_compaction;
+pub mod object_gc;
+pub mod objects;
+pub mod objects_tool;
+pub mod partition;
+pub mod producer_state;
+pub mod retention;
+pub mod shard;
+pub mod shutdown;
+pub mod topic_config;
+pub mod uploader;
+pub mod wal_record;
