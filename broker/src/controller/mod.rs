@@ -299,7 +299,10 @@ impl Controller {
                 let node_id = self.placement.node_id(s);
                 Record::NodeRegistered {
                     node_id,
-                    epoch: image.nodes.get(&node_id).map_or(1, |n| n.epoch + 1),
+                    epoch: image
+                        .nodes
+                        .get(&node_id)
+                        .map_or(1, |n| n.epoch.saturating_add(1)),
                     host: host.to_string(),
                     port: base_port.saturating_add(s as u16),
                 }

@@ -42,7 +42,7 @@ pub fn dump_with_image(data_dir: &Path) -> Result<(String, MetadataImage), Contr
                 let _ = writeln!(out, "  {r}");
             }
             image = snap.image();
-            from = snap.last_applied.map_or(0, |l| l.index + 1);
+            from = snap.last_applied.map_or(0, |l| l.index.saturating_add(1));
         }
         None => {
             let _ = writeln!(out, "== no snapshot");

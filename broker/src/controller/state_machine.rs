@@ -34,7 +34,8 @@ type NodeId = u64;
 type StErr = StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, BasicNode>;
 
-const MAGIC: &[u8; 8] = b"BRKMSNAP";
+/// First bytes of a snapshot file.
+pub const MAGIC: &[u8; 8] = b"BRKMSNAP";
 
 /// A decoded snapshot.
 #[derive(Debug, Clone)]

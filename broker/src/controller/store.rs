@@ -123,6 +123,12 @@ pub fn scan_log(path: &Path) -> Result<LogScan, ControllerError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ControllerError::io(path, e)),
     }
+    Ok(scan_log_bytes(&bytes))
+}
+
+/// Every whole, checksummed entry of a log's bytes, in order, up to the
+/// first frame that is torn, corrupt, malformed or out of sequence.
+pub fn scan_log_bytes(bytes: &[u8]) -> LogScan {
     let mut scan = LogScan {
         entries: Vec::new(),
         valid_len: 0,
@@ -155,7 +161,7 @@ pub fn scan_log(path: &Path) -> Result<LogScan, ControllerError> {
             scan.stopped = stop("entry body is malformed".into());
             break;
         };
-        if last_index.is_some_and(|l| entry.log_id.index != l + 1) {
+        if last_index.is_some_and(|l| l.checked_add(1) != Some(entry.log_id.index)) {
             scan.stopped = stop(format!(
                 "entry index {} does not follow {}",
                 entry.log_id.index,
@@ -168,7 +174,7 @@ pub fn scan_log(path: &Path) -> Result<LogScan, ControllerError> {
         pos += 8 + len;
         scan.valid_len = pos as u64;
     }
-    Ok(scan)
+    scan
 }
 
 /// Writes `value` as JSON to `dir/name` atomically (temp file, fsync, rename).
@@ -438,6 +444,19 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
             payload: EntryPayload::Normal(RecordBatch(payload.to_vec())),
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/metadata.rs`: an entry with the largest
+    /// index, followed by another, overflowed the sequence check.
+    #[test]
+    fn an_index_at_the_end_of_the_range_ends_the_scan() {
+        let mut log = Vec::new();
+        for index in [u64::MAX, 0] {
+            frame(&encode_entry(&entry(index, b"x")), &mut log);
+        }
+        let scan = scan_log_bytes(&log);
+        assert_eq!(scan.entries.len(), 1);
+        assert!(scan.stopped.is_some_and(|s| s.contains("does not follow")));
     }
 
     #[test]
