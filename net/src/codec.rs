@@ -135,6 +135,25 @@ mod tests {
     use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
     use proptest::prelude::*;
 
+    /// Found by `fuzz/fuzz_targets/request.rs`: a tag past `i32::MAX` was
+    /// kept under a negative key that the encoder counts but never writes.
+    #[test]
+    fn a_tag_beyond_i32_is_malformed() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::DescribeCluster as i16);
+        frame.put_i16(0);
+        frame.put_i32(7);
+        frame.put_i16(0); // client id ""
+        frame.put_slice(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0]); // tag 2^32-1, empty
+        frame.put_slice(&[0, 0]); // body: false, no tagged fields
+        match decode_request(frame.freeze()) {
+            Err(DecodeError::Malformed { reason, .. }) => {
+                assert!(reason.contains("tag"), "{reason}")
+            }
+            other => panic!("decoded: {other:?}"),
+        }
+    }
+
     fn request_frame<T: Encodable>(key: ApiKey, version: i16, corr: i32, body: &T) -> Bytes {
         let mut buf = BytesMut::new();
         RequestHeader::default()

@@ -231,6 +231,9 @@ impl Decodable for BrokerHeartbeatRequest {
                 }
                 _ => {
                     let unknown_value = buf.try_get_bytes(size as usize)?;
+                    if tag > i32::MAX as u32 {
+                        bail!("tagged field {tag} is out of range");
+                    }
                     unknown_tagged_fields.insert(tag as i32, unknown_value);
                 }
             }
