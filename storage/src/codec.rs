@@ -107,7 +107,7 @@ pub fn compress(codec: i16, input: &[u8]) -> Result<Vec<u8>, CodecError> {
 
 fn read_bounded(r: impl Read, limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    r.take(limit as u64 + 1)
+    r.take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if out.len() > limit {
@@ -122,7 +122,7 @@ fn snappy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> 
     let mut out = Vec::new();
     let mut raw_block = |block: &[u8], out: &mut Vec<u8>| -> Result<(), CodecError> {
         let n = snap::raw::decompress_len(block).map_err(corrupt)?;
-        if out.len() + n > limit {
+        if n > limit.saturating_sub(out.len()) {
             return Err(CodecError::TooLarge(limit));
         }
         let at = out.len();
@@ -154,6 +154,16 @@ fn snappy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz/fuzz_targets/record_batch.rs`: a limit of `usize::MAX`
+    /// (no bound) overflowed the bound's arithmetic.
+    #[test]
+    fn no_bound_at_all_does_not_overflow() {
+        for codec in [NONE, GZIP, SNAPPY, LZ4, ZSTD] {
+            let packed = compress(codec, b"records").unwrap();
+            assert_eq!(decompress(codec, &packed, usize::MAX).unwrap(), b"records");
+        }
+    }
 
     fn sample() -> Vec<u8> {
         (0..200_000u32)
