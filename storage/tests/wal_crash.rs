@@ -277,10 +277,24 @@ fn crash_images_recover_a_durable_prefix() {
                         images += 1;
                         if (n + k) % 4 == 2 {
                             // Crash again while recovery cuts the tail and
-                            // writes its header (before its flush).
+                            // writes its header: after none or one of its
+                            // flushes, with the writes after it in any state.
                             let events = crashed.events();
-                            let late = random_late(&mut rng, &events, usize::MAX);
-                            let img2 = crash_image(&img, &events, 0, &late);
+                            let flushes: Vec<usize> = events
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, e)| matches!(e, IoEvent::Flush))
+                                .map(|(i, _)| i)
+                                .collect();
+                            let pick = rng.gen_range(0..=flushes.len());
+                            let at = if pick == 0 {
+                                usize::MAX
+                            } else {
+                                flushes[pick - 1]
+                            };
+                            let late = random_late(&mut rng, &events, at);
+                            let img2 =
+                                crash_image(&img, &events, if pick == 0 { 0 } else { at }, &late);
                             let (again, recs2) =
                                 open(&layout, &MemDevice::from_image(img2, 512)).await;
                             assert_eq!(recs2, recs, "a crash during recovery changed the log");

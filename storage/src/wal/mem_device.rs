@@ -189,13 +189,23 @@ impl MemDevice {
         let n = self.st.flushes.get();
         self.st.flushes.set(n + 1);
         // The barrier covers writes completed before the flush was issued.
-        let at = self.st.log.borrow().len();
+        // It goes right after the last of them when it completes: counted
+        // in writes, not as an index, since a flush that completes in the
+        // meantime is inserted earlier and shifts every index after it.
+        let covered = writes_in(&self.st.log.borrow());
         self.delay().await;
-        if self.st.faults.borrow().flush_eio == Some(n) {
-            self.st.log.borrow_mut().insert(at, IoEvent::FailedFlush);
+        let event = if self.st.faults.borrow().flush_eio == Some(n) {
+            IoEvent::FailedFlush
+        } else {
+            IoEvent::Flush
+        };
+        let failed = matches!(event, IoEvent::FailedFlush);
+        let mut log = self.st.log.borrow_mut();
+        let at = after_writes(&log, covered);
+        log.insert(at, event);
+        if failed {
             return Err(Self::eio("flush"));
         }
-        self.st.log.borrow_mut().insert(at, IoEvent::Flush);
         Ok(())
     }
 }
@@ -242,6 +252,29 @@ impl BlockDevice for MemDevice {
             Ok(Rc::new(self.clone()) as Rc<dyn BlockDevice>)
         })
     }
+}
+
+fn writes_in(log: &[IoEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, IoEvent::Write { .. }))
+        .count()
+}
+
+/// The index just after the `n`-th write of `log` (0: its start).
+fn after_writes(log: &[IoEvent], n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    for (i, e) in log.iter().enumerate() {
+        if matches!(e, IoEvent::Write { .. }) {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    log.len()
 }
 
 /// What happens to one write recorded after the barrier in a crash image.

@@ -933,6 +933,19 @@ fn geometry(layout: &WalLayout, slice: u32, dev: &dyn BlockDevice) -> Result<Geo
     Ok(geo)
 }
 
+/// Recovers slice `slice` of `dev` exactly as [`WalSlice::open_device`] does
+/// (torn tail cut, next header made durable) without starting the writer,
+/// and returns the records a shard would get. Needs no executor of its own
+/// when the device does not (the in-memory one): the fuzz target drives it.
+pub async fn recover_records(
+    dev: &dyn BlockDevice,
+    layout: &WalLayout,
+    slice: u32,
+) -> Result<Vec<RecoveredRecord>, WalError> {
+    let geo = geometry(layout, slice, dev)?;
+    recover(dev, &geo).await.map(|(_, records)| records)
+}
+
 async fn write_header(
     dev: &dyn BlockDevice,
     geo: &Geometry,
@@ -972,11 +985,23 @@ async fn recover(
         geo.capacity,
     )?;
     let scan = scan(dev, geo, &h).await?;
-    cut_torn_tail(dev, geo, scan.stop, scan.limit).await?;
+    let newer = scan.newer_generation;
+    cut_torn_tail(dev, geo, scan.stop, scan.limit, newer.is_some()).await?;
+    if newer.is_some() {
+        // The next header makes that generation valid: what the cut removed
+        // must be gone first.
+        dev.flush()
+            .await
+            .map_err(io_err(geo.slice, "flushing the cut tail"))?;
+    }
     let overflow = || WalError::Corrupt {
         what: "slice header counter overflow",
     };
-    let generation = h.generation.checked_add(1).ok_or_else(overflow)?;
+    let generation = h
+        .generation
+        .max(newer.unwrap_or(0))
+        .checked_add(1)
+        .ok_or_else(overflow)?;
     let seq = h.seq.checked_add(1).ok_or_else(overflow)?;
     let next = SliceHeader {
         seq,
@@ -1028,6 +1053,11 @@ struct Scan {
     end: u64,
     /// Record and wrap-marker positions found, ascending.
     boundaries: VecDeque<u64>,
+    /// The generation of a well-formed record header at the stop that is
+    /// newer than the slice header's: the header copy that announced it was
+    /// lost (media damage). A later recovery must neither accept that record
+    /// nor reuse its generation.
+    newer_generation: Option<u32>,
 }
 
 /// Reads the ring from the header's scan start and stops at the first thing
@@ -1051,6 +1081,7 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
         stop: h.scan_start,
         end: h.scan_start,
         boundaries: VecDeque::new(),
+        newer_generation: None,
     };
     let mut pos = h.scan_start;
     let mut last_generation = 0;
@@ -1073,7 +1104,11 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
         let Ok(rh) = RecordHeader::decode(&raw, geo.epoch) else {
             break;
         };
-        if rh.offset != pos || rh.generation < last_generation || rh.generation > h.generation {
+        if rh.generation > h.generation {
+            out.newer_generation = Some(rh.generation);
+            break;
+        }
+        if rh.offset != pos || rh.generation < last_generation {
             break;
         }
         if rh.is_wrap() {
@@ -1112,20 +1147,39 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
 /// the same invalid bytes and never reach the records appended after this
 /// one (which start at the next block). Made durable by the header flush that
 /// follows.
+///
+/// Those zeros read as padding, so a later scan goes on to the next block,
+/// where a record of the same torn write may still lie, unacknowledged and
+/// now past the recovered end: that block is zeroed first, durably, so that
+/// no later recovery returns more than this one.
+///
+/// With `even_aligned` (the stop holds a record of a generation newer than
+/// the header's) a stop at a block start is cut too; the caller flushes.
 async fn cut_torn_tail(
     dev: &dyn BlockDevice,
     geo: &Geometry,
     stop: u64,
     limit: u64,
+    even_aligned: bool,
 ) -> Result<(), WalError> {
     let block = geo.block;
     let keep = (stop % block) as usize;
-    if keep == 0 || align_up(stop, block) > limit {
+    let start = align_down(stop, block);
+    if (keep == 0 && !even_aligned) || start + block > limit {
         // Nothing to cut, or the block is the one holding the scan start a
         // lap earlier (cannot happen with a consistent ring; never zero it).
         return Ok(());
     }
-    let start = align_down(stop, block);
+    if keep != 0 && start + 2 * block <= limit {
+        let mut zeros = dev.alloc(block as usize);
+        zeros.as_mut_slice().fill(0);
+        dev.write_at(zeros, geo.data_pos(start + block))
+            .await
+            .map_err(io_err(geo.slice, "clearing the block after a torn tail"))?;
+        dev.flush()
+            .await
+            .map_err(io_err(geo.slice, "clearing the block after a torn tail"))?;
+    }
     let old = dev
         .read_at(geo.data_pos(start), block as usize)
         .await
@@ -1179,6 +1233,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::wal::format::SLICE_HEADER_LEN;
     use crate::wal::{mem_device::IoEvent, MemDevice};
 
     fn run<Fut: Future<Output = ()> + 'static>(f: impl FnOnce() -> Fut + Send + 'static) {
@@ -1665,5 +1720,96 @@ mod tests {
         ) {
             torn_last_block_case(sizes, scribble);
         }
+    }
+
+    /// A slice image with a header of generation `generation` whose trim and
+    /// scan start are 0, and `records` (body, generation) written from
+    /// logical `at` on, packed as one write. Returns the image and where each
+    /// record starts.
+    fn image_with(
+        layout: &WalLayout,
+        generation: u32,
+        at: u64,
+        records: &[(&[u8], u32)],
+    ) -> (Vec<u8>, Vec<u64>) {
+        let mut img = MemDevice::formatted(layout).image();
+        let base = layout.slice_base(0) as usize;
+        let h = SliceHeader {
+            slice: 0,
+            epoch: layout.epoch,
+            seq: 2,
+            generation,
+            capacity: layout.slice_capacity(),
+            trim_offset: 0,
+            scan_start: 0,
+            last_write_ms: 0,
+        };
+        img[base..base + SLICE_HEADER_LEN].copy_from_slice(&h.encode());
+        let ring = base + 2 * layout.block_size as usize;
+        let mut pos = at;
+        let mut starts = Vec::new();
+        for (body, g) in records {
+            let rh = RecordHeader::for_body(body, pos, *g).encode(layout.epoch);
+            let p = ring + pos as usize;
+            img[p..p + HEADER_LEN as usize].copy_from_slice(&rh);
+            img[p + HEADER_LEN as usize..p + HEADER_LEN as usize + body.len()]
+                .copy_from_slice(body);
+            starts.push(pos);
+            pos += HEADER_LEN + body.len() as u64;
+        }
+        (img, starts)
+    }
+
+    fn recover_now(layout: &WalLayout, dev: &MemDevice) -> Vec<u64> {
+        futures_lite::future::block_on(recover_records(dev, layout, 0))
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect()
+    }
+
+    /// Found by `fuzz/fuzz_targets/wal_recovery.rs` (and the cause of a rare
+    /// `wal_crash` failure): a torn record mid-block, the next record of the
+    /// same write intact at the next block. The first recovery ends the log
+    /// before the torn one and zeroes the rest of its block; the zeros then
+    /// read as padding, and a second recovery used to return the record in
+    /// the next block, which the first had dropped.
+    #[test]
+    fn a_record_after_a_torn_tail_stays_out_on_the_next_recovery() {
+        let (layout, _) = mem_wal(64 << 10);
+        let first = vec![1u8; 100];
+        let torn = vec![2u8; 4096 - 2 * HEADER_LEN as usize - 100];
+        let after = vec![3u8; 50];
+        let (mut img, starts) = image_with(&layout, 1, 0, &[(&first, 1), (&torn, 1), (&after, 1)]);
+        assert_eq!(starts[2], 4096, "the third record starts the next block");
+        let ring = (layout.slice_base(0) + 2 * 4096) as usize;
+        img[ring + starts[1] as usize] ^= 0xff; // the torn header
+        let dev = MemDevice::from_image(img, 512);
+        assert_eq!(recover_now(&layout, &dev), vec![0]);
+        assert_eq!(
+            recover_now(&layout, &dev),
+            vec![0],
+            "the log grew on its own"
+        );
+    }
+
+    /// Found by the fuzz target: a record of a generation newer than the
+    /// slice header (the header copy that announced it was lost) is not in
+    /// the log; once recovery has bumped the header's generation it must not
+    /// become readable.
+    #[test]
+    fn a_record_newer_than_its_header_stays_out() {
+        let (layout, _) = mem_wal(64 << 10);
+        let (img, _) = image_with(&layout, 6, 0, &[(b"", 7)]);
+        let dev = MemDevice::from_image(img, 512);
+        assert!(recover_now(&layout, &dev).is_empty());
+        assert!(
+            recover_now(&layout, &dev).is_empty(),
+            "the record came back"
+        );
+        assert!(
+            recover_now(&layout, &dev).is_empty(),
+            "the record came back"
+        );
     }
 }
