@@ -10,14 +10,19 @@
 //! * a frame being read holds at most about twice the bytes that have
 //!   arrived (see `frame`), and at most `max_frame`;
 //! * a peer that never reads its responses holds at most `MAX_IN_FLIGHT`
-//!   requests and their responses: once that many wait, the loop stops
-//!   reading from it;
+//!   requests, and about `MAX_UNSENT_BYTES` of responses plus one Fetch
+//!   response: the loop stops reading from it once either fills. Fetches
+//!   of one connection run one at a time (every Kafka client keeps one in
+//!   flight per broker), so pipelined fetches cannot each build a response
+//!   of `fetch.max.bytes` before the first is sent;
 //! * a peer that completes no request for `idle_timeout` (idle, dribbling a
 //!   frame, or stuck because it does not read) is closed and all of it is
 //!   freed, including responses the writer could not send.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +38,11 @@ use crate::versions::api_versions_response;
 
 /// Requests decoded but not yet answered, per connection.
 const MAX_IN_FLIGHT: usize = 128;
+
+/// Encoded responses a connection may hold unsent before the loop stops
+/// reading its requests. Produce and metadata responses are small; a
+/// consumer that reads its fetch responses never comes near it.
+const MAX_UNSENT_BYTES: usize = 16 << 20;
 
 /// Read buffer per connection. Small, because every open connection holds
 /// one, idle or not; large frames bypass it and are read straight into
@@ -58,6 +68,42 @@ pub trait Service: 'static {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>>;
 }
 
+/// What a connection's answers hold: encoded responses not yet written, and
+/// Fetch requests not yet answered; the reader waits on it.
+#[derive(Default)]
+struct Backlog {
+    unsent: Cell<usize>,
+    fetches: Cell<usize>,
+    reader: Cell<Option<Waker>>,
+}
+
+impl Backlog {
+    fn change(&self, unsent: isize, fetches: isize) {
+        self.unsent
+            .set(self.unsent.get().saturating_add_signed(unsent));
+        self.fetches
+            .set(self.fetches.get().saturating_add_signed(fetches));
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until a request of `api` may start: no unanswered Fetch when
+    /// it is one, and the unsent responses under `MAX_UNSENT_BYTES`.
+    async fn admit(&self, api: ApiKey) {
+        futures_lite::future::poll_fn(|cx| {
+            let fetch_waits = api == ApiKey::Fetch && self.fetches.get() > 0;
+            if fetch_waits || self.unsent.get() > MAX_UNSENT_BYTES {
+                self.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
 /// Serves one connection until the peer closes it, sends something that
 /// must close it, or stays idle too long. `peer` is only used in log lines.
 pub async fn serve_connection<S, T>(
@@ -71,7 +117,9 @@ pub async fn serve_connection<S, T>(
 {
     let (reader, writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
-    let writer_task = glommio::spawn_local(write_responses(writer, rx, peer.clone()));
+    let backlog = Rc::new(Backlog::default());
+    let writer_task =
+        glommio::spawn_local(write_responses(writer, rx, peer.clone(), backlog.clone()));
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let idle = settings.idle_timeout;
     // The idle clock restarts with every complete request; waiting for a
@@ -104,7 +152,18 @@ pub async fn serve_connection<S, T>(
         let task = match decode_request(frame) {
             Ok(mut request) => {
                 request.peer.clone_from(&peer);
-                glommio::spawn_local(run_request(service.clone(), request))
+                if before(idle_deadline, backlog.admit(request.api_key))
+                    .await
+                    .is_none()
+                {
+                    debug!(%peer, "closing connection: its responses are not read");
+                    timed_out = true;
+                    break;
+                }
+                if request.api_key == ApiKey::Fetch {
+                    backlog.change(0, 1);
+                }
+                glommio::spawn_local(run_request(service.clone(), request, backlog.clone()))
             }
             Err(DecodeError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
@@ -170,15 +229,25 @@ enum Outcome {
     Close,
 }
 
-async fn run_request<S: Service>(service: Rc<S>, request: Request) -> Outcome {
+async fn run_request<S: Service>(
+    service: Rc<S>,
+    request: Request,
+    backlog: Rc<Backlog>,
+) -> Outcome {
     let (api_key, version, correlation_id) =
         (request.api_key, request.version, request.correlation_id());
+    let fetch = isize::from(api_key == ApiKey::Fetch);
     let Some(body) = service.call(request).await else {
+        backlog.change(0, -fetch);
         return Outcome::Silent;
     };
     match encode_response(api_key, version, correlation_id, &body) {
-        Ok(bytes) => Outcome::Respond(bytes),
+        Ok(bytes) => {
+            backlog.change(bytes.len() as isize, -fetch);
+            Outcome::Respond(bytes)
+        }
         Err(e) => {
+            backlog.change(0, -fetch);
             warn!("closing connection: {e}");
             Outcome::Close
         }
@@ -189,6 +258,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     mut writer: W,
     rx: local_channel::LocalReceiver<glommio::Task<Outcome>>,
     peer: String,
+    backlog: Rc<Backlog>,
 ) {
     while let Some(task) = rx.recv().await {
         let bytes = match task.await {
@@ -204,6 +274,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             debug!(%peer, "flush failed, dropping connection: {e}");
             return;
         }
+        backlog.change(-(bytes.len() as isize), 0);
     }
     let _ = writer.close().await;
 }

@@ -236,6 +236,64 @@ def test_a_client_that_never_reads_is_closed(fresh_broker):
     assert serves(b)
 
 
+FETCH_FLOOD_REQUESTS = 100
+FETCH_FLOOD_PARTITION_BYTES = 8 << 20
+# Growth of the broker's RSS while one connection has pipelined the fetches
+# above and reads nothing. Each response is a fresh 8 MiB buffer: held all
+# at once (as before: up to 128 in flight) they are 800 MiB; the broker now
+# builds one Fetch response at a time per connection and stops reading
+# once 16 MiB of responses wait unsent.
+FETCH_FLOOD_GROWTH_LIMIT_KIB = 96 * 1024
+
+
+@broker_with("--connections-max-idle-ms", "30000")
+def test_fetches_a_client_never_reads_hold_bounded_memory(fresh_broker):
+    """Pipelines 100 fetches of 8 MiB each and reads none of the answers:
+    the broker's memory grows by a bounded amount, not by 100 responses,
+    and it goes on serving others."""
+    b = fresh_broker
+    topic = f"flood-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": b.bootstrap, "broker.address.family": "v4"})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    p = Producer({"bootstrap.servers": b.bootstrap, "broker.address.family": "v4",
+                  "linger.ms": 20, "batch.size": 1 << 20})
+    value = b"v" * (64 << 10)
+    for _ in range(24 << 4):  # 24 MiB
+        while True:
+            try:
+                p.produce(topic, value)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+    time.sleep(1.0)
+    rss_before = b.rss_kib()
+
+    s = open_socket(b)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = kwire.fetch_body(11, topic, 0, 0, max_wait_ms=0, max_bytes=64 << 20,
+                            partition_max_bytes=FETCH_FLOOD_PARTITION_BYTES)
+    s.settimeout(0.5)
+    sent = 0
+    try:
+        for i in range(FETCH_FLOOD_REQUESTS):
+            s.sendall(kwire.encode_request(kwire.FETCH, 11, i, body))
+            sent += 1
+    except socket.timeout:
+        pass  # the broker stopped reading from us
+    peak = 0
+    for _ in range(10):
+        time.sleep(0.3)
+        peak = max(peak, b.rss_kib())
+    growth = peak - rss_before
+    print(f"{sent} fetches sent, broker RSS {rss_before // 1024} MiB before, "
+          f"{peak // 1024} MiB at most while unread")
+    assert growth < FETCH_FLOOD_GROWTH_LIMIT_KIB, \
+        f"broker RSS grew by {growth // 1024} MiB for one connection that does not read"
+    assert serves(b)
+    s.close()
+
+
 # -- idle + slow-loris under a producer ---------------------------------------------
 
 class Attack:
