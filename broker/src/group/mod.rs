@@ -102,6 +102,40 @@ pub struct GroupCoordinator {
     /// superseded (a reload after WAL recovery) stops.
     load_token: RefCell<HashMap<i32, u64>>,
     next_load_token: Cell<u64>,
+    /// Offset commits of each group written but not yet acknowledged
+    /// (their values reach `groups` only once durable): offset expiry
+    /// leaves such a group for its next round, so that its tombstones can
+    /// never follow a commit in the log.
+    commits_in_flight: RefCell<HashMap<String, u32>>,
+}
+
+/// Counts one in-flight commit of a group while it lives (also when the
+/// commit's future is dropped).
+struct CommitInFlight<'a> {
+    counts: &'a RefCell<HashMap<String, u32>>,
+    group: String,
+}
+
+impl<'a> CommitInFlight<'a> {
+    fn start(counts: &'a RefCell<HashMap<String, u32>>, group: &str) -> Self {
+        *counts.borrow_mut().entry(group.to_string()).or_insert(0) += 1;
+        CommitInFlight {
+            counts,
+            group: group.to_string(),
+        }
+    }
+}
+
+impl Drop for CommitInFlight<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.borrow_mut();
+        if let Some(n) = counts.get_mut(&self.group) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.group);
+            }
+        }
+    }
 }
 
 impl GroupCoordinator {
@@ -127,6 +161,7 @@ impl GroupCoordinator {
             timer_started: Cell::new(false),
             load_token: RefCell::new(HashMap::new()),
             next_load_token: Cell::new(0),
+            commits_in_flight: RefCell::new(HashMap::new()),
         }
     }
 
@@ -372,27 +407,51 @@ impl GroupCoordinator {
     /// Deletes (with tombstones) the committed offsets that
     /// `offsets.retention.minutes` expires, and the groups left with
     /// neither members nor offsets.
+    ///
+    /// Races with commits: a group with a commit in flight waits for the
+    /// next round, and its expiry is decided again right before its
+    /// tombstones are appended (with no await in between: appends keep the
+    /// order of their calls, waiting ones too), so a commit is either before
+    /// the decision, and seen by it, or after the tombstones in the log.
+    /// Afterwards only offsets still as they were are dropped from memory:
+    /// a commit acknowledged meanwhile stays.
     async fn expire_offsets(&self, shard: &Rc<Shard>) {
-        let now = now_ms();
-        // (group, its expired offsets, whether that is all of them)
-        type Due = (String, Vec<(String, i32)>, bool);
-        let due: Vec<Due> = self
-            .groups
-            .borrow()
-            .iter()
-            .filter_map(|(id, g)| {
-                let expired = g.expired_offsets(self.offsets_retention_ms, now);
-                let gone = expired.len() == g.offsets.len();
-                (!expired.is_empty()).then(|| (id.clone(), expired, gone))
-            })
-            .collect();
-        for (group_id, expired, gone) in due {
+        let candidates: Vec<String> = {
+            let now = now_ms();
+            self.groups
+                .borrow()
+                .iter()
+                .filter(|(_, g)| !g.expired_offsets(self.offsets_retention_ms, now).is_empty())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for group_id in candidates {
             let Ok(key) = self.route(&group_id) else {
                 continue;
             };
+            if self.commits_in_flight.borrow().contains_key(&group_id) {
+                continue;
+            }
+            // (key, value as expired), and whether that is all of them.
+            let (expired, gone) = {
+                let groups = self.groups.borrow();
+                let Some(g) = groups.get(&group_id) else {
+                    continue;
+                };
+                let keys = g.expired_offsets(self.offsets_retention_ms, now_ms());
+                let gone = keys.len() == g.offsets.len();
+                let expired: Vec<((String, i32), OffsetValue)> = keys
+                    .into_iter()
+                    .filter_map(|k| g.offsets.get(&k).cloned().map(|v| (k, v)))
+                    .collect();
+                (expired, gone)
+            };
+            if expired.is_empty() {
+                continue;
+            }
             let mut records: Vec<GroupRecord> = expired
                 .iter()
-                .map(|(t, p)| GroupRecord::Offset {
+                .map(|((t, p), _)| GroupRecord::Offset {
                     group: group_id.clone(),
                     topic: t.clone(),
                     partition: *p,
@@ -411,8 +470,10 @@ impl GroupCoordinator {
             }
             let mut groups = self.groups.borrow_mut();
             if let Some(g) = groups.get_mut(&group_id) {
-                for k in &expired {
-                    g.offsets.remove(k);
+                for (k, v) in &expired {
+                    if g.offsets.get(k) == Some(v) {
+                        g.offsets.remove(k);
+                    }
                 }
                 if gone && g.offsets.is_empty() && g.is_empty() {
                     groups.remove(&group_id);
@@ -738,13 +799,19 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
+        let _in_flight = CommitInFlight::start(&self.commits_in_flight, group_id);
         if let Err(e) = write(&shard, key, records).await {
             return results.into_iter().map(|r| r.and(Err(e))).collect();
         }
-        if let Some(g) = self.groups.borrow_mut().get_mut(group_id) {
-            for (topic, partition, value) in accepted {
-                g.offsets.insert((topic, partition), value);
-            }
+        // Expiry may have deleted the (then empty) group while this commit
+        // was being written after its tombstones: the commit brings it back,
+        // as replaying the log would.
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id, now_ms()));
+        for (topic, partition, value) in accepted {
+            g.offsets.insert((topic, partition), value);
         }
         results
     }
