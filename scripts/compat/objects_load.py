@@ -60,10 +60,10 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value_size: int,
             on_progress=None, extra: dict | None = None, at_third=None,
-            first_seq: int = 0) -> Produced:
+            first_seq: int = 0, pace_s: float = 0.0) -> Produced:
     """Sends `total_bytes` of `value_size` records round-robin over the
     partitions; returns what was acknowledged. `at_third` is called once,
-    a third of the way through."""
+    a third of the way through; `pace_s` is a pause after each record."""
     out = Produced(acked={p: [] for p in range(partitions)})
 
     def on_delivery(err, msg):
@@ -92,6 +92,8 @@ def produce(bootstrap: str, topic: str, partitions: int, total_bytes: int, value
             except BufferError:
                 p.poll(0.05)
         p.poll(0)
+        if pace_s:
+            time.sleep(pace_s)
         if on_progress and time.monotonic() - last_report > 5:
             last_report = time.monotonic()
             on_progress(i, n)

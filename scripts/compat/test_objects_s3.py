@@ -93,10 +93,16 @@ def test_s3_with_faults_and_an_outage_loses_nothing(s3_proxy, broker, figures):
     assert produced.seconds > OUTAGE_S * 0.5, "the outage did not slow producers down"
 
     # Every kind of fault for sure, not only by chance: each in turn hits
-    # every request for a moment while a little more data goes up.
-    def force(kind: str, seconds: float = 1.5) -> None:
+    # every request until it has been injected (a fixed window could pass
+    # with no upload in it), while a little more data goes up, paced so
+    # that uploads go on for longer than the forcing does.
+    def force(kind: str, timeout_s: float = 10.0) -> None:
+        before = proxy.stats().get(kind, 0)
         proxy.set_faults(**{kind: 1.0})
-        time.sleep(seconds)
+        deadline = time.monotonic() + timeout_s
+        while proxy.stats().get(kind, 0) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
         proxy.set_faults(**{kind: FAULTS[kind]})
 
     extra_topic = "objects-s3-extra"
@@ -104,8 +110,8 @@ def test_s3_with_faults_and_an_outage_loses_nothing(s3_proxy, broker, figures):
     forcing = threading.Thread(target=lambda: [force(k) for k in
                                                ("error500", "slowdown503", "drop_response")])
     forcing.start()
-    extra = produce(broker.bootstrap, extra_topic, 1, 4 * MIB, VALUE,
-                    extra={"linger.ms": 200})
+    extra = produce(broker.bootstrap, extra_topic, 1, 8 * MIB, VALUE,
+                    extra={"linger.ms": 200}, pace_s=0.15)
     forcing.join()
     assert not extra.failed, extra.failed[:5]
 
