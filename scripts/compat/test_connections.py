@@ -127,15 +127,21 @@ def refusal_lines(broker) -> int:
     return broker.log_path.read_text(errors="replace").count("refused connection")
 
 
+def hold_connections(broker, n: int) -> list[Conn]:
+    """`n` open connections, each shown to be served."""
+    settle()
+    held = [Conn(broker.host, broker.ports[0], 5.0) for _ in range(n)]
+    for c in held:
+        assert kwire.api_versions(c, 3).error_code == kwire.NONE
+    return held
+
+
 # -- limits ----------------------------------------------------------------------
 
 @broker_with("--max-connections-per-ip", "5")
 def test_max_connections_per_ip_refuses_beyond_the_limit(fresh_broker):
     b = fresh_broker
-    settle()
-    held = [Conn(b.host, b.ports[0], 5.0) for _ in range(5)]
-    for c in held:
-        assert kwire.api_versions(c, 3).error_code == kwire.NONE
+    held = hold_connections(b, 5)
     # The sixth from the same address is closed at once.
     s = open_socket(b)
     assert closed_by_broker(s, 5.0), "connection beyond max_connections_per_ip stayed open"
@@ -162,10 +168,7 @@ def test_max_connections_per_ip_refuses_beyond_the_limit(fresh_broker):
 @broker_with("--max-connections", "3")
 def test_max_connections_refuses_beyond_the_limit(fresh_broker):
     b = fresh_broker
-    settle()
-    held = [Conn(b.host, b.ports[0], 5.0) for _ in range(3)]
-    for c in held:
-        assert kwire.api_versions(c, 3).error_code == kwire.NONE
+    held = hold_connections(b, 3)
     s = open_socket(b)
     assert closed_by_broker(s, 5.0), "connection beyond max_connections stayed open"
     s.close()

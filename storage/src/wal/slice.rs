@@ -987,13 +987,6 @@ async fn recover(
     let scan = scan(dev, geo, &h).await?;
     let newer = scan.newer_generation;
     cut_torn_tail(dev, geo, scan.stop, scan.limit, newer.is_some()).await?;
-    if newer.is_some() {
-        // The next header makes that generation valid: what the cut removed
-        // must be gone first.
-        dev.flush()
-            .await
-            .map_err(io_err(geo.slice, "flushing the cut tail"))?;
-    }
     let overflow = || WalError::Corrupt {
         what: "slice header counter overflow",
     };
@@ -1154,7 +1147,8 @@ async fn scan(dev: &dyn BlockDevice, geo: &Geometry, h: &SliceHeader) -> Result<
 /// no later recovery returns more than this one.
 ///
 /// With `even_aligned` (the stop holds a record of a generation newer than
-/// the header's) a stop at a block start is cut too; the caller flushes.
+/// the header's) a stop at a block start is cut too, and the cut is flushed
+/// before the next header makes that generation valid.
 async fn cut_torn_tail(
     dev: &dyn BlockDevice,
     geo: &Geometry,
@@ -1189,7 +1183,13 @@ async fn cut_torn_tail(
     buf.as_mut_slice()[..keep].copy_from_slice(&old[..keep]);
     dev.write_at(buf, geo.data_pos(start))
         .await
-        .map_err(io_err(geo.slice, "cutting torn tail"))
+        .map_err(io_err(geo.slice, "cutting torn tail"))?;
+    if even_aligned {
+        dev.flush()
+            .await
+            .map_err(io_err(geo.slice, "flushing the cut tail"))?;
+    }
+    Ok(())
 }
 
 /// Reads the ring through a window of about `chunk` bytes.
