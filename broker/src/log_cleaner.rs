@@ -14,6 +14,9 @@
 //!    and tombstones older than `delete.retention.ms` go. Batches keep
 //!    their offsets (`storage::records::rebuild`), so the partition has
 //!    gaps, exactly as in Kafka. Control batches and keyless records stay.
+//!    Records of aborted transactions go, and never count as the latest
+//!    record of their key (so an aborted write cannot shadow a committed
+//!    one); nothing at or above the first open transaction is cleaned.
 //! 4. The new stream objects replace the old ranges, and `cleaned_end`
 //!    moves, in one metadata submission.
 //!
@@ -37,7 +40,7 @@ use storage::throttle::TokenBucket;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-use crate::controller::records::ObjectRange;
+use crate::controller::records::{AbortedTxn, ObjectRange};
 use crate::metadata::objects::{PartitionObjects, RangeRef};
 use crate::metadata::Command;
 use crate::object_compaction::{batch_ref, read_range, write_stream_object};
@@ -134,10 +137,49 @@ impl OffsetMap {
     }
 }
 
+/// The aborted transactions of a partition, as its producer state lists
+/// them: which transactional batches no reader may see.
+#[derive(Debug, Default, Clone)]
+pub struct AbortedIndex {
+    /// Producer id → `(first offset, marker offset)` of its aborted
+    /// transactions.
+    by_producer: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl AbortedIndex {
+    pub fn new(aborted: impl IntoIterator<Item = AbortedTxn>) -> Self {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for a in aborted {
+            by_producer
+                .entry(a.producer_id)
+                .or_default()
+                .push((a.first_offset, a.last_offset));
+        }
+        AbortedIndex { by_producer }
+    }
+
+    /// Whether the batch belongs to an aborted transaction.
+    pub fn holds(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && self.by_producer.get(&h.producer_id).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|&(first, last)| first <= h.base_offset && h.base_offset <= last)
+            })
+    }
+}
+
 /// Adds the keyed records of `batch` to `map`; false once the budget is
-/// spent (some keys of the batch may be missing then).
-pub fn map_batch(map: &mut OffsetMap, h: &BatchHeader, batch: &[u8]) -> bool {
-    if h.is_control() {
+/// spent (some keys of the batch may be missing then). Aborted records
+/// are left out.
+pub fn map_batch(
+    map: &mut OffsetMap,
+    h: &BatchHeader,
+    batch: &[u8],
+    aborted: &AbortedIndex,
+) -> bool {
+    if h.is_control() || aborted.holds(h) {
         return true;
     }
     let Ok(section) = records_section(batch, h, MAX_EXPANDED_BATCH) else {
@@ -168,15 +210,20 @@ pub enum Cleaned {
 
 /// Cleans one batch against `map`: a record goes when a later record of its
 /// key exists, or when it is a tombstone older than `tombstone_horizon`.
-/// Control batches, keyless records and batches that do not decode stay.
+/// A batch of an aborted transaction goes whole. Control batches, keyless
+/// records and batches that do not decode stay.
 pub fn clean_batch(
     map: &OffsetMap,
     h: &BatchHeader,
     batch: &[u8],
     tombstone_horizon: i64,
+    aborted: &AbortedIndex,
 ) -> Cleaned {
     if h.is_control() {
         return Cleaned::Whole;
+    }
+    if aborted.holds(h) {
+        return Cleaned::Gone;
     }
     let section = match records_section(batch, h, MAX_EXPANDED_BATCH) {
         Ok(s) => s,
@@ -299,13 +346,26 @@ async fn clean(
     let cfg = &shard.config;
     let per_shard = (cfg.log_cleaner_dedupe_buffer_bytes / cfg.shards.max(1) as u64) as usize;
     let mut map = OffsetMap::new(per_shard);
+    // Which transactions aborted, and where the first open one starts: an
+    // open transaction's records (and everything after them) wait until it
+    // ends, as Kafka's cleaner stops at the last stable offset.
+    let (aborted, first_unstable) = match shard.partitions.borrow().get(&key) {
+        Some(p) => (
+            AbortedIndex::new(p.producers.aborted().copied()),
+            p.producers.first_unstable_offset(),
+        ),
+        None => return Ok(()),
+    };
     // 1. Map the dirty ranges, as far as the budget goes.
     let dirty_from = plan.ranges.len() - plan.dirty;
     let mut mapped_end = None;
     for r in &plan.ranges[dirty_from..] {
+        if first_unstable.is_some_and(|fu| r.end_offset > fu) {
+            break;
+        }
         let mut fits = true;
         for (h, batch) in read_range(shard, key, r, budget).await? {
-            fits &= map_batch(&mut map, &h, &batch);
+            fits &= map_batch(&mut map, &h, &batch, &aborted);
         }
         if !fits && mapped_end.is_some() {
             break;
@@ -353,7 +413,7 @@ async fn clean(
         g.max_timestamp = g.max_timestamp.max(r.max_timestamp);
         for (h, batch) in read_range(shard, key, r, budget).await? {
             bytes_in += batch.len() as u64;
-            let out = match clean_batch(&map, &h, &batch, horizon) {
+            let out = match clean_batch(&map, &h, &batch, horizon, &aborted) {
                 Cleaned::Whole => batch.clone(),
                 Cleaned::Part(b) => b,
                 Cleaned::Gone => {
@@ -520,15 +580,25 @@ mod tests {
     }
 
     fn batch(base: i64, recs: &[(Option<&str>, Option<&str>, i64)], c: Compression) -> Bytes {
+        producer_batch(base, -1, recs, c)
+    }
+
+    /// A batch of producer `pid`: transactional when `pid >= 0`.
+    fn producer_batch(
+        base: i64,
+        pid: i64,
+        recs: &[(Option<&str>, Option<&str>, i64)],
+        c: Compression,
+    ) -> Bytes {
         let recs: Vec<Record> = recs
             .iter()
             .enumerate()
             .map(|(i, (k, v, ts))| Record {
-                transactional: false,
+                transactional: pid >= 0,
                 control: false,
                 partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id: pid,
+                producer_epoch: if pid >= 0 { 0 } else { -1 },
                 timestamp_type: TimestampType::Creation,
                 offset: base + i as i64,
                 // The encoder starts a new batch unless sequences follow offsets.
@@ -588,12 +658,13 @@ mod tests {
             ],
             Compression::None,
         );
+        let none = AbortedIndex::default();
         let mut map = OffsetMap::new(1 << 20);
         for b in [&b1, &b2] {
-            assert!(map_batch(&mut map, &parse_header(b).unwrap(), b));
+            assert!(map_batch(&mut map, &parse_header(b).unwrap(), b, &none));
         }
         let h1 = parse_header(&b1).unwrap();
-        let Cleaned::Part(c1) = clean_batch(&map, &h1, &b1, 1000) else {
+        let Cleaned::Part(c1) = clean_batch(&map, &h1, &b1, 1000, &none) else {
             panic!("some records go")
         };
         assert_eq!(
@@ -604,7 +675,7 @@ mod tests {
             ]
         );
         let h2 = parse_header(&b2).unwrap();
-        let Cleaned::Part(c2) = clean_batch(&map, &h2, &b2, 1000) else {
+        let Cleaned::Part(c2) = clean_batch(&map, &h2, &b2, 1000, &none) else {
             panic!("the old tombstone goes")
         };
         assert_eq!(
@@ -617,11 +688,11 @@ mod tests {
         // Cleaning again changes nothing more.
         let mut map2 = OffsetMap::new(1 << 20);
         for b in [&c1, &c2] {
-            map_batch(&mut map2, &parse_header(b).unwrap(), b);
+            map_batch(&mut map2, &parse_header(b).unwrap(), b, &none);
         }
         for b in [&c1, &c2] {
             assert_eq!(
-                clean_batch(&map2, &parse_header(b).unwrap(), b, 1000),
+                clean_batch(&map2, &parse_header(b).unwrap(), b, 1000, &none),
                 Cleaned::Whole
             );
         }
@@ -629,18 +700,56 @@ mod tests {
         let b3 = batch(7, &[(Some("b"), Some("b2"), 30)], Compression::None);
         map.put(b"b", 7);
         assert_eq!(
-            clean_batch(&map, &h1, &b1, 0),
+            clean_batch(&map, &h1, &b1, 0, &none),
             Cleaned::Part(c1_without_b(&b1, &h1))
         );
         let b0 = batch(0, &[(Some("b"), Some("b0"), 1)], Compression::None);
         assert_eq!(
-            clean_batch(&map, &parse_header(&b0).unwrap(), &b0, 0),
+            clean_batch(&map, &parse_header(&b0).unwrap(), &b0, 0, &none),
             Cleaned::Gone
         );
         assert_eq!(
-            clean_batch(&map, &parse_header(&b3).unwrap(), &b3, 0),
+            clean_batch(&map, &parse_header(&b3).unwrap(), &b3, 0, &none),
             Cleaned::Whole
         );
+    }
+
+    #[test]
+    fn an_aborted_write_never_shadows_a_committed_one() {
+        let committed = batch(0, &[(Some("a"), Some("a1"), 10)], Compression::None);
+        let aborted = producer_batch(1, 7, &[(Some("a"), Some("a2"), 20)], Compression::None);
+        let other = producer_batch(3, 8, &[(Some("b"), Some("b1"), 20)], Compression::None);
+        // Producer 7 aborted its transaction (marker at offset 2); producer
+        // 8's committed.
+        let index = AbortedIndex::new([AbortedTxn {
+            producer_id: 7,
+            first_offset: 1,
+            last_offset: 2,
+        }]);
+        let mut map = OffsetMap::new(1 << 20);
+        for b in [&committed, &aborted, &other] {
+            assert!(map_batch(&mut map, &parse_header(b).unwrap(), b, &index));
+        }
+        assert_eq!(
+            map.latest(b"a"),
+            Some(0),
+            "the aborted a2 is not the latest a"
+        );
+        let clean = |b: &Bytes| clean_batch(&map, &parse_header(b).unwrap(), b, 0, &index);
+        assert_eq!(clean(&committed), Cleaned::Whole);
+        assert_eq!(clean(&aborted), Cleaned::Gone);
+        assert_eq!(clean(&other), Cleaned::Whole);
+        // Without the index the aborted write would have won.
+        let mut blind = OffsetMap::new(1 << 20);
+        for b in [&committed, &aborted] {
+            map_batch(
+                &mut blind,
+                &parse_header(b).unwrap(),
+                b,
+                &AbortedIndex::default(),
+            );
+        }
+        assert_eq!(blind.latest(b"a"), Some(1));
     }
 
     /// b1 cleaned when `a`, `b` and `c` all have later records.

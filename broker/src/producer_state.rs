@@ -328,7 +328,7 @@ impl ProducerStateTable {
             .collect()
     }
 
-    #[cfg(test)]
+    /// The partition's aborted transactions, oldest first.
     pub fn aborted(&self) -> impl Iterator<Item = &AbortedTxn> {
         self.aborted.iter()
     }
