@@ -4,8 +4,12 @@
 //! channel mesh, and answers once every shard has installed it (so a client
 //! that created a topic finds it on every shard at once).
 //!
-//! One `Control` per shard, on that shard's executor. Carries metadata only,
-//! never record data. Never holds a `RefCell` borrow across an `.await`, and
+//! It also carries a transaction coordinator's markers to the shard leading
+//! a partition of the transaction (what Kafka's WriteTxnMarkers request
+//! does between brokers), and their results back.
+//!
+//! One `Control` per shard, on that shard's executor. Carries metadata and
+//! markers only, never record data. Never holds a `RefCell` borrow across an `.await`, and
 //! never blocks on the controller: it awaits its answer on a oneshot.
 
 use std::cell::{Cell, RefCell};
@@ -18,8 +22,12 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tracing::{error, warn};
 
+use kafka_protocol::ResponseError;
+use net::connection::LocalBoxFuture;
+
 use crate::controller::ControllerHandle;
 use crate::metadata::{Command, CommandError, CommandResult, MetadataImage};
+use crate::txn::MarkerReq;
 
 /// What shards tell each other.
 #[derive(Debug)]
@@ -39,10 +47,29 @@ pub enum MeshMsg {
     Image(Arc<MetadataImage>),
     /// A shard has installed the image of this version.
     Applied { version: u64 },
+    /// A transaction coordinator asks the leading shard to write markers.
+    WriteMarkers { id: u64, markers: Vec<MarkerReq> },
+    /// The leading shard answers a `WriteMarkers`, one result per marker.
+    MarkersWritten {
+        id: u64,
+        results: Vec<Result<(), ResponseError>>,
+    },
 }
 
 /// Called when a new image arrives, so the shard can open or drop partitions.
 pub type InstallImage = Box<dyn Fn(Arc<MetadataImage>)>;
+
+/// One result per marker written.
+pub type MarkerResults = Vec<Result<(), ResponseError>>;
+
+/// Writes markers to partitions this shard leads.
+pub type WriteMarkers = Box<dyn Fn(Vec<MarkerReq>) -> LocalBoxFuture<MarkerResults>>;
+
+/// What the mesh asks of the shard it runs on.
+pub struct ShardHooks {
+    pub install: InstallImage,
+    pub write_markers: WriteMarkers,
+}
 
 pub struct Control {
     shard: usize,
@@ -54,7 +81,8 @@ pub struct Control {
     controller: Option<ControllerHandle>,
     applied: RefCell<Vec<u64>>,
     applied_changed: Event,
-    install: InstallImage,
+    hooks: ShardHooks,
+    markers_pending: RefCell<HashMap<u64, oneshot::Sender<MarkerResults>>>,
 }
 
 impl Control {
@@ -64,7 +92,7 @@ impl Control {
         shards: usize,
         senders: Senders<MeshMsg>,
         mut receivers: Receivers<MeshMsg>,
-        install: InstallImage,
+        hooks: ShardHooks,
         controller: Option<ControllerHandle>,
     ) -> Rc<Control> {
         let control = Rc::new(Control {
@@ -76,7 +104,8 @@ impl Control {
             controller,
             applied: RefCell::new(vec![0; shards]),
             applied_changed: Event::new(),
-            install,
+            hooks,
+            markers_pending: RefCell::new(HashMap::new()),
         });
         for (peer, rx) in receivers.streams() {
             let c = control.clone();
@@ -107,7 +136,7 @@ impl Control {
             }
             MeshMsg::Image(image) => {
                 let version = image.version;
-                (self.install)(image);
+                (self.hooks.install)(image);
                 self.send(0, MeshMsg::Applied { version }).await;
             }
             MeshMsg::Applied { version } => {
@@ -115,7 +144,33 @@ impl Control {
                 applied[peer] = applied[peer].max(version);
                 self.applied_changed.notify(usize::MAX);
             }
+            MeshMsg::WriteMarkers { id, markers } => {
+                let c = self.clone();
+                glommio::spawn_local(async move {
+                    let results = (c.hooks.write_markers)(markers).await;
+                    c.send(peer, MeshMsg::MarkersWritten { id, results }).await;
+                })
+                .detach();
+            }
+            MeshMsg::MarkersWritten { id, results } => {
+                if let Some(tx) = self.markers_pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(results);
+                }
+            }
         }
+    }
+
+    /// Has shard `peer` write markers to partitions it leads; one result
+    /// per marker.
+    pub async fn write_markers(&self, peer: usize, markers: Vec<MarkerReq>) -> MarkerResults {
+        let n = markers.len();
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.markers_pending.borrow_mut().insert(id, tx);
+        self.send(peer, MeshMsg::WriteMarkers { id, markers }).await;
+        rx.await
+            .unwrap_or_else(|_| vec![Err(ResponseError::NotLeaderOrFollower); n])
     }
 
     async fn send(&self, peer: usize, msg: MeshMsg) {
@@ -194,7 +249,7 @@ impl Control {
 
     async fn publish(&self, image: Arc<MetadataImage>) {
         let version = image.version;
-        (self.install)(image.clone());
+        (self.hooks.install)(image.clone());
         self.applied.borrow_mut()[0] = version;
         for peer in 1..self.shards {
             self.send(peer, MeshMsg::Image(image.clone())).await;

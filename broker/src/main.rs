@@ -3,7 +3,6 @@
 //!
 //! The main thread only starts and joins shards; it never serves requests.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use clap::Parser;
@@ -233,14 +232,13 @@ async fn run_shard(start: ShardStart) {
             std::process::exit(1);
         }
     };
-    let weak = Rc::downgrade(&shard);
-    let install = Box::new(move |image| {
-        if let Some(shard) = weak.upgrade() {
-            shard.install_image(image);
-        }
-    });
     shard.set_control(Control::start(
-        s, shards, senders, receivers, install, controller,
+        s,
+        shards,
+        senders,
+        receivers,
+        shard.hooks(),
+        controller,
     ));
     match objects::open(&shard.config, s).await {
         Ok((store, reader)) => {

@@ -36,6 +36,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // commit (KIP-939): neither is implemented.
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeProducers, 0, 0),
+    // Transactions as before KIP-890's second phase (transaction.version
+    // 2 is not advertised): AddPartitionsToTxn v4 is the batched form
+    // brokers use, v5 and EndTxn/TxnOffsetCommit v4+ belong to it.
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.

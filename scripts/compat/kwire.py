@@ -40,6 +40,8 @@ HEARTBEAT = 12
 DESCRIBE_GROUPS = 15
 INIT_PRODUCER_ID = 22
 DESCRIBE_PRODUCERS = 61
+DESCRIBE_TRANSACTIONS = 65
+LIST_TRANSACTIONS = 66
 
 NONE = 0
 CORRUPT_MESSAGE = 2
@@ -53,7 +55,8 @@ INVALID_PRODUCER_EPOCH = 47
 # First flexible (KIP-482) version of each request we encode.
 FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FETCH: 12,
                   FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5,
-                  INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6}
+                  INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
+                  DESCRIBE_TRANSACTIONS: 0, LIST_TRANSACTIONS: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -877,9 +880,10 @@ def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: in
     return found
 
 
-def find_coordinator(conn: Conn, group: str) -> tuple[int, int]:
-    """(error code, coordinator node id) by FindCoordinator v1."""
-    r = conn.request(FIND_COORDINATOR, 1, Writer().string(group).int8(0).getvalue())
+def find_coordinator(conn: Conn, group: str, key_type: int = 0) -> tuple[int, int]:
+    """(error code, coordinator node id) by FindCoordinator v1; key type 0
+    is a group, 1 a transactional id."""
+    r = conn.request(FIND_COORDINATOR, 1, Writer().string(group).int8(key_type).getvalue())
     r.int32()  # throttle_time_ms
     err = r.int16()
     r.string()  # error_message
@@ -888,3 +892,59 @@ def find_coordinator(conn: Conn, group: str) -> tuple[int, int]:
     r.int32()
     r.expect_end("FindCoordinator v1 response")
     return err, node
+
+
+# --- DescribeTransactions (v0) and ListTransactions (v0) -------------------------
+
+@dataclass
+class TxnDescription:
+    error_code: int
+    state: str
+    producer_id: int
+    producer_epoch: int
+    timeout_ms: int
+    partitions: list[tuple[str, int]]
+
+
+def describe_transaction(conn: Conn, transactional_id: str) -> TxnDescription:
+    w = Writer().array_len(1, True).string(transactional_id, True).tags(True)
+    r = conn.request(DESCRIBE_TRANSACTIONS, 0, w.getvalue())
+    r.int32()  # throttle_time_ms
+    out = None
+    for _ in range(r.array_len(True)):
+        err = r.int16()
+        r.string(True)  # transactional id
+        state = r.string(True) or ""
+        timeout = r.int32()
+        r.int64()  # start time
+        pid = r.int64()
+        epoch = r.int16()
+        parts = []
+        for _ in range(r.array_len(True)):
+            topic = r.string(True)
+            parts += [(topic, r.int32()) for _ in range(r.array_len(True))]
+            r.skip_tags(True)
+        r.skip_tags(True)
+        out = TxnDescription(err, state, pid, epoch, timeout, sorted(parts))
+    r.skip_tags(True)
+    r.expect_end("DescribeTransactions v0 response")
+    assert out is not None, "no transaction in the DescribeTransactions response"
+    return out
+
+
+def list_transactions(conn: Conn) -> list[tuple[str, int, str]]:
+    """(transactional id, producer id, state) of every id the node coordinates."""
+    w = Writer().array_len(0, True).array_len(0, True).tags(True)
+    r = conn.request(LIST_TRANSACTIONS, 0, w.getvalue())
+    r.int32()  # throttle_time_ms
+    err = r.int16()
+    assert err == 0, f"ListTransactions error {err}"
+    for _ in range(r.array_len(True)):
+        r.string(True)
+    out = []
+    for _ in range(r.array_len(True)):
+        out.append((r.string(True), r.int64(), r.string(True)))
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("ListTransactions v0 response")
+    return out

@@ -129,8 +129,17 @@ def test_find_coordinator_matches_kafkas_hash_single_and_batched(broker):
         batched = find_coordinator_v4(c, groups)
         assert batched == {g: (NONE, leaders[(java_hash(g) & 0x7FFFFFFF) % OFFSETS_PARTITIONS])
                            for g in groups}
-        err, _, _ = find_coordinator_v1(c, "txn-1", key_type=1)
-        assert err == COORDINATOR_NOT_AVAILABLE
+        # Transactional ids: the same hash over __transaction_state (created
+        # on first use); an empty id has no coordinator.
+        for tid in ["txn-1", "polygenelubricants"]:
+            err, node, _ = find_coordinator_v1(c, tid, key_type=1)
+            assert err == NONE
+            md = kwire.metadata(c, 1, ["__transaction_state"]).topics["__transaction_state"]
+            n = len(md.partitions)
+            assert n == 50, "transaction_state_partitions defaults to Kafka's 50"
+            assert node == md.partitions[(java_hash(tid) & 0x7FFFFFFF) % n].leader, tid
+        err, _, _ = find_coordinator_v1(c, "", key_type=1)
+        assert err == INVALID_REQUEST
         err, _, _ = find_coordinator_v1(c, "x", key_type=7)
         assert err == INVALID_REQUEST
 

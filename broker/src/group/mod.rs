@@ -14,7 +14,7 @@ pub mod records;
 pub mod state;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -25,9 +25,10 @@ use kafka_protocol::ResponseError;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::coordinator_partitions::CoordinatorPartitions;
 use crate::metadata::MetadataImage;
-use crate::shard::{PartitionKey, Shard};
-use records::{decode_batches, encode_batch, GroupRecord, OffsetValue};
+use crate::shard::{PartitionKey, Replayed, Shard};
+use records::{decode_batches, encode_batch, encode_kv_batch, GroupRecord, OffsetValue};
 use state::{Effects, Group, Outcome, Reply};
 pub use state::{GroupSettings, GroupState, JoinRequest, JoinResult, SyncResult};
 
@@ -88,25 +89,59 @@ pub struct GroupCoordinator {
     /// How often offsets expire (0: never).
     offsets_retention_check_ms: u64,
     groups: RefCell<HashMap<String, Group>>,
-    /// `__consumer_offsets` partitions this shard leads and has replayed.
-    loaded: RefCell<HashSet<i32>>,
-    /// Partitions being replayed: their groups answer
-    /// COORDINATOR_LOAD_IN_PROGRESS.
-    loading: RefCell<HashSet<i32>>,
+    /// `__consumer_offsets` partitions this shard leads, and which of them
+    /// it has replayed.
+    partitions: CoordinatorPartitions,
     join_waiters: Waiters<JoinResult>,
     sync_waiters: Waiters<SyncResult>,
     /// Notified when a deadline may have moved earlier.
     timers_changed: Event,
     timer_started: Cell<bool>,
-    /// The latest load of each partition: an older load that finds itself
-    /// superseded (a reload after WAL recovery) stops.
-    load_token: RefCell<HashMap<i32, u64>>,
-    next_load_token: Cell<u64>,
     /// Offset commits of each group written but not yet acknowledged
     /// (their values reach `groups` only once durable): offset expiry
     /// leaves such a group for its next round, so that its tombstones can
     /// never follow a commit in the log.
     commits_in_flight: RefCell<HashMap<String, u32>>,
+    /// Offsets committed inside open transactions (TxnOffsetCommit), by
+    /// producer id: written to the log, applied when the transaction's
+    /// commit marker is, dropped on abort.
+    pending_txn: RefCell<HashMap<i64, Vec<TxnOffset>>>,
+}
+
+/// An offset committed inside a transaction.
+#[derive(Debug, Clone)]
+struct TxnOffset {
+    group: String,
+    topic: String,
+    partition: i32,
+    value: OffsetValue,
+}
+
+impl TxnOffset {
+    fn of(rec: GroupRecord) -> Option<TxnOffset> {
+        match rec {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value: Some(value),
+            } => Some(TxnOffset {
+                group,
+                topic,
+                partition,
+                value,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn apply_txn_offset(groups: &mut HashMap<String, Group>, o: TxnOffset, now: i64) {
+    groups
+        .entry(o.group.clone())
+        .or_insert_with(|| Group::new(&o.group, now))
+        .offsets
+        .insert((o.topic, o.partition), o.value);
 }
 
 /// Counts one in-flight commit of a group while it lives (also when the
@@ -153,15 +188,13 @@ impl GroupCoordinator {
             offsets_retention_ms: config.offsets_retention_ms(),
             offsets_retention_check_ms: config.offsets_retention_check_interval_ms,
             groups: RefCell::new(HashMap::new()),
-            loaded: RefCell::new(HashSet::new()),
-            loading: RefCell::new(HashSet::new()),
+            partitions: CoordinatorPartitions::new(OFFSETS_TOPIC),
             join_waiters: RefCell::new(HashMap::new()),
             sync_waiters: RefCell::new(HashMap::new()),
             timers_changed: Event::new(),
             timer_started: Cell::new(false),
-            load_token: RefCell::new(HashMap::new()),
-            next_load_token: Cell::new(0),
             commits_in_flight: RefCell::new(HashMap::new()),
+            pending_txn: RefCell::new(HashMap::new()),
         }
     }
 
@@ -185,58 +218,42 @@ impl GroupCoordinator {
         if topic.leader_nodes.get(p as usize) != Some(&shard.node_id()) {
             return Err(ResponseError::NotCoordinator);
         }
-        if self.loading.borrow().contains(&p) || !self.loaded.borrow().contains(&p) {
-            return Err(ResponseError::CoordinatorLoadInProgress);
-        }
+        self.partitions.check_loaded(p)?;
         Ok((topic.id, p))
     }
 
     /// Called after each metadata image: loads `__consumer_offsets`
     /// partitions this shard now leads, forgets those it no longer leads.
     pub fn on_image(&self, image: &MetadataImage, node_id: i32) {
-        let led: HashSet<i32> = image
-            .topic(OFFSETS_TOPIC)
-            .map(|t| {
-                t.leader_nodes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &l)| l == node_id)
-                    .map(|(p, _)| p as i32)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let known: HashSet<i32> = self
-            .loaded
-            .borrow()
-            .union(&self.loading.borrow())
-            .copied()
-            .collect();
-        for &p in known.difference(&led) {
+        let changes = self.partitions.on_image(image, node_id);
+        for &p in &changes.unload {
             self.unload_partition(p, image);
         }
         let Some(shard) = self.shard.upgrade() else {
             return;
         };
-        for &p in led.difference(&known) {
-            self.loading.borrow_mut().insert(p);
+        for p in changes.load {
             let shard = shard.clone();
             glommio::spawn_local(async move { shard.groups.load_partition(&shard, p).await })
                 .detach();
         }
-        if !led.is_empty() {
+        if changes.leads_any {
             self.start_timer();
         }
     }
 
     fn unload_partition(&self, p: i32, image: &MetadataImage) {
-        self.loaded.borrow_mut().remove(&p);
-        self.loading.borrow_mut().remove(&p);
         let n = image
             .topic(OFFSETS_TOPIC)
             .map_or(0, |t| t.leaders.len() as i32);
         self.groups
             .borrow_mut()
             .retain(|g, _| n > 0 && partition_for(g, n) != p);
+        let mut pending = self.pending_txn.borrow_mut();
+        for list in pending.values_mut() {
+            list.retain(|o| n > 0 && partition_for(&o.group, n) != p);
+        }
+        pending.retain(|_, l| !l.is_empty());
         info!("no longer coordinator for {OFFSETS_TOPIC} partition {p}");
     }
 
@@ -250,85 +267,66 @@ impl GroupCoordinator {
             return;
         };
         let n = topic.leaders.len() as i32;
-        let token = self.next_load_token.get();
-        self.next_load_token.set(token + 1);
-        self.load_token.borrow_mut().insert(p, token);
-        let superseded = || self.load_token.borrow().get(&p) != Some(&token);
-        self.loading.borrow_mut().insert(p);
-        self.loaded.borrow_mut().remove(&p);
+        let token = self.partitions.begin_load(p);
+        let superseded = || self.partitions.superseded(p, token);
         self.groups
             .borrow_mut()
             .retain(|g, _| partition_for(g, n) != p);
         let key = (topic.id, p);
-        let mut offset = match shard.partitions.borrow().get(&key) {
-            Some(part) => part.state.log_start,
-            None => {
-                self.loading.borrow_mut().remove(&p);
-                return;
-            }
-        };
         let now = now_ms();
         let mut count = 0usize;
-        'replay: loop {
-            let read = match shard.read(key, offset, 1 << 20, true).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if superseded() {
-                        return;
+        // Offsets committed inside transactions, by producer id, until
+        // their marker says commit (apply) or abort (drop).
+        let mut pending: HashMap<i64, Vec<TxnOffset>> = HashMap::new();
+        let label = format!("{OFFSETS_TOPIC}-{p}");
+        let replayed = shard
+            .replay_log(key, &label, &superseded, |h, b| {
+                if h.is_control() {
+                    if let Some(m) = storage::batch::end_txn_marker(&b) {
+                        let offsets = pending.remove(&h.producer_id).unwrap_or_default();
+                        if m.commit {
+                            let mut groups = self.groups.borrow_mut();
+                            for o in offsets {
+                                apply_txn_offset(&mut groups, o, now);
+                            }
+                        }
                     }
-                    if matches!(e, crate::shard::ReadError::OutOfRange { .. }) {
-                        break;
-                    }
-                    // The partition still opening (WAL recovery after a
-                    // restart), or objects unreachable for now: keep the
-                    // groups loading (COORDINATOR_LOAD_IN_PROGRESS) and try
-                    // again. Only the second is worth a warning.
-                    let opening = matches!(
-                        e,
-                        crate::shard::ReadError::Partition(ResponseError::NotLeaderOrFollower)
-                    );
-                    if opening {
-                        debug!("{OFFSETS_TOPIC}-{p}: not open yet at offset {offset}; retrying");
-                    } else {
-                        warn!(
-                            "{OFFSETS_TOPIC}-{p}: cannot read at offset {offset} ({e:?}); retrying"
-                        );
-                    }
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
-                    continue;
+                    return;
                 }
-            };
-            if read.batches.is_empty() {
-                break;
-            }
-            for b in read.batches {
-                let Ok(h) = storage::batch::parse_header(&b) else {
-                    warn!("{OFFSETS_TOPIC}-{p}: unreadable batch at offset {offset}; load stops there");
-                    break 'replay;
-                };
-                offset = offset.max(h.last_offset() + 1);
                 match decode_batches(b) {
                     Ok(recs) => {
                         count += recs.len();
+                        if h.is_transactional() {
+                            let mine = pending.entry(h.producer_id).or_default();
+                            mine.extend(recs.into_iter().filter_map(TxnOffset::of));
+                            return;
+                        }
                         let mut groups = self.groups.borrow_mut();
                         for r in recs {
                             replay(&mut groups, r, now);
                         }
                     }
-                    Err(e) => warn!("{OFFSETS_TOPIC}-{p}: skipping undecodable batch: {e}"),
+                    Err(e) => warn!("{label}: skipping undecodable batch: {e}"),
                 }
+            })
+            .await;
+        if replayed == Replayed::Stopped {
+            if !superseded() {
+                self.partitions.end_load(p, false);
             }
-            glommio::yield_if_needed().await;
-            if superseded() {
-                return;
-            }
-        }
-        if !shard.partitions.borrow().contains_key(&key) {
-            self.loading.borrow_mut().remove(&p);
             return;
         }
-        self.loading.borrow_mut().remove(&p);
-        self.loaded.borrow_mut().insert(p);
+        {
+            let mut open = self.pending_txn.borrow_mut();
+            for list in open.values_mut() {
+                list.retain(|o| partition_for(&o.group, n) != p);
+            }
+            for (pid, list) in pending {
+                open.entry(pid).or_default().extend(list);
+            }
+            open.retain(|_, l| !l.is_empty());
+        }
+        self.partitions.end_load(p, true);
         self.timers_changed.notify(usize::MAX);
         debug!(
             shard = shard.id,
@@ -344,20 +342,9 @@ impl GroupCoordinator {
         let Some(shard) = self.shard.upgrade() else {
             return;
         };
-        let image = shard.image();
-        let Some(topic) = image.topic(OFFSETS_TOPIC) else {
-            return;
-        };
-        let led: Vec<i32> = (0..topic.leaders.len())
-            .filter(|&p| topic.leader_nodes[p] == shard.node_id())
-            .map(|p| p as i32)
-            .collect();
+        let led = self.partitions.reload(&shard.image(), shard.node_id());
         if led.is_empty() {
             return;
-        }
-        self.loading.borrow_mut().extend(led.iter().copied());
-        for &p in &led {
-            self.loaded.borrow_mut().remove(&p);
         }
         glommio::spawn_local(async move {
             for p in led {
@@ -748,6 +735,11 @@ impl GroupCoordinator {
     /// Commits offsets: checks the member and generation, writes the
     /// records, and updates the cache once they are durable. Returns one
     /// result per `(topic, partition)` in request order.
+    ///
+    /// With `txn` (TxnOffsetCommit: the producer's id and epoch) the
+    /// records are a transactional batch of the producer's open
+    /// transaction, and the offsets stay pending until its marker reaches
+    /// this partition (`complete_txn`).
     pub async fn commit(
         &self,
         group_id: &str,
@@ -755,6 +747,7 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         generation: i32,
         offsets: Vec<(String, i32, OffsetValue)>,
+        txn: Option<(i64, i16)>,
     ) -> Vec<Result<(), ResponseError>> {
         let n = offsets.len();
         let all = |e: ResponseError| vec![Err(e); n];
@@ -800,8 +793,37 @@ impl GroupCoordinator {
             return results;
         }
         let _in_flight = CommitInFlight::start(&self.commits_in_flight, group_id);
-        if let Err(e) = write(&shard, key, records).await {
+        let written = match txn {
+            None => write(&shard, key, records).await,
+            Some(producer) => {
+                let pairs: Vec<_> = records.iter().map(|r| (r.key(), r.value())).collect();
+                match encode_kv_batch(&pairs, now_ms(), Some(producer)) {
+                    Ok(bytes) => append_encoded(&shard, key, bytes).await,
+                    Err(e) => {
+                        warn!("cannot encode transactional offsets: {e}");
+                        Err(ResponseError::UnknownServerError)
+                    }
+                }
+            }
+        };
+        if let Err(e) = written {
             return results.into_iter().map(|r| r.and(Err(e))).collect();
+        }
+        if let Some((producer_id, _)) = txn {
+            let pending = accepted
+                .into_iter()
+                .map(|(topic, partition, value)| TxnOffset {
+                    group: group_id.to_string(),
+                    topic,
+                    partition,
+                    value,
+                });
+            self.pending_txn
+                .borrow_mut()
+                .entry(producer_id)
+                .or_default()
+                .extend(pending);
+            return results;
         }
         // Expiry may have deleted the (then empty) group while this commit
         // was being written after its tombstones: the commit brings it back,
@@ -814,6 +836,46 @@ impl GroupCoordinator {
             g.offsets.insert((topic, partition), value);
         }
         results
+    }
+
+    /// A transaction marker of `producer_id` is durable in
+    /// `__consumer_offsets` partition `p`: its offsets there take effect
+    /// (commit) or go (abort).
+    pub fn complete_txn(&self, p: i32, producer_id: i64, commit: bool) {
+        let Ok(shard) = self.shard() else { return };
+        let n = shard
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.leaders.len() as i32);
+        let mut pending = self.pending_txn.borrow_mut();
+        let Some(list) = pending.get_mut(&producer_id) else {
+            return;
+        };
+        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(list)
+            .into_iter()
+            .partition(|o| partition_for(&o.group, n) == p);
+        *list = open;
+        if list.is_empty() {
+            pending.remove(&producer_id);
+        }
+        drop(pending);
+        if commit {
+            let now = now_ms();
+            let mut groups = self.groups.borrow_mut();
+            for o in done {
+                apply_txn_offset(&mut groups, o, now);
+            }
+        }
+    }
+
+    /// Whether an open transaction has committed an offset for this
+    /// partition of the group (OffsetFetch with `require_stable` answers
+    /// UNSTABLE_OFFSET_COMMIT then).
+    pub fn has_pending_txn_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.pending_txn.borrow().values().any(|l| {
+            l.iter()
+                .any(|o| o.group == group_id && o.topic == topic && o.partition == partition)
+        })
     }
 
     /// Committed offsets of a group: the named partitions, or all of them.
@@ -852,7 +914,6 @@ impl GroupCoordinator {
 
     /// Every group this shard coordinates: (id, protocol type, state).
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
-        let loaded = self.loaded.borrow();
         let Ok(shard) = self.shard() else {
             return Vec::new();
         };
@@ -864,7 +925,7 @@ impl GroupCoordinator {
             .groups
             .borrow()
             .values()
-            .filter(|g| loaded.contains(&partition_for(&g.id, n)))
+            .filter(|g| self.partitions.is_loaded(partition_for(&g.id, n)))
             .map(|g| {
                 (
                     g.id.clone(),
@@ -1019,6 +1080,16 @@ async fn write(
         warn!("cannot encode group records: {e}");
         ResponseError::UnknownServerError
     })?;
+    append_encoded(shard, key, bytes).await
+}
+
+/// Appends an encoded batch to a `__consumer_offsets` partition and waits
+/// until it is durable.
+pub(crate) async fn append_encoded(
+    shard: &Rc<Shard>,
+    key: PartitionKey,
+    bytes: bytes::Bytes,
+) -> Result<(), ResponseError> {
     let batches = storage::batch::validate_batches(&bytes, usize::MAX).map_err(|e| {
         warn!("group records failed validation: {e}");
         ResponseError::UnknownServerError

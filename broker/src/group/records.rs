@@ -226,22 +226,35 @@ fn decode_group_value(mut v: &[u8]) -> Option<GroupValue> {
 /// Encodes records as one uncompressed v2 batch (offsets are assigned by
 /// the partition log on append).
 pub fn encode_batch(records: &[GroupRecord], now_ms: i64) -> Result<Bytes, String> {
+    let pairs: Vec<(Bytes, Option<Bytes>)> = records.iter().map(|r| (r.key(), r.value())).collect();
+    encode_kv_batch(&pairs, now_ms, None)
+}
+
+/// Encodes key/value records as one uncompressed v2 batch; with a producer
+/// `(id, epoch)` the batch is transactional (offsets committed inside a
+/// transaction, visible once its commit marker follows).
+pub fn encode_kv_batch(
+    records: &[(Bytes, Option<Bytes>)],
+    now_ms: i64,
+    txn_producer: Option<(i64, i16)>,
+) -> Result<Bytes, String> {
+    let (producer_id, producer_epoch) = txn_producer.unwrap_or((-1, -1));
     let recs: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
+        .map(|(i, (k, v))| Record {
+            transactional: txn_producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
             timestamp: now_ms,
-            key: Some(r.key()),
-            value: r.value(),
+            key: Some(k.clone()),
+            value: v.clone(),
             headers: IndexMap::new(),
         })
         .collect();
@@ -257,6 +270,14 @@ pub fn encode_batch(records: &[GroupRecord], now_ms: i64) -> Result<Bytes, Strin
 /// Decodes every record of the batches in `bytes` (as read from the log),
 /// skipping records that are not ours.
 pub fn decode_batches(bytes: Bytes) -> Result<Vec<GroupRecord>, String> {
+    Ok(decode_kv_batches(bytes)?
+        .into_iter()
+        .filter_map(|(k, v)| GroupRecord::decode(&k, v.as_deref()))
+        .collect())
+}
+
+/// The keyed records of the batches in `bytes`, control records left out.
+pub fn decode_kv_batches(bytes: Bytes) -> Result<Vec<(Bytes, Option<Bytes>)>, String> {
     let mut buf = bytes;
     let mut out = Vec::new();
     while buf.has_remaining() {
@@ -266,15 +287,13 @@ pub fn decode_batches(bytes: Bytes) -> Result<Vec<GroupRecord>, String> {
                 continue;
             }
             let Some(key) = r.key else { continue };
-            if let Some(rec) = GroupRecord::decode(&key, r.value.as_deref()) {
-                out.push(rec);
-            }
+            out.push((key, r.value));
         }
     }
     Ok(out)
 }
 
-fn put_str(b: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(b: &mut BytesMut, s: &str) {
     b.put_i16(s.len().min(i16::MAX as usize) as i16);
     b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
 }
@@ -291,19 +310,19 @@ fn put_bytes(b: &mut BytesMut, v: &[u8]) {
     b.put_slice(v);
 }
 
-fn get_i16(b: &mut &[u8]) -> Option<i16> {
+pub(crate) fn get_i16(b: &mut &[u8]) -> Option<i16> {
     (b.len() >= 2).then(|| b.get_i16())
 }
 
-fn get_i32(b: &mut &[u8]) -> Option<i32> {
+pub(crate) fn get_i32(b: &mut &[u8]) -> Option<i32> {
     (b.len() >= 4).then(|| b.get_i32())
 }
 
-fn get_i64(b: &mut &[u8]) -> Option<i64> {
+pub(crate) fn get_i64(b: &mut &[u8]) -> Option<i64> {
     (b.len() >= 8).then(|| b.get_i64())
 }
 
-fn get_nullable_str(b: &mut &[u8]) -> Option<Option<String>> {
+pub(crate) fn get_nullable_str(b: &mut &[u8]) -> Option<Option<String>> {
     let len = get_i16(b)?;
     if len < 0 {
         return Some(None);
@@ -317,7 +336,7 @@ fn get_nullable_str(b: &mut &[u8]) -> Option<Option<String>> {
     Some(Some(s))
 }
 
-fn get_str(b: &mut &[u8]) -> Option<String> {
+pub(crate) fn get_str(b: &mut &[u8]) -> Option<String> {
     get_nullable_str(b).map(Option::unwrap_or_default)
 }
 

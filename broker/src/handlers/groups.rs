@@ -44,6 +44,7 @@ use crate::group::records::OffsetValue;
 use crate::group::{now_ms, partition_for, Committed, JoinRequest, WantedOffsets, OFFSETS_TOPIC};
 use crate::metadata::Command;
 use crate::shard::Shard;
+use crate::txn::TXN_TOPIC;
 
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
@@ -143,19 +144,24 @@ pub async fn find_coordinator(
     resp
 }
 
-/// The shard coordinating `key`, creating `__consumer_offsets` if needed.
+/// The shard coordinating `key`: a group's `__consumer_offsets` partition
+/// or a transactional id's `__transaction_state` partition, creating the
+/// topic on first use.
 async fn locate_coordinator(
     shard: &Rc<Shard>,
     key: &str,
     key_type: i8,
 ) -> Result<usize, (ResponseError, String)> {
-    match key_type {
-        KEY_TYPE_GROUP => {}
+    let topic_name = match key_type {
+        KEY_TYPE_GROUP => OFFSETS_TOPIC,
         KEY_TYPE_TRANSACTION => {
-            return Err((
-                ResponseError::CoordinatorNotAvailable,
-                "transactions are not supported yet".into(),
-            ))
+            if key.is_empty() {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    "an empty transactional id has no coordinator".into(),
+                ));
+            }
+            TXN_TOPIC
         }
         other => {
             return Err((
@@ -163,32 +169,39 @@ async fn locate_coordinator(
                 format!("unknown coordinator key type {other}"),
             ))
         }
-    }
-    if shard.image().topic(OFFSETS_TOPIC).is_none() {
-        create_offsets_topic(shard).await;
+    };
+    if shard.image().topic(topic_name).is_none() {
+        create_internal_topic(shard, topic_name).await;
     }
     let image = shard.image();
-    let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+    let Some(topic) = image.topic(topic_name) else {
         return Err((
             ResponseError::CoordinatorNotAvailable,
-            format!("{OFFSETS_TOPIC} could not be created"),
+            format!("{topic_name} could not be created"),
         ));
     };
     let p = partition_for(key, topic.leaders.len() as i32);
     topic.leaders.get(p as usize).copied().ok_or_else(|| {
         (
             ResponseError::CoordinatorNotAvailable,
-            format!("{OFFSETS_TOPIC} has no partitions"),
+            format!("{topic_name} has no partitions"),
         )
     })
 }
 
-async fn create_offsets_topic(shard: &Rc<Shard>) {
+/// Creates `__consumer_offsets` or `__transaction_state` (compacted, with
+/// the configured partition count).
+pub(crate) async fn create_internal_topic(shard: &Rc<Shard>, name: &str) {
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    let partitions = if name == TXN_TOPIC {
+        shard.config.transaction_state_partitions
+    } else {
+        shard.config.offsets_topic_partitions
+    };
     let cmd = Command::CreateTopic {
-        name: OFFSETS_TOPIC.to_string(),
-        partitions: shard.config.offsets_topic_partitions,
+        name: name.to_string(),
+        partitions,
         configs,
         assignment: None,
     };
@@ -343,76 +356,41 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let image = shard.image();
     let now = now_ms();
-    // Partitions of unknown topics are refused up front; the rest go to
-    // the coordinator in one batch.
-    type Refused = Vec<(i32, Option<ResponseError>)>;
-    let mut shape: Vec<(String, Refused)> = Vec::new();
-    let mut offsets = Vec::new();
-    for t in &req.topics {
-        let name = t.name.to_string();
-        let topic = image.topic(&name);
-        let mut parts = Vec::new();
-        for p in &t.partitions {
-            let known =
-                topic.is_some_and(|tm| (0..tm.leaders.len() as i32).contains(&p.partition_index));
-            if !known {
-                parts.push((
-                    p.partition_index,
-                    Some(ResponseError::UnknownTopicOrPartition),
-                ));
-                continue;
-            }
-            parts.push((p.partition_index, None));
-            offsets.push((
-                name.clone(),
-                p.partition_index,
-                OffsetValue {
-                    offset: p.committed_offset,
-                    leader_epoch: if version >= 6 {
-                        p.committed_leader_epoch
-                    } else {
-                        -1
-                    },
-                    metadata: p
-                        .committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
-                    commit_timestamp: now,
-                },
-            ));
-        }
-        shape.push((name, parts));
-    }
+    let wanted = req
+        .topics
+        .iter()
+        .map(|t| {
+            let parts = t.partitions.iter().map(|p| {
+                let epoch = if version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                };
+                let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
+                (p.partition_index, value)
+            });
+            (t.name.to_string(), parts.collect())
+        })
+        .collect();
     let instance_id = if version >= 7 {
         req.group_instance_id.as_ref().map(|s| s.to_string())
     } else {
         None
     };
-    let mut results = shard
-        .groups
-        .commit(
-            &req.group_id,
-            &req.member_id,
-            instance_id.as_deref(),
-            req.generation_id_or_member_epoch,
-            offsets,
-        )
-        .await
-        .into_iter();
+    let member = (
+        req.member_id.as_str(),
+        instance_id.as_deref(),
+        req.generation_id_or_member_epoch,
+    );
+    let answered = commit_offsets(shard, &req.group_id, member, wanted, None).await;
     let mut resp = OffsetCommitResponse::default();
-    resp.topics = shape
+    resp.topics = answered
         .into_iter()
         .map(|(name, parts)| {
             let partitions = parts
                 .into_iter()
-                .map(|(index, refused)| {
-                    let err = match refused {
-                        Some(e) => e.code(),
-                        None => results.next().map_or(0, code),
-                    };
+                .map(|(index, err)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(index)
                         .with_error_code(err)
@@ -426,12 +404,95 @@ pub async fn offset_commit(
     resp
 }
 
+/// A committed offset as a request carries it.
+pub(crate) fn offset_value(
+    offset: i64,
+    leader_epoch: i32,
+    metadata: &Option<kafka_protocol::protocol::StrBytes>,
+    now: i64,
+) -> OffsetValue {
+    OffsetValue {
+        offset,
+        leader_epoch,
+        metadata: metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        commit_timestamp: now,
+    }
+}
+
+/// Partitions of one topic in a commit: the ones refused up front carry
+/// their error.
+type CommitShape = Vec<(String, Vec<(i32, Option<ResponseError>)>)>;
+
+/// OffsetCommit and TxnOffsetCommit (with the producer's id and epoch):
+/// partitions of unknown topics are refused up front (as Kafka does), the
+/// rest go to the coordinator in one batch. Answers every partition's
+/// error code, in request order (PRODUCER_FENCED as the request version
+/// knows it).
+pub(crate) async fn commit_offsets(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    (member_id, instance_id, generation): (&str, Option<&str>, i32),
+    topics: Vec<(String, Vec<(i32, OffsetValue)>)>,
+    txn: Option<((i64, i16), i16)>,
+) -> Vec<(String, Vec<(i32, i16)>)> {
+    let image = shard.image();
+    let mut shape: CommitShape = Vec::new();
+    let mut offsets = Vec::new();
+    for (name, partitions) in topics {
+        let topic = image.topic(&name);
+        let mut parts = Vec::new();
+        for (index, value) in partitions {
+            let known = topic.is_some_and(|tm| (0..tm.leaders.len() as i32).contains(&index));
+            if !known {
+                parts.push((index, Some(ResponseError::UnknownTopicOrPartition)));
+                continue;
+            }
+            parts.push((index, None));
+            offsets.push((name.clone(), index, value));
+        }
+        shape.push((name, parts));
+    }
+    let results = shard
+        .groups
+        .commit(
+            group_id,
+            member_id,
+            instance_id,
+            generation,
+            offsets,
+            txn.map(|(producer, _)| producer),
+        )
+        .await;
+    let code = |e: ResponseError| match txn {
+        Some((_, version)) => super::transactions::fenced_as(e, version, 3).code(),
+        None => e.code(),
+    };
+    let mut results = results.into_iter();
+    shape
+        .into_iter()
+        .map(|(name, parts)| {
+            let parts = parts
+                .into_iter()
+                .map(|(index, refused)| {
+                    let err = match refused.map(Err).or_else(|| results.next()) {
+                        Some(Err(e)) => code(e),
+                        _ => 0,
+                    };
+                    (index, err)
+                })
+                .collect();
+            (name, parts)
+        })
+        .collect()
+}
+
 pub fn offset_fetch(
     shard: &Rc<Shard>,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
     let mut resp = OffsetFetchResponse::default();
+    let stable = version >= 7 && req.require_stable;
     if version >= 8 {
         resp.groups = req
             .groups
@@ -443,6 +504,7 @@ pub fn offset_fetch(
                         .collect()
                 });
                 let r = shard.groups.fetch_offsets(&g.group_id, wanted);
+                let group_id = g.group_id.to_string();
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
                 match r {
                     Err(e) => out.error_code = e.code(),
@@ -455,7 +517,15 @@ pub fn offset_fetch(
                                     .with_partitions(
                                         parts
                                             .into_iter()
-                                            .map(|(p, c)| v8_partition(p, c))
+                                            .map(|(p, c)| {
+                                                let mut out = v8_partition(p, c);
+                                                if stable && unstable(shard, &group_id, &name, p) {
+                                                    out.committed_offset = -1;
+                                                    out.error_code =
+                                                        ResponseError::UnstableOffsetCommit.code();
+                                                }
+                                                out
+                                            })
                                             .collect(),
                                     )
                             })
@@ -505,7 +575,14 @@ pub fn offset_fetch(
                 .with_partitions(
                     parts
                         .into_iter()
-                        .map(|(p, c)| old_partition(p, c, version))
+                        .map(|(p, c)| {
+                            let mut out = old_partition(p, c, version);
+                            if stable && unstable(shard, &req.group_id, &name, p) {
+                                out.committed_offset = -1;
+                                out.error_code = ResponseError::UnstableOffsetCommit.code();
+                            }
+                            out
+                        })
                         .collect(),
                 )
         })
@@ -529,6 +606,12 @@ fn old_partition(index: i32, c: Option<Committed>, version: i16) -> OffsetFetchR
         }
     }
     p
+}
+
+/// An offset of the partition waits for its transaction to end (asked
+/// with `require_stable`, the client retries).
+fn unstable(shard: &Shard, group: &str, topic: &str, partition: i32) -> bool {
+    shard.groups.has_pending_txn_offset(group, topic, partition)
 }
 
 fn v8_partition(index: i32, c: Option<Committed>) -> OffsetFetchResponsePartitions {

@@ -1,34 +1,68 @@
-//! Producer ids and transactions: InitProducerId, DescribeProducers.
+//! Producer ids and transactions: InitProducerId, AddPartitionsToTxn,
+//! AddOffsetsToTxn, EndTxn, TxnOffsetCommit, DescribeTransactions,
+//! ListTransactions, DescribeProducers.
 //!
 //! Runs on the shard that received the request. An idempotent producer
 //! (no transactional id) gets a fresh producer id from this shard's block
-//! at epoch 0, on any shard, as Kafka does. This module only translates
-//! between wire messages and the shard.
+//! at epoch 0, on any shard, as Kafka does; everything transactional is
+//! answered by the id's coordinator shard (`Shard::txns`, NOT_COORDINATOR
+//! elsewhere), and TxnOffsetCommit by the group's (`Shard::groups`). This
+//! module only translates between wire messages and those.
 
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::describe_transactions_response::{
+    TopicData, TransactionState as DescribedTxn,
+};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTxn;
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
-    DescribeProducersRequest, DescribeProducersResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ProducerId,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, DescribeProducersRequest, DescribeProducersResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListTransactionsRequest,
+    ListTransactionsResponse, ProducerId, TransactionalId, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::ResponseError;
 
-use super::{find_topic, locate};
+use super::groups::{commit_offsets, create_internal_topic, offset_value};
+use super::{find_topic, locate, str_bytes, topic_name};
+use crate::group::{now_ms, partition_for, OFFSETS_TOPIC};
 use crate::shard::Shard;
 
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
     req: InitProducerIdRequest,
-    _version: i16,
+    version: i16,
 ) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
     resp.producer_id = ProducerId(-1);
     resp.producer_epoch = -1;
-    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
-        resp.error_code = ResponseError::CoordinatorNotAvailable.code();
+    if let Some(id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        let expected = (req.producer_id.0, req.producer_epoch);
+        match shard
+            .txns
+            .init_producer_id(id, req.transaction_timeout_ms, expected)
+            .await
+        {
+            Ok((pid, epoch)) => {
+                resp.producer_id = ProducerId(pid);
+                resp.producer_epoch = epoch;
+            }
+            Err(e) => resp.error_code = fenced_as(e, version, 4).code(),
+        }
         return resp;
     }
     // Idempotent only: a new producer id every time (Kafka ignores the
@@ -40,6 +74,351 @@ pub async fn init_producer_id(
         }
         Err(e) => resp.error_code = e.code(),
     }
+    resp
+}
+
+/// PRODUCER_FENCED exists from these request versions on (KIP-588); older
+/// clients know it as INVALID_PRODUCER_EPOCH.
+pub(crate) fn fenced_as(e: ResponseError, version: i16, since: i16) -> ResponseError {
+    if e == ResponseError::ProducerFenced && version < since {
+        ResponseError::InvalidProducerEpoch
+    } else {
+        e
+    }
+}
+
+/// A partition and the error it is answered with.
+type PartitionError = (String, i32, ResponseError);
+
+/// The partitions of one AddPartitionsToTxn transaction: each known one,
+/// or every partition with its error when some are unknown (the others
+/// OPERATION_NOT_ATTEMPTED, as Kafka answers).
+fn known_partitions(
+    shard: &Shard,
+    topics: &[AddPartitionsToTxnTopic],
+) -> Result<Vec<(String, i32)>, Vec<PartitionError>> {
+    let image = shard.image();
+    let mut known = Vec::new();
+    let mut unknown = false;
+    let mut all = Vec::new();
+    for t in topics {
+        let meta = image.topic(&t.name);
+        for &p in &t.partitions {
+            let ok = meta.is_some_and(|m| (0..m.leaders.len() as i32).contains(&p));
+            unknown |= !ok;
+            let err = if ok {
+                ResponseError::OperationNotAttempted
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            };
+            all.push((t.name.to_string(), p, err));
+            known.push((t.name.to_string(), p));
+        }
+    }
+    if unknown {
+        Err(all)
+    } else {
+        Ok(known)
+    }
+}
+
+fn topic_results(
+    topics: &[AddPartitionsToTxnTopic],
+    error: impl Fn(&str, i32) -> Option<ResponseError>,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    topics
+        .iter()
+        .map(|t| {
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|&p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(p)
+                                .with_partition_error_code(
+                                    error(&t.name, p).map_or(0, |e| e.code()),
+                                )
+                        })
+                        .collect(),
+                )
+        })
+        .collect()
+}
+
+/// One transaction of AddPartitionsToTxn (the only one before v4).
+async fn add_one(
+    shard: &Rc<Shard>,
+    id: &str,
+    producer: (i64, i16),
+    topics: &[AddPartitionsToTxnTopic],
+    verify_only: bool,
+    version: i16,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let partitions = match known_partitions(shard, topics) {
+        Ok(p) => p,
+        Err(errors) => {
+            return topic_results(topics, |t, p| {
+                errors
+                    .iter()
+                    .find(|(et, ep, _)| et == t && *ep == p)
+                    .map(|(_, _, e)| *e)
+            })
+        }
+    };
+    let outcome = if verify_only {
+        match shard.txns.verify(id, producer.0, producer.1, &partitions) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ResponseError::InvalidTxnState),
+            Err(e) => Err(e),
+        }
+    } else {
+        shard
+            .txns
+            .add_partitions(id, producer.0, producer.1, &partitions)
+            .await
+    };
+    let err = outcome.err().map(|e| fenced_as(e, version, 2));
+    topic_results(topics, |_, _| err)
+}
+
+pub async fn add_partitions_to_txn(
+    shard: &Rc<Shard>,
+    req: AddPartitionsToTxnRequest,
+    version: i16,
+) -> AddPartitionsToTxnResponse {
+    let mut resp = AddPartitionsToTxnResponse::default();
+    if version <= 3 {
+        resp.results_by_topic_v3_and_below = add_one(
+            shard,
+            &req.v3_and_below_transactional_id,
+            (
+                req.v3_and_below_producer_id.0,
+                req.v3_and_below_producer_epoch,
+            ),
+            &req.v3_and_below_topics,
+            false,
+            version,
+        )
+        .await;
+        return resp;
+    }
+    for t in req.transactions {
+        let topic_results = add_one(
+            shard,
+            &t.transactional_id,
+            (t.producer_id.0, t.producer_epoch),
+            &t.topics,
+            t.verify_only,
+            version,
+        )
+        .await;
+        resp.results_by_transaction.push(
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(t.transactional_id)
+                .with_topic_results(topic_results),
+        );
+    }
+    resp
+}
+
+pub async fn add_offsets_to_txn(
+    shard: &Rc<Shard>,
+    req: AddOffsetsToTxnRequest,
+    version: i16,
+) -> AddOffsetsToTxnResponse {
+    let mut resp = AddOffsetsToTxnResponse::default();
+    if req.group_id.is_empty() {
+        resp.error_code = ResponseError::InvalidGroupId.code();
+        return resp;
+    }
+    if shard.image().topic(OFFSETS_TOPIC).is_none() {
+        create_internal_topic(shard, OFFSETS_TOPIC).await;
+    }
+    let Some(n) = shard
+        .image()
+        .topic(OFFSETS_TOPIC)
+        .map(|t| t.leaders.len() as i32)
+    else {
+        resp.error_code = ResponseError::CoordinatorNotAvailable.code();
+        return resp;
+    };
+    let partition = (OFFSETS_TOPIC.to_string(), partition_for(&req.group_id, n));
+    if let Err(e) = shard
+        .txns
+        .add_partitions(
+            &req.transactional_id,
+            req.producer_id.0,
+            req.producer_epoch,
+            &[partition],
+        )
+        .await
+    {
+        resp.error_code = fenced_as(e, version, 2).code();
+    }
+    resp
+}
+
+pub async fn end_txn(shard: &Rc<Shard>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
+    let mut resp = EndTxnResponse::default();
+    if let Err(e) = shard
+        .txns
+        .end_txn(
+            &req.transactional_id,
+            req.producer_id.0,
+            req.producer_epoch,
+            req.committed,
+        )
+        .await
+    {
+        resp.error_code = fenced_as(e, version, 2).code();
+    }
+    resp
+}
+
+pub async fn txn_offset_commit(
+    shard: &Rc<Shard>,
+    req: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    let now = now_ms();
+    let wanted = req
+        .topics
+        .iter()
+        .map(|t| {
+            let parts = t.partitions.iter().map(|p| {
+                let epoch = if version >= 2 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                };
+                let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
+                (p.partition_index, value)
+            });
+            (t.name.to_string(), parts.collect())
+        })
+        .collect();
+    let (member, instance, generation) = if version >= 3 {
+        (
+            req.member_id.to_string(),
+            req.group_instance_id.as_ref().map(|s| s.to_string()),
+            req.generation_id,
+        )
+    } else {
+        (String::new(), None, -1)
+    };
+    let producer = (req.producer_id.0, req.producer_epoch);
+    let member = (member.as_str(), instance.as_deref(), generation);
+    let answered = commit_offsets(
+        shard,
+        &req.group_id,
+        member,
+        wanted,
+        Some((producer, version)),
+    )
+    .await;
+    let mut resp = TxnOffsetCommitResponse::default();
+    resp.topics = answered
+        .into_iter()
+        .map(|(name, parts)| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(index, err)| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_error_code(err)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    resp
+}
+
+pub fn describe_transactions(
+    shard: &Shard,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let mut resp = DescribeTransactionsResponse::default();
+    for id in req.transactional_ids {
+        let mut out = DescribedTxn::default().with_transactional_id(id.clone());
+        match shard.txns.describe(&id) {
+            Ok(m) => {
+                out.transaction_state = str_bytes(m.state.name());
+                out.transaction_timeout_ms = m.timeout_ms;
+                out.transaction_start_time_ms = m.start_ms;
+                out.producer_id = ProducerId(m.producer_id);
+                out.producer_epoch = m.epoch;
+                let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+                for (t, p) in m.partitions {
+                    by_topic.entry(t).or_default().push(p);
+                }
+                out.topics = by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        TopicData::default()
+                            .with_topic(topic_name(&t))
+                            .with_partitions(ps)
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                out.error_code = e.code();
+                out.transaction_state = str_bytes("");
+                out.producer_id = ProducerId(-1);
+                out.producer_epoch = -1;
+                out.transaction_start_time_ms = -1;
+            }
+        }
+        resp.transaction_states.push(out);
+    }
+    resp
+}
+
+pub fn list_transactions(
+    shard: &Shard,
+    req: ListTransactionsRequest,
+    version: i16,
+) -> ListTransactionsResponse {
+    const STATES: [&str; 6] = [
+        "Empty",
+        "Ongoing",
+        "PrepareCommit",
+        "PrepareAbort",
+        "CompleteCommit",
+        "CompleteAbort",
+    ];
+    let mut resp = ListTransactionsResponse::default();
+    let (known, unknown): (Vec<String>, Vec<String>) = req
+        .state_filters
+        .iter()
+        .map(|s| s.to_string())
+        .partition(|s| STATES.contains(&s.as_str()));
+    resp.unknown_state_filters = unknown.iter().map(|s| str_bytes(s)).collect();
+    if !unknown.is_empty() && known.is_empty() {
+        return resp;
+    }
+    let pids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    let min_duration = if version >= 1 {
+        req.duration_filter
+    } else {
+        -1
+    };
+    resp.transaction_states = shard
+        .txns
+        .list(&known, &pids, min_duration)
+        .into_iter()
+        .map(|(id, pid, state)| {
+            ListedTxn::default()
+                .with_transactional_id(TransactionalId(str_bytes(&id)))
+                .with_producer_id(ProducerId(pid))
+                .with_transaction_state(str_bytes(state.name()))
+        })
+        .collect();
     resp
 }
 

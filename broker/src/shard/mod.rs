@@ -23,6 +23,7 @@ pub mod listener;
 mod producers;
 pub mod read;
 mod recovery;
+mod replay;
 mod stable;
 
 use std::cell::{Cell, RefCell};
@@ -43,16 +44,18 @@ use storage::wal::WalSlice;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::Control;
+use crate::control::{Control, ShardHooks, WriteMarkers};
 use crate::group::GroupCoordinator;
 use crate::handlers;
 use crate::metadata::MetadataImage;
 use crate::partition::{Lifecycle, Partition, PartitionState};
+use crate::txn::TxnCoordinator;
 use crate::uploader::Uploader;
 
 pub use crate::partition::PartitionKey;
 pub use append::DurableAppend;
 pub use read::ReadError;
+pub use replay::Replayed;
 
 /// Memory accounting of the log caches of all partitions of a shard.
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,6 +74,9 @@ pub struct Shard {
     control: RefCell<Option<Rc<Control>>>,
     /// The consumer groups whose `__consumer_offsets` partition this shard leads.
     pub groups: GroupCoordinator,
+    /// The transactional ids whose `__transaction_state` partition this
+    /// shard leads.
+    pub txns: TxnCoordinator,
     /// This shard's WAL slice (set before the listener starts).
     wal: RefCell<Option<WalSlice>>,
     /// Set when a WAL write or flush failed: appends answer
@@ -112,6 +118,7 @@ impl Shard {
         Rc::new_cyclic(|me| Shard {
             id,
             groups: GroupCoordinator::new(me.clone(), &config),
+            txns: TxnCoordinator::new(me.clone(), &config),
             uploader: Uploader::new(&config),
             config,
             image: RefCell::new(Arc::new(MetadataImage::default())),
@@ -135,6 +142,33 @@ impl Shard {
             producer_ids_pending: Cell::new(false),
             producer_ids_ready: Event::new(),
         })
+    }
+
+    /// What the control mesh calls on this shard: image installs and
+    /// transaction markers from other shards' coordinators.
+    pub fn hooks(self: &Rc<Self>) -> ShardHooks {
+        let weak = Rc::downgrade(self);
+        let install = Box::new(move |image| {
+            if let Some(shard) = weak.upgrade() {
+                shard.install_image(image);
+            }
+        });
+        let weak = Rc::downgrade(self);
+        let write_markers: WriteMarkers = Box::new(move |markers| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(shard) => crate::txn::write_markers_here(&shard, markers).await,
+                    None => {
+                        vec![Err(kafka_protocol::ResponseError::NotLeaderOrFollower); markers.len()]
+                    }
+                }
+            })
+        });
+        ShardHooks {
+            install,
+            write_markers,
+        }
     }
 
     pub fn set_control(&self, control: Rc<Control>) {
@@ -272,6 +306,7 @@ impl Shard {
         }
         *self.image.borrow_mut() = image.clone();
         self.groups.on_image(&image, me);
+        self.txns.on_image(&image, me);
         self.evict_to_budget();
     }
 
@@ -470,6 +505,24 @@ impl Shard {
             }
             RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(
                 handlers::transactions::init_producer_id(&self, r, v).await,
+            ),
+            RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
+                handlers::transactions::add_partitions_to_txn(&self, r, v).await,
+            ),
+            RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(
+                handlers::transactions::add_offsets_to_txn(&self, r, v).await,
+            ),
+            RequestKind::EndTxn(r) => {
+                ResponseKind::EndTxn(handlers::transactions::end_txn(&self, r, v).await)
+            }
+            RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+                handlers::transactions::txn_offset_commit(&self, r, v).await,
+            ),
+            RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
+                handlers::transactions::describe_transactions(&self, r),
+            ),
+            RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
+                handlers::transactions::list_transactions(&self, r, v),
             ),
             RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
                 handlers::transactions::describe_producers(&self, r),

@@ -134,6 +134,7 @@ impl Shard {
         );
         // Group state comes from the (refilled) __consumer_offsets logs.
         self.groups.reload();
+        self.txns.reload();
         self.space.notify(usize::MAX);
         out
     }

@@ -254,18 +254,12 @@ async fn start_shard(
     shard.install_image(image);
     let mesh = MeshBuilder::<MeshMsg, _>::full(1, 64);
     let (senders, receivers) = mesh.join().await.unwrap();
-    let weak = Rc::downgrade(&shard);
-    let install = Box::new(move |image| {
-        if let Some(s) = weak.upgrade() {
-            s.install_image(image);
-        }
-    });
     shard.set_control(Control::start(
         0,
         1,
         senders,
         receivers,
-        install,
+        shard.hooks(),
         Some(controller),
     ));
     let reader = ObjectReader::new(Rc::new(store.clone()), ReaderConfig::default(), None);

@@ -1,0 +1,297 @@
+"""Transactions (issue 12, part 2), with confluent-kafka (librdkafka) as the
+client, over two shards so that markers also cross to the other shard:
+
+* commit, abort, commit: `read_committed` sees exactly the committed
+  records, `read_uncommitted` sees all of them;
+* consume-transform-produce with `send_offsets_to_transaction` is atomic:
+  an aborted round leaves neither its output nor its offsets;
+* an open transaction past its timeout is aborted by the coordinator (and
+  no longer holds back `read_committed` readers);
+* a second producer with the same transactional id fences the first;
+* kill -9 inside a transaction, and during its commit: after the restart
+  each transaction is visible as a whole or not at all;
+* DescribeTransactions and ListTransactions show the coordinator's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+import kwire
+from test_idempotence import create_topic
+
+BROKER_PARAMS = {"shards": 2, "broker_id": 0, "args": [
+    "--transaction-abort-check-interval-ms", "300",
+]}
+
+PARTITIONS = 4
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def txn_producer(broker, txn_id: str, **extra) -> Producer:
+    conf = {"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+            "transactional.id": txn_id, "linger.ms": 5}
+    conf.update(extra)
+    p = Producer(conf)
+    p.init_transactions(30)
+    return p
+
+
+def read_all(broker, topic: str, isolation: str, partitions: int = PARTITIONS,
+             settle: float = 2.0, timeout: float = 60.0) -> list[str]:
+    """Every value in the topic for this isolation level: reads until each
+    partition's end (the LSO for read_committed) and nothing more comes."""
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": unique("reader"), "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "isolation.level": isolation,
+                  "fetch.wait.max.ms": 100, "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[str] = []
+    eof: set[int] = set()
+    quiet_since = None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msgs = c.consume(1000, timeout=0.3)
+            for m in msgs:
+                if m.error():
+                    if m.error().code() == -191:  # _PARTITION_EOF
+                        eof.add(m.partition())
+                        continue
+                    raise AssertionError(m.error())
+                out.append(m.value().decode())
+                eof.discard(m.partition())
+            if len(eof) == partitions and not msgs:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    break
+            else:
+                quiet_since = None
+    finally:
+        c.close()
+    return out
+
+
+def produce_round(p: Producer, topic: str, tag: str, n: int) -> list[str]:
+    values = [f"{tag}-{i}" for i in range(n)]
+    for i, v in enumerate(values):
+        p.produce(topic, value=v.encode(), partition=i % PARTITIONS)
+    # Sent and acknowledged before the transaction ends, so that an abort
+    # cannot just drop them in the client.
+    assert p.flush(30) == 0
+    return values
+
+
+def coordinator_port(broker, txn_id: str) -> int:
+    with kwire.Conn(broker.host, broker.ports[0]) as c:
+        deadline = time.monotonic() + 15
+        while True:
+            err, node = kwire.find_coordinator(c, txn_id, key_type=1)
+            if err == 0:
+                return broker.port_of_node(node)
+            assert time.monotonic() < deadline, f"FindCoordinator error {err}"
+            time.sleep(0.2)
+
+
+def test_commit_abort_commit(broker):
+    topic = unique("txn")
+    create_topic(broker, topic, PARTITIONS)
+    txn_id = unique("tid")
+    p = txn_producer(broker, txn_id)
+    committed, aborted = [], []
+    for tag, commit in [("a", True), ("b", False), ("c", True)]:
+        p.begin_transaction()
+        values = produce_round(p, topic, tag, 40)
+        if commit:
+            p.commit_transaction(30)
+            committed += values
+        else:
+            p.abort_transaction(30)
+            aborted += values
+    rc = read_all(broker, topic, "read_committed")
+    ru = read_all(broker, topic, "read_uncommitted")
+    assert sorted(rc) == sorted(committed), f"read_committed saw {len(rc)} of {len(committed)}"
+    assert sorted(ru) == sorted(committed + aborted)
+
+    with kwire.Conn(broker.host, coordinator_port(broker, txn_id)) as c:
+        d = kwire.describe_transaction(c, txn_id)
+        assert (d.error_code, d.state, d.partitions) == (0, "CompleteCommit", []), d
+        listed = {t[0]: t for t in kwire.list_transactions(c)}
+        assert listed[txn_id][2] == "CompleteCommit"
+        assert listed[txn_id][1] == d.producer_id
+    p.begin_transaction()
+    produce_round(p, topic, "d", 4)
+    with kwire.Conn(broker.host, coordinator_port(broker, txn_id)) as c:
+        d = kwire.describe_transaction(c, txn_id)
+        assert d.state == "Ongoing" and d.partitions == [(topic, i) for i in range(PARTITIONS)], d
+    p.abort_transaction(30)
+
+
+def test_consume_transform_produce_is_atomic(broker):
+    src, dst = unique("ctp-in"), unique("ctp-out")
+    create_topic(broker, src, PARTITIONS)
+    create_topic(broker, dst, PARTITIONS)
+    n = 200
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    for i in range(n):
+        plain.produce(src, value=f"in-{i}".encode(), partition=i % PARTITIONS)
+    assert plain.flush(30) == 0
+    group = unique("ctp-group")
+
+    def run(txn_id: str, rounds: list[bool]) -> None:
+        """One processor: each round reads up to 25 records, writes their
+        transforms and the input offsets in one transaction, then commits
+        or aborts it as `rounds` says."""
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                      "group.id": group, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+        c.subscribe([src])
+        p = txn_producer(broker, txn_id)
+        try:
+            for commit in rounds:
+                msgs = []
+                deadline = time.monotonic() + 30
+                while len(msgs) < 25 and time.monotonic() < deadline:
+                    msgs += [m for m in c.consume(25 - len(msgs), timeout=0.5) if not m.error()]
+                if not msgs:
+                    return
+                p.begin_transaction()
+                for m in msgs:
+                    p.produce(dst, value=m.value().decode().replace("in-", "out-").encode(),
+                              partition=m.partition())
+                assert p.flush(30) == 0
+                p.send_offsets_to_transaction(c.position(c.assignment()),
+                                              c.consumer_group_metadata(), 30)
+                if commit:
+                    p.commit_transaction(30)
+                else:
+                    p.abort_transaction(30)
+                    # Start again from the committed offsets, as a restarted
+                    # processor would.
+                    committed = c.committed(c.assignment(), timeout=10)
+                    for tp in committed:
+                        c.seek(TopicPartition(tp.topic, tp.partition,
+                                              tp.offset if tp.offset >= 0 else 0))
+        finally:
+            c.close()
+
+    tid = unique("ctp")
+    run(tid, [True, False, True, False])
+    # A second processor (same transactional id: it fences nothing open now)
+    # finishes the input.
+    run(tid, [True] * 20)
+    out = read_all(broker, dst, "read_committed")
+    assert sorted(out) == sorted(f"out-{i}" for i in range(n)), \
+        f"{len(out)} outputs, {len(set(out))} distinct"
+    # The group's committed offsets are the ends of the input.
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": group})
+    try:
+        committed = c.committed([TopicPartition(src, i) for i in range(PARTITIONS)], timeout=10)
+    finally:
+        c.close()
+    assert sum(tp.offset for tp in committed) == n, committed
+    # read_uncommitted also has the aborted rounds' outputs.
+    assert len(read_all(broker, dst, "read_uncommitted")) > n
+
+
+def test_timed_out_transaction_is_aborted(broker):
+    topic = unique("txn-timeout")
+    create_topic(broker, topic, PARTITIONS)
+    txn_id = unique("slow")
+    slow = txn_producer(broker, txn_id, **{"transaction.timeout.ms": 1500})
+    slow.begin_transaction()
+    stuck = produce_round(slow, topic, "stuck", 20)
+    # While it is open, a later committed transaction is held back.
+    other = txn_producer(broker, unique("other"))
+    other.begin_transaction()
+    later = produce_round(other, topic, "later", 20)
+    other.commit_transaction(30)
+    with kwire.Conn(broker.host, coordinator_port(broker, txn_id)) as c:
+        deadline = time.monotonic() + 20
+        while True:
+            d = kwire.describe_transaction(c, txn_id)
+            if d.state == "CompleteAbort":
+                break
+            assert time.monotonic() < deadline, f"not aborted after its timeout: {d}"
+            time.sleep(0.2)
+        assert d.producer_epoch >= 1, "the timed-out producer is fenced by an epoch bump"
+    rc = read_all(broker, topic, "read_committed")
+    assert sorted(rc) == sorted(later), "read_committed must see the later commit only"
+    assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(stuck + later)
+    # The timed-out producer cannot commit what the coordinator aborted.
+    with pytest.raises(KafkaException):
+        slow.commit_transaction(10)
+
+
+def test_second_producer_fences_the_first(broker):
+    topic = unique("txn-fence")
+    create_topic(broker, topic, PARTITIONS)
+    txn_id = unique("fence")
+    first = txn_producer(broker, txn_id)
+    first.begin_transaction()
+    open_values = produce_round(first, topic, "first", 12)
+    second = txn_producer(broker, txn_id)  # aborts first's open transaction
+    second.begin_transaction()
+    kept = produce_round(second, topic, "second", 12)
+    second.commit_transaction(30)
+    with pytest.raises(KafkaException) as e:
+        first.commit_transaction(10)
+    err = e.value.args[0]
+    assert err.fatal() or "fenced" in str(err).lower(), err
+    assert sorted(read_all(broker, topic, "read_committed")) == sorted(kept)
+    assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(open_values + kept)
+
+
+def test_kill9_inside_and_during_commit_is_all_or_nothing(broker):
+    topic = unique("txn-crash")
+    create_topic(broker, topic, PARTITIONS)
+    txn_id = unique("crash")
+    p = txn_producer(broker, txn_id)
+    p.begin_transaction()
+    before = produce_round(p, topic, "before", 20)
+    p.commit_transaction(30)
+    # 1. kill -9 between AddPartitionsToTxn and EndTxn.
+    p.begin_transaction()
+    open_values = produce_round(p, topic, "open", 20)
+    broker.kill9()
+    broker.restart()
+    # The new incarnation of the producer aborts what the old one left.
+    p2 = txn_producer(broker, txn_id)
+    assert sorted(read_all(broker, topic, "read_committed")) == sorted(before)
+    # 2. kill -9 while EndTxn (commit) is being handled, at a few delays.
+    visible = list(before)
+    everything = before + open_values
+    for round_no, delay in enumerate([0.0, 0.002, 0.01]):
+        p2.begin_transaction()
+        values = produce_round(p2, topic, f"commit{round_no}", 20)
+        everything += values
+        t = threading.Thread(target=lambda: _try_commit(p2), daemon=True)
+        t.start()
+        time.sleep(delay)
+        broker.kill9()
+        broker.restart()
+        t.join(60)
+        # A new producer finishes or aborts whatever was half-ended.
+        p2 = txn_producer(broker, txn_id)
+        rc = read_all(broker, topic, "read_committed")
+        new = sorted(set(rc) - set(visible))
+        assert new in ([], sorted(values)), \
+            f"round {round_no}: {len(new)} of {len(values)} records of one transaction visible"
+        visible = rc
+    assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(everything)
+
+
+def _try_commit(p: Producer) -> None:
+    try:
+        p.commit_transaction(20)
+    except KafkaException:
+        pass
