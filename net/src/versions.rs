@@ -45,6 +45,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // Sent by admin clients (abortTransaction) to a partition's leader.
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.

@@ -1,6 +1,6 @@
 //! Producer ids and transactions: InitProducerId, AddPartitionsToTxn,
 //! AddOffsetsToTxn, EndTxn, TxnOffsetCommit, DescribeTransactions,
-//! ListTransactions, DescribeProducers.
+//! ListTransactions, DescribeProducers, WriteTxnMarkers.
 //!
 //! Runs on the shard that received the request. An idempotent producer
 //! (no transactional id) gets a fresh producer id from this shard's block
@@ -27,13 +27,16 @@ use kafka_protocol::messages::list_transactions_response::TransactionState as Li
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, DescribeProducersRequest, DescribeProducersResponse,
     DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
     InitProducerIdRequest, InitProducerIdResponse, ListTransactionsRequest,
     ListTransactionsResponse, ProducerId, TransactionalId, TxnOffsetCommitRequest,
-    TxnOffsetCommitResponse,
+    TxnOffsetCommitResponse, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -41,6 +44,7 @@ use super::groups::{commit_offsets, create_internal_topic, offset_value};
 use super::{find_topic, locate, str_bytes, topic_name};
 use crate::group::{now_ms, partition_for, OFFSETS_TOPIC};
 use crate::shard::Shard;
+use crate::txn::{write_markers_here, MarkerReq};
 
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
@@ -336,6 +340,66 @@ pub async fn txn_offset_commit(
                 )
         })
         .collect();
+    resp
+}
+
+/// WriteTxnMarkers: markers for partitions this shard leads (from an
+/// admin's `abortTransaction`, as `kafka-transactions.sh abort` sends it;
+/// our own coordinators reach other shards over the control mesh).
+pub async fn write_txn_markers(
+    shard: &Rc<Shard>,
+    req: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let image = shard.image();
+    let mut resp = WriteTxnMarkersResponse::default();
+    for m in req.markers {
+        let mut topics = Vec::new();
+        for t in &m.topics {
+            let meta = find_topic(&image, &t.name, uuid::Uuid::nil());
+            let mut located = Vec::new();
+            let mut partitions = Vec::new();
+            for &index in &t.partition_indexes {
+                match locate(shard, meta, index) {
+                    Ok(key) => located.push((
+                        index,
+                        MarkerReq {
+                            key,
+                            producer_id: m.producer_id.0,
+                            epoch: m.producer_epoch,
+                            commit: m.transaction_result,
+                            coordinator_epoch: m.coordinator_epoch,
+                        },
+                    )),
+                    Err(e) => partitions.push((index, e.code())),
+                }
+            }
+            let reqs = located.iter().map(|(_, r)| *r).collect();
+            let results = write_markers_here(shard, reqs).await;
+            for ((index, _), r) in located.into_iter().zip(results) {
+                partitions.push((index, r.err().map_or(0, |e| e.code())));
+            }
+            partitions.sort_unstable();
+            topics.push(
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        partitions
+                            .into_iter()
+                            .map(|(index, code)| {
+                                WritableTxnMarkerPartitionResult::default()
+                                    .with_partition_index(index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        resp.markers.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(m.producer_id)
+                .with_topics(topics),
+        );
+    }
     resp
 }
 

@@ -518,6 +518,9 @@ impl Shard {
             RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
                 handlers::transactions::txn_offset_commit(&self, r, v).await,
             ),
+            RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
+                handlers::transactions::write_txn_markers(&self, r).await,
+            ),
             RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
                 handlers::transactions::describe_transactions(&self, r),
             ),
