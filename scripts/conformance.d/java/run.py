@@ -1,0 +1,385 @@
+"""Kafka's own Java tools and clients (4.x, from Maven Central) against the
+broker, for scripts/conformance.d/30-java.sh.
+
+Each check runs real commands with `java -cp` and checks their output:
+
+  topic-command          TopicCommand: create, list, describe, alter, delete
+  config-command         ConfigCommand: alter, describe, delete a topic config
+  consumer-group-command ConsumerGroupCommand: list, describe, reset-offsets,
+                         delete-offsets, delete
+  reassign-partitions    ReassignPartitionsCommand: list, generate
+  transactions-command   TransactionsCommand: list, describe,
+                         describe-producers, find-hanging, abort
+  verifiable-clients     VerifiableProducer (acks=all; the Java client's
+                         default idempotence) and VerifiableConsumer: every
+                         acknowledged record consumed, none twice
+  transactional-copier   TransactionalMessageCopier with random aborts, read
+                         back read_committed: output equals input
+  streams-eos            Kafka Streams word count, exactly_once_v2: the
+                         final counts are exact
+
+Usage: run.py BOOTSTRAP LIBDIR CLASSES WORKDIR [--quick] [CHECK...]
+Prints `PASS name`, `FAIL name: why` or `SKIP name: why` per check, then
+`java: P passed, F failed, S skipped`. Exit code 1 if any failed.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+QUIET = ["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Env:
+    def __init__(self, bootstrap: str, lib: str, classes: str, work: Path, quick: bool):
+        self.bootstrap = bootstrap
+        self.cp = f"{classes}:{lib}/*"
+        self.work = work
+        self.quick = quick
+
+    def java(self, main: str, *args: str, timeout: float = 120, check: bool = True) -> str:
+        cmd = ["java", *QUIET, "-cp", self.cp, main, *args]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(f"{main.rsplit('.', 1)[-1]} {' '.join(args[:4])}: timed out after {timeout}s")
+        text = out.stdout + out.stderr
+        if check and out.returncode != 0:
+            tail = "\n".join(text.splitlines()[-8:])
+            raise CheckFailed(f"{main.rsplit('.', 1)[-1]} {' '.join(args)} exited {out.returncode}:\n{tail}")
+        return out.stdout
+
+    def tool(self, main: str, *args: str, **kw) -> str:
+        return self.java(main, "--bootstrap-server", self.bootstrap, *args, **kw)
+
+
+def expect(cond: bool, why: str) -> None:
+    if not cond:
+        raise CheckFailed(why)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+TOPIC = "org.apache.kafka.tools.TopicCommand"
+
+
+def create(env: Env, topic: str, partitions: int) -> None:
+    env.tool(TOPIC, "--create", "--topic", topic, "--partitions", str(partitions))
+
+
+def produce_lines(env: Env, topic: str, values: list[str], partitions: int | None = None) -> None:
+    p = Producer({"bootstrap.servers": env.bootstrap, "broker.address.family": "v4"})
+    for i, v in enumerate(values):
+        if partitions:
+            p.produce(topic, value=v.encode(), key=str(i).encode(), partition=i % partitions)
+        else:
+            p.produce(topic, value=v.encode(), key=str(i).encode())
+    expect(p.flush(60) == 0, "plain producer did not deliver everything")
+
+
+def read_topic(env: Env, topic: str, partitions: int, isolation: str = "read_committed",
+               timeout: float = 60) -> list[tuple[bytes | None, bytes | None]]:
+    c = Consumer({"bootstrap.servers": env.bootstrap, "broker.address.family": "v4",
+                  "group.id": unique("conformance-reader"), "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "isolation.level": isolation,
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, eof = [], set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(eof) < partitions and time.monotonic() < deadline:
+            for m in c.consume(1000, timeout=0.5):
+                if m.error():
+                    if m.error().code() == -191:
+                        eof.add(m.partition())
+                        continue
+                    raise CheckFailed(f"consumer error {m.error()}")
+                eof.discard(m.partition())
+                out.append((m.key(), m.value()))
+    finally:
+        c.close()
+    expect(len(eof) == partitions, f"{topic}: did not reach the end of every partition")
+    return out
+
+
+# ---- the checks ----
+
+def check_topic_command(env: Env) -> None:
+    t = unique("tc")
+    create(env, t, 3)
+    expect(t in env.tool(TOPIC, "--list").split(), "--list does not show the new topic")
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    expect(re.search(rf"Topic: {t}\s.*PartitionCount: 3", desc) is not None, f"--describe:\n{desc}")
+    expect(len(re.findall(r"Partition: \d+\s+Leader: \d+", desc)) == 3, f"--describe partitions:\n{desc}")
+    env.tool(TOPIC, "--alter", "--topic", t, "--partitions", "5")
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    expect("PartitionCount: 5" in desc, f"--alter --partitions 5 not seen:\n{desc}")
+    env.tool(TOPIC, "--delete", "--topic", t)
+    deadline = time.monotonic() + 15
+    while t in env.tool(TOPIC, "--list").split():
+        expect(time.monotonic() < deadline, "deleted topic still listed")
+        time.sleep(0.5)
+
+
+CONFIG = "org.apache.kafka.tools.ConfigCommand"
+
+
+def check_config_command(env: Env) -> None:
+    t = unique("cc")
+    create(env, t, 1)
+    base = ["--entity-type", "topics", "--entity-name", t]
+    env.tool(CONFIG, *base, "--alter", "--add-config", "retention.ms=123456,cleanup.policy=compact")
+    desc = env.tool(CONFIG, *base, "--describe")
+    expect("retention.ms=123456" in desc and "cleanup.policy=compact" in desc, f"--describe:\n{desc}")
+    env.tool(CONFIG, *base, "--alter", "--delete-config", "retention.ms")
+    desc = env.tool(CONFIG, *base, "--describe")
+    expect("retention.ms=123456" not in desc and "cleanup.policy=compact" in desc,
+           f"--delete-config not seen:\n{desc}")
+    desc = env.tool(CONFIG, *base, "--describe", "--all")
+    expect("max.message.bytes=" in desc, f"--describe --all lacks defaults:\n{desc}")
+
+
+GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+def check_consumer_group_command(env: Env) -> None:
+    t, g = unique("cg"), unique("cg-group")
+    create(env, t, 2)
+    produce_lines(env, t, [f"v{i}" for i in range(100)], partitions=2)
+    c = Consumer({"bootstrap.servers": env.bootstrap, "group.id": g, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([t])
+    got = 0
+    deadline = time.monotonic() + 30
+    while got < 100 and time.monotonic() < deadline:
+        got += len([m for m in c.consume(100, timeout=0.5) if not m.error()])
+    c.commit(asynchronous=False)
+    c.close()
+    expect(got == 100, f"consumed {got} of 100")
+    expect(g in env.tool(GROUPS, "--list").split(), "--list does not show the group")
+    desc = env.tool(GROUPS, "--describe", "--group", g)
+    rows = [ln.split() for ln in desc.splitlines() if ln.startswith(g)]
+    expect(len(rows) == 2 and all(r[3] == "50" and r[4] == "50" and r[5] == "0" for r in rows),
+           f"--describe (offsets 50, end 50, lag 0 per partition):\n{desc}")
+    out = env.tool(GROUPS, "--reset-offsets", "--group", g, "--topic", t, "--to-earliest", "--execute")
+    expect(len(re.findall(rf"{t}\s+\d+\s+0\b", out)) == 2, f"--reset-offsets:\n{out}")
+    desc = env.tool(GROUPS, "--describe", "--group", g)
+    rows = [ln.split() for ln in desc.splitlines() if ln.startswith(g)]
+    expect(all(r[3] == "0" and r[5] == "50" for r in rows), f"after reset:\n{desc}")
+    out = env.tool(GROUPS, "--delete-offsets", "--group", g, "--topic", f"{t}:0")
+    expect(re.search(rf"{t}\s+0\s+Successful", out) is not None, f"--delete-offsets:\n{out}")
+    out = env.tool(GROUPS, "--delete", "--group", g)
+    expect("successful" in out.lower(), f"--delete:\n{out}")
+    expect(g not in env.tool(GROUPS, "--list").split(), "deleted group still listed")
+
+
+REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
+
+
+def check_reassign_partitions(env: Env) -> None:
+    t = unique("rp")
+    create(env, t, 2)
+    out = env.tool(REASSIGN, "--list")
+    expect("No partition reassignments found" in out, f"--list:\n{out}")
+    topics = env.work / "reassign-topics.json"
+    topics.write_text(json.dumps({"version": 1, "topics": [{"topic": t}]}))
+    out = env.tool(REASSIGN, "--generate", "--topics-to-move-json-file", str(topics),
+                   "--broker-list", "0,1")
+    expect("Proposed partition reassignment configuration" in out, f"--generate:\n{out}")
+
+
+TXNS = "org.apache.kafka.tools.TransactionsCommand"
+
+
+def check_transactions_command(env: Env) -> None:
+    t = unique("txc")
+    create(env, t, 2)
+    tid = unique("txc-id")
+    p = Producer({"bootstrap.servers": env.bootstrap, "transactional.id": tid})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(t, value=b"x", partition=0)
+    p.flush(10)
+    p.commit_transaction(30)
+    listed = env.tool(TXNS, "list")
+    expect(re.search(rf"^{re.escape(tid)}\s+\d+\s+\d+\s+CompleteCommit", listed, re.M) is not None,
+           f"list:\n{listed}")
+    desc = env.tool(TXNS, "describe", "--transactional-id", tid)
+    expect(re.search(rf"{re.escape(tid)}\s+\d+\s+0\s+CompleteCommit\s+60000", desc) is not None,
+           f"describe:\n{desc}")
+    # A hanging transaction: a producer that dies inside one. The
+    # coordinator still has it open, so find-hanging must not report it;
+    # abort ends it in the partition (WriteTxnMarkers to the leader).
+    hang = unique("txc-hang")
+    script = (
+        "import os\nfrom confluent_kafka import Producer\n"
+        f"p = Producer({{'bootstrap.servers': '{env.bootstrap}', 'transactional.id': '{hang}',"
+        " 'transaction.timeout.ms': 600000})\n"
+        "p.init_transactions(30); p.begin_transaction()\n"
+        f"p.produce('{t}', value=b'hang', partition=1); p.flush(10)\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    prods = env.tool(TXNS, "describe-producers", "--topic", t, "--partition", "1")
+    open_rows = [ln.split() for ln in prods.splitlines()[1:] if ln.strip() and ln.split()[-1] != "None"]
+    expect(len(open_rows) == 1, f"describe-producers (one open transaction):\n{prods}")
+    start = open_rows[0][-1]
+    for node in (0, 1):
+        out = env.tool(TXNS, "find-hanging", "--broker-id", str(node), "--max-transaction-timeout", "0")
+        expect(t not in out, f"find-hanging reports a transaction its coordinator has open:\n{out}")
+    env.tool(TXNS, "abort", "--topic", t, "--partition", "1", "--start-offset", start)
+    prods = env.tool(TXNS, "describe-producers", "--topic", t, "--partition", "1")
+    expect(all(ln.split()[-1] == "None" for ln in prods.splitlines()[1:] if ln.strip()),
+           f"abort left the transaction open:\n{prods}")
+    # The aborted record is invisible to read_committed; the partition is
+    # not held back by it.
+    vals = [v for _, v in read_topic(env, t, 2)]
+    expect(vals == [b"x"], f"read_committed after abort: {vals}")
+
+
+def check_verifiable_clients(env: Env) -> None:
+    t, g = unique("vc"), unique("vc-group")
+    create(env, t, 4)
+    n = 5000 if env.quick else 50000
+    out = env.tool("org.apache.kafka.tools.VerifiableProducer", "--topic", t, "--max-messages", str(n),
+                   "--acks", "-1", timeout=300)
+    acked = set()
+    for ln in out.splitlines():
+        if not ln.startswith("{"):
+            continue
+        ev = json.loads(ln)
+        if ev.get("name") == "producer_send_success":
+            acked.add(ev["value"])
+    expect(len(acked) == n, f"{len(acked)} of {n} acknowledged")
+    proc = subprocess.Popen(["java", *QUIET, "-cp", env.cp, "org.apache.kafka.tools.VerifiableConsumer",
+                             "--bootstrap-server", env.bootstrap, "--topic", t, "--group-id", g,
+                             "--reset-policy", "earliest", "--max-messages", str(n)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, _ = proc.communicate()
+    # VerifiableConsumer reports counts and offsets, not values: read the
+    # values back to check them.
+    values = collections.Counter(v.decode() for _, v in read_topic(env, t, 4))
+    dups = [v for v, c in values.items() if c > 1]
+    missing = acked - set(values)
+    expect(not dups, f"{len(dups)} values stored twice, e.g. {dups[:5]}")
+    expect(not missing, f"{len(missing)} acknowledged values missing, e.g. {sorted(missing)[:5]}")
+    total = sum(json.loads(ln).get("count", 0) for ln in stdout.splitlines()
+                if ln.startswith("{") and json.loads(ln).get("name") == "records_consumed")
+    expect(total >= n, f"VerifiableConsumer consumed {total} of {n}")
+
+
+def check_transactional_copier(env: Env) -> None:
+    src, dst = unique("tmc-in"), unique("tmc-out")
+    parts = 2 if env.quick else 4
+    create(env, src, parts)
+    create(env, dst, parts)
+    n = 2000 if env.quick else 20000
+    values = [str(i) for i in range(n)]
+    produce_lines(env, src, values, partitions=parts)
+    procs = []
+    for p in range(parts):
+        procs.append(subprocess.Popen(
+            ["java", *QUIET, "-cp", env.cp, "org.apache.kafka.tools.TransactionalMessageCopier",
+             "--broker-list", env.bootstrap, "--input-topic", src, "--input-partition", str(p),
+             "--output-topic", dst, "--transactional-id", f"{dst}-{p}", "--consumer-group", f"{dst}-g",
+             "--transaction-size", "100", "--enable-random-aborts", "--use-group-metadata"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise CheckFailed("TransactionalMessageCopier timed out")
+        expect(proc.returncode == 0, f"copier exited {proc.returncode}:\n{out[-1500:]}")
+    committed = collections.Counter(v.decode() for _, v in read_topic(env, dst, parts))
+    dups = [v for v, c in committed.items() if c > 1]
+    expect(not dups, f"{len(dups)} records copied twice, e.g. {dups[:5]}")
+    expect(set(committed) == set(values), f"output has {len(committed)} of {n} input records")
+    everything = read_topic(env, dst, parts, isolation="read_uncommitted")
+    expect(len(everything) >= n, "read_uncommitted sees fewer records than read_committed")
+
+
+def check_streams_eos(env: Env) -> None:
+    src, dst, app = unique("wc-in"), unique("wc-out"), unique("wc-app")
+    create(env, src, 4)
+    create(env, dst, 4)
+    rng = random.Random(7)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    n = 1000 if env.quick else 10000
+    lines = [" ".join(rng.choice(words) for _ in range(6)) for _ in range(n)]
+    want = collections.Counter(w for ln in lines for w in ln.split())
+    produce_lines(env, src, lines)
+    state = env.work / f"streams-{app}"
+    out = env.java("WordCount", env.bootstrap, app, src, dst, "15", str(state), timeout=600,
+                   check=False)
+    expect("final state RUNNING" in out, f"streams app did not run cleanly:\n{out[-2000:]}")
+    latest = {}
+    records = read_topic(env, dst, 4)
+    for k, v in records:
+        latest[k.decode()] = int.from_bytes(v, "big", signed=True)
+    expect(latest == dict(want), f"counts {latest} != {dict(want)}")
+    # Exactly once: per word the counts in the output rise by one per record.
+    per_word = collections.defaultdict(list)
+    for k, v in records:
+        per_word[k.decode()].append(int.from_bytes(v, "big", signed=True))
+    for w, counts in per_word.items():
+        expect(counts == list(range(1, want[w] + 1)), f"{w}: counts not 1..{want[w]} once each")
+
+
+CHECKS = {
+    "topic-command": check_topic_command,
+    "config-command": check_config_command,
+    "consumer-group-command": check_consumer_group_command,
+    "reassign-partitions": check_reassign_partitions,
+    "transactions-command": check_transactions_command,
+    "verifiable-clients": check_verifiable_clients,
+    "transactional-copier": check_transactional_copier,
+    "streams-eos": check_streams_eos,
+}
+QUICK = ["topic-command", "transactions-command", "transactional-copier", "streams-eos"]
+
+
+def main() -> int:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    quick = "--quick" in sys.argv
+    bootstrap, lib, classes, work = args[:4]
+    only = args[4:]
+    env = Env(bootstrap, lib, classes, Path(work), quick)
+    names = only or (QUICK if quick else list(CHECKS))
+    passed, failed = [], []
+    for name in names:
+        t0 = time.monotonic()
+        try:
+            CHECKS[name](env)
+            passed.append(name)
+            print(f"PASS {name} ({time.monotonic() - t0:.0f}s)", flush=True)
+        except CheckFailed as e:
+            failed.append(name)
+            print(f"FAIL {name} ({time.monotonic() - t0:.0f}s): {e}", flush=True)
+    skipped = len(CHECKS) - len(names)
+    print(f"java: {len(passed)} passed, {len(failed)} failed, {skipped} skipped")
+    if failed:
+        print(f"  failing: {' '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

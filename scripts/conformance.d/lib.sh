@@ -1,0 +1,72 @@
+# Shared by the suites of scripts/conformance (sourced, not run).
+#
+# A suite script is scripts/conformance.d/NN-name.sh. It is run with
+#   REPO_ROOT  the repository
+#   WORK       its own scratch directory (target/conformance/<name>), kept
+#              between runs so that downloads and builds are reused
+#   QUICK      1 under --quick (CI): a subset that runs in a few minutes
+#   BROKER_BIN the broker binary to test
+# It starts its broker(s) with start_broker, runs its tests, and ends with
+# report NAME PASSED FAILED SKIPPED [failing test names...], which prints
+# the suite's line; its exit code is 0 when nothing failed.
+
+set -euo pipefail
+
+# start_broker [broker flags...]: a broker on a fresh data directory
+# ($WORK/broker), 127.0.0.1, base port $CONF_PORT (default 39092). Sets
+# BOOTSTRAP and BROKER_PID; the broker is stopped when the suite exits.
+start_broker() {
+  stop_broker
+  local port="${CONF_PORT:-39092}"
+  rm -rf "${WORK}/broker"
+  mkdir -p "${WORK}/broker"
+  "${BROKER_BIN}" --data-dir "${WORK}/broker/data" --listen-host 127.0.0.1 \
+    --base-port "${port}" "$@" >"${WORK}/broker/broker.log" 2>&1 &
+  BROKER_PID=$!
+  BOOTSTRAP="127.0.0.1:${port}"
+  local deadline=$(( $(date +%s) + 30 ))
+  until (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; do
+    if ! kill -0 "${BROKER_PID}" 2>/dev/null; then
+      echo "broker exited at start:" >&2
+      tail -20 "${WORK}/broker/broker.log" >&2
+      return 1
+    fi
+    if (( $(date +%s) > deadline )); then
+      echo "broker did not listen on ${port} within 30 s" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  trap stop_broker EXIT
+}
+
+stop_broker() {
+  if [[ -n "${BROKER_PID:-}" ]] && kill -0 "${BROKER_PID}" 2>/dev/null; then
+    kill "${BROKER_PID}" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "${BROKER_PID}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "${BROKER_PID}" 2>/dev/null || true
+  fi
+  BROKER_PID=""
+}
+
+# report NAME PASSED FAILED SKIPPED [failing...]
+report() {
+  local name="$1" passed="$2" failed="$3" skipped="$4"
+  shift 4
+  echo "${name}: ${passed} passed, ${failed} failed, ${skipped} skipped"
+  if (( failed > 0 )); then
+    echo "  failing: $*"
+  fi
+  [[ "${failed}" == "0" ]]
+}
+
+as_root() {
+  if [[ "$(id -u)" == "0" ]]; then
+    "$@"
+  else
+    sudo -n "$@"
+  fi
+}
