@@ -9,9 +9,15 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// `(api, min, max)` for every API the broker serves.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
+    // Produce v10/v11 and Fetch v12+/v16 carry KIP-951's leader hints on
+    // NOT_LEADER_OR_FOLLOWER; Produce v13 and Fetch v13+ name topics by id;
+    // Produce v12 is v11 for clients without transaction.version 2 (not
+    // advertised). Fetch v15 (replica state) and v17 (directory id) only
+    // matter to followers. ListOffsets v8/v9 add KIP-1005's timestamps, v10
+    // a timeout for tiered reads (none here).
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 17),
+    (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
@@ -96,7 +102,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert!(is_supported(ApiKey::Produce, 9));
+        assert!(is_supported(ApiKey::Produce, 13));
         assert!(!is_supported(ApiKey::Produce, 2));
         assert!(is_supported(ApiKey::InitProducerId, 4));
         assert!(!is_supported(ApiKey::InitProducerId, 5));

@@ -49,6 +49,7 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 UNSUPPORTED_VERSION = 35
 INVALID_RECORD = 87
+UNKNOWN_TOPIC_ID = 100
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
 
@@ -461,6 +462,7 @@ class PartitionMeta:
     leader: int
     replicas: list[int]
     isr: list[int]
+    leader_epoch: int = -1  # v7+
 
 
 @dataclass
@@ -511,14 +513,13 @@ def parse_metadata(r: Reader, version: int) -> MetadataResponse:
             perr = r.int16()
             idx = r.int32()
             leader = r.int32()
-            if version >= 7:
-                r.int32()  # leader_epoch
+            epoch = r.int32() if version >= 7 else -1
             replicas = _int32_array(r, flex)
             isr = _int32_array(r, flex)
             if version >= 5:
                 _int32_array(r, flex)  # offline replicas
             r.skip_tags(flex)
-            tm.partitions[idx] = PartitionMeta(perr, leader, replicas, isr)
+            tm.partitions[idx] = PartitionMeta(perr, leader, replicas, isr, epoch)
         if version >= 8:
             r.int32()  # topic_authorized_operations
         r.skip_tags(flex)
@@ -592,15 +593,20 @@ def record_batch(records: list[Record], base_offset: int = 0, base_timestamp: in
 # --- Produce (v3..v9) ---------------------------------------------------------
 
 def produce_body(version: int, acks: int, timeout_ms: int,
-                 data: dict[str, dict[int, bytes | None]], transactional_id: str | None = None) -> bytes:
-    assert 3 <= version <= 12, "Produce v13+ names topics by id; not encoded here"
+                 data: dict[str, dict[int, bytes | None]], transactional_id: str | None = None,
+                 topic_ids: dict[str, uuid.UUID] | None = None) -> bytes:
+    """From v13 topics are named by id (`topic_ids` maps name to id)."""
+    assert 3 <= version <= 13
     flex = version >= 9
     w = Writer()
     w.string(transactional_id, flex)
     w.int16(acks).int32(timeout_ms)
     w.array_len(len(data), flex)
     for topic, parts in data.items():
-        w.string(topic, flex)
+        if version >= 13:
+            w.uuid((topic_ids or {})[topic])
+        else:
+            w.string(topic, flex)
         w.array_len(len(parts), flex)
         for idx, records in parts.items():
             w.int32(idx)
@@ -618,13 +624,18 @@ class PartitionProduceResponse:
     log_append_time_ms: int
     log_start_offset: int
     error_message: str | None
+    # KIP-951 (v10+): (leader id, leader epoch) on NOT_LEADER_OR_FOLLOWER.
+    current_leader: tuple[int, int] | None = None
+    # The response's node endpoints (v10+): node id -> (host, port).
+    node_endpoints: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 def parse_produce(r: Reader, version: int) -> dict[tuple[str, int], PartitionProduceResponse]:
+    """Keyed by (topic name, partition); from v13 the topic is its id's string."""
     flex = version >= 9
     out = {}
     for _ in range(max(r.array_len(flex), 0)):
-        name = r.string(flex)
+        name = str(r.uuid()) if version >= 13 else r.string(flex)
         for _ in range(max(r.array_len(flex), 0)):
             idx = r.int32()
             err = r.int16()
@@ -638,19 +649,38 @@ def parse_produce(r: Reader, version: int) -> dict[tuple[str, int], PartitionPro
                     r.string(flex)
                     r.skip_tags(flex)
                 msg = r.string(flex)
-            r.skip_tags(flex)
-            out[(name, idx)] = PartitionProduceResponse(err, base, lat, lso, msg)
+            tags = r.skip_tags(flex)
+            leader = None
+            if 0 in tags:
+                t = Reader(tags[0])
+                leader = (t.int32(), t.int32())
+            out[(name, idx)] = PartitionProduceResponse(err, base, lat, lso, msg, leader)
         r.skip_tags(flex)
     r.int32()  # throttle_time_ms
-    r.skip_tags(flex)
+    tags = r.skip_tags(flex)
+    if 0 in tags:
+        t = Reader(tags[0])
+        endpoints = {}
+        for _ in range(t.array_len(True)):
+            node, host, port = t.int32(), t.string(True), t.int32()
+            t.string(True)  # rack
+            t.skip_tags(True)
+            endpoints[node] = (host, port)
+        for p in out.values():
+            p.node_endpoints = endpoints
     r.expect_end(f"Produce v{version} response")
     return out
 
 
 def produce(conn: Conn, version: int, topic: str, partition: int, batch: bytes | None,
-            acks: int = -1, timeout_ms: int = 10000) -> PartitionProduceResponse:
-    body = produce_body(version, acks, timeout_ms, {topic: {partition: batch}})
+            acks: int = -1, timeout_ms: int = 10000,
+            topic_id: uuid.UUID | None = None) -> PartitionProduceResponse:
+    """From v13 the topic goes by `topic_id`."""
+    ids = {topic: topic_id} if topic_id is not None else None
+    body = produce_body(version, acks, timeout_ms, {topic: {partition: batch}}, topic_ids=ids)
     resp = parse_produce(conn.request(PRODUCE, version, body), version)
+    if version >= 13:
+        resp = {(topic if n == str(topic_id) else n, i): v for (n, i), v in resp.items()}
     if (topic, partition) not in resp:
         raise DecodeError(f"Produce response has no entry for {topic}/{partition}: {resp}")
     return resp[(topic, partition)]

@@ -143,3 +143,30 @@ def test_fetch_routes_by_shard(broker, topic):
                     assert got.high_watermark >= 0
                 else:
                     assert not kwire.split_batches(got.records), "records served by the wrong shard"
+
+
+def test_produce_v13_by_topic_id_and_kip951_leader_hints(broker, topic):
+    """Produce v13 names the topic by id; NOT_LEADER_OR_FOLLOWER (v10+)
+    says where the leader is (KIP-951), so clients skip a Metadata round
+    trip; an unknown topic id is UNKNOWN_TOPIC_ID."""
+    md = metadata_from(broker, 0, topic)
+    topic_id = md.topics[topic].topic_id
+    assert topic_id is not None
+    leaders = {i: p.leader for i, p in md.topics[topic].partitions.items()}
+    part, leader = sorted(leaders.items())[0]
+    right = broker.port_of_node(leader)
+    wrong = next(p for p in broker.ports if p != right)
+    rec = [kwire.Record(b"k", b"by id", [], TS)]
+    with kwire.Conn(broker.host, wrong) as c:
+        assert kwire.pick_version(kwire.negotiate(c), kwire.PRODUCE, 3, 13) == 13
+        resp = kwire.produce(c, 13, topic, part, kwire.record_batch(rec), topic_id=topic_id)
+        assert resp.error_code == kwire.NOT_LEADER_OR_FOLLOWER, resp
+        epoch = md.topics[topic].partitions[part].leader_epoch
+        assert resp.current_leader == (leader, epoch), resp
+        assert resp.node_endpoints == {leader: (broker.host, right)}, resp
+        resp = kwire.produce(c, 13, "x", part, kwire.record_batch(rec), topic_id=uuid.uuid4())
+        assert resp.error_code == kwire.UNKNOWN_TOPIC_ID, resp
+    with kwire.Conn(broker.host, right) as c:
+        resp = kwire.produce(c, 13, topic, part, kwire.record_batch(rec), topic_id=topic_id)
+        assert resp.error_code == 0 and resp.base_offset >= 0, resp
+        assert resp.current_leader is None and resp.node_endpoints == {}, resp

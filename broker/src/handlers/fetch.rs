@@ -16,12 +16,12 @@ use bytes::{Bytes, BytesMut};
 use event_listener::EventListener;
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::{find_topic, locate};
+use super::{find_topic, leader_hint, locate, str_bytes};
 use crate::metadata::TopicMeta;
 use crate::shard::{PartitionKey, ReadError, Shard};
 
@@ -120,6 +120,7 @@ async fn read_all(
     };
     let mut total = 0usize;
     let mut errors = false;
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
         let meta = find_topic(&image, &t.topic, topic_id(version, t.topic_id));
@@ -136,7 +137,26 @@ async fn read_all(
                         e
                     };
                     errors = true;
-                    out.push(error_data(p.partition, code));
+                    let mut d = error_data(p.partition, code);
+                    if code == ResponseError::NotLeaderOrFollower && version >= 12 {
+                        if let Some(hint) = leader_hint(shard, meta, p.partition) {
+                            d.current_leader = LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(hint.node))
+                                .with_leader_epoch(hint.epoch);
+                            let known = endpoints
+                                .iter()
+                                .any(|e: &NodeEndpoint| e.node_id.0 == hint.node);
+                            if version >= 16 && !known {
+                                endpoints.push(
+                                    NodeEndpoint::default()
+                                        .with_node_id(BrokerId(hint.node))
+                                        .with_host(str_bytes(&hint.host))
+                                        .with_port(hint.port),
+                                );
+                            }
+                        }
+                    }
+                    out.push(d);
                     continue;
                 }
             };
@@ -202,6 +222,7 @@ async fn read_all(
     }
     let mut resp = FetchResponse::default();
     resp.responses = topics;
+    resp.node_endpoints = endpoints;
     (resp, total, errors)
 }
 

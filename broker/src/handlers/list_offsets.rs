@@ -1,4 +1,5 @@
-//! ListOffsets: earliest, latest, by timestamp and max timestamp, answered
+//! ListOffsets: earliest, latest, by timestamp and max timestamp (and
+//! KIP-1005's earliest-local and latest-tiered, v8 and v9), answered
 //! through this shard's partitions (log cache and objects). Under
 //! `read_committed` the latest offset is the last stable offset, and a
 //! timestamp lookup finds nothing at or past it.
@@ -24,6 +25,12 @@ use crate::shard::{ReadError, Shard};
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+/// KIP-1005: the first offset in local storage; every offset here is as
+/// local as any other, so the log start (as Kafka without tiered storage).
+const EARLIEST_LOCAL: i64 = -4;
+/// KIP-1005: the last offset in tiered storage; Kafka answers -1 without
+/// remote log storage, and objects here are the log, not a tier of it.
+const LATEST_TIERED: i64 = -5;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -70,6 +77,8 @@ pub async fn handle(
             }
             let found: Result<Option<(i64, i64)>, ReadError> = match p.timestamp {
                 EARLIEST => Ok(Some((-1, log_start))),
+                EARLIEST_LOCAL if version >= 8 => Ok(Some((-1, log_start))),
+                LATEST_TIERED if version >= 9 => Ok(None),
                 LATEST => Ok(Some((-1, high_watermark))),
                 MAX_TIMESTAMP => shard.max_timestamp(key).await,
                 ts => shard

@@ -65,3 +65,31 @@ pub fn locate(
     }
     Ok((topic.id, partition))
 }
+
+/// Where a partition's leader is: what a NOT_LEADER_OR_FOLLOWER answer
+/// carries from Produce v10 and Fetch v12/v16 on (KIP-951), so the client
+/// goes there without a Metadata round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub node: i32,
+    pub epoch: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+pub fn leader_hint(
+    shard: &Shard,
+    topic: Option<&Arc<TopicMeta>>,
+    partition: i32,
+) -> Option<LeaderHint> {
+    let topic = topic?;
+    let p = usize::try_from(partition).ok()?;
+    let node = *topic.leader_nodes.get(p)?;
+    let leader_shard = shard.config.shard_of_node(node)?;
+    Some(LeaderHint {
+        node,
+        epoch: topic.leader_epochs.get(p).copied().unwrap_or(0),
+        host: shard.config.advertised_host().to_string(),
+        port: i32::from(shard.config.port(leader_shard)),
+    })
+}

@@ -9,19 +9,21 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::ResponseError;
 use storage::batch::{validate_batches, BatchError, ValidatedBatch};
 use tracing::debug;
 
-use super::{find_topic, locate, str_bytes};
+use super::{find_topic, leader_hint, locate, str_bytes};
 use crate::metadata::TopicMeta;
 use crate::producer_state::Origin;
 use crate::shard::{DurableAppend, Shard};
 use crate::topic_config;
 
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ResponseKind> {
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ResponseKind> {
     let image = shard.image();
     let acks = req.acks;
     // Appends are issued for every partition first and awaited together, so
@@ -32,7 +34,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Op
         let meta = find_topic(&image, &topic.name, topic.topic_id);
         let mut indexes = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            let started = if matches!(acks, -1..=1) {
+            let started = if version >= 13 && meta.is_none() {
+                Err((ResponseError::UnknownTopicId, String::new()))
+            } else if matches!(acks, -1..=1) {
                 start_partition(shard, meta, p.index, p.records)
             } else {
                 Err((
@@ -43,14 +47,14 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Op
             pending.push(finish_partition(started));
             indexes.push(p.index);
         }
-        shapes.push((topic.name, topic.topic_id, indexes));
+        shapes.push((topic.name, topic.topic_id, meta.cloned(), indexes));
     }
     let mut results = futures::future::join_all(pending).await.into_iter();
     if acks == 0 {
         return None;
     }
     let mut resp = ProduceResponse::default();
-    for (name, topic_id, indexes) in shapes {
+    for (name, topic_id, meta, indexes) in shapes {
         let mut t = TopicProduceResponse::default();
         t.name = name;
         t.topic_id = topic_id;
@@ -60,7 +64,26 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Op
                 let r = results
                     .next()
                     .unwrap_or_else(|| Err((ResponseError::UnknownServerError, String::new())));
-                partition_response(index, r)
+                let mut out = partition_response(index, r);
+                let moved = out.error_code == ResponseError::NotLeaderOrFollower.code();
+                if let Some(hint) = moved
+                    .then(|| leader_hint(shard, meta.as_ref(), index))
+                    .flatten()
+                    .filter(|_| version >= 10)
+                {
+                    out.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(hint.node))
+                        .with_leader_epoch(hint.epoch);
+                    if !resp.node_endpoints.iter().any(|e| e.node_id.0 == hint.node) {
+                        resp.node_endpoints.push(
+                            NodeEndpoint::default()
+                                .with_node_id(BrokerId(hint.node))
+                                .with_host(str_bytes(&hint.host))
+                                .with_port(hint.port),
+                        );
+                    }
+                }
+                out
             })
             .collect();
         resp.responses.push(t);

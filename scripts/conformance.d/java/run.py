@@ -7,6 +7,8 @@ Each check runs real commands with `java -cp` and checks their output:
   config-command         ConfigCommand: alter, describe, delete a topic config
   consumer-group-command ConsumerGroupCommand: list, describe, reset-offsets,
                          delete-offsets, delete
+  get-offsets            GetOffsetShell: earliest, latest, max-timestamp,
+                         earliest-local, latest-tiered
   reassign-partitions    ReassignPartitionsCommand: list, generate
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
@@ -189,6 +191,23 @@ def check_consumer_group_command(env: Env) -> None:
     expect(g not in env.tool(GROUPS, "--list").split(), "deleted group still listed")
 
 
+def check_get_offsets(env: Env) -> None:
+    t = unique("go")
+    create(env, t, 2)
+    produce_lines(env, t, [f"v{i}" for i in range(10)], partitions=2)
+
+    def offsets(spec: str) -> dict[int, int]:
+        out = env.tool("org.apache.kafka.tools.GetOffsetShell", "--topic", t, "--time", spec)
+        return {int(p): int(o) for _, p, o in (ln.rsplit(":", 2) for ln in out.split())}
+
+    expect(offsets("earliest") == {0: 0, 1: 0}, "earliest")
+    expect(offsets("latest") == {0: 5, 1: 5}, "latest")
+    expect(offsets("max-timestamp").keys() == {0, 1}, "max-timestamp")
+    expect(offsets("earliest-local") == {0: 0, 1: 0}, "earliest-local (KIP-1005)")
+    # Not tiered: Kafka without remote storage answers no offset.
+    expect(offsets("latest-tiered") == {}, "latest-tiered (KIP-1005)")
+
+
 REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
 
 
@@ -348,6 +367,7 @@ CHECKS = {
     "topic-command": check_topic_command,
     "config-command": check_config_command,
     "consumer-group-command": check_consumer_group_command,
+    "get-offsets": check_get_offsets,
     "reassign-partitions": check_reassign_partitions,
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
