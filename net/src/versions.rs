@@ -53,6 +53,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     // Sent by admin clients (abortTransaction) to a partition's leader.
     (ApiKey::WriteTxnMarkers, 1, 1),
+    // Answered as Kafka answers them here (broker/src/handlers/admin.rs):
+    // no authorizer, one replica per partition, no reassignments.
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ListConfigResources, 0, 1),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.

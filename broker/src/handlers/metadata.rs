@@ -113,7 +113,7 @@ fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(topic_name(&t.name));
     r.topic_id = t.id;
-    r.is_internal = t.name == crate::group::OFFSETS_TOPIC;
+    r.is_internal = is_internal(&t.name);
     r.topic_authorized_operations = AUTH_OPS_OMITTED;
     r.partitions = t
         .leaders
@@ -131,6 +131,11 @@ fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
         })
         .collect();
     r
+}
+
+/// Kafka's internal topics (`Topic.isInternal`).
+pub fn is_internal(name: &str) -> bool {
+    name == crate::group::OFFSETS_TOPIC || name == crate::txn::TXN_TOPIC
 }
 
 pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> DescribeClusterResponse {

@@ -2,6 +2,7 @@
 //! received the request and touches only that shard's partitions; a request
 //! for a partition led elsewhere gets `NOT_LEADER_OR_FOLLOWER`.
 
+pub mod admin;
 pub mod configs;
 pub mod delete_records;
 pub mod fetch;

@@ -530,6 +530,26 @@ impl Shard {
             RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
                 handlers::transactions::describe_producers(&self, r),
             ),
+            RequestKind::DescribeAcls(r) => {
+                ResponseKind::DescribeAcls(handlers::admin::describe_acls(r))
+            }
+            RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(handlers::admin::create_acls(r)),
+            RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(handlers::admin::delete_acls(r)),
+            RequestKind::ElectLeaders(r) => {
+                ResponseKind::ElectLeaders(handlers::admin::elect_leaders(&self, r, v))
+            }
+            RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+                handlers::admin::list_partition_reassignments(r),
+            ),
+            RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+                handlers::admin::describe_topic_partitions(&self, r),
+            ),
+            RequestKind::DescribeLogDirs(r) => {
+                ResponseKind::DescribeLogDirs(handlers::admin::describe_log_dirs(&self, r, v))
+            }
+            RequestKind::ListConfigResources(r) => ResponseKind::ListConfigResources(
+                handlers::admin::list_config_resources(&self, r, v),
+            ),
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,
             ),

@@ -10,6 +10,8 @@ Each check runs real commands with `java -cp` and checks their output:
   get-offsets            GetOffsetShell: earliest, latest, max-timestamp,
                          earliest-local, latest-tiered
   reassign-partitions    ReassignPartitionsCommand: list, generate
+  admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
+                         Kafka), LeaderElectionCommand, LogDirsCommand
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
@@ -223,6 +225,25 @@ def check_reassign_partitions(env: Env) -> None:
     expect("Proposed partition reassignment configuration" in out, f"--generate:\n{out}")
 
 
+def check_admin_commands(env: Env) -> None:
+    t = unique("adm")
+    create(env, t, 2)
+    produce_lines(env, t, [f"v{i}" for i in range(20)], partitions=2)
+    out = env.java("org.apache.kafka.tools.AclCommand", "--bootstrap-server", env.bootstrap,
+                   "--list", check=False)
+    expect("SecurityDisabledException: No Authorizer is configured." in out
+           or "No Authorizer is configured" in out, f"AclCommand --list:\n{out[-800:]}")
+    out = env.tool("org.apache.kafka.tools.LeaderElectionCommand", "--election-type", "preferred",
+                   "--topic", t, "--partition", "0")
+    expect(f"Valid replica already elected for partitions {t}-0" in out, f"leader election:\n{out}")
+    out = env.tool("org.apache.kafka.tools.LogDirsCommand", "--describe", "--topic-list", t)
+    doc = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    sizes = {p["partition"]: p["size"] for b in doc["brokers"] for d in b["logDirs"]
+             for p in d["partitions"]}
+    expect(set(sizes) == {f"{t}-0", f"{t}-1"} and all(v > 0 for v in sizes.values()),
+           f"log dirs: {sizes}")
+
+
 TXNS = "org.apache.kafka.tools.TransactionsCommand"
 
 
@@ -369,12 +390,14 @@ CHECKS = {
     "consumer-group-command": check_consumer_group_command,
     "get-offsets": check_get_offsets,
     "reassign-partitions": check_reassign_partitions,
+    "admin-commands": check_admin_commands,
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
     "transactional-copier": check_transactional_copier,
     "streams-eos": check_streams_eos,
 }
-QUICK = ["topic-command", "transactions-command", "transactional-copier", "streams-eos"]
+QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
+         "streams-eos"]
 
 
 def main() -> int:

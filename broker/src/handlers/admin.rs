@@ -1,0 +1,338 @@
+//! Admin APIs that Kafka 4.x's AdminClient and tools call, answered as
+//! Kafka answers them on a cluster like this one (single replicas, no
+//! authorizer, no reassignment in progress):
+//!
+//! * DescribeAcls, CreateAcls, DeleteAcls: SECURITY_DISABLED, as Kafka
+//!   without an authorizer;
+//! * ElectLeaders: every partition has one replica, already its leader:
+//!   ELECTION_NOT_NEEDED (left out when all partitions were asked for);
+//! * ListPartitionReassignments: none in progress;
+//! * DescribeTopicPartitions: Metadata's topic view, paged by cursor;
+//! * DescribeLogDirs: this node's one log directory (the data directory)
+//!   and the size of each partition it leads (objects plus WAL tail);
+//! * ListConfigResources: topics and nodes (v1), client-metrics
+//!   subscriptions (none).
+//!
+//! Runs on the shard that received the request; reads its metadata image
+//! and partitions only.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_acls_response::AclCreationResult;
+use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
+use kafka_protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
+use kafka_protocol::messages::describe_topic_partitions_response::{
+    Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::list_config_resources_response::ConfigResource;
+use kafka_protocol::messages::{
+    BrokerId, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DescribeAclsRequest, DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, ElectLeadersRequest,
+    ElectLeadersResponse, ListConfigResourcesRequest, ListConfigResourcesResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name};
+use crate::metadata::TopicMeta;
+use crate::shard::Shard;
+
+const NO_AUTHORIZER: &str = "No Authorizer is configured.";
+
+pub fn describe_acls(_req: DescribeAclsRequest) -> DescribeAclsResponse {
+    let mut resp = DescribeAclsResponse::default();
+    resp.error_code = ResponseError::SecurityDisabled.code();
+    resp.error_message = Some(str_bytes(NO_AUTHORIZER));
+    resp
+}
+
+pub fn create_acls(req: CreateAclsRequest) -> CreateAclsResponse {
+    let mut resp = CreateAclsResponse::default();
+    resp.results = req
+        .creations
+        .iter()
+        .map(|_| {
+            AclCreationResult::default()
+                .with_error_code(ResponseError::SecurityDisabled.code())
+                .with_error_message(Some(str_bytes(NO_AUTHORIZER)))
+        })
+        .collect();
+    resp
+}
+
+pub fn delete_acls(req: DeleteAclsRequest) -> DeleteAclsResponse {
+    let mut resp = DeleteAclsResponse::default();
+    resp.filter_results = req
+        .filters
+        .iter()
+        .map(|_| {
+            DeleteAclsFilterResult::default()
+                .with_error_code(ResponseError::SecurityDisabled.code())
+                .with_error_message(Some(str_bytes(NO_AUTHORIZER)))
+        })
+        .collect();
+    resp
+}
+
+/// Election types: 0 preferred, 1 unclean.
+pub fn elect_leaders(
+    shard: &Shard,
+    req: ElectLeadersRequest,
+    version: i16,
+) -> ElectLeadersResponse {
+    let image = shard.image();
+    let mut resp = ElectLeadersResponse::default();
+    if version >= 1 && !(0..=1).contains(&req.election_type) {
+        resp.error_code = ResponseError::InvalidRequest.code();
+        return resp;
+    }
+    let Some(wanted) = req.topic_partitions else {
+        // All partitions: Kafka lists only those it elected a leader for,
+        // and with one replica each there are none.
+        return resp;
+    };
+    resp.replica_election_results = wanted
+        .into_iter()
+        .map(|t| {
+            let meta = image.topic(&t.topic);
+            let partition_result = t
+                .partitions
+                .iter()
+                .map(|&p| {
+                    let exists = meta.is_some_and(|m| (0..m.leaders.len() as i32).contains(&p));
+                    let (code, message) = if exists {
+                        (
+                            ResponseError::ElectionNotNeeded,
+                            "Leader election not needed for topic partition.",
+                        )
+                    } else {
+                        (
+                            ResponseError::UnknownTopicOrPartition,
+                            "The partition does not exist.",
+                        )
+                    };
+                    PartitionResult::default()
+                        .with_partition_id(p)
+                        .with_error_code(code.code())
+                        .with_error_message(Some(str_bytes(message)))
+                })
+                .collect();
+            ReplicaElectionResult::default()
+                .with_topic(t.topic)
+                .with_partition_result(partition_result)
+        })
+        .collect();
+    resp
+}
+
+pub fn list_partition_reassignments(
+    _req: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    // Partitions never move here yet, so none is ever being reassigned.
+    ListPartitionReassignmentsResponse::default()
+}
+
+/// Operations a topic allows without an authorizer (Kafka reports every
+/// operation the resource type supports): READ, WRITE, CREATE, DELETE,
+/// ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+
+/// Partitions one DescribeTopicPartitions response carries at most
+/// (Kafka's `max.request.partition.size.limit` default).
+const PARTITION_LIMIT: i32 = 2000;
+
+pub fn describe_topic_partitions(
+    shard: &Shard,
+    req: DescribeTopicPartitionsRequest,
+) -> DescribeTopicPartitionsResponse {
+    let image = shard.image();
+    let cfg = &shard.config;
+    let mut names: Vec<String> = if req.topics.is_empty() {
+        image.topics.keys().cloned().collect()
+    } else {
+        req.topics.iter().map(|t| t.name.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let (start_topic, start_partition) = match &req.cursor {
+        Some(c) => (c.topic_name.to_string(), c.partition_index.max(0)),
+        None => (String::new(), 0),
+    };
+    let mut budget = req.response_partition_limit.clamp(1, PARTITION_LIMIT);
+    let mut resp = DescribeTopicPartitionsResponse::default();
+    for name in names.into_iter().filter(|n| *n >= start_topic) {
+        let first = if name == start_topic {
+            start_partition
+        } else {
+            0
+        };
+        if budget == 0 {
+            resp.next_cursor = Some(cursor(&name, first));
+            break;
+        }
+        let Some(t) = image.topic(&name) else {
+            let mut out = DescribeTopicPartitionsResponseTopic::default();
+            out.name = Some(topic_name(&name));
+            out.error_code = ResponseError::UnknownTopicOrPartition.code();
+            out.topic_authorized_operations = TOPIC_OPERATIONS;
+            resp.topics.push(out);
+            continue;
+        };
+        let count = t.leaders.len() as i32;
+        let first = first.min(count);
+        let take = (count - first).min(budget);
+        let mut out = topic_view(cfg, t);
+        out.partitions.drain(..first as usize);
+        out.partitions.truncate(take as usize);
+        budget -= take;
+        resp.topics.push(out);
+        if first + take < count {
+            resp.next_cursor = Some(cursor(&name, first + take));
+            break;
+        }
+    }
+    resp
+}
+
+fn cursor(topic: &str, partition: i32) -> Cursor {
+    Cursor::default()
+        .with_topic_name(topic_name(topic))
+        .with_partition_index(partition)
+}
+
+fn topic_view(cfg: &crate::config::Config, t: &TopicMeta) -> DescribeTopicPartitionsResponseTopic {
+    let mut out = DescribeTopicPartitionsResponseTopic::default();
+    out.name = Some(topic_name(&t.name));
+    out.topic_id = t.id;
+    out.is_internal = super::metadata::is_internal(&t.name);
+    out.topic_authorized_operations = TOPIC_OPERATIONS;
+    out.partitions = t
+        .leaders
+        .iter()
+        .enumerate()
+        .map(|(p, &leader)| {
+            let node = BrokerId(cfg.node_id(leader));
+            let mut d = DescribeTopicPartitionsResponsePartition::default();
+            d.partition_index = p as i32;
+            d.leader_id = node;
+            d.leader_epoch = t.leader_epochs.get(p).copied().unwrap_or_default();
+            d.replica_nodes = vec![node];
+            d.isr_nodes = vec![node];
+            d.eligible_leader_replicas = Some(Vec::new());
+            d.last_known_elr = Some(Vec::new());
+            d
+        })
+        .collect();
+    out
+}
+
+pub fn describe_log_dirs(
+    shard: &Rc<Shard>,
+    req: DescribeLogDirsRequest,
+    version: i16,
+) -> DescribeLogDirsResponse {
+    let image = shard.image();
+    let parts = shard.partitions.borrow();
+    let mut topics: Vec<DescribeLogDirsTopic> = Vec::new();
+    let mut add = |t: &TopicMeta, p: i32| {
+        let Some(part) = parts.get(&(t.id, p)) else {
+            return; // not led by this node: not in its log directory
+        };
+        let in_objects: u64 = image
+            .objects
+            .partition(t.id, p)
+            .map_or(0, |o| o.iter().map(|r| r.bytes).sum());
+        let size = in_objects.saturating_add(part.unuploaded_bytes() as u64);
+        let entry = DescribeLogDirsPartition::default()
+            .with_partition_index(p)
+            .with_partition_size(size as i64)
+            .with_offset_lag(0)
+            .with_is_future_key(false);
+        match topics.iter_mut().find(|x| x.name.as_str() == t.name) {
+            Some(x) => x.partitions.push(entry),
+            None => topics.push(
+                DescribeLogDirsTopic::default()
+                    .with_name(topic_name(&t.name))
+                    .with_partitions(vec![entry]),
+            ),
+        }
+    };
+    match req.topics {
+        None => {
+            for t in image.topics.values() {
+                for p in 0..t.leaders.len() as i32 {
+                    add(t, p);
+                }
+            }
+        }
+        Some(wanted) => {
+            for w in wanted {
+                if let Some(t) = image.topic(&w.topic) {
+                    for p in w.partitions {
+                        add(t, p);
+                    }
+                }
+            }
+        }
+    }
+    let mut result = DescribeLogDirsResult::default()
+        .with_log_dir(str_bytes(&shard.config.data_dir.display().to_string()))
+        .with_topics(topics);
+    if version >= 4 {
+        // Unknown (Kafka's -1): the volume is not measured on the shard.
+        result.total_bytes = -1;
+        result.usable_bytes = -1;
+    }
+    let mut resp = DescribeLogDirsResponse::default();
+    resp.results = vec![result];
+    resp
+}
+
+/// ConfigResource types (Kafka's `ConfigResource.Type`).
+const TYPE_TOPIC: i8 = 2;
+const TYPE_BROKER: i8 = 4;
+const TYPE_CLIENT_METRICS: i8 = 16;
+const TYPE_GROUP: i8 = 32;
+
+pub fn list_config_resources(
+    shard: &Shard,
+    req: ListConfigResourcesRequest,
+    version: i16,
+) -> ListConfigResourcesResponse {
+    let mut resp = ListConfigResourcesResponse::default();
+    // v0 (ListClientMetricsResources) lists client-metrics subscriptions
+    // only, and there are none.
+    if version == 0 {
+        return resp;
+    }
+    let known = [TYPE_TOPIC, TYPE_BROKER, TYPE_CLIENT_METRICS, TYPE_GROUP];
+    if req.resource_types.iter().any(|t| !known.contains(t)) {
+        resp.error_code = ResponseError::UnsupportedVersion.code();
+        return resp;
+    }
+    let wants = |t: i8| req.resource_types.is_empty() || req.resource_types.contains(&t);
+    let image = shard.image();
+    let resource = |name: String, kind: i8| {
+        ConfigResource::default()
+            .with_resource_name(str_bytes(&name))
+            .with_resource_type(kind)
+    };
+    if wants(TYPE_TOPIC) {
+        let mut names: Vec<&String> = image.topics.keys().collect();
+        names.sort();
+        resp.config_resources
+            .extend(names.into_iter().map(|n| resource(n.clone(), TYPE_TOPIC)));
+    }
+    if wants(TYPE_BROKER) {
+        resp.config_resources.extend(
+            (0..shard.config.shards)
+                .map(|s| resource(shard.config.node_id(s).to_string(), TYPE_BROKER)),
+        );
+    }
+    resp
+}
