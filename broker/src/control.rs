@@ -25,7 +25,7 @@ use tracing::{error, warn};
 use kafka_protocol::ResponseError;
 use net::connection::LocalBoxFuture;
 
-use crate::controller::ControllerHandle;
+use crate::controller::{ControllerHandle, QuorumState};
 use crate::metadata::{Command, CommandError, CommandResult, MetadataImage};
 use crate::txn::MarkerReq;
 
@@ -54,6 +54,10 @@ pub enum MeshMsg {
         id: u64,
         results: Vec<Result<(), ResponseError>>,
     },
+    /// A shard asks shard 0 for the metadata quorum's state.
+    Quorum { id: u64 },
+    /// Shard 0 answers a `Quorum`.
+    QuorumState { id: u64, state: Option<QuorumState> },
 }
 
 /// Called when a new image arrives, so the shard can open or drop partitions.
@@ -83,6 +87,7 @@ pub struct Control {
     applied_changed: Event,
     hooks: ShardHooks,
     markers_pending: RefCell<HashMap<u64, oneshot::Sender<MarkerResults>>>,
+    quorum_pending: RefCell<HashMap<u64, oneshot::Sender<Option<QuorumState>>>>,
 }
 
 impl Control {
@@ -106,6 +111,7 @@ impl Control {
             applied_changed: Event::new(),
             hooks,
             markers_pending: RefCell::new(HashMap::new()),
+            quorum_pending: RefCell::new(HashMap::new()),
         });
         for (peer, rx) in receivers.streams() {
             let c = control.clone();
@@ -157,7 +163,33 @@ impl Control {
                     let _ = tx.send(results);
                 }
             }
+            MeshMsg::Quorum { id } => {
+                let c = self.clone();
+                glommio::spawn_local(async move {
+                    let state = c.quorum().await;
+                    c.send(peer, MeshMsg::QuorumState { id, state }).await;
+                })
+                .detach();
+            }
+            MeshMsg::QuorumState { id, state } => {
+                if let Some(tx) = self.quorum_pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(state);
+                }
+            }
         }
+    }
+
+    /// The metadata quorum's state, from the controller (through shard 0).
+    pub async fn quorum(&self) -> Option<QuorumState> {
+        if let Some(controller) = &self.controller {
+            return controller.quorum().await;
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.quorum_pending.borrow_mut().insert(id, tx);
+        self.send(0, MeshMsg::Quorum { id }).await;
+        rx.await.ok().flatten()
     }
 
     /// Has shard `peer` write markers to partitions it leads; one result

@@ -63,6 +63,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::ListConfigResources, 0, 1),
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AlterReplicaLogDirs, 1, 2),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.

@@ -125,3 +125,45 @@ def test_acls_answer_security_disabled(broker, kp_admin):
     with pytest.raises(KafkaException) as e:
         list(fut.values())[0].result(timeout=30)
     assert e.value.args[0].code() == KafkaError.SECURITY_DISABLED
+
+
+def test_describe_quorum_names_the_one_voter(broker, topic):
+    """Asked through either shard (shard 1 forwards to the controller)."""
+    for port in broker.ports:
+        a = KafkaAdminClient(bootstrap_servers=f"{broker.host}:{port}")
+        try:
+            q = a.describe_metadata_quorum()
+        finally:
+            a.close()
+        (t,) = q["topics"]
+        assert t["topic_name"] == "__cluster_metadata"
+        (p,) = t["partitions"]
+        controller = min(broker.expected_nodes)  # node of shard 0
+        assert p["leader_id"] == controller and p["leader_epoch"] >= 1
+        # Creating the topic committed records: the log is not empty.
+        assert p["high_watermark"] > 1
+        assert [v["replica_id"] for v in p["current_voters"]] == [controller]
+        assert p["current_voters"][0]["log_end_offset"] >= p["high_watermark"]
+        assert p["observers"] == []
+        assert q["nodes"][0]["listeners"][0]["port"] == broker.ports[0]
+
+
+def test_alter_replica_log_dirs_only_to_the_one_dir(broker, topic, kp_admin):
+    import kafka.errors as Errors
+    leaders = {p["partition_index"]: p["leader_id"]
+               for p in kp_admin.describe_topic_partitions([topic])["topics"][0]["partitions"]}
+    node = leaders[0]
+    r = kp_admin.alter_replica_log_dirs({(topic, 0, node): str(broker.data_dir)})
+    assert all(v in (None, Errors.NoError) for v in r.values()), r
+    r = kp_admin.alter_replica_log_dirs({(topic, 0, node): "/elsewhere"})
+    assert list(r.values()) == [Errors.LogDirNotFoundError], r
+
+
+def test_broker_configs_are_read_only(broker, kp_admin):
+    from kafka.admin import ConfigResource, ConfigResourceType
+    res = kp_admin.describe_configs([ConfigResource(ConfigResourceType.BROKER,
+                                                    str(min(broker.expected_nodes)))],
+                                    config_filter="all")
+    (configs,) = res["broker"].values()
+    assert configs["advertised.listeners"]["read_only"] is True, configs
+    assert configs["broker.id"]["read_only"] is True, configs

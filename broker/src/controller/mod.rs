@@ -110,6 +110,22 @@ enum Request {
         dry_run: bool,
         reply: oneshot::Sender<Submitted>,
     },
+    Quorum {
+        reply: oneshot::Sender<QuorumState>,
+    },
+}
+
+/// The metadata quorum as DescribeQuorum shows it (Raft ids and indexes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// This controller's Raft id.
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    /// Index of the last log entry, and of the last one applied (committed).
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
 }
 
 /// Shard 0's handle on the controller. `Send`, cheap to clone.
@@ -135,6 +151,14 @@ impl ControllerHandle {
         }
         rx.await
             .unwrap_or_else(|_| Submitted::unavailable(n, "controller dropped the request"))
+    }
+
+    /// The quorum's state now; `None` if the controller has stopped.
+    pub async fn quorum(&self) -> Option<QuorumState> {
+        let (reply, rx) = oneshot::channel();
+        let mut tx = self.tx.clone();
+        tx.send(Request::Quorum { reply }).await.ok()?;
+        rx.await.ok()
     }
 }
 
@@ -334,6 +358,17 @@ impl Controller {
                     reply,
                 } => {
                     let _ = reply.send(self.submit(&cmds, dry_run).await);
+                }
+                Request::Quorum { reply } => {
+                    let m = self.raft.metrics().borrow().clone();
+                    let _ = reply.send(QuorumState {
+                        id: m.id,
+                        leader: m.current_leader,
+                        term: m.current_term,
+                        voters: m.membership_config.voter_ids().collect(),
+                        last_log_index: m.last_log_index,
+                        last_applied: m.last_applied.map(|l| l.index),
+                    });
                 }
             }
         }

@@ -11,17 +11,26 @@
 //! * DescribeLogDirs: this node's one log directory (the data directory)
 //!   and the size of each partition it leads (objects plus WAL tail);
 //! * ListConfigResources: topics and nodes (v1), client-metrics
-//!   subscriptions (none).
+//!   subscriptions (none);
+//! * DescribeQuorum: the Raft quorum that keeps the metadata;
+//! * AlterReplicaLogDirs: one log directory per node, so only no-op moves.
 //!
 //! Runs on the shard that received the request; reads its metadata image
 //! and partitions only.
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::alter_replica_log_dirs_response::{
+    AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
+};
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
+use kafka_protocol::messages::describe_quorum_response::{
+    Listener as QuorumListener, Node as QuorumNode, PartitionData as QuorumPartition, ReplicaState,
+    TopicData as QuorumTopic,
 };
 use kafka_protocol::messages::describe_topic_partitions_response::{
     Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
@@ -29,11 +38,13 @@ use kafka_protocol::messages::describe_topic_partitions_response::{
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::list_config_resources_response::ConfigResource;
 use kafka_protocol::messages::{
-    BrokerId, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DescribeAclsRequest, DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
-    DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, ElectLeadersRequest,
-    ElectLeadersResponse, ListConfigResourcesRequest, ListConfigResourcesResponse,
-    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+    AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, BrokerId, CreateAclsRequest,
+    CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
+    DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeQuorumRequest,
+    DescribeQuorumResponse, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    ElectLeadersRequest, ElectLeadersResponse, ListConfigResourcesRequest,
+    ListConfigResourcesResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -333,6 +344,112 @@ pub fn list_config_resources(
             (0..shard.config.shards)
                 .map(|s| resource(shard.config.node_id(s).to_string(), TYPE_BROKER)),
         );
+    }
+    resp
+}
+
+/// The metadata log as Kafka names it in DescribeQuorum.
+const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// DescribeQuorum: the Raft quorum that keeps the metadata. Its one voter is
+/// this broker's controller, which clients know as node `node_id(0)` (the
+/// controller id of Metadata and DescribeCluster), reached through shard
+/// 0's listener; shards follow the log in process, so there are no
+/// observers. Offsets are Raft log indexes + 1.
+pub async fn describe_quorum(
+    shard: &Rc<Shard>,
+    req: DescribeQuorumRequest,
+) -> DescribeQuorumResponse {
+    let mut resp = DescribeQuorumResponse::default();
+    let asked = req.topics.iter().any(|t| {
+        t.topic_name.as_str() == METADATA_TOPIC
+            && t.partitions.iter().any(|p| p.partition_index == 0)
+    });
+    if !asked {
+        resp.error_code = ResponseError::UnknownTopicOrPartition.code();
+        return resp;
+    }
+    let Some(q) = shard.control().quorum().await else {
+        resp.error_code = ResponseError::NotController.code();
+        return resp;
+    };
+    let now = crate::clock::now_ms();
+    let node = BrokerId(shard.config.node_id(0));
+    let end = |index: Option<u64>| index.map_or(0, |i| i as i64 + 1);
+    let voters = q
+        .voters
+        .iter()
+        .map(|&v| {
+            let mut r = ReplicaState::default()
+                .with_replica_id(if v == q.id { node } else { BrokerId(v as i32) })
+                .with_log_end_offset(end(q.last_log_index));
+            r.last_fetch_timestamp = now;
+            r.last_caught_up_timestamp = now;
+            r
+        })
+        .collect();
+    let mut p = QuorumPartition::default()
+        .with_partition_index(0)
+        .with_leader_id(if q.leader == Some(q.id) {
+            node
+        } else {
+            BrokerId(-1)
+        })
+        .with_leader_epoch(q.term as i32)
+        .with_high_watermark(end(q.last_applied));
+    p.current_voters = voters;
+    resp.topics = vec![QuorumTopic::default()
+        .with_topic_name(topic_name(METADATA_TOPIC))
+        .with_partitions(vec![p])];
+    // v2: where the voter is reached. It has no listener of its own; every
+    // shard's Kafka listener forwards to it, shard 0's is named here.
+    let cfg = &shard.config;
+    resp.nodes = vec![QuorumNode::default()
+        .with_node_id(node)
+        .with_listeners(vec![QuorumListener::default()
+            .with_name(str_bytes("PLAINTEXT"))
+            .with_host(str_bytes(cfg.advertised_host()))
+            .with_port(cfg.port(0))])];
+    resp
+}
+
+/// AlterReplicaLogDirs: a node has one log directory (its data directory),
+/// so moving a replica there is a no-op and any other path is
+/// LOG_DIR_NOT_FOUND; a partition this node does not lead is
+/// REPLICA_NOT_AVAILABLE, as Kafka answers for a replica it lacks.
+pub fn alter_replica_log_dirs(
+    shard: &Shard,
+    req: AlterReplicaLogDirsRequest,
+) -> AlterReplicaLogDirsResponse {
+    let image = shard.image();
+    let ours = shard.config.data_dir.display().to_string();
+    let mut resp = AlterReplicaLogDirsResponse::default();
+    for dir in req.dirs {
+        for t in dir.topics {
+            let meta = image.topic(&t.name);
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|&p| {
+                    let error = match super::locate(shard, meta, p) {
+                        Err(ResponseError::UnknownTopicOrPartition) => {
+                            Some(ResponseError::UnknownTopicOrPartition)
+                        }
+                        Err(_) => Some(ResponseError::ReplicaNotAvailable),
+                        Ok(_) if dir.path.as_str() != ours => Some(ResponseError::LogDirNotFound),
+                        Ok(_) => None,
+                    };
+                    AlterReplicaLogDirPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            resp.results.push(
+                AlterReplicaLogDirTopicResult::default()
+                    .with_topic_name(t.name)
+                    .with_partitions(partitions),
+            );
+        }
     }
     resp
 }

@@ -103,6 +103,9 @@ struct Entry {
     value: String,
     source: i8,
     kind: ConfigType,
+    /// Broker configs cannot be changed at run time here (no dynamic
+    /// broker configs), so Kafka's clients see them as read-only.
+    read_only: bool,
 }
 
 pub fn describe_configs(shard: &Shard, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -149,6 +152,7 @@ fn entry(e: Entry, synonyms: bool) -> DescribeConfigsResourceResult {
     r.value = Some(str_bytes(&e.value));
     r.config_source = e.source;
     r.config_type = e.kind as i8;
+    r.read_only = e.read_only;
     if synonyms {
         let mut s = DescribeConfigsSynonym::default();
         s.name = r.name.clone();
@@ -191,6 +195,7 @@ fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError
                 value,
                 source,
                 kind: k.kind,
+                read_only: false,
             }
         })
         .collect())
@@ -234,6 +239,7 @@ fn broker_entries(
         value,
         source,
         kind,
+        read_only: true,
     };
     Ok(vec![
         e(
@@ -316,14 +322,14 @@ fn broker_entries(
         ),
         e(
             "log.retention.ms",
-            "604800000".into(),
-            SOURCE_DEFAULT,
+            cfg.log_retention_ms.to_string(),
+            src(cfg.log_retention_ms == d.log_retention_ms),
             ConfigType::Long,
         ),
         e(
             "log.retention.bytes",
-            "-1".into(),
-            SOURCE_DEFAULT,
+            cfg.log_retention_bytes.to_string(),
+            src(cfg.log_retention_bytes == d.log_retention_bytes),
             ConfigType::Long,
         ),
         e(

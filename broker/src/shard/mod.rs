@@ -547,6 +547,12 @@ impl Shard {
             RequestKind::DescribeLogDirs(r) => {
                 ResponseKind::DescribeLogDirs(handlers::admin::describe_log_dirs(&self, r, v))
             }
+            RequestKind::AlterReplicaLogDirs(r) => {
+                ResponseKind::AlterReplicaLogDirs(handlers::admin::alter_replica_log_dirs(&self, r))
+            }
+            RequestKind::DescribeQuorum(r) => {
+                ResponseKind::DescribeQuorum(handlers::admin::describe_quorum(&self, r).await)
+            }
             RequestKind::ListConfigResources(r) => ResponseKind::ListConfigResources(
                 handlers::admin::list_config_resources(&self, r, v),
             ),
