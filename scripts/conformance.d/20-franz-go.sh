@@ -92,11 +92,7 @@ set -e
 echo "go test exited ${GO_RC}; output in ${WORK}/go-test.log"
 
 BROKER_DIED=0
-if ! kill -0 "${BROKER_PID}" 2>/dev/null; then
-  BROKER_DIED=1
-  echo "the broker exited during the run; last lines of its log:"
-  tail -20 "${WORK}/broker/broker.log" | sed 's/^/    /'
-fi
+broker_died && BROKER_DIED=1
 stop_broker
 
 python3 "${HERE}/franz-go/kgo_tests.py" summarize \
@@ -112,9 +108,7 @@ if (( BROKER_DIED )); then
   FAILING="${FAILING} (broker exited)"
 fi
 
-echo "broker WARN/ERROR lines ($(grep -cE ' (WARN|ERROR) ' "${WORK}/broker/broker.log" || true)), most frequent:"
-grep -E ' (WARN|ERROR) ' "${WORK}/broker/broker.log" \
-  | sed -E 's/^[^ ]+ +//; s/[0-9]+/N/g' | cut -c1-200 | sort | uniq -c | sort -rn | head -10 || true
+broker_warnings
 
 # shellcheck disable=SC2086
 report franz-go "${P}" "${F}" "${S}" ${FAILING}

@@ -29,7 +29,6 @@ python3 "${HERE}/java/run.py" "${args[@]}"
 rc=$?
 set -e
 if [[ ${rc} -ne 0 ]]; then
-  echo "--- broker WARN/ERROR lines ---"
-  grep -E " (WARN|ERROR) " "${WORK}/broker/broker.log" | tail -20 || true
+  broker_warnings
 fi
 exit "${rc}"

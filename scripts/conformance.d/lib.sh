@@ -52,6 +52,24 @@ stop_broker() {
   BROKER_PID=""
 }
 
+# broker_died: true (and the broker log's tail printed) when the suite's
+# broker is no longer running.
+broker_died() {
+  if kill -0 "${BROKER_PID}" 2>/dev/null; then
+    return 1
+  fi
+  echo "the broker exited during the run; last lines of its log:"
+  tail -20 "${WORK}/broker/broker.log" | sed 's/^/    /'
+  return 0
+}
+
+# broker_warnings: the broker log's most frequent WARN/ERROR lines.
+broker_warnings() {
+  echo "broker WARN/ERROR lines ($(grep -cE ' (WARN|ERROR) ' "${WORK}/broker/broker.log" || true)), most frequent:"
+  grep -E ' (WARN|ERROR) ' "${WORK}/broker/broker.log" \
+    | sed -E 's/^[^ ]+ +//; s/[0-9]+/N/g' | cut -c1-200 | sort | uniq -c | sort -rn | head -10 || true
+}
+
 # report NAME PASSED FAILED SKIPPED [failing...]
 report() {
   local name="$1" passed="$2" failed="$3" skipped="$4"

@@ -11,7 +11,8 @@ Each check runs real commands with `java -cp` and checks their output:
                          earliest-local, latest-tiered
   reassign-partitions    ReassignPartitionsCommand: list, generate
   admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
-                         Kafka), LeaderElectionCommand, LogDirsCommand
+                         Kafka), LeaderElectionCommand, LogDirsCommand,
+                         MetadataQuorumCommand
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
@@ -242,6 +243,9 @@ def check_admin_commands(env: Env) -> None:
              for p in d["partitions"]}
     expect(set(sizes) == {f"{t}-0", f"{t}-1"} and all(v > 0 for v in sizes.values()),
            f"log dirs: {sizes}")
+    out = env.tool("org.apache.kafka.tools.MetadataQuorumCommand", "describe", "--status")
+    expect(re.search(r"LeaderId:\s+\d+", out) is not None and "CurrentVoters:" in out,
+           f"metadata quorum:\n{out}")
 
 
 TXNS = "org.apache.kafka.tools.TransactionsCommand"
