@@ -6,7 +6,8 @@
 //!
 //! It also carries a transaction coordinator's markers to the shard leading
 //! a partition of the transaction (what Kafka's WriteTxnMarkers request
-//! does between brokers), and their results back.
+//! does between brokers), partition hand-overs (reassignments) to the
+//! leading shard, quorum queries to shard 0, and their answers back.
 //!
 //! One `Control` per shard, on that shard's executor. Carries metadata and
 //! markers only, never record data. Never holds a `RefCell` borrow across an `.await`, and
@@ -27,6 +28,7 @@ use net::connection::LocalBoxFuture;
 
 use crate::controller::{ControllerHandle, QuorumState};
 use crate::metadata::{Command, CommandError, CommandResult, MetadataImage};
+use crate::partition::PartitionKey;
 use crate::txn::MarkerReq;
 
 /// What shards tell each other.
@@ -54,6 +56,17 @@ pub enum MeshMsg {
         id: u64,
         results: Vec<Result<(), ResponseError>>,
     },
+    /// A shard asks the leading shard to hand a partition over.
+    HandOver {
+        id: u64,
+        key: PartitionKey,
+        to_node: i32,
+    },
+    /// The leading shard answers a `HandOver`.
+    HandedOver {
+        id: u64,
+        result: Result<(), ResponseError>,
+    },
     /// A shard asks shard 0 for the metadata quorum's state.
     Quorum { id: u64 },
     /// Shard 0 answers a `Quorum`.
@@ -69,10 +82,14 @@ pub type MarkerResults = Vec<Result<(), ResponseError>>;
 /// Writes markers to partitions this shard leads.
 pub type WriteMarkers = Box<dyn Fn(Vec<MarkerReq>) -> LocalBoxFuture<MarkerResults>>;
 
+/// Hands a partition this shard leads over to a node.
+pub type HandOver = Box<dyn Fn(PartitionKey, i32) -> LocalBoxFuture<Result<(), ResponseError>>>;
+
 /// What the mesh asks of the shard it runs on.
 pub struct ShardHooks {
     pub install: InstallImage,
     pub write_markers: WriteMarkers,
+    pub hand_over: HandOver,
 }
 
 pub struct Control {
@@ -88,6 +105,7 @@ pub struct Control {
     hooks: ShardHooks,
     markers_pending: RefCell<HashMap<u64, oneshot::Sender<MarkerResults>>>,
     quorum_pending: RefCell<HashMap<u64, oneshot::Sender<Option<QuorumState>>>>,
+    hand_over_pending: RefCell<HashMap<u64, oneshot::Sender<Result<(), ResponseError>>>>,
 }
 
 impl Control {
@@ -112,6 +130,7 @@ impl Control {
             hooks,
             markers_pending: RefCell::new(HashMap::new()),
             quorum_pending: RefCell::new(HashMap::new()),
+            hand_over_pending: RefCell::new(HashMap::new()),
         });
         for (peer, rx) in receivers.streams() {
             let c = control.clone();
@@ -163,6 +182,19 @@ impl Control {
                     let _ = tx.send(results);
                 }
             }
+            MeshMsg::HandOver { id, key, to_node } => {
+                let c = self.clone();
+                glommio::spawn_local(async move {
+                    let result = (c.hooks.hand_over)(key, to_node).await;
+                    c.send(peer, MeshMsg::HandedOver { id, result }).await;
+                })
+                .detach();
+            }
+            MeshMsg::HandedOver { id, result } => {
+                if let Some(tx) = self.hand_over_pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
             MeshMsg::Quorum { id } => {
                 let c = self.clone();
                 glommio::spawn_local(async move {
@@ -177,6 +209,22 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Has shard `peer` hand over a partition it leads to `to_node`.
+    pub async fn hand_over(
+        &self,
+        peer: usize,
+        key: PartitionKey,
+        to_node: i32,
+    ) -> Result<(), ResponseError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.hand_over_pending.borrow_mut().insert(id, tx);
+        self.send(peer, MeshMsg::HandOver { id, key, to_node })
+            .await;
+        rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
     }
 
     /// The metadata quorum's state, from the controller (through shard 0).

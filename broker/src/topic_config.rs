@@ -69,12 +69,24 @@ pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
     key("delete.retention.ms", ConfigType::Long, "86400000"),
     key("file.delete.delay.ms", ConfigType::Long, "60000"),
     key("flush.messages", ConfigType::Long, "9223372036854775807"),
+    // Replication throttles: one replica per partition here, so nothing to
+    // throttle; kafka-reassign-partitions sets and clears them.
+    key(
+        "follower.replication.throttled.replicas",
+        ConfigType::List,
+        "",
+    ),
     key("flush.ms", ConfigType::Long, "9223372036854775807"),
     key("index.interval.bytes", ConfigType::Int, "4096"),
     key(
         "max.compaction.lag.ms",
         ConfigType::Long,
         "9223372036854775807",
+    ),
+    key(
+        "leader.replication.throttled.replicas",
+        ConfigType::List,
+        "",
     ),
     key(MAX_MESSAGE_BYTES, ConfigType::Int, "1048588"),
     key("message.downconversion.enable", ConfigType::Boolean, "true"),

@@ -6,7 +6,9 @@
 //!   without an authorizer;
 //! * ElectLeaders: every partition has one replica, already its leader:
 //!   ELECTION_NOT_NEEDED (left out when all partitions were asked for);
-//! * ListPartitionReassignments: none in progress;
+//! * AlterPartitionReassignments: a partition moves to another node in
+//!   seconds, with no data copied (`Shard::hand_over`), before the answer;
+//! * ListPartitionReassignments: so none is ever in progress;
 //! * DescribeTopicPartitions: Metadata's topic view, paged by cursor;
 //! * DescribeLogDirs: this node's one log directory (the data directory)
 //!   and the size of each partition it leads (objects plus WAL tail);
@@ -20,6 +22,9 @@
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
 use kafka_protocol::messages::alter_replica_log_dirs_response::{
     AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
 };
@@ -38,6 +43,7 @@ use kafka_protocol::messages::describe_topic_partitions_response::{
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::list_config_resources_response::ConfigResource;
 use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
     AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, BrokerId, CreateAclsRequest,
     CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
     DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeQuorumRequest,
@@ -140,10 +146,108 @@ pub fn elect_leaders(
     resp
 }
 
+/// AlterPartitionReassignments: with one replica per partition, the target
+/// replica list names the new leader. The move is a hand-over, not a copy
+/// (`Shard::hand_over` on the leading shard), so it is done, or refused,
+/// before the answer. Cancelling (null replicas) finds nothing in
+/// progress: NO_REASSIGNMENT_IN_PROGRESS, as Kafka.
+pub async fn alter_partition_reassignments(
+    shard: &Rc<Shard>,
+    req: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let mut resp = AlterPartitionReassignmentsResponse::default();
+    for t in req.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let outcome = reassign(shard, &t.name, p.partition_index, p.replicas.as_deref()).await;
+            let mut out =
+                ReassignablePartitionResponse::default().with_partition_index(p.partition_index);
+            if let Err((e, msg)) = outcome {
+                out.error_code = e.code();
+                out.error_message = Some(str_bytes(&msg));
+            }
+            partitions.push(out);
+        }
+        resp.responses.push(
+            ReassignableTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    resp
+}
+
+async fn reassign(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    replicas: Option<&[BrokerId]>,
+) -> Result<(), (ResponseError, String)> {
+    let image = shard.image();
+    let Some(meta) = image.topic(topic) else {
+        return Err((
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {topic} does not exist"),
+        ));
+    };
+    let Some(&leader) = usize::try_from(partition)
+        .ok()
+        .and_then(|p| meta.leader_nodes.get(p))
+    else {
+        return Err((
+            ResponseError::UnknownTopicOrPartition,
+            format!("{topic}-{partition} does not exist"),
+        ));
+    };
+    let Some(replicas) = replicas else {
+        return Err((
+            ResponseError::NoReassignmentInProgress,
+            format!("no reassignment of {topic}-{partition} is in progress"),
+        ));
+    };
+    let [target] = replicas else {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            format!(
+                "{topic}-{partition}: one replica per partition here, not {}",
+                replicas.len()
+            ),
+        ));
+    };
+    let to_node = target.0;
+    if shard.config.shard_of_node(to_node).is_none() {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            format!("{topic}-{partition}: node {to_node} is not a node of this cluster"),
+        ));
+    }
+    if to_node == leader {
+        return Ok(());
+    }
+    let Some(from) = shard.config.shard_of_node(leader) else {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            format!("leader {leader} is not reachable"),
+        ));
+    };
+    let key = (meta.id, partition);
+    let moved = if from == shard.id {
+        shard.hand_over(key, to_node).await
+    } else {
+        shard.control().hand_over(from, key, to_node).await
+    };
+    moved.map_err(|e| {
+        (
+            e,
+            format!("{topic}-{partition} was not moved to node {to_node}"),
+        )
+    })
+}
+
 pub fn list_partition_reassignments(
     _req: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
-    // Partitions never move here yet, so none is ever being reassigned.
+    // Moves finish before AlterPartitionReassignments answers.
     ListPartitionReassignmentsResponse::default()
 }
 

@@ -28,10 +28,19 @@ const RESOURCE_BROKER: i8 = 4;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-/// Turns one resource of an IncrementalAlterConfigs request into a command.
+/// Turns one resource of an IncrementalAlterConfigs request into a command
+/// (`None`: nothing to change). Broker configs are static: there are no
+/// dynamic ones to set, so deleting them (as `kafka-reassign-partitions
+/// --verify` does with replication throttles) changes nothing and succeeds,
+/// and setting one is refused.
 fn alter_command(
     res: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
-) -> Result<Command, CommandError> {
+) -> Result<Option<Command>, CommandError> {
+    if res.resource_type == RESOURCE_BROKER
+        && res.configs.iter().all(|c| c.config_operation == OP_DELETE)
+    {
+        return Ok(None);
+    }
     if res.resource_type != RESOURCE_TOPIC {
         return Err(CommandError::new(
             ResponseError::InvalidRequest,
@@ -68,22 +77,34 @@ fn alter_command(
         };
         changes.push((c.name.to_string(), value));
     }
-    Ok(Command::AlterTopicConfigs {
+    Ok(Some(Command::AlterTopicConfigs {
         name: res.resource_name.to_string(),
         changes,
-    })
+    }))
 }
 
 pub async fn incremental_alter_configs(
     shard: &std::rc::Rc<Shard>,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let checked: Vec<Result<Command, CommandError>> =
+    let planned: Vec<Result<Option<Command>, CommandError>> =
         req.resources.iter().map(alter_command).collect();
-    let results = shard
+    let checked = planned
+        .iter()
+        .filter_map(|p| p.clone().transpose())
+        .collect();
+    let mut submitted = shard
         .control()
         .submit_checked(checked, req.validate_only)
-        .await;
+        .await
+        .into_iter();
+    let results: Vec<Result<(), CommandError>> = planned
+        .into_iter()
+        .map(|p| match p {
+            Ok(None) => Ok(()),
+            _ => submitted.next().map_or(Ok(()), |r| r.map(|_| ())),
+        })
+        .collect();
     let mut resp = IncrementalAlterConfigsResponse::default();
     for (res, result) in req.resources.iter().zip(results) {
         let mut r = AlterConfigsResourceResponse::default();

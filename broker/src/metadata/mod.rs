@@ -407,6 +407,17 @@ pub enum Command {
         partition: i32,
         offset: i64,
     },
+    /// Moves a partition's leadership to node `to_node` (a partition
+    /// reassignment: no data is copied, the new leader reads the objects).
+    /// Submitted by the current leader once everything it held of the
+    /// partition is in objects: refused unless the partition's end in
+    /// objects is `uploaded_end`, so nothing acknowledged stays behind.
+    MovePartition {
+        topic_id: Uuid,
+        partition: i32,
+        to_node: i32,
+        uploaded_end: i64,
+    },
     /// Hands a block of `count` producer ids to `node_id` (the image then
     /// names it in `producer_id_blocks`).
     AllocateProducerIds {
@@ -650,6 +661,12 @@ fn plan_one(
                 }],
             ))
         }
+        Command::MovePartition {
+            topic_id,
+            partition,
+            to_node,
+            uploaded_end,
+        } => move_partition(image, *topic_id, *partition, *to_node, *uploaded_end),
         Command::MarkCleaned {
             topic_id,
             partition,
@@ -763,6 +780,63 @@ fn snapshot_producers(
         ));
     }
     Ok(())
+}
+
+fn move_partition(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    partition: i32,
+    to_node: i32,
+    uploaded_end: i64,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    let Some(t) = image.topic_by_id(&topic_id) else {
+        return Err(CommandError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {topic_id} does not exist"),
+        ));
+    };
+    let Some(p) = usize::try_from(partition)
+        .ok()
+        .filter(|&p| p < t.leader_nodes.len())
+    else {
+        return Err(CommandError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("{}-{partition} does not exist", t.name),
+        ));
+    };
+    if image.nodes.get(&to_node).is_none_or(|n| n.fenced) {
+        return Err(CommandError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!("node {to_node} is not a live node"),
+        ));
+    }
+    if t.leader_nodes[p] == to_node {
+        return Ok((topic_id, Vec::new()));
+    }
+    let in_objects = image
+        .objects
+        .partition(topic_id, partition)
+        .and_then(|o| o.end())
+        .unwrap_or(0);
+    if in_objects != uploaded_end {
+        return Err(CommandError::new(
+            ResponseError::ReassignmentInProgress,
+            format!(
+                "{}-{partition} has {in_objects} offsets in objects, not {uploaded_end}: \
+                 its leader has not uploaded everything yet",
+                t.name
+            ),
+        ));
+    }
+    Ok((
+        topic_id,
+        vec![Record::PartitionLeaderChanged {
+            topic_id,
+            partition,
+            leader: to_node,
+            leader_epoch: t.leader_epochs.get(p).copied().unwrap_or(0) + 1,
+        }],
+    ))
 }
 
 fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMeta>, CommandError> {
@@ -966,6 +1040,43 @@ mod tests {
         assert_eq!(t.image().topic("a").unwrap().leaders, vec![0, 1, 0, 1]);
         assert_eq!(t.image().topic("b").unwrap().leaders, vec![0]);
         assert_eq!(t.image().version, 1);
+    }
+
+    #[test]
+    fn a_partition_moves_only_with_everything_in_objects() {
+        let mut t = TopicTable::new(P2);
+        t.apply(&[create("a", 2)], false);
+        for node in [0, 1] {
+            t.image.apply(&Record::NodeRegistered {
+                node_id: node,
+                epoch: 1,
+                host: "h".into(),
+                port: 1,
+            });
+        }
+        let id = t.image().topic("a").unwrap().id;
+        let mv = |to_node, uploaded_end| Command::MovePartition {
+            topic_id: id,
+            partition: 0,
+            to_node,
+            uploaded_end,
+        };
+        // Nothing uploaded yet: a move claiming 10 offsets is refused.
+        let (r, _) = t.apply(&[mv(1, 10)], false);
+        assert_eq!(r[0].as_ref().unwrap_err().code, 60); // REASSIGNMENT_IN_PROGRESS
+        let (r, recs) = t.apply(&[mv(1, 0)], false);
+        assert!(r[0].is_ok());
+        assert_eq!(recs.len(), 1);
+        let a = t.image().topic("a").unwrap();
+        assert_eq!(
+            (a.leader_nodes[0], a.leaders[0], a.leader_epochs[0]),
+            (1, 1, 1)
+        );
+        // Already there: nothing to do.
+        assert!(t.apply(&[mv(1, 0)], false).1.is_empty());
+        // Not a node.
+        let (r, _) = t.apply(&[mv(7, 0)], false);
+        assert_eq!(r[0].as_ref().unwrap_err().code, 39); // INVALID_REPLICA_ASSIGNMENT
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub(super) struct InFlight {
     done: Option<oneshot::Sender<Result<(), ResponseError>>>,
 }
 
+impl InFlight {
+    pub(super) fn key(&self) -> PartitionKey {
+        self.key
+    }
+}
+
 /// Why an append was not admitted at once.
 enum Refused {
     /// Wait for space, then try again.
@@ -365,7 +371,9 @@ impl Shard {
                 epoch,
                 done,
             } = inflight;
+            self.committing.set(Some(key));
             let result = wal.await;
+            self.committing.set(None);
             let answer = if epoch != self.wal_epoch.get() {
                 // A recovery ran in between: the partition was rebuilt from
                 // what the WAL holds; this append's fate is unknown to the
@@ -375,11 +383,17 @@ impl Shard {
                 match result {
                     Ok(record_offset) => {
                         self.committed_wal_end.set(record_offset + 1);
-                        if let Some(p) = self.partitions.borrow_mut().get_mut(&key) {
-                            p.state.commit(end_offset);
-                            p.waiters.notify(usize::MAX);
+                        match self.partitions.borrow_mut().get_mut(&key) {
+                            Some(p) => {
+                                p.state.commit(end_offset);
+                                p.waiters.notify(usize::MAX);
+                                Ok(())
+                            }
+                            // Deleted, or led elsewhere now: the record is in
+                            // no partition's log, so the client must not be
+                            // told it is stored (it retries at the leader).
+                            None => Err(ResponseError::NotLeaderOrFollower),
                         }
-                        Ok(())
                     }
                     Err(e) if e.is_device_failure() => {
                         self.on_wal_failure(epoch, &e);

@@ -19,6 +19,7 @@
 //!   transactions).
 
 mod append;
+mod handover;
 pub mod listener;
 mod producers;
 pub mod read;
@@ -44,7 +45,7 @@ use storage::wal::WalSlice;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::{Control, ShardHooks, WriteMarkers};
+use crate::control::{Control, HandOver, ShardHooks, WriteMarkers};
 use crate::group::GroupCoordinator;
 use crate::handlers;
 use crate::metadata::MetadataImage;
@@ -89,6 +90,9 @@ pub struct Shard {
     wal_full_warned: Cell<Option<std::time::Instant>>,
     /// Appends waiting for their WAL flush, in WAL order (see `append`).
     commit_queue: RefCell<VecDeque<append::InFlight>>,
+    /// The partition of the append the committer awaits (taken off
+    /// `commit_queue` already): a hand-over waits for it too.
+    committing: Cell<Option<PartitionKey>>,
     commit_wake: Event,
     /// WAL offset after the last committed (visible) record: everything
     /// below it is in some partition's log (a valid trim point once those
@@ -129,6 +133,7 @@ impl Shard {
             wal_full_warned: Cell::new(None),
             wal_epoch: Cell::new(0),
             commit_queue: RefCell::new(VecDeque::new()),
+            committing: Cell::new(None),
             commit_wake: Event::new(),
             committed_wal_end: Cell::new(0),
             admission: RefCell::new(VecDeque::new()),
@@ -165,9 +170,20 @@ impl Shard {
                 }
             })
         });
+        let weak = Rc::downgrade(self);
+        let hand_over: HandOver = Box::new(move |key, to_node| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(shard) => shard.hand_over(key, to_node).await,
+                    None => Err(kafka_protocol::ResponseError::NotLeaderOrFollower),
+                }
+            })
+        });
         ShardHooks {
             install,
             write_markers,
+            hand_over,
         }
     }
 
@@ -537,6 +553,11 @@ impl Shard {
             RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(handlers::admin::delete_acls(r)),
             RequestKind::ElectLeaders(r) => {
                 ResponseKind::ElectLeaders(handlers::admin::elect_leaders(&self, r, v))
+            }
+            RequestKind::AlterPartitionReassignments(r) => {
+                ResponseKind::AlterPartitionReassignments(
+                    handlers::admin::alter_partition_reassignments(&self, r).await,
+                )
             }
             RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
                 handlers::admin::list_partition_reassignments(r),

@@ -9,7 +9,8 @@ Each check runs real commands with `java -cp` and checks their output:
                          delete-offsets, delete
   get-offsets            GetOffsetShell: earliest, latest, max-timestamp,
                          earliest-local, latest-tiered
-  reassign-partitions    ReassignPartitionsCommand: list, generate
+  reassign-partitions    ReassignPartitionsCommand: list, generate, execute
+                         (both partitions to the other node), verify
   admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
                          Kafka), LeaderElectionCommand, LogDirsCommand,
                          MetadataQuorumCommand
@@ -224,6 +225,23 @@ def check_reassign_partitions(env: Env) -> None:
     out = env.tool(REASSIGN, "--generate", "--topics-to-move-json-file", str(topics),
                    "--broker-list", "0,1")
     expect("Proposed partition reassignment configuration" in out, f"--generate:\n{out}")
+    # Move both partitions to the other node: a hand-over, no data copied.
+    produce_lines(env, t, [f"v{i}" for i in range(100)], partitions=2)
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    leaders = {int(p): int(l) for p, l in re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc)}
+    plan = {"version": 1, "partitions": [
+        {"topic": t, "partition": p, "replicas": [1 - leader]} for p, leader in leaders.items()]}
+    path = env.work / "reassign-plan.json"
+    path.write_text(json.dumps(plan))
+    out = env.tool(REASSIGN, "--execute", "--reassignment-json-file", str(path))
+    expect("Successfully started partition reassignment" in out, f"--execute:\n{out}")
+    out = env.tool(REASSIGN, "--verify", "--reassignment-json-file", str(path))
+    expect(out.count("is completed") == 2, f"--verify:\n{out}")
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    moved = {int(p): int(l) for p, l in re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc)}
+    expect(moved == {p: 1 - leader for p, leader in leaders.items()}, f"after the move:\n{desc}")
+    values = sorted(v.decode() for _, v in read_topic(env, t, 2))
+    expect(values == sorted(f"v{i}" for i in range(100)), "records after the move")
 
 
 def check_admin_commands(env: Env) -> None:

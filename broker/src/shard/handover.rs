@@ -1,0 +1,123 @@
+//! Handing a partition over to another node (a partition reassignment):
+//! no data is copied. The leading shard stops taking writes to the
+//! partition, lets the appends already admitted commit, uploads what its
+//! WAL holds, and then commits the leader change through the controller;
+//! the new leader opens the partition from the objects the image lists
+//! (and its producer state from the image), as after a restart.
+//!
+//! Runs on the shard leading the partition; never holds a borrow across
+//! `.await`. If anything fails before the leader change is committed, the
+//! partition takes writes again here and nothing has moved.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use tracing::{info, warn};
+
+use super::{PartitionKey, Shard};
+use crate::metadata::Command;
+use crate::partition::Lifecycle;
+
+/// How often the WAL is uploaded while waiting for the partition's data to
+/// be in objects, before the move gives up.
+const UPLOAD_ATTEMPTS: usize = 5;
+
+impl Shard {
+    /// Moves the partition's leadership to `to_node`; answers once the new
+    /// leader is in the metadata (every shard has the new image).
+    pub async fn hand_over(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        to_node: i32,
+    ) -> Result<(), ResponseError> {
+        let started = Instant::now();
+        {
+            let mut parts = self.partitions.borrow_mut();
+            let part = parts
+                .get_mut(&key)
+                .ok_or(ResponseError::NotLeaderOrFollower)?;
+            if part.state.lifecycle != Lifecycle::Leading {
+                return Err(ResponseError::ReassignmentInProgress);
+            }
+            part.state.lifecycle = Lifecycle::Closing;
+        }
+        let result = self.upload_and_move(key, to_node).await;
+        match result {
+            Ok(end) => info!(
+                shard = self.id,
+                topic = %key.0,
+                partition = key.1,
+                to_node,
+                end,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "partition handed over"
+            ),
+            Err(e) => {
+                warn!(shard = self.id, topic = %key.0, partition = key.1, to_node,
+                      "partition not handed over: {e:?}; it stays here");
+                if let Some(part) = self.partitions.borrow_mut().get_mut(&key) {
+                    if part.state.lifecycle == Lifecycle::Closing {
+                        part.state.lifecycle = Lifecycle::Leading;
+                    }
+                }
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Waits until the partition's every committed offset is in objects,
+    /// then submits the move. Returns the partition's end.
+    async fn upload_and_move(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        to_node: i32,
+    ) -> Result<i64, ResponseError> {
+        // Appends admitted before Closing have their offsets: let them
+        // commit (a failed WAL write fails them, which is as good). The one
+        // the committer awaits is off the queue already.
+        while self.committing.get() == Some(key)
+            || self.commit_queue.borrow().iter().any(|f| f.key() == key)
+        {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let mut end = None;
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let (hw, uploaded) = self
+                .partitions
+                .borrow()
+                .get(&key)
+                .map(|p| (p.state.high_watermark, p.state.uploaded_end))
+                .ok_or(ResponseError::NotLeaderOrFollower)?;
+            if uploaded >= hw {
+                end = Some(hw);
+                break;
+            }
+            if self.store().is_none() {
+                return Err(ResponseError::KafkaStorageError);
+            }
+            self.uploader.flush().await;
+        }
+        let Some(end) = end else {
+            // The object store did not take the data (an outage): the
+            // partition stays, and the client may try again.
+            return Err(ResponseError::RequestTimedOut);
+        };
+        let cmd = Command::MovePartition {
+            topic_id: key.0,
+            partition: key.1,
+            to_node,
+            uploaded_end: end,
+        };
+        let mut results = self.control().submit(vec![cmd], false).await;
+        match results.pop() {
+            Some(Ok(_)) => Ok(end),
+            Some(Err(e)) => {
+                warn!("move refused by the controller: {}", e.message);
+                Err(ResponseError::try_from_code(e.code)
+                    .unwrap_or(ResponseError::UnknownServerError))
+            }
+            None => Err(ResponseError::UnknownServerError),
+        }
+    }
+}
