@@ -26,9 +26,13 @@ def main() -> None:
         broker, _, preset = result["label"].partition(" ")
         if broker not in brokers:
             brokers.append(broker)
-        for what in ("produce", "e2e"):
-            if result.get(what):
-                figures.setdefault((preset, what), {})[broker] = result[what]
+        if result.get("produce"):
+            figures.setdefault((preset, "produce"), {})[broker] = result["produce"]
+        consume = result.get("consume") or {}
+        if consume.get("e2e_latency"):
+            # End to end: consume throughput, latency from produce to consume.
+            figures.setdefault((preset, "e2e"), {})[broker] = {
+                "mb_per_sec": consume["mb_per_sec"], "latency": consume["e2e_latency"]}
     peers = [b for b in brokers if b != ours]
     print("Throughput (MB/s of values; the ratio is the peer's figure over ours):\n")
     print("| preset | what | " + " | ".join([ours] + peers) + " |")

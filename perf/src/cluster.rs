@@ -262,7 +262,25 @@ impl Cluster {
                             })
                             .collect(),
                     )]);
-            let resp = conn.call(&req, ADMIN_TIMEOUT).await?;
+            // A topic just created may not have its leaders in place yet
+            // (Apache Kafka propagates them after CreateTopics answers):
+            // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE and
+            // UNKNOWN_TOPIC_OR_PARTITION are retried for a while.
+            const SETTLING: [i16; 3] = [3, 5, 6];
+            let mut attempt = 0;
+            let resp = loop {
+                let resp = conn.call(&req, ADMIN_TIMEOUT).await?;
+                let settling = resp
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| SETTLING.contains(&p.error_code));
+                if !settling || attempt >= 100 {
+                    break resp;
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             for p in resp.topics.iter().flat_map(|t| &t.partitions) {
                 if let Some(e) = PerfError::from_code("ListOffsets", p.error_code, None) {
                     return Err(e);
