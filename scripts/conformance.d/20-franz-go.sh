@@ -30,7 +30,10 @@ export GOCACHE="${WORK}/gocache"
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
-command -v go >/dev/null || { echo "go is not installed" >&2; exit 1; }
+if ! command -v go >/dev/null; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go
+fi
 if ! command -v python3 >/dev/null; then
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3

@@ -5,8 +5,13 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-command -v java >/dev/null || as_root apt-get install -y -q openjdk-17-jdk-headless
-command -v mvn >/dev/null || as_root apt-get install -y -q maven
+missing=()
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if (( ${#missing[@]} > 0 )); then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
 python3 -c 'import confluent_kafka' 2>/dev/null || \
   python3 -m pip install -q --break-system-packages "confluent-kafka==2.16.1"
 
