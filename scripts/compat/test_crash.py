@@ -10,6 +10,7 @@ there (once or more: a retried attempt), or not.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections import defaultdict
@@ -131,5 +132,11 @@ def test_acknowledged_writes_survive_kill_9(tmp_path_factory):
             print(f"round {rnd}: acked {len(acked_now)}, in log {len(at)}, "
                   f"unacked present {len(set(at.values()) - acked_values)}, duplicates {sum(n - 1 for n in dup.values())} "
                   f"({len(acked_dups)} of acked values, each from a retried attempt)")
+            passed = True
+        except BaseException:
+            passed = False
+            raise
         finally:
             b.stop()
+            if passed:  # a failed round keeps its data for reading
+                shutil.rmtree(b.data_dir, ignore_errors=True)

@@ -50,6 +50,11 @@ stop_broker() {
     kill -9 "${BROKER_PID}" 2>/dev/null || true
   fi
   BROKER_PID=""
+  # The data directory holds a preallocated 1 GiB WAL; four suites' worth
+  # filled a CI disk once. The log stays for reading.
+  if [[ "${KEEP_BROKER_DATA:-0}" != "1" ]]; then
+    rm -rf "${WORK}/broker/data"
+  fi
 }
 
 # broker_died: true (and the broker log's tail printed) when the suite's
