@@ -62,6 +62,11 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     /// `group.max.size`: members (and pending members) per group.
     pub group_max_size: usize,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 member that sends no
+    /// heartbeat for this long is removed.
+    pub group_consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`, told to KIP-848 members.
+    pub group_consumer_heartbeat_interval_ms: i32,
     /// Largest total size of one member's JoinGroup protocol metadata.
     pub group_max_member_metadata_bytes: usize,
     /// `offset.metadata.max.bytes`: largest OffsetCommit metadata string.
@@ -193,6 +198,8 @@ impl Default for Config {
             group_min_session_timeout_ms: 1000,
             group_max_session_timeout_ms: 1_800_000,
             group_max_size: 10_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
             group_max_member_metadata_bytes: 1 << 20,
             offset_metadata_max_bytes: 4096,
             metadata_snapshot_entries: 1000,
@@ -293,6 +300,10 @@ pub struct Flags {
     pub group_max_session_timeout_ms: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_MAX_SIZE")]
     pub group_max_size: Option<usize>,
+    #[arg(long, env = "BROKER_GROUP_CONSUMER_SESSION_TIMEOUT_MS")]
+    pub group_consumer_session_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    pub group_consumer_heartbeat_interval_ms: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_MAX_MEMBER_METADATA_BYTES")]
     pub group_max_member_metadata_bytes: Option<usize>,
     #[arg(long, env = "BROKER_OFFSET_METADATA_MAX_BYTES")]
@@ -478,6 +489,8 @@ impl Config {
             group_min_session_timeout_ms,
             group_max_session_timeout_ms,
             group_max_size,
+            group_consumer_session_timeout_ms,
+            group_consumer_heartbeat_interval_ms,
             group_max_member_metadata_bytes,
             offset_metadata_max_bytes,
             metadata_snapshot_entries,
@@ -565,6 +578,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "group settings: delay >= 0, 1 <= min session timeout <= max, max size >= 1".into(),
+            ));
+        }
+        if self.group_consumer_heartbeat_interval_ms < 1
+            || self.group_consumer_session_timeout_ms <= self.group_consumer_heartbeat_interval_ms
+        {
+            return Err(ConfigError::Invalid(
+                "group_consumer_heartbeat_interval_ms must be at least 1 and below group_consumer_session_timeout_ms".into(),
             ));
         }
         if self.connections_max_idle_ms == 0 {

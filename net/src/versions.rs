@@ -31,11 +31,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    // v9 carries KIP-848 member epochs (checked against consumer groups).
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    // KIP-848 consumer groups (broker/src/group/consumer.rs); v1 adds
+    // client-chosen member ids and regex subscriptions.
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     // v5+ may answer TRANSACTION_ABORTABLE (KIP-890), v6 is two-phase
@@ -121,8 +126,9 @@ mod tests {
         assert!(!is_supported(ApiKey::InitProducerId, 5));
         assert!(is_supported(ApiKey::JoinGroup, 4));
         // OffsetCommit v9 / OffsetFetch v9 belong to the KIP-848 protocol.
-        assert!(!is_supported(ApiKey::OffsetCommit, 9));
-        assert!(!is_supported(ApiKey::OffsetFetch, 9));
+        assert!(is_supported(ApiKey::OffsetCommit, 9));
+        assert!(!is_supported(ApiKey::OffsetCommit, 10));
+        assert!(!is_supported(ApiKey::OffsetFetch, 10));
         assert_eq!(api_versions_response(0).api_keys.len(), SUPPORTED.len());
     }
 }

@@ -10,6 +10,8 @@
 //! partition is loaded, and a glommio timer that drives the deadlines.
 //! Never holds a `RefCell` borrow across an `.await`.
 
+pub mod assignor;
+pub mod consumer;
 pub mod records;
 pub mod state;
 
@@ -28,6 +30,7 @@ use crate::config::Config;
 use crate::coordinator_partitions::CoordinatorPartitions;
 use crate::metadata::MetadataImage;
 use crate::shard::{PartitionKey, Replayed, Shard};
+use consumer::{ConsumerGroup, ConsumerSettings, Heartbeat, HeartbeatError, HeartbeatOk, Topics};
 use records::{decode_batches, encode_batch, encode_kv_batch, GroupRecord, OffsetValue};
 use state::{Effects, Group, Outcome, Reply};
 pub use state::{GroupSettings, GroupState, JoinRequest, JoinResult, SyncResult};
@@ -59,6 +62,32 @@ pub type WantedOffsets = Vec<(String, Vec<i32>)>;
 /// Committed offsets by topic (`None`: nothing committed).
 pub type TopicOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
+/// The metadata image as a consumer group sees it.
+struct ImageTopics<'a>(&'a MetadataImage);
+
+impl Topics for ImageTopics<'_> {
+    fn lookup(&self, name: &str) -> Option<(uuid::Uuid, i32)> {
+        self.0.topic(name).map(|t| (t.id, t.leaders.len() as i32))
+    }
+
+    /// Every topic, internal ones included: Kafka resolves subscription
+    /// regexes over all of them (franz-go's Test848RegexBrokerResolves
+    /// relies on it).
+    fn names(&self) -> Vec<String> {
+        self.0.topics.keys().cloned().collect()
+    }
+}
+
+/// A group as ListGroups shows it.
+#[derive(Debug, Clone)]
+pub struct ListedGroup {
+    pub id: String,
+    pub protocol_type: String,
+    pub state: String,
+    /// "classic" or "consumer".
+    pub group_type: &'static str,
+}
+
 /// What DescribeGroups shows of a group.
 #[derive(Debug, Clone)]
 pub struct GroupSummary {
@@ -83,6 +112,7 @@ type Waiters<T> = RefCell<HashMap<(String, String), oneshot::Sender<T>>>;
 pub struct GroupCoordinator {
     shard: Weak<Shard>,
     pub settings: GroupSettings,
+    pub consumer_settings: ConsumerSettings,
     offset_metadata_max_bytes: usize,
     /// `offsets.retention.minutes`, in ms.
     offsets_retention_ms: i64,
@@ -183,6 +213,11 @@ impl GroupCoordinator {
                 initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
                 max_size: config.group_max_size,
                 max_member_metadata_bytes: config.group_max_member_metadata_bytes,
+            },
+            consumer_settings: ConsumerSettings {
+                session_timeout_ms: config.group_consumer_session_timeout_ms as i64,
+                heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+                max_size: config.group_max_size,
             },
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
             offsets_retention_ms: config.offsets_retention_ms(),
@@ -475,27 +510,80 @@ impl GroupCoordinator {
         }
     }
 
+    fn deadline_of(&self, g: &Group) -> Option<i64> {
+        let consumer = g
+            .consumer
+            .as_ref()
+            .and_then(|c| c.next_deadline(&self.consumer_settings));
+        g.next_deadline().into_iter().chain(consumer).min()
+    }
+
     fn next_deadline(&self) -> Option<i64> {
         self.groups
             .borrow()
             .values()
-            .filter_map(Group::next_deadline)
+            .filter_map(|g| self.deadline_of(g))
             .min()
     }
 
     async fn tick(&self, shard: &Rc<Shard>) {
         let now = now_ms();
-        let due: Vec<(String, Effects)> = {
+        let due: Vec<(String, Effects, Option<i32>)> = {
             let mut groups = self.groups.borrow_mut();
             groups
                 .iter_mut()
-                .filter(|(_, g)| g.next_deadline().is_some_and(|d| d <= now))
-                .map(|(id, g)| (id.clone(), g.tick(&self.settings, now)))
+                .filter(|(_, g)| self.deadline_of(g).is_some_and(|d| d <= now))
+                .map(|(id, g)| {
+                    let fx = g.tick(&self.settings, now);
+                    let mut epoch = None;
+                    if let Some(c) = g.consumer.as_mut() {
+                        let fenced = c.tick(&self.consumer_settings, now);
+                        if !fenced.is_empty() {
+                            info!(
+                                group = id,
+                                members = ?fenced,
+                                "consumer group members removed: no heartbeat within the session timeout, or no revocation within the rebalance timeout"
+                            );
+                        }
+                        epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
+                        g.sync_consumer_state(now);
+                    }
+                    (id.clone(), fx, epoch)
+                })
                 .collect()
         };
-        for (id, fx) in due {
+        for (id, fx, epoch) in due {
             if let Ok(key) = self.route(&id) {
                 self.apply(shard, &id, key, fx).await;
+                if let Some(epoch) = epoch {
+                    self.persist_consumer_epoch(shard, &id, key, epoch).await;
+                }
+            }
+        }
+    }
+
+    /// Stores a consumer group's new epoch (its type and epoch survive a
+    /// coordinator change; its members rejoin). A failed write is retried
+    /// with the group's next change.
+    async fn persist_consumer_epoch(
+        &self,
+        shard: &Rc<Shard>,
+        group_id: &str,
+        key: PartitionKey,
+        epoch: i32,
+    ) {
+        let rec = GroupRecord::ConsumerGroup {
+            group: group_id.to_string(),
+            epoch: Some(epoch),
+        };
+        if let Err(e) = write(shard, key, vec![rec]).await {
+            warn!(
+                group = group_id,
+                "cannot write the consumer group's epoch: {e:?}"
+            );
+            let mut groups = self.groups.borrow_mut();
+            if let Some(c) = groups.get_mut(group_id).and_then(|g| g.consumer.as_mut()) {
+                c.epoch_dirty = true;
             }
         }
     }
@@ -585,6 +673,102 @@ impl GroupCoordinator {
 
     // ---- the APIs ----
 
+    /// ConsumerGroupHeartbeat (KIP-848): joins, heartbeats, leaves.
+    pub async fn consumer_heartbeat(
+        &self,
+        group_id: &str,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatOk, HeartbeatError> {
+        if group_id.is_empty() {
+            return Err((
+                ResponseError::InvalidGroupId,
+                "GroupId can't be empty.".into(),
+            ));
+        }
+        let plain = |e: ResponseError| (e, String::new());
+        let shard = self.shard().map_err(plain)?;
+        let key = self.route(group_id).map_err(plain)?;
+        let image = shard.image();
+        let topics = ImageTopics(&image);
+        let now = now_ms();
+        let (result, epoch) = {
+            let mut groups = self.groups.borrow_mut();
+            let fresh = !groups.contains_key(group_id);
+            if fresh && hb.member_epoch != 0 {
+                return Err((
+                    ResponseError::GroupIdNotFound,
+                    format!("Consumer group {group_id} not found."),
+                ));
+            }
+            let g = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id, now));
+            let converted = g.consumer.is_none();
+            if converted {
+                // An empty classic group becomes a consumer group (its
+                // offsets stay); one with members cannot.
+                if !g.is_empty() || hb.member_epoch != 0 {
+                    return Err((
+                        ResponseError::GroupIdNotFound,
+                        format!("Group {group_id} is not a consumer group."),
+                    ));
+                }
+                g.consumer = Some(ConsumerGroup::restored(0));
+            }
+            let c = g.consumer.as_mut().expect("set above");
+            let result = c.heartbeat(hb, &topics, &self.consumer_settings, now);
+            let epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
+            if result.is_err() && converted {
+                g.consumer = None;
+                if fresh {
+                    groups.remove(group_id);
+                }
+            } else {
+                g.sync_consumer_state(now);
+            }
+            (result, epoch)
+        };
+        if let Some(epoch) = epoch {
+            self.persist_consumer_epoch(&shard, group_id, key, epoch)
+                .await;
+        }
+        self.timers_changed.notify(usize::MAX);
+        result
+    }
+
+    /// A consumer group as ConsumerGroupDescribe shows it; GROUP_ID_NOT_FOUND
+    /// for classic groups and unknown ones.
+    pub fn describe_consumer(&self, group_id: &str) -> Result<ConsumerGroup, HeartbeatError> {
+        self.route(group_id).map_err(|e| (e, String::new()))?;
+        let groups = self.groups.borrow();
+        match groups.get(group_id).map(|g| g.consumer.as_ref()) {
+            Some(Some(c)) => Ok(c.clone()),
+            Some(None) => Err((
+                ResponseError::GroupIdNotFound,
+                format!("Group {group_id} is not a consumer group."),
+            )),
+            None => Err((
+                ResponseError::GroupIdNotFound,
+                format!("Group {group_id} not found."),
+            )),
+        }
+    }
+
+    /// OffsetFetch v9+ names the member asking: it must be in the group at
+    /// that epoch.
+    pub fn check_fetch_member(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        epoch: i32,
+    ) -> Result<(), ResponseError> {
+        let groups = self.groups.borrow();
+        match groups.get(group_id).and_then(|g| g.consumer.as_ref()) {
+            Some(c) => c.check_member_epoch(member_id, epoch, false),
+            None => Ok(()),
+        }
+    }
+
     pub async fn join(&self, group_id: &str, req: JoinRequest) -> JoinResult {
         let member_id = req.member_id.clone();
         if group_id.is_empty() {
@@ -603,6 +787,13 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id, now));
+            if g.consumer.is_some() {
+                if !g.is_empty() {
+                    return JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id);
+                }
+                // An empty consumer group becomes a classic one.
+                g.consumer = None;
+            }
             let result = g.join(req, &self.settings, now);
             // A refused first join must not leave an empty group behind
             // (ListGroups would show it).
@@ -912,8 +1103,8 @@ impl GroupCoordinator {
         Ok(out)
     }
 
-    /// Every group this shard coordinates: (id, protocol type, state).
-    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+    /// Every group this shard coordinates.
+    pub fn list(&self) -> Vec<ListedGroup> {
         let Ok(shard) = self.shard() else {
             return Vec::new();
         };
@@ -926,22 +1117,31 @@ impl GroupCoordinator {
             .borrow()
             .values()
             .filter(|g| self.partitions.is_loaded(partition_for(&g.id, n)))
-            .map(|g| {
-                (
-                    g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state,
-                )
+            .map(|g| match &g.consumer {
+                Some(c) => ListedGroup {
+                    id: g.id.clone(),
+                    protocol_type: "consumer".into(),
+                    state: c.state_name().into(),
+                    group_type: "consumer",
+                },
+                None => ListedGroup {
+                    id: g.id.clone(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    state: g.state.name().into(),
+                    group_type: "classic",
+                },
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
     pub fn describe(&self, group_id: &str) -> Result<GroupSummary, ResponseError> {
         self.route(group_id)?;
         let groups = self.groups.borrow();
-        let Some(g) = groups.get(group_id) else {
+        // A consumer group is not a classic group: DescribeGroups before v6
+        // shows it as Dead, as Kafka does.
+        let Some(g) = groups.get(group_id).filter(|g| g.consumer.is_none()) else {
             return Ok(GroupSummary {
                 state: GroupState::Dead,
                 protocol_type: String::new(),
@@ -1007,6 +1207,12 @@ impl GroupCoordinator {
                 group: group_id.to_string(),
                 value: None,
             });
+            if g.consumer.is_some() {
+                recs.push(GroupRecord::ConsumerGroup {
+                    group: group_id.to_string(),
+                    epoch: None,
+                });
+            }
             recs
         };
         write(&shard, key, records).await?;
@@ -1025,10 +1231,10 @@ impl GroupCoordinator {
         let (results, records) = {
             let groups = self.groups.borrow();
             let g = groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
-            let subscribed = if g.members.is_empty() {
-                Some(Vec::new())
-            } else {
-                g.subscribed_topics()
+            let subscribed = match &g.consumer {
+                Some(c) => Some(c.subscribed_topics()),
+                None if g.members.is_empty() => Some(Vec::new()),
+                None => g.subscribed_topics(),
             };
             let Some(subscribed) = subscribed else {
                 return Err(ResponseError::NonEmptyGroup);
@@ -1142,6 +1348,24 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
         }
         GroupRecord::Group { group, value: None } => {
             groups.remove(&group);
+        }
+        GroupRecord::ConsumerGroup {
+            group,
+            epoch: Some(epoch),
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now));
+            g.consumer = Some(ConsumerGroup::restored(epoch));
+            g.sync_consumer_state(now);
+        }
+        GroupRecord::ConsumerGroup { group, epoch: None } => {
+            if let Some(g) = groups.get_mut(&group) {
+                g.consumer = None;
+                if g.offsets.is_empty() {
+                    groups.remove(&group);
+                }
+            }
         }
     }
 }

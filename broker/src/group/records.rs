@@ -4,7 +4,10 @@
 //! * offset commit: key v1 `(group, topic, partition)`, value v3
 //!   `(offset, leader_epoch, metadata, commit_timestamp)`;
 //! * group metadata: key v2 `(group)`, value v3 (protocol type, generation,
-//!   protocol, leader, members with their subscriptions and assignments).
+//!   protocol, leader, members with their subscriptions and assignments);
+//! * consumer (KIP-848) group metadata: key v3 `(group)`, value v0
+//!   (`epoch`, flexible: a trailing empty tag buffer). Only the group's
+//!   type and epoch are kept; its members rejoin after a coordinator change.
 //!
 //! A null value is a tombstone (offset or group deleted), so compaction can
 //! later keep only the latest record of each key. Pure encoding: no I/O.
@@ -20,6 +23,8 @@ use kafka_protocol::records::{
 const OFFSET_KEY_VERSION: i16 = 1;
 /// Key version of a group metadata record.
 const GROUP_KEY_VERSION: i16 = 2;
+/// Key version of a consumer (KIP-848) group metadata record.
+const CONSUMER_GROUP_KEY_VERSION: i16 = 3;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 
@@ -69,6 +74,8 @@ pub enum GroupRecord {
         group: String,
         value: Option<GroupValue>,
     },
+    /// A consumer-protocol group and its epoch.
+    ConsumerGroup { group: String, epoch: Option<i32> },
 }
 
 impl GroupRecord {
@@ -88,6 +95,10 @@ impl GroupRecord {
             }
             GroupRecord::Group { group, .. } => {
                 b.put_i16(GROUP_KEY_VERSION);
+                put_str(&mut b, group);
+            }
+            GroupRecord::ConsumerGroup { group, .. } => {
+                b.put_i16(CONSUMER_GROUP_KEY_VERSION);
                 put_str(&mut b, group);
             }
         }
@@ -125,6 +136,11 @@ impl GroupRecord {
                     put_bytes(&mut b, &m.assignment);
                 }
             }
+            GroupRecord::ConsumerGroup { epoch, .. } => {
+                b.put_i16(0);
+                b.put_i32((*epoch)?);
+                b.put_u8(0); // no tagged fields
+            }
         }
         Some(b.freeze())
     }
@@ -157,6 +173,17 @@ impl GroupRecord {
                     Some(v) => Some(decode_group_value(v)?),
                 };
                 Some(GroupRecord::Group { group, value })
+            }
+            3 => {
+                let group = get_str(&mut k)?;
+                let epoch = match value {
+                    None => None,
+                    Some(mut v) => {
+                        get_i16(&mut v)?;
+                        Some(get_i32(&mut v)?)
+                    }
+                };
+                Some(GroupRecord::ConsumerGroup { group, epoch })
             }
             _ => None,
         }
@@ -400,6 +427,14 @@ mod tests {
             GroupRecord::Group {
                 group: "h".into(),
                 value: None,
+            },
+            GroupRecord::ConsumerGroup {
+                group: "k".into(),
+                epoch: Some(12),
+            },
+            GroupRecord::ConsumerGroup {
+                group: "k".into(),
+                epoch: None,
             },
         ]
     }

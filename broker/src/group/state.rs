@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
+use super::consumer::ConsumerGroup;
 use super::records::{GroupValue, OffsetValue, StoredMember};
 
 /// Limits and timings from the broker config.
@@ -224,6 +225,9 @@ pub struct Group {
     initial_delay: bool,
     sync_deadline: Option<i64>,
     pub offsets: BTreeMap<(String, i32), OffsetValue>,
+    /// Set when the group uses the KIP-848 consumer protocol: its members
+    /// live there, and the classic fields stay empty.
+    pub consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -245,11 +249,30 @@ impl Group {
             initial_delay: false,
             sync_deadline: None,
             offsets: BTreeMap::new(),
+            consumer: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.pending_members.is_empty()
+        self.members.is_empty()
+            && self.pending_members.is_empty()
+            && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
+    }
+
+    /// Keeps the classic state in step with a consumer-protocol group's
+    /// members, which is what offset expiry and ListGroups filters read:
+    /// Stable while it has members, Empty (since `now`) once it has none.
+    pub fn sync_consumer_state(&mut self, now: i64) {
+        let Some(c) = &self.consumer else { return };
+        self.protocol_type = Some("consumer".to_string());
+        let state = if c.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        if self.state != state {
+            self.transition(state, now);
+        }
     }
 
     /// The committed offsets `offsets.retention` expires at `now` (Kafka's
@@ -976,6 +999,9 @@ impl Group {
         if self.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
+        if let Some(c) = &self.consumer {
+            return c.check_member_epoch(member_id, generation, true);
+        }
         if generation < 0 && member_id.is_empty() {
             if self.members.is_empty() {
                 return Ok(());
@@ -1046,6 +1072,9 @@ impl Group {
     /// (who must heartbeat within their session timeout from `now`), or
     /// Empty when it had none.
     pub fn restore(&mut self, v: GroupValue, now: i64) {
+        // A classic group's record written after a consumer group's: the
+        // group was converted back.
+        self.consumer = None;
         self.generation = v.generation;
         self.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
         self.protocol = v.protocol.clone();

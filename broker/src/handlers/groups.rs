@@ -503,7 +503,15 @@ pub fn offset_fetch(
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let r = shard.groups.fetch_offsets(&g.group_id, wanted);
+                let member = g.member_id.as_ref().map_or("", |m| m.as_str());
+                let r = if version >= 9 {
+                    shard
+                        .groups
+                        .check_fetch_member(&g.group_id, member, g.member_epoch)
+                        .and_then(|()| shard.groups.fetch_offsets(&g.group_id, wanted))
+                } else {
+                    shard.groups.fetch_offsets(&g.group_id, wanted)
+                };
                 let group_id = g.group_id.to_string();
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
                 match r {
@@ -636,23 +644,21 @@ pub fn list_groups(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> L
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let mut resp = ListGroupsResponse::default();
-    if !types.is_empty() && !types.iter().any(|t| t == "classic") {
-        return resp;
-    }
     resp.groups = shard
         .groups
         .list()
         .into_iter()
-        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.name().to_lowercase()))
-        .map(|(id, protocol_type, state)| {
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
+        .map(|l| {
             let mut g = ListedGroup::default()
-                .with_group_id(GroupId(str_bytes(&id)))
-                .with_protocol_type(str_bytes(&protocol_type));
+                .with_group_id(GroupId(str_bytes(&l.id)))
+                .with_protocol_type(str_bytes(&l.protocol_type));
             if version >= 4 {
-                g.group_state = str_bytes(state.name());
+                g.group_state = str_bytes(&l.state);
             }
             if version >= 5 {
-                g.group_type = str_bytes("classic");
+                g.group_type = str_bytes(l.group_type);
             }
             g
         })

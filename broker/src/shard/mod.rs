@@ -507,6 +507,12 @@ impl Shard {
             RequestKind::OffsetFetch(r) => {
                 ResponseKind::OffsetFetch(handlers::groups::offset_fetch(&self, r, v))
             }
+            RequestKind::ConsumerGroupHeartbeat(r) => ResponseKind::ConsumerGroupHeartbeat(
+                handlers::consumer_groups::heartbeat(&self, r, v, client).await,
+            ),
+            RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
+                handlers::consumer_groups::describe(&self, r, v),
+            ),
             RequestKind::ListGroups(r) => {
                 ResponseKind::ListGroups(handlers::groups::list_groups(&self, r, v))
             }
