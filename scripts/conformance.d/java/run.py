@@ -19,6 +19,11 @@ Each check runs real commands with `java -cp` and checks their output:
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
                          default idempotence) and VerifiableConsumer: every
                          acknowledged record consumed, none twice
+  consumer-protocol      KIP-848: two VerifiableConsumers with
+                         --group-protocol consumer split the partitions and
+                         consume every record once; ConsumerGroupCommand
+                         lists the group as a consumer group and describes
+                         its offsets and members
   transactional-copier   TransactionalMessageCopier with random aborts, read
                          back read_committed: output equals input
   streams-eos            Kafka Streams word count, exactly_once_v2: the
@@ -37,6 +42,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -348,6 +354,67 @@ def check_verifiable_clients(env: Env) -> None:
     expect(total >= n, f"VerifiableConsumer consumed {total} of {n}")
 
 
+def check_consumer_protocol(env: Env) -> None:
+    t, g = unique("kip848"), unique("kip848-group")
+    create(env, t, 4)
+    n = 4000
+    produce_lines(env, t, [f"v{i}" for i in range(n)], partitions=4)
+
+    procs = [subprocess.Popen(
+        ["java", *QUIET, "-cp", env.cp, "org.apache.kafka.tools.VerifiableConsumer",
+         "--bootstrap-server", env.bootstrap, "--topic", t, "--group-id", g,
+         "--group-protocol", "consumer", "--group-remote-assignor", "uniform",
+         "--reset-policy", "earliest"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    # Per member: partitions it was assigned; per partition: the highest
+    # committed offset (VerifiableConsumer commits after each batch).
+    assigned: list[set] = [set(), set()]
+    committed: dict = {}
+    lock = threading.Lock()
+
+    def read(i: int, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for ln in proc.stdout:
+            if not ln.startswith("{"):
+                continue
+            ev = json.loads(ln)
+            with lock:
+                if ev.get("name") == "partitions_assigned":
+                    assigned[i] |= {p["partition"] for p in ev.get("partitions", [])}
+                if ev.get("name") == "offsets_committed" and ev.get("success"):
+                    for o in ev.get("offsets", []):
+                        committed[o["partition"]] = max(committed.get(o["partition"], 0), o["offset"])
+
+    readers = [threading.Thread(target=read, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(committed.values()) >= n and all(assigned):
+                    break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    expect(all(assigned), f"a member was never assigned a partition: {assigned}")
+    expect(sum(committed.values()) == n,
+           f"committed offsets {committed} add up to {sum(committed.values())}, not {n}")
+    listed = env.tool(GROUPS, "--list", "--type")
+    row = [ln.split() for ln in listed.splitlines() if ln.startswith(g)]
+    expect(row and row[0][-1].lower() == "consumer", f"--list --type:\n{listed}")
+    desc = env.tool(GROUPS, "--describe", "--group", g)
+    rows = [ln.split() for ln in desc.splitlines() if ln.startswith(g)]
+    expect(len(rows) == 4 and all(r[3] == str(n // 4) and r[5] == "0" for r in rows),
+           f"--describe (each of 4 partitions at offset {n // 4}, lag 0):\n{desc}")
+
+
 def check_transactional_copier(env: Env) -> None:
     src, dst = unique("tmc-in"), unique("tmc-out")
     parts = 2 if env.quick else 4
@@ -415,6 +482,7 @@ CHECKS = {
     "admin-commands": check_admin_commands,
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
+    "consumer-protocol": check_consumer_protocol,
     "transactional-copier": check_transactional_copier,
     "streams-eos": check_streams_eos,
 }
