@@ -4,7 +4,9 @@
 //! picks the highest version both sides know, so an advertised version that
 //! is only half done breaks real clients. Sans-IO.
 
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::api_versions_response::{
+    ApiVersion, FinalizedFeatureKey, SupportedFeatureKey,
+};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// `(api, min, max)` for every API the broker serves.
@@ -71,7 +73,26 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AlterReplicaLogDirs, 1, 2),
+    // Answered as Kafka answers them on a PLAINTEXT listener with no
+    // quotas or SCRAM users (broker/src/handlers/auth.rs, quotas.rs), and
+    // with fixed feature levels (FEATURES, broker/src/handlers/features.rs).
+    // Kafka stores quotas and SCRAM credentials; we enforce neither, so
+    // AlterClientQuotas and AlterUserScramCredentials are not advertised.
+    (ApiKey::CreateDelegationToken, 1, 3),
+    (ApiKey::RenewDelegationToken, 1, 2),
+    (ApiKey::ExpireDelegationToken, 1, 2),
+    (ApiKey::DescribeDelegationToken, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::UpdateFeatures, 0, 2),
 ];
+
+/// Feature flags as ApiVersions v3+ reports them: `(name, supported min,
+/// supported max, finalized level)`. The levels are fixed: this broker
+/// implements exactly these, and UpdateFeatures can only confirm them.
+///
+/// * `group.version` 1: KIP-848 consumer groups (ConsumerGroupHeartbeat).
+pub const FEATURES: &[(&str, i16, i16, i16)] = &[("group.version", 0, 1, 1)];
 
 /// The supported range of `api`, if the broker serves it at all.
 pub fn supported_range(api: ApiKey) -> Option<(i16, i16)> {
@@ -97,9 +118,30 @@ pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
                 .with_max_version(hi)
         })
         .collect();
+    let supported = FEATURES
+        .iter()
+        .map(|&(name, lo, hi, _)| {
+            SupportedFeatureKey::default()
+                .with_name(name.to_string().into())
+                .with_min_version(lo)
+                .with_max_version(hi)
+        })
+        .collect();
+    let finalized = FEATURES
+        .iter()
+        .map(|&(name, _, _, level)| {
+            FinalizedFeatureKey::default()
+                .with_name(name.to_string().into())
+                .with_min_version_level(level)
+                .with_max_version_level(level)
+        })
+        .collect();
     ApiVersionsResponse::default()
         .with_error_code(error_code)
         .with_api_keys(api_keys)
+        .with_supported_features(supported)
+        .with_finalized_features_epoch(0)
+        .with_finalized_features(finalized)
 }
 
 #[cfg(test)]

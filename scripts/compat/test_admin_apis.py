@@ -9,7 +9,11 @@ partition, no reassignment in progress):
 * ListConfigResources: topics and nodes;
 * ListPartitionReassignments: none;
 * ElectLeaders: ELECTION_NOT_NEEDED, UNKNOWN_TOPIC_OR_PARTITION;
-* DescribeAcls/CreateAcls: SECURITY_DISABLED.
+* DescribeAcls/CreateAcls: SECURITY_DISABLED;
+* ApiVersions features and UpdateFeatures: group.version fixed at 1;
+* DescribeUserScramCredentials: no users; delegation tokens: not allowed
+  on a PLAINTEXT listener;
+* DescribeClientQuotas: no quotas, filters checked as Kafka checks them.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
                                    AdminClient, ResourcePatternType, ResourceType)
+import kafka.errors
 from kafka import KafkaAdminClient
 
+from kwire import DESCRIBE_CLIENT_QUOTAS, Conn, Writer
 from test_idempotence import create_topic
 
 BROKER_PARAMS = {"shards": 2, "broker_id": 0}
@@ -167,3 +173,65 @@ def test_broker_configs_are_read_only(broker, kp_admin):
     (configs,) = res["broker"].values()
     assert configs["advertised.listeners"]["read_only"] is True, configs
     assert configs["broker.id"]["read_only"] is True, configs
+
+
+def test_features_are_reported_and_fixed(broker, kp_admin):
+    """ApiVersions reports group.version (KIP-848) finalized at 1;
+    UpdateFeatures confirms that level and refuses any other, or an unknown
+    feature, with INVALID_UPDATE_VERSION."""
+    f = kp_admin.describe_features()["group.version"]
+    assert (f["supported"], f["finalized"], f["finalized_epoch"]) == ((0, 1), (1, 1), 0), f
+    assert kp_admin.update_features({"group.version": 1}) == {"group.version": "OK"}
+    # UpdateFeatures v2 answers a refusal at the top level.
+    for update, why in (({"group.version": 2}, "supports levels 0 to 1"),
+                        ({"no.such.version": 1}, "does not support the given feature"),
+                        ({"group.version": ("SAFE_DOWNGRADE", 0)}, "cannot be removed")):
+        with pytest.raises(kafka.errors.InvalidUpdateVersionError, match=why):
+            kp_admin.update_features(update)
+
+
+def test_scram_users_and_delegation_tokens_as_kafka_on_plaintext(broker, kp_admin):
+    """No SCRAM users: a named user is RESOURCE_NOT_FOUND, listing all gives
+    none. Delegation tokens are not allowed on a PLAINTEXT listener."""
+    assert kp_admin.describe_user_scram_credentials() == {}
+    got = kp_admin.describe_user_scram_credentials(["alice"])
+    assert "does not exist" in (got["alice"]["error"] or ""), got
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    fut = admin.describe_user_scram_credentials(["bob"])["bob"]
+    with pytest.raises(KafkaException) as e:
+        fut.result(20)
+    assert e.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+    # DescribeDelegationToken v1 (all owners) and ExpireDelegationToken v1
+    # (an HMAC, an expiry period), raw: neither client has these calls.
+    host, port = broker.bootstrap.split(",")[0].split(":")
+    with Conn(host, int(port)) as c:
+        describe = Writer().int32(-1).getvalue()
+        expire = Writer().bytes_(b"hmac").int64(1000).getvalue()
+        for api, body in ((41, describe), (40, expire)):
+            r = c.request(api, 1, body)
+            assert r.int16() == 64  # DELEGATION_TOKEN_REQUEST_NOT_ALLOWED
+
+
+def test_client_quotas_none_and_filters_checked(broker):
+    """DescribeClientQuotas v1, raw (flexible): a valid filter matches no
+    entity; an ip filter mixed with a user filter is INVALID_REQUEST."""
+    host, port = broker.bootstrap.split(",")[0].split(":")
+
+    def describe(components: list[tuple[str, int, str | None]]) -> tuple[int, str | None, int]:
+        w = Writer().array_len(len(components), compact=True)
+        for entity_type, match_type, match in components:
+            w.string(entity_type, compact=True).int8(match_type).string(match, compact=True).tags(True)
+        body = w.bool(False).tags(True).getvalue()
+        with Conn(host, int(port)) as c:
+            r = c.request(DESCRIBE_CLIENT_QUOTAS, 1, body)
+        r.int32()  # throttle
+        code = r.int16()
+        message = r.string(compact=True)
+        entries = r.array_len(compact=True)
+        return code, message, entries
+
+    assert describe([("user", 2, None)]) == (0, None, 0)
+    assert describe([("client-id", 0, "app")]) == (0, None, 0)
+    code, message, entries = describe([("ip", 2, None), ("user", 1, None)])
+    assert (code, entries) == (42, -1), (code, message)  # INVALID_REQUEST
+    assert "IP filter component" in (message or "")

@@ -25,7 +25,7 @@ from test_groups import admin_for, create_topic, unique
 BROKER_PARAMS = {"shards": 2, "broker_id": 0,
                  "args": ["--offsets-topic-partitions", "10",
                           # Short, so that the killed-member case stays quick.
-                          "--group-consumer-session-timeout-ms", "6000",
+                          "--group-consumer-session-timeout-ms", "10000",
                           "--group-consumer-heartbeat-interval-ms", "500"]}
 
 PARTITIONS = 6
@@ -155,7 +155,7 @@ while True:
 
 def test_a_killed_member_is_fenced_and_its_partitions_move(broker):
     """A member whose process dies sends no more heartbeats: after the
-    session timeout (6 s here) it is removed and the survivor gets its
+    session timeout (10 s here) it is removed and the survivor gets its
     partitions."""
     topic = unique("kip848-gone")
     group = unique("g848-gone")
@@ -186,7 +186,7 @@ def test_a_killed_member_is_fenced_and_its_partitions_move(broker):
         parts = settle([a], PARTITIONS, timeout=30)
         took = time.monotonic() - killed_at
         assert len(parts[0]) == PARTITIONS
-        assert took > 3, f"partitions moved {took:.1f} s after the kill, before the session timeout"
+        assert took > 5, f"partitions moved {took:.1f} s after the kill, before the session timeout"
         values = [f"k{i}" for i in range(200)]
         produce(broker, topic, values)
         seen: dict = {}

@@ -3,14 +3,17 @@
 //! for a partition led elsewhere gets `NOT_LEADER_OR_FOLLOWER`.
 
 pub mod admin;
+pub mod auth;
 pub mod configs;
 pub mod consumer_groups;
 pub mod delete_records;
+pub mod features;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod quotas;
 pub mod topics;
 pub mod transactions;
 

@@ -513,6 +513,29 @@ impl Shard {
             RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
                 handlers::consumer_groups::describe(&self, r, v),
             ),
+            RequestKind::CreateDelegationToken(r) => {
+                ResponseKind::CreateDelegationToken(handlers::auth::create_delegation_token(r))
+            }
+            RequestKind::RenewDelegationToken(_) => {
+                ResponseKind::RenewDelegationToken(handlers::auth::renew_delegation_token())
+            }
+            RequestKind::ExpireDelegationToken(_) => {
+                ResponseKind::ExpireDelegationToken(handlers::auth::expire_delegation_token())
+            }
+            RequestKind::DescribeDelegationToken(_) => {
+                ResponseKind::DescribeDelegationToken(handlers::auth::describe_delegation_token())
+            }
+            RequestKind::DescribeUserScramCredentials(r) => {
+                ResponseKind::DescribeUserScramCredentials(
+                    handlers::auth::describe_user_scram_credentials(r),
+                )
+            }
+            RequestKind::DescribeClientQuotas(r) => {
+                ResponseKind::DescribeClientQuotas(handlers::quotas::describe_client_quotas(r))
+            }
+            RequestKind::UpdateFeatures(r) => {
+                ResponseKind::UpdateFeatures(handlers::features::update_features(r, v))
+            }
             RequestKind::ListGroups(r) => {
                 ResponseKind::ListGroups(handlers::groups::list_groups(&self, r, v))
             }

@@ -13,7 +13,9 @@ Each check runs real commands with `java -cp` and checks their output:
                          (both partitions to the other node), verify
   admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
                          Kafka), LeaderElectionCommand, LogDirsCommand,
-                         MetadataQuorumCommand
+                         MetadataQuorumCommand, FeatureCommand (describe,
+                         a refused upgrade), DelegationTokenCommand (not
+                         allowed on PLAINTEXT), ConfigCommand on users
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
@@ -73,7 +75,8 @@ class Env:
         if check and out.returncode != 0:
             tail = "\n".join(text.splitlines()[-8:])
             raise CheckFailed(f"{main.rsplit('.', 1)[-1]} {' '.join(args)} exited {out.returncode}:\n{tail}")
-        return out.stdout
+        # An expected failure is read from both streams.
+        return out.stdout if check else text
 
     def tool(self, main: str, *args: str, **kw) -> str:
         return self.java(main, "--bootstrap-server", self.bootstrap, *args, **kw)
@@ -270,6 +273,20 @@ def check_admin_commands(env: Env) -> None:
     out = env.tool("org.apache.kafka.tools.MetadataQuorumCommand", "describe", "--status")
     expect(re.search(r"LeaderId:\s+\d+", out) is not None and "CurrentVoters:" in out,
            f"metadata quorum:\n{out}")
+    features = "org.apache.kafka.tools.FeatureCommand"
+    out = env.tool(features, "describe")
+    expect(re.search(r"Feature: group.version\s+SupportedMinVersion: 0\s+SupportedMaxVersion: 1"
+                     r"\s+FinalizedVersionLevel: 1", out) is not None, f"FeatureCommand describe:\n{out}")
+    out = env.tool(features, "upgrade", "--feature", "group.version=2", check=False)
+    expect("Could not upgrade group.version to 2" in out, f"FeatureCommand upgrade:\n{out}")
+    props = env.work / "empty.properties"
+    props.write_text("")
+    out = env.java("org.apache.kafka.tools.DelegationTokenCommand", "--bootstrap-server", env.bootstrap,
+                   "--command-config", str(props), "--describe", check=False)
+    expect("UnsupportedByAuthenticationException" in out, f"DelegationTokenCommand:\n{out[-800:]}")
+    # No quotas and no SCRAM users: nothing to show, and no error.
+    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", "alice")
+    expect("Exception" not in out, f"ConfigCommand --entity-type users:\n{out}")
 
 
 TXNS = "org.apache.kafka.tools.TransactionsCommand"
