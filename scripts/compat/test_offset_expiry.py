@@ -1,6 +1,7 @@
 """Offset expiry (offsets.retention.minutes, here in ms): the committed
 offsets of a consumer group that has been empty for the retention are
-deleted with tombstones, and the group with them; a standalone commit
+deleted with tombstones, and the group with them (classic and KIP-848
+groups alike); a standalone commit
 expires the same time after it was made; a group with a live member keeps
 its offsets. The deletions hold across kill -9.
 """
@@ -43,8 +44,9 @@ def test_offsets_of_empty_groups_expire(broker):
         p.produce(TOPIC, value=b"x", partition=0)
     assert p.flush(30) == 0
 
-    def consumer(group: str) -> Consumer:
+    def consumer(group: str, protocol: str = "classic") -> Consumer:
         c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                      "group.protocol": protocol,
                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
         c.subscribe([TOPIC])
         got = 0
@@ -60,13 +62,17 @@ def test_offsets_of_empty_groups_expire(broker):
     gone = consumer("leaves")
     gone.close()
     left_at = time.monotonic()
+    # A KIP-848 group expires the same way, its stored type and epoch too.
+    gone848 = consumer("leaves848", protocol="consumer")
+    gone848.close()
     stays = consumer("stays")
     s = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "standalone"})
     s.commit(offsets=[TopicPartition(TOPIC, 0, 7)], asynchronous=False)
     s.close()
     assert committed(broker, "leaves") == 10
     assert committed(broker, "standalone") == 7
-    assert {"leaves", "stays"} <= groups(broker)
+    assert committed(broker, "leaves848") == 10
+    assert {"leaves", "leaves848", "stays"} <= groups(broker)
 
     wait_for("the empty group's offsets to expire",
              lambda: (stays.poll(0.1), committed(broker, "leaves"))[1] == OFFSET_INVALID,
@@ -75,7 +81,10 @@ def test_offsets_of_empty_groups_expire(broker):
     wait_for("the standalone commit to expire",
              lambda: (stays.poll(0.1), committed(broker, "standalone"))[1] == OFFSET_INVALID,
              timeout=15)
-    assert "leaves" not in groups(broker)
+    wait_for("the empty KIP-848 group's offsets to expire",
+             lambda: (stays.poll(0.1), committed(broker, "leaves848"))[1] == OFFSET_INVALID,
+             timeout=15)
+    assert not {"leaves", "leaves848"} & groups(broker)
     # The live group keeps its offsets, however long it has been.
     for _ in range(10):
         stays.poll(0.2)
@@ -87,4 +96,5 @@ def test_offsets_of_empty_groups_expire(broker):
     broker.restart()
     assert committed(broker, "leaves") == OFFSET_INVALID
     assert committed(broker, "standalone") == OFFSET_INVALID
+    assert "leaves848" not in groups(broker), "the expired consumer group came back"
     assert "offsets.retention.minutes" in broker.log_text()

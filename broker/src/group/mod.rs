@@ -455,7 +455,7 @@ impl GroupCoordinator {
                 continue;
             }
             // (key, value as expired), and whether that is all of them.
-            let (expired, gone) = {
+            let (expired, gone, consumer) = {
                 let groups = self.groups.borrow();
                 let Some(g) = groups.get(&group_id) else {
                     continue;
@@ -466,7 +466,7 @@ impl GroupCoordinator {
                     .into_iter()
                     .filter_map(|k| g.offsets.get(&k).cloned().map(|v| (k, v)))
                     .collect();
-                (expired, gone)
+                (expired, gone, g.consumer.is_some())
             };
             if expired.is_empty() {
                 continue;
@@ -485,6 +485,12 @@ impl GroupCoordinator {
                     group: group_id.clone(),
                     value: None,
                 });
+                if consumer {
+                    records.push(GroupRecord::ConsumerGroup {
+                        group: group_id.clone(),
+                        epoch: None,
+                    });
+                }
             }
             if let Err(e) = write(shard, key, records).await {
                 warn!(group = group_id, "cannot expire committed offsets: {e:?}");
