@@ -352,6 +352,26 @@ impl Shard {
         }
     }
 
+    /// Waits until no append is queued for its WAL flush or being committed:
+    /// of partition `key`, or of any partition (`None`). A hand-over and a
+    /// shutdown wait for this; each committed append wakes them.
+    pub(super) async fn appends_settled(&self, key: Option<PartitionKey>) {
+        loop {
+            let listener = self.commit_done.listen();
+            let busy = match key {
+                Some(k) => {
+                    self.committing.get() == Some(k)
+                        || self.commit_queue.borrow().iter().any(|f| f.key() == k)
+                }
+                None => self.committing.get().is_some() || !self.commit_queue.borrow().is_empty(),
+            };
+            if !busy {
+                return;
+            }
+            listener.await;
+        }
+    }
+
     /// Takes WAL acknowledgements in order and commits each append. Runs
     /// for the life of the shard.
     pub(super) async fn run_committer(self: Rc<Self>) {
@@ -410,6 +430,7 @@ impl Shard {
             if let Some(tx) = done {
                 let _ = tx.send(answer);
             }
+            self.commit_done.notify(usize::MAX);
             if self.commit_queue.borrow().is_empty() {
                 // Every acknowledged record is committed: the whole durable
                 // WAL (up to its last flush group's end) may be trimmed once

@@ -10,7 +10,7 @@
 //! partition takes writes again here and nothing has moved.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kafka_protocol::ResponseError;
 use tracing::{info, warn};
@@ -76,11 +76,7 @@ impl Shard {
         // Appends admitted before Closing have their offsets: let them
         // commit (a failed WAL write fails them, which is as good). The one
         // the committer awaits is off the queue already.
-        while self.committing.get() == Some(key)
-            || self.commit_queue.borrow().iter().any(|f| f.key() == key)
-        {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
+        self.appends_settled(Some(key)).await;
         let mut end = None;
         for _ in 0..UPLOAD_ATTEMPTS {
             let (hw, uploaded) = self

@@ -94,6 +94,9 @@ pub struct Shard {
     /// `commit_queue` already): a hand-over waits for it too.
     committing: Cell<Option<PartitionKey>>,
     commit_wake: Event,
+    /// Notified each time the committer has answered an append
+    /// (`Shard::appends_settled` waits on it).
+    commit_done: Event,
     /// WAL offset after the last committed (visible) record: everything
     /// below it is in some partition's log (a valid trim point once those
     /// logs are uploaded).
@@ -133,6 +136,7 @@ impl Shard {
             wal_full_warned: Cell::new(None),
             wal_epoch: Cell::new(0),
             commit_queue: RefCell::new(VecDeque::new()),
+            commit_done: Event::new(),
             committing: Cell::new(None),
             commit_wake: Event::new(),
             committed_wal_end: Cell::new(0),
@@ -334,9 +338,7 @@ impl Shard {
                 p.state.lifecycle = Lifecycle::Closing;
             }
         }
-        while !self.commit_queue.borrow().is_empty() {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        self.appends_settled(None).await;
         if self.store().is_some() && self.wal().is_some() {
             self.uploader.flush().await;
             info!(shard = self.id, "uploaded what the WAL held");
