@@ -65,11 +65,13 @@ def _ports_free(base: int, n: int) -> bool:
 
 
 def _pick_base_port(n: int, rng: random.Random) -> int:
+    # Below Linux's ephemeral range (32768+): a client connection's local
+    # port there, even in TIME_WAIT, makes the broker's bind fail.
     for _ in range(200):
-        base = rng.randint(20000, 60000 - n)
+        base = rng.randint(20000, 32000 - n)
         if _ports_free(base, n):
             return base
-    raise RuntimeError("no free port range found in 20000-60000")
+    raise RuntimeError("no free port range found in 20000-32000")
 
 
 def _die_with_parent() -> None:

@@ -28,7 +28,7 @@
 # replaces RETRY_ONCE below.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export CONF_PORT="${CONF_PORT:-39092}"
+export CONF_PORT="${CONF_PORT:-29092}"
 # shellcheck source=lib.sh
 source "${HERE}/lib.sh"
 DATA="${HERE}/librdkafka"
@@ -197,7 +197,7 @@ strip_ansi() { sed 's/\x1b\[[0-9;]*m//g' "$@"; }
 
 # start_test_broker [flags...]: start_broker on CONF_PORT, or, when that
 # port or the next is taken (e.g. a client's ephemeral port still in
-# TIME-WAIT: 39092.. lies in Linux's ephemeral range), on CONF_PORT+2, +4, +6.
+# TIME-WAIT, should CONF_PORT be set inside the ephemeral range), on CONF_PORT+2, +4, +6.
 PORT_BASE="${CONF_PORT}"
 start_test_broker() {
   local try

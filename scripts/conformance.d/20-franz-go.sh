@@ -16,14 +16,14 @@
 # Environment: FRANZ_GO_VERSION (default v1.22.3), FRANZ_GO_RECORDS,
 # FRANZ_GO_RUN (a `go test -run` pattern overriding the selection),
 # KGO_LOG_LEVEL (info; debug or none), KGO_TEST_CHAOS=1 (franz-go's dialer
-# then cuts every connection after 0.5-1.5 s), CONF_PORT (default here 39192).
+# then cuts every connection after 0.5-1.5 s), CONF_PORT (default here 29192).
 # Output: $WORK/go-test.json (the `go test -json` stream), $WORK/go-test.log
 # (its plain text, with franz-go's client logs), $WORK/broker/broker.log.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 VERSION="${FRANZ_GO_VERSION:-v1.22.3}"
-export CONF_PORT="${CONF_PORT:-39192}"
+export CONF_PORT="${CONF_PORT:-29192}"
 export GOPATH="${WORK}/gopath"
 export GOMODCACHE="${WORK}/gopath/pkg/mod"
 export GOCACHE="${WORK}/gocache"
@@ -100,18 +100,4 @@ stop_broker
 
 python3 "${HERE}/franz-go/kgo_tests.py" summarize \
   "${WORK}/go-test.json" "${WORK}/go-test.log" >"${WORK}/summary.txt"
-grep -v '^RESULT ' "${WORK}/summary.txt" || true
-read -r _ P F S FAILING < <(grep '^RESULT ' "${WORK}/summary.txt")
-if (( GO_RC != 0 && F == 0 )); then
-  F=1
-  FAILING="(go test exit ${GO_RC})"
-fi
-if (( BROKER_DIED )); then
-  F=$(( F + 1 ))
-  FAILING="${FAILING} (broker exited)"
-fi
-
-broker_warnings
-
-# shellcheck disable=SC2086
-report franz-go "${P}" "${F}" "${S}" ${FAILING}
+report_summary franz-go "${WORK}/summary.txt" "${GO_RC}" "0" "${BROKER_DIED}"

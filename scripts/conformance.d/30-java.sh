@@ -25,7 +25,7 @@ fi
 mkdir -p "${WORK}/classes"
 javac -d "${WORK}/classes" -cp "${LIB}/*" "${HERE}/java/WordCount.java"
 
-export CONF_PORT="${CONF_PORT:-39292}"
+export CONF_PORT="${CONF_PORT:-29292}"
 start_broker --transaction-abort-check-interval-ms 1000
 args=("${BOOTSTRAP}" "${LIB}" "${WORK}/classes" "${WORK}")
 [[ "${QUICK}" == "1" ]] && args+=(--quick)

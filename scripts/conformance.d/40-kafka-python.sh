@@ -33,14 +33,14 @@
 # Environment: KAFKA_PYTHON_VERSION (default 3.0.12), KAFKA_PYTHON_K (a
 # pytest -k expression overriding the selection), KAFKA_PYTHON_KAFKA_VERSION
 # (default 4.1), KAFKA_PYTHON_SHARDS (default 1), CONF_PORT (default here
-# 39392). Output: $WORK/pytest.log (pytest -v with kafka-python's DEBUG logs
+# 29392). Output: $WORK/pytest.log (pytest -v with kafka-python's DEBUG logs
 # of failing tests), $WORK/junit.xml, $WORK/summary.txt,
 # $WORK/broker/broker.log.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 VERSION="${KAFKA_PYTHON_VERSION:-3.0.12}"
-export CONF_PORT="${CONF_PORT:-39392}"
+export CONF_PORT="${CONF_PORT:-29392}"
 PER_TEST_TIMEOUT="${KAFKA_PYTHON_TIMEOUT:-120}"
 REQUIREMENTS=(
   pytest==9.2.0 pytest-mock==3.17.0 pytest-timeout==2.4.0
@@ -169,20 +169,6 @@ stop_broker
 
 "${PY}" "${HERE}/kafka-python/summarize.py" "${WORK}/junit.xml" "${WORK}/pytest.log" \
   >"${WORK}/summary.txt"
-grep -v '^RESULT ' "${WORK}/summary.txt" || true
-read -r _ P F S FAILING < <(grep '^RESULT ' "${WORK}/summary.txt")
 # pytest exits 0 (all passed) or 1 (some failed); anything else (killed,
 # interrupted, usage error, nothing collected) counts as a failure.
-if (( PYTEST_RC != 0 && PYTEST_RC != 1 && F == 0 )); then
-  F=1
-  FAILING="(pytest exit ${PYTEST_RC})"
-fi
-if (( BROKER_DIED )); then
-  F=$(( F + 1 ))
-  FAILING="${FAILING} (broker exited)"
-fi
-
-broker_warnings
-
-# shellcheck disable=SC2086
-report kafka-python "${P}" "${F}" "${S}" ${FAILING}
+report_summary kafka-python "${WORK}/summary.txt" "${PYTEST_RC}" "0 1" "${BROKER_DIED}"

@@ -13,11 +13,11 @@
 set -euo pipefail
 
 # start_broker [broker flags...]: a broker on a fresh data directory
-# ($WORK/broker), 127.0.0.1, base port $CONF_PORT (default 39092). Sets
+# ($WORK/broker), 127.0.0.1, base port $CONF_PORT (default 29092; below the ephemeral port range, where a client connection in TIME_WAIT can hold the port). Sets
 # BOOTSTRAP and BROKER_PID; the broker is stopped when the suite exits.
 start_broker() {
   stop_broker
-  local port="${CONF_PORT:-39092}"
+  local port="${CONF_PORT:-29092}"
   rm -rf "${WORK}/broker"
   mkdir -p "${WORK}/broker"
   "${BROKER_BIN}" --data-dir "${WORK}/broker/data" --listen-host 127.0.0.1 \
@@ -84,6 +84,29 @@ report() {
     echo "  failing: $*"
   fi
   [[ "${failed}" == "0" ]]
+}
+
+# report_summary NAME SUMMARY RUNNER_RC "OK_RCS" BROKER_DIED: prints the
+# failing-test lines of SUMMARY (a file ending in `RESULT P F S [names]`,
+# written by the suite's summarizer), the broker's most frequent warnings,
+# and the suite's line. A runner exit code not in OK_RCS with no failure
+# counted, and a broker that died (1), each count as one failure.
+report_summary() {
+  local name="$1" summary="$2" rc="$3" ok_rcs="$4" died="$5"
+  local _r P F S FAILING
+  grep -v '^RESULT ' "${summary}" || true
+  read -r _r P F S FAILING < <(grep '^RESULT ' "${summary}")
+  if [[ " ${ok_rcs} " != *" ${rc} "* ]] && (( F == 0 )); then
+    F=1
+    FAILING="(runner exit ${rc})"
+  fi
+  if (( died )); then
+    F=$(( F + 1 ))
+    FAILING="${FAILING} (broker exited)"
+  fi
+  broker_warnings
+  # shellcheck disable=SC2086
+  report "${name}" "${P}" "${F}" "${S}" ${FAILING}
 }
 
 as_root() {
