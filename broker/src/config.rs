@@ -135,6 +135,9 @@ pub struct Config {
     pub object_compaction_interval_ms: u64,
     /// Ranges whose newest record is younger than this are left alone.
     pub object_compaction_min_age_ms: u64,
+    /// `log.cleaner.backoff.ms`: how often shards look for compacted
+    /// topics' partitions due for log compaction (0: never).
+    pub log_cleaner_backoff_ms: u64,
     /// Target size of a stream object (the most one compaction holds in
     /// memory).
     pub stream_object_bytes: u64,
@@ -230,6 +233,7 @@ impl Default for Config {
             object_delete_delay_ms: 60_000,
             object_compaction_interval_ms: 60_000,
             object_compaction_min_age_ms: 60_000,
+            log_cleaner_backoff_ms: 5_000,
             stream_object_bytes: 64 << 20,
             compaction_bytes_per_sec: 64 << 20,
             log_cleaner_dedupe_buffer_bytes: 128 << 20,
@@ -364,6 +368,8 @@ pub struct Flags {
     pub object_compaction_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_OBJECT_COMPACTION_MIN_AGE_MS")]
     pub object_compaction_min_age_ms: Option<u64>,
+    #[arg(long, env = "BROKER_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
     #[arg(long, env = "BROKER_STREAM_OBJECT_BYTES")]
     pub stream_object_bytes: Option<u64>,
     #[arg(long, env = "BROKER_COMPACTION_BYTES_PER_SEC")]
@@ -516,6 +522,7 @@ impl Config {
             object_delete_delay_ms,
             object_compaction_interval_ms,
             object_compaction_min_age_ms,
+            log_cleaner_backoff_ms,
             stream_object_bytes,
             compaction_bytes_per_sec,
             log_cleaner_dedupe_buffer_bytes,

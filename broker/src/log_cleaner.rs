@@ -6,7 +6,8 @@
 //! 1. `plan_clean` (pure) picks the dirty ranges: those above the offset
 //!    cleaned so far (`cleaned_end` in metadata) whose newest record is
 //!    older than `min.compaction.lag.ms`, if their share of the bytes
-//!    reaches `min.cleanable.dirty.ratio`;
+//!    reaches `min.cleanable.dirty.ratio` or the oldest of them is older
+//!    than `max.compaction.lag.ms`;
 //! 2. the dirty ranges are read into an `OffsetMap` (key → latest offset),
 //!    bounded by `log_cleaner_dedupe_buffer_bytes`;
 //! 3. every range from the log start to the end of what was mapped is
@@ -62,7 +63,8 @@ pub struct CleanPlan {
 
 /// Which ranges a pass cleans, if the partition is due: the dirty ranges
 /// (ending above `cleaned_end`, contiguous, each older than the lag) must
-/// hold at least `min_cleanable_dirty_ratio` of the bytes up to them.
+/// hold at least `min_cleanable_dirty_ratio` of the bytes up to them, or
+/// the first of them must be older than `max_compaction_lag_ms`.
 pub fn plan_clean(part: &PartitionObjects, s: &CleanerSettings, now_ms: i64) -> Option<CleanPlan> {
     let lag_limit = now_ms.saturating_sub(s.min_compaction_lag_ms);
     let mut ranges = Vec::new();
@@ -88,7 +90,9 @@ pub fn plan_clean(part: &PartitionObjects, s: &CleanerSettings, now_ms: i64) -> 
         return None;
     }
     let total = (clean_bytes + dirty_bytes).max(1) as f64;
-    if (dirty_bytes as f64) / total < s.min_cleanable_dirty_ratio {
+    let first_dirty = &ranges[ranges.len() - dirty];
+    let overdue = first_dirty.max_timestamp <= now_ms.saturating_sub(s.max_compaction_lag_ms);
+    if (dirty_bytes as f64) / total < s.min_cleanable_dirty_ratio && !overdue {
         return None;
     }
     Some(CleanPlan { ranges, dirty })
@@ -517,6 +521,7 @@ mod tests {
             delete_retention_ms: 1000,
             min_compaction_lag_ms: lag,
             min_cleanable_dirty_ratio: ratio,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 
@@ -561,6 +566,19 @@ mod tests {
         // Nothing dirty.
         let p = part(&[(0, 10, 100, 1)], 10);
         assert!(plan_clean(&p, &settings(0.0, 0), 100).is_none());
+        // Below the ratio, but overdue by max.compaction.lag.ms: the
+        // oldest dirty range (newest record at 2) is 98 ms old at 100.
+        let p = part(&[(0, 10, 100, 1), (10, 20, 50, 2), (20, 30, 50, 3)], 10);
+        let overdue = CleanerSettings {
+            max_compaction_lag_ms: 98,
+            ..settings(0.6, 0)
+        };
+        assert_eq!(plan_clean(&p, &overdue, 100).unwrap().dirty, 2);
+        let not_yet = CleanerSettings {
+            max_compaction_lag_ms: 99,
+            ..settings(0.6, 0)
+        };
+        assert!(plan_clean(&p, &not_yet, 100).is_none());
         // Never cleaned: everything is dirty.
         let p = part(&[(0, 10, 100, 1), (10, 20, 100, 1)], 0);
         assert_eq!(plan_clean(&p, &settings(0.9, 0), 100).unwrap().dirty, 2);

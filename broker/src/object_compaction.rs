@@ -14,7 +14,7 @@
 
 use crate::clock::now_ms;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -119,9 +119,12 @@ pub fn plan_runs(
     runs
 }
 
-/// Starts the compaction task of `shard`.
+/// Starts the compaction task of `shard`: object compaction every
+/// `object_compaction_interval_ms`, log compaction every
+/// `log_cleaner_backoff_ms` (either 0: that one never runs).
 pub fn start(shard: &Rc<Shard>) {
-    if shard.config.object_compaction_interval_ms == 0 {
+    let cfg = &shard.config;
+    if cfg.object_compaction_interval_ms == 0 && cfg.log_cleaner_backoff_ms == 0 {
         return;
     }
     let tq = glommio::executor().create_task_queue(
@@ -129,7 +132,7 @@ pub fn start(shard: &Rc<Shard>) {
         Latency::NotImportant,
         &format!("compaction-{}", shard.id),
     );
-    let budget = shard.config.compaction_bytes_per_sec / shard.config.shards.max(1) as u64;
+    let budget = cfg.compaction_bytes_per_sec / cfg.shards.max(1) as u64;
     let task = run(Rc::downgrade(shard), TokenBucket::new(budget, 4 << 20));
     match glommio::spawn_local_into(task, tq) {
         Ok(t) => {
@@ -139,21 +142,44 @@ pub fn start(shard: &Rc<Shard>) {
     }
 }
 
+/// When a job last run at `last` is next due (`None`: never).
+fn next_due(last: Instant, every_ms: u64) -> Option<Instant> {
+    (every_ms > 0).then(|| last + Duration::from_millis(every_ms))
+}
+
 async fn run(shard: Weak<Shard>, budget: TokenBucket) {
+    // Both jobs share the task, so they never rewrite the same ranges at
+    // once, and its queue and budget.
+    let (mut compacted, mut cleaned) = (Instant::now(), Instant::now());
     loop {
         let Some(s) = shard.upgrade() else { return };
-        let interval = Duration::from_millis(s.config.object_compaction_interval_ms);
+        let (every_compact, every_clean) = (
+            s.config.object_compaction_interval_ms,
+            s.config.log_cleaner_backoff_ms,
+        );
         drop(s);
-        glommio::timer::sleep(interval).await;
+        let now = Instant::now();
+        let compact_at = next_due(compacted, every_compact);
+        let clean_at = next_due(cleaned, every_clean);
+        let Some(wake) = compact_at.into_iter().chain(clean_at).min() else {
+            return;
+        };
+        glommio::timer::sleep(wake.saturating_duration_since(now)).await;
         let Some(s) = shard.upgrade() else { return };
-        match pass(&s, &budget).await {
-            Ok(0) => {}
-            Ok(n) => info!(shard = s.id, stream_objects = n, "object compaction pass"),
-            Err(e) => warn!(shard = s.id, "object compaction failed: {e}"),
+        let now = Instant::now();
+        if compact_at.is_some_and(|t| t <= now) {
+            compacted = now;
+            match pass(&s, &budget).await {
+                Ok(0) => {}
+                Ok(n) => info!(shard = s.id, stream_objects = n, "object compaction pass"),
+                Err(e) => warn!(shard = s.id, "object compaction failed: {e}"),
+            }
         }
-        // Log compaction shares the task, its queue and its budget.
-        if let Err(e) = crate::log_cleaner::pass(&s, &budget).await {
-            warn!(shard = s.id, "log compaction failed: {e}");
+        if clean_at.is_some_and(|t| t <= now) {
+            cleaned = now;
+            if let Err(e) = crate::log_cleaner::pass(&s, &budget).await {
+                warn!(shard = s.id, "log compaction failed: {e}");
+            }
         }
     }
 }

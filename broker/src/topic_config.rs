@@ -43,6 +43,7 @@ pub const RETENTION_BYTES: &str = "retention.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
 pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
 pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
 
 pub const TOPIC_CONFIGS: &[TopicConfigKey] = &[
@@ -214,6 +215,9 @@ pub struct CleanerSettings {
     pub min_compaction_lag_ms: i64,
     /// A partition is cleaned once its dirty share of bytes reaches this.
     pub min_cleanable_dirty_ratio: f64,
+    /// ... or once its oldest dirty records are older than this, whatever
+    /// their share.
+    pub max_compaction_lag_ms: i64,
 }
 
 /// The log-compaction settings of a compacted topic, `None` otherwise.
@@ -234,6 +238,7 @@ pub fn cleaner(configs: &BTreeMap<String, String>, cfg: &Config) -> Option<Clean
         delete_retention_ms: long(DELETE_RETENTION_MS, 86_400_000).max(0),
         min_compaction_lag_ms: long(MIN_COMPACTION_LAG_MS, 0).max(0),
         min_cleanable_dirty_ratio: ratio.clamp(0.0, 1.0),
+        max_compaction_lag_ms: long(MAX_COMPACTION_LAG_MS, i64::MAX).max(0),
     })
 }
 

@@ -19,6 +19,7 @@ from objects_load import wait_for
 BROKER_PARAMS = {"shards": 1, "args": [
     "--upload-interval-ms", "200",
     "--object-compaction-interval-ms", "500",
+    "--log-cleaner-backoff-ms", "500",
     "--object-compaction-min-age-ms", "0",
     "--object-gc-interval-ms", "300",
     "--object-delete-delay-ms", "500",
@@ -144,6 +145,26 @@ def test_compacted_topic_keeps_the_latest_per_key_and_drops_old_tombstones(broke
     broker.kill9()
     broker.restart()
     assert read_all(broker, topic) == expected
+
+
+def test_max_compaction_lag_cleans_below_the_dirty_ratio(broker):
+    """A little dirt (far below min.cleanable.dirty.ratio) is still cleaned
+    once it is older than max.compaction.lag.ms (what librdkafka's 0077
+    relies on)."""
+    topic = "max-lag"
+    create(broker, topic, cleanup_policy="compact", min_cleanable_dirty_ratio="0.99",
+           max_compaction_lag_ms=2000)
+    produce(broker, topic, [(f"k{i}", f"v{i}".encode() * 200) for i in range(KEYS)])
+    # Never cleaned: all of it is dirty, so the ratio is met.
+    wait_for("the first pass", lambda: cleaned_to(broker, topic) == KEYS)
+    latest = produce(broker, topic, [("k0", b"new")])
+    produced_at = time.monotonic()
+    # 1 small record against 40 big ones: only the lag can make it due.
+    wait_for("a pass forced by max.compaction.lag.ms",
+             lambda: cleaned_to(broker, topic) == KEYS + 1, timeout=30)
+    assert time.monotonic() - produced_at >= 1.5, "cleaned before the lag was up"
+    after = read_all(broker, topic)
+    assert len(after) == KEYS and (latest["k0"][0], "k0", b"new") in after
 
 
 def test_keyless_record_to_a_compacted_topic_is_refused(broker):

@@ -18,6 +18,7 @@ BROKER_PARAMS = {"shards": 1, "args": [
     "--upload-interval-ms", "200",
     "--upload-bytes", str(1 * MIB),
     "--object-compaction-interval-ms", "300",
+    "--log-cleaner-backoff-ms", "300",
     "--object-compaction-min-age-ms", "0",
     "--stream-object-bytes", str(4 * MIB),
     "--object-gc-interval-ms", "300",
