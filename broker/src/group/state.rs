@@ -495,7 +495,7 @@ impl Group {
             let r = SyncResult::error(ResponseError::FencedInstanceId);
             fx.replies.push(Reply::Sync(old_id.to_string(), r));
         }
-        let same = m.same_protocols(&req.protocols);
+        let old_protocols = std::mem::replace(&mut m.protocols, req.protocols.clone());
         m.id = new_id.clone();
         m.awaiting_join = false;
         m.awaiting_sync = false;
@@ -503,17 +503,29 @@ impl Group {
         if let Some(pos) = self.join_order.iter().position(|x| x == old_id) {
             self.join_order[pos] = new_id.clone();
         }
-        let was_leader = self.leader.as_deref() == Some(old_id);
-        if was_leader {
+        let old_leader = self.leader.clone();
+        if old_leader.as_deref() == Some(old_id) {
             self.leader = Some(new_id.clone());
         }
         self.static_members.insert(instance, new_id.clone());
         self.members.insert(new_id.clone(), m);
         let mut req = req;
         req.member_id = new_id.clone();
-        if self.state == GroupState::Stable && same && !was_leader {
-            fx.persist = true;
-            return (Outcome::Done(self.join_result_for(&new_id)), fx);
+        if self.state == GroupState::Stable {
+            if self.select_protocol() == self.protocol {
+                // Kafka: no rebalance when the group would keep its
+                // protocol. The answer names the old leader id, so that a
+                // returning leader does not take itself for the leader and
+                // assign (a Stable group would not pass that assignment on).
+                fx.persist = true;
+                let mut r = self.join_result_for(&new_id);
+                r.leader = old_leader.unwrap_or_default();
+                r.members.clear();
+                return (Outcome::Done(r), fx);
+            }
+            if let Some(m) = self.members.get_mut(&new_id) {
+                m.protocols = old_protocols;
+            }
         }
         let (out, more) = self.update_member_and_rebalance(req, settings, now);
         fx.merge(more);

@@ -430,6 +430,46 @@ fn static_member_rejoining_fences_its_old_id_without_a_rebalance() {
 }
 
 #[test]
+fn static_leader_rejoining_is_not_told_to_assign() {
+    // librdkafka 0102: the group's leader is static and restarts. Kafka
+    // keeps the group Stable and answers with the old leader id, so the
+    // returning member does not assign.
+    let mut sim = Sim::new();
+    let (out, _) = sim.join_with(req("", Some("lead"), &["range"]));
+    let Outcome::Wait(lead) = out else { panic!() };
+    sim.advance(DELAY);
+    assert_eq!(sim.g.state, GroupState::CompletingRebalance);
+    assert_eq!(sim.g.leader.as_deref(), Some(lead.as_str()));
+    sim.sync(&lead, &[(&lead, "all")]);
+    assert_eq!(sim.g.state, GroupState::Stable);
+    let generation = sim.g.generation;
+    let (out, fx) = sim.join_with(req("", Some("lead"), &["range"]));
+    let Outcome::Done(r) = out else {
+        panic!("a returning static leader must not rebalance the group")
+    };
+    assert!(fx.persist);
+    assert_eq!(
+        (r.generation, r.leader.as_str()),
+        (generation, lead.as_str())
+    );
+    assert_ne!(r.member_id, lead);
+    assert!(r.members.is_empty(), "not asked to assign");
+    assert_eq!(sim.g.leader.as_deref(), Some(r.member_id.as_str()));
+    assert_eq!(sim.g.state, GroupState::Stable);
+    let (out, _) = sim.g.sync(
+        &r.member_id,
+        Some("lead"),
+        generation,
+        None,
+        None,
+        vec![],
+        sim.now,
+    );
+    let Outcome::Done(s) = out else { panic!() };
+    assert_eq!(s.assignment, Bytes::from_static(b"all"));
+}
+
+#[test]
 fn commits_check_member_and_generation() {
     let mut sim = Sim::new();
     assert_eq!(
