@@ -448,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_claiming_billions_of_records_is_refused_without_allocating_them() {
+        // Found by fuzz/fuzz_targets/coordinator_records.rs: a valid batch
+        // (CRC and all) whose record count says i32::MAX made the decoder
+        // reserve 14 GB.
+        let mut b = encode_batch(&sample(), 1000).unwrap().to_vec();
+        b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(decode_batches(Bytes::from(b)).is_err());
+    }
+
+    #[test]
     fn garbage_is_skipped_not_a_panic() {
         assert_eq!(GroupRecord::decode(&[0, 9, 1], None), None);
         assert_eq!(GroupRecord::decode(&[0, 1, 0, 5, b'a'], Some(&[1])), None);

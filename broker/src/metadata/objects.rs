@@ -176,7 +176,9 @@ impl ObjectsImage {
             live.push(*r);
         }
         meta.ranges = live;
-        self.next_object_id = self.next_object_id.max(meta.id + 1);
+        // Saturating: an id of u64::MAX from a corrupt log must not panic
+        // (found by fuzz/fuzz_targets/metadata.rs).
+        self.next_object_id = self.next_object_id.max(meta.id.saturating_add(1));
         self.objects.insert(meta.id, Arc::new(meta));
     }
 
@@ -488,6 +490,20 @@ mod tests {
             Record::ObjectsDestroyed { ids, at_ms } => img.apply_destroyed(&ids, at_ms),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn the_largest_object_id_does_not_overflow() {
+        // Found by fuzz/fuzz_targets/metadata.rs: a committed object with id
+        // u64::MAX (a corrupt log) overflowed next_object_id.
+        let mut img = ObjectsImage::default();
+        img.apply_committed(ObjectMeta {
+            id: u64::MAX,
+            node_id: 0,
+            size: 1,
+            ranges: vec![],
+        });
+        assert_eq!(img.next_object_id, u64::MAX);
     }
 
     #[test]

@@ -514,7 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // Patched (see net/vendor/README.md): the count is the batch's claim;
+        // every record takes at least one byte, so reserve no more than the
+        // bytes left (upstream reserved the claim: 14 GB for one batch).
+        let claimed = batch_decode_info.record_count.max(0) as usize;
+        records.reserve(claimed.min(buf.remaining()).min(1024));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +897,8 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // Patched: at most as many headers as bytes left (see above).
+        let mut headers = IndexMap::with_capacity(num_headers.min(bytes::Buf::remaining(buf)).min(1024));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;
