@@ -62,6 +62,8 @@ pub struct ConsumerMember {
     pub rebalance_timeout_ms: i32,
     pub subscribed_names: Vec<String>,
     pub subscribed_regex: Option<String>,
+    /// `subscribed_regex` compiled, once, when it is set.
+    regex: Option<regex::Regex>,
     pub server_assignor: Option<String>,
     /// The partitions the member owns now.
     pub assigned: Assignment,
@@ -366,6 +368,7 @@ impl ConsumerGroup {
                         rebalance_timeout_ms: hb.rebalance_timeout_ms,
                         subscribed_names: Vec::new(),
                         subscribed_regex: None,
+                        regex: None,
                         server_assignor: None,
                         assigned: Assignment::new(),
                         pending_revocation: Assignment::new(),
@@ -432,6 +435,8 @@ impl ConsumerGroup {
         if let Some(re) = hb.subscribed_regex {
             let re = (!re.is_empty()).then_some(re);
             if re != m.subscribed_regex {
+                // Checked by `heartbeat` before: it compiles.
+                m.regex = re.as_deref().and_then(|r| compile(r).ok());
                 m.subscribed_regex = re;
                 changed = true;
             }
@@ -471,7 +476,7 @@ impl ConsumerGroup {
             .filter(|n| self.subscribed.contains_key(*n))
             .cloned()
             .collect();
-        if let Some(re) = m.subscribed_regex.as_deref().and_then(|r| compile(r).ok()) {
+        if let Some(re) = &m.regex {
             out.extend(self.subscribed.keys().filter(|n| re.is_match(n)).cloned());
         }
         out
@@ -480,12 +485,10 @@ impl ConsumerGroup {
     fn subscription_metadata(&self, topics: &dyn Topics) -> BTreeMap<String, (Uuid, i32)> {
         let mut out = BTreeMap::new();
         let mut names: BTreeSet<String> = BTreeSet::new();
-        let mut regexes: Vec<regex::Regex> = Vec::new();
+        let mut regexes: Vec<&regex::Regex> = Vec::new();
         for m in self.members.values() {
             names.extend(m.subscribed_names.iter().cloned());
-            if let Some(re) = m.subscribed_regex.as_deref().and_then(|r| compile(r).ok()) {
-                regexes.push(re);
-            }
+            regexes.extend(&m.regex);
         }
         if !regexes.is_empty() {
             names.extend(

@@ -21,15 +21,11 @@ use kafka_protocol::messages::{
 };
 use uuid::Uuid;
 
-use super::groups::Client;
+use super::groups::{Client, GROUP_AUTHORIZED_OPERATIONS};
 use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
 use crate::group::consumer::{Assignment, Heartbeat};
 use crate::metadata::MetadataImage;
 use crate::shard::Shard;
-
-/// Operations a group allows when the client asks (no ACLs: READ, DELETE,
-/// DESCRIBE).
-const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 /// Member type in ConsumerGroupDescribe v1: a consumer-protocol member.
 const MEMBER_TYPE_CONSUMER: i8 = 1;

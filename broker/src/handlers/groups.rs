@@ -52,7 +52,7 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// Operations a group allows when the client asks (no ACLs yet: all of
 /// READ, DELETE, DESCRIBE).
-const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+pub(crate) const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 /// Who sent a request, as groups report it.
 #[derive(Debug, Clone, Default)]
