@@ -41,6 +41,15 @@ pub struct Config {
     /// `connections.max.idle.ms`: a connection that completes no request for
     /// this long is closed.
     pub connections_max_idle_ms: u64,
+    /// A request that takes longer than this is logged (warn) and counted
+    /// in `broker_slow_requests_total`; 0 turns that off. Fetch, JoinGroup
+    /// and SyncGroup wait by design and are not counted.
+    pub slow_request_ms: u64,
+    /// Address of the admin HTTP API and `/metrics` (`host:port`); empty
+    /// turns it off.
+    pub admin_listen: String,
+    /// `text` (default) or `json` log lines.
+    pub log_format: String,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
@@ -191,6 +200,9 @@ impl Default for Config {
             max_connections: 2_147_483_647,
             max_connections_per_ip: 2_147_483_647,
             connections_max_idle_ms: 600_000,
+            slow_request_ms: 500,
+            admin_listen: "127.0.0.1:9644".into(),
+            log_format: "text".into(),
             auto_create_topics: true,
             num_partitions: 1,
             message_max_bytes: 1_048_588,
@@ -284,6 +296,12 @@ pub struct Flags {
     pub max_connections_per_ip: Option<usize>,
     #[arg(long, env = "BROKER_CONNECTIONS_MAX_IDLE_MS")]
     pub connections_max_idle_ms: Option<u64>,
+    #[arg(long, env = "BROKER_SLOW_REQUEST_MS")]
+    pub slow_request_ms: Option<u64>,
+    #[arg(long, env = "BROKER_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    #[arg(long, env = "BROKER_LOG_FORMAT")]
+    pub log_format: Option<String>,
     #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
     #[arg(long, env = "BROKER_NUM_PARTITIONS")]
@@ -485,6 +503,9 @@ impl Config {
             max_connections,
             max_connections_per_ip,
             connections_max_idle_ms,
+            slow_request_ms,
+            admin_listen,
+            log_format,
             auto_create_topics,
             num_partitions,
             message_max_bytes,
@@ -593,6 +614,20 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "group_consumer_heartbeat_interval_ms must be at least 1 and below group_consumer_session_timeout_ms".into(),
             ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format must be text or json, not {:?}",
+                self.log_format
+            )));
+        }
+        if !self.admin_listen.is_empty()
+            && self.admin_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "admin_listen must be ip:port (or empty to turn it off), not {:?}",
+                self.admin_listen
+            )));
         }
         if self.connections_max_idle_ms == 0 {
             return Err(ConfigError::Invalid(

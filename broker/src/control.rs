@@ -7,7 +7,8 @@
 //! It also carries a transaction coordinator's markers to the shard leading
 //! a partition of the transaction (what Kafka's WriteTxnMarkers request
 //! does between brokers), partition hand-overs (reassignments) to the
-//! leading shard, quorum queries to shard 0, and their answers back.
+//! leading shard, quorum queries to shard 0, shard reports (metrics, admin
+//! API) to shard 0, and their answers back.
 //!
 //! One `Control` per shard, on that shard's executor. Carries metadata and
 //! markers only, never record data. Never holds a `RefCell` borrow across an `.await`, and
@@ -28,6 +29,7 @@ use net::connection::LocalBoxFuture;
 
 use crate::controller::{ControllerHandle, QuorumState};
 use crate::metadata::{Command, CommandError, CommandResult, MetadataImage};
+use crate::metrics::report::ShardReport;
 use crate::partition::PartitionKey;
 use crate::txn::MarkerReq;
 
@@ -71,6 +73,13 @@ pub enum MeshMsg {
     Quorum { id: u64 },
     /// Shard 0 answers a `Quorum`.
     QuorumState { id: u64, state: Option<QuorumState> },
+    /// Shard 0 asks a shard for its report (metrics, admin API).
+    Report { id: u64 },
+    /// A shard answers a `Report`.
+    Reported {
+        id: u64,
+        report: Option<Box<ShardReport>>,
+    },
 }
 
 /// Called when a new image arrives, so the shard can open or drop partitions.
@@ -85,11 +94,15 @@ pub type WriteMarkers = Box<dyn Fn(Vec<MarkerReq>) -> LocalBoxFuture<MarkerResul
 /// Hands a partition this shard leads over to a node.
 pub type HandOver = Box<dyn Fn(PartitionKey, i32) -> LocalBoxFuture<Result<(), ResponseError>>>;
 
+/// Reads the shard's counters and state (`metrics::report`).
+pub type Report = Box<dyn Fn() -> Option<ShardReport>>;
+
 /// What the mesh asks of the shard it runs on.
 pub struct ShardHooks {
     pub install: InstallImage,
     pub write_markers: WriteMarkers,
     pub hand_over: HandOver,
+    pub report: Report,
 }
 
 pub struct Control {
@@ -106,6 +119,7 @@ pub struct Control {
     markers_pending: RefCell<HashMap<u64, oneshot::Sender<MarkerResults>>>,
     quorum_pending: RefCell<HashMap<u64, oneshot::Sender<Option<QuorumState>>>>,
     hand_over_pending: RefCell<HashMap<u64, oneshot::Sender<Result<(), ResponseError>>>>,
+    report_pending: RefCell<HashMap<u64, oneshot::Sender<Option<Box<ShardReport>>>>>,
 }
 
 impl Control {
@@ -131,6 +145,7 @@ impl Control {
             markers_pending: RefCell::new(HashMap::new()),
             quorum_pending: RefCell::new(HashMap::new()),
             hand_over_pending: RefCell::new(HashMap::new()),
+            report_pending: RefCell::new(HashMap::new()),
         });
         for (peer, rx) in receivers.streams() {
             let c = control.clone();
@@ -208,6 +223,15 @@ impl Control {
                     let _ = tx.send(state);
                 }
             }
+            MeshMsg::Report { id } => {
+                let report = (self.hooks.report)().map(Box::new);
+                self.send(peer, MeshMsg::Reported { id, report }).await;
+            }
+            MeshMsg::Reported { id, report } => {
+                if let Some(tx) = self.report_pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(report);
+                }
+            }
         }
     }
 
@@ -225,6 +249,31 @@ impl Control {
         self.send(peer, MeshMsg::HandOver { id, key, to_node })
             .await;
         rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
+    }
+
+    /// Every shard's report, in shard order (this shard's read directly).
+    /// A shard that does not answer (it is stopping) is left out.
+    pub async fn reports(&self) -> Vec<ShardReport> {
+        let mut waiting = Vec::new();
+        for peer in 0..self.shards {
+            if peer == self.shard {
+                continue;
+            }
+            let id = self.next_id.get();
+            self.next_id.set(id + 1);
+            let (tx, rx) = oneshot::channel();
+            self.report_pending.borrow_mut().insert(id, tx);
+            self.send(peer, MeshMsg::Report { id }).await;
+            waiting.push(rx);
+        }
+        let mut out: Vec<ShardReport> = (self.hooks.report)().into_iter().collect();
+        for rx in waiting {
+            if let Ok(Some(r)) = rx.await {
+                out.push(*r);
+            }
+        }
+        out.sort_by_key(|r| r.shard);
+        out
     }
 
     /// The metadata quorum's state, from the controller (through shard 0).

@@ -4,6 +4,7 @@
 //!
 //! Nothing here runs by itself; `main.rs` starts the shards.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod group;
 pub mod handlers;
 pub mod log_cleaner;
 pub mod metadata;
+pub mod metrics;
 pub mod object_compaction;
 pub mod object_gc;
 pub mod objects;

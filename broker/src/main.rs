@@ -36,16 +36,22 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         // openraft narrates every election at info; keep its warnings only
         // unless log_level names it.
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "openraft=warn,{}",
             cfg.log_level
         )))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        // One JSON object per line: fields (shard, partition, peer, ...)
+        // as keys, for log shippers.
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     if let Some(tool) = tool {
         let (name, result) = match tool {
             Tool::MetadataShell { dir } => {
@@ -273,6 +279,9 @@ async fn run_shard(start: ShardStart) {
             std::process::exit(1);
         }
     };
+    if s == 0 {
+        broker::admin::start(&shard);
+    }
     shard.serve(listener).await;
 }
 

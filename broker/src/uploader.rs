@@ -413,6 +413,7 @@ async fn round(shard: &Rc<Shard>, reason: &'static str) -> Result<Done, String> 
         s.bytes += size;
         s.last_duration_ms = started.elapsed().as_millis() as u64;
     });
+    shard.metrics.upload_round(started.elapsed());
     debug!(
         shard = shard.id,
         object = id,

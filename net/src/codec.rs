@@ -23,6 +23,32 @@ pub struct Request {
     /// The client's address (`ip:port`) as the connection saw it; empty
     /// when decoded outside a connection. Groups report it as client_host.
     pub peer: String,
+    /// How long reading and decoding it took (zero outside a connection).
+    pub timing: Timing,
+}
+
+/// Where a request's time went before its handler ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// From its length prefix read to its last byte read.
+    pub frame_read: std::time::Duration,
+    pub decode: std::time::Duration,
+}
+
+/// Where a request's time went, once its response is written: what the
+/// connection loop hands `Service::written`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stages {
+    pub frame_read: std::time::Duration,
+    pub decode: std::time::Duration,
+    /// The handler (`Service::call`), waits included.
+    pub handle: std::time::Duration,
+    pub encode: std::time::Duration,
+    /// From the response encoded to its write starting (it waits for the
+    /// responses before it, which go out in request order).
+    pub write_wait: std::time::Duration,
+    /// Writing and flushing it to the socket.
+    pub write: std::time::Duration,
 }
 
 impl Request {
@@ -101,6 +127,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         header,
         body,
         peer: String::new(),
+        timing: Timing::default(),
     })
 }
 

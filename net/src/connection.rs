@@ -32,8 +32,8 @@ use glommio::channels::local_channel;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use tracing::{debug, warn};
 
-use crate::codec::{decode_request, encode_response, DecodeError, Request};
-use crate::frame::{read_frame, FrameError};
+use crate::codec::{decode_request, encode_response, DecodeError, Request, Stages};
+use crate::frame::{read_frame_timed, FrameError};
 use crate::versions::api_versions_response;
 
 /// Requests decoded but not yet answered, per connection.
@@ -66,6 +66,10 @@ pub type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = 
 /// response" (Produce with acks=0).
 pub trait Service: 'static {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>>;
+
+    /// A response has been written: where the request's time went (for
+    /// latency metrics). Not called for requests that get no response.
+    fn written(&self, _api: ApiKey, _stages: &Stages) {}
 }
 
 /// What a connection's answers hold: encoded responses not yet written, and
@@ -118,8 +122,13 @@ pub async fn serve_connection<S, T>(
     let (reader, writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
     let backlog = Rc::new(Backlog::default());
-    let writer_task =
-        glommio::spawn_local(write_responses(writer, rx, peer.clone(), backlog.clone()));
+    let writer_task = glommio::spawn_local(write_responses(
+        writer,
+        rx,
+        peer.clone(),
+        backlog.clone(),
+        service.clone(),
+    ));
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let idle = settings.idle_timeout;
     // The idle clock restarts with every complete request; waiting for a
@@ -128,15 +137,19 @@ pub async fn serve_connection<S, T>(
     let mut idle_deadline = Instant::now() + idle;
     let mut timed_out = false;
     loop {
-        let Some(read) = before(idle_deadline, read_frame(&mut reader, settings.max_frame)).await
+        let Some(read) = before(
+            idle_deadline,
+            read_frame_timed(&mut reader, settings.max_frame),
+        )
+        .await
         else {
             debug!(%peer, "closing connection: no complete request for {idle:?}");
             timed_out = true;
             break;
         };
         idle_deadline = Instant::now() + idle;
-        let frame = match read {
-            Ok(Some(frame)) => frame,
+        let (frame, frame_read) = match read {
+            Ok(Some(read)) => read,
             Ok(None) => break,
             Err(e @ (FrameError::Io(_) | FrameError::Truncated { .. })) => {
                 // Resets, aborts and closes mid-frame are how clients often
@@ -149,8 +162,11 @@ pub async fn serve_connection<S, T>(
                 break;
             }
         };
+        let decoding = Instant::now();
         let task = match decode_request(frame) {
             Ok(mut request) => {
+                request.timing.frame_read = frame_read;
+                request.timing.decode = decoding.elapsed();
                 request.peer.clone_from(&peer);
                 if before(idle_deadline, backlog.admit(request.api_key))
                     .await
@@ -176,7 +192,7 @@ pub async fn serve_connection<S, T>(
                         kafka_protocol::ResponseError::UnsupportedVersion.code(),
                     ));
                     match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
-                        Ok(bytes) => Outcome::Respond(bytes),
+                        Ok(bytes) => Outcome::Respond(bytes, None),
                         Err(_) => Outcome::Close,
                     }
                 })
@@ -219,9 +235,10 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     futures_lite::future::or(async { Some(fut.await) }, timer).await
 }
 
-/// What a request task hands the writer.
+/// What a request task hands the writer: the response, and for timing its
+/// API, its stages so far and when it was encoded.
 enum Outcome {
-    Respond(Bytes),
+    Respond(Bytes, Option<(ApiKey, Stages, Instant)>),
     /// Nothing to send (acks=0).
     Silent,
     /// The response could not be encoded: the client would wait forever, so
@@ -236,15 +253,25 @@ async fn run_request<S: Service>(
 ) -> Outcome {
     let (api_key, version, correlation_id) =
         (request.api_key, request.version, request.correlation_id());
+    let mut stages = Stages {
+        frame_read: request.timing.frame_read,
+        decode: request.timing.decode,
+        ..Stages::default()
+    };
     let fetch = isize::from(api_key == ApiKey::Fetch);
+    let handling = Instant::now();
     let Some(body) = service.call(request).await else {
         backlog.change(0, -fetch);
         return Outcome::Silent;
     };
+    let encoding = Instant::now();
+    stages.handle = encoding - handling;
     match encode_response(api_key, version, correlation_id, &body) {
         Ok(bytes) => {
             backlog.change(bytes.len() as isize, -fetch);
-            Outcome::Respond(bytes)
+            let encoded = Instant::now();
+            stages.encode = encoded - encoding;
+            Outcome::Respond(bytes, Some((api_key, stages, encoded)))
         }
         Err(e) => {
             backlog.change(0, -fetch);
@@ -254,18 +281,20 @@ async fn run_request<S: Service>(
     }
 }
 
-async fn write_responses<W: AsyncWrite + Unpin>(
+async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
     mut writer: W,
     rx: local_channel::LocalReceiver<glommio::Task<Outcome>>,
     peer: String,
     backlog: Rc<Backlog>,
+    service: Rc<S>,
 ) {
     while let Some(task) = rx.recv().await {
-        let bytes = match task.await {
-            Outcome::Respond(bytes) => bytes,
+        let (bytes, timing) = match task.await {
+            Outcome::Respond(bytes, timing) => (bytes, timing),
             Outcome::Silent => continue,
             Outcome::Close => break,
         };
+        let writing = Instant::now();
         if let Err(e) = writer.write_all(&bytes).await {
             debug!(%peer, "write failed, dropping connection: {e}");
             return;
@@ -275,6 +304,11 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             return;
         }
         backlog.change(-(bytes.len() as isize), 0);
+        if let Some((api, mut stages, encoded)) = timing {
+            stages.write_wait = writing.saturating_duration_since(encoded);
+            stages.write = writing.elapsed();
+            service.written(api, &stages);
+        }
     }
     let _ = writer.close().await;
 }

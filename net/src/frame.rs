@@ -42,6 +42,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    Ok(read_frame_timed(r, max).await?.map(|(frame, _)| frame))
+}
+
+/// `read_frame`, also telling how long the frame took to arrive once its
+/// length prefix was read (time spent waiting for the prefix is the
+/// client's, not the request's).
+pub async fn read_frame_timed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<(Bytes, std::time::Duration)>, FrameError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -55,6 +65,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         got += n;
     }
     let len = check_length(prefix, max)?;
+    let started = std::time::Instant::now();
     let mut buf = BytesMut::new();
     while buf.len() < len {
         let start = buf.len();
@@ -68,7 +79,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    Ok(Some(buf.freeze()))
+    Ok(Some((buf.freeze(), started.elapsed())))
 }
 
 /// The body buffer's next size once its first `filled` bytes of `len` have

@@ -125,10 +125,21 @@ class Broker:
         return {self.node_id(i): (self.host, self.base_port + i) for i in range(self.shards)}
 
     # -- lifecycle --
+    @property
+    def admin_port(self) -> int:
+        """The admin API's port: the one after the shards' ports."""
+        return self.base_port + self.shards
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
     def command(self) -> list[str]:
+        admin = [] if "--admin-listen" in self.extra_args else [
+            "--admin-listen", f"{self.host}:{self.admin_port}"]
         return [str(broker_bin()), "--data-dir", str(self.data_dir), "--shards", str(self.shards),
                 "--base-port", str(self.base_port), "--listen-host", self.host,
-                "--broker-id", str(self.broker_id), *self.extra_args]
+                "--broker-id", str(self.broker_id), *admin, *self.extra_args]
 
     def start(self, rng: random.Random) -> None:
         exe = broker_bin()
@@ -139,7 +150,8 @@ class Broker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         last_error = ""
         for attempt in range(3):
-            self.base_port = _pick_base_port(self.shards, rng)
+            # One port per shard, then the admin API's.
+            self.base_port = _pick_base_port(self.shards + 1, rng)
             ok, last_error = self._launch(f"start attempt {attempt}")
             if ok:
                 return

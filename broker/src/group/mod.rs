@@ -1109,6 +1109,36 @@ impl GroupCoordinator {
         Ok(out)
     }
 
+    /// Every group this shard coordinates, with its members and committed
+    /// offsets (for metrics and the admin API).
+    pub fn report(&self) -> Vec<crate::metrics::report::GroupReport> {
+        let listed = self.list();
+        let groups = self.groups.borrow();
+        listed
+            .into_iter()
+            .filter_map(|l| {
+                let g = groups.get(&l.id)?;
+                let (members, generation) = match &g.consumer {
+                    Some(c) => (c.members.len(), c.epoch),
+                    None => (g.members.len(), g.generation),
+                };
+                Some(crate::metrics::report::GroupReport {
+                    id: l.id,
+                    group_type: l.group_type,
+                    state: l.state,
+                    protocol_type: l.protocol_type,
+                    members,
+                    generation,
+                    committed: g
+                        .offsets
+                        .iter()
+                        .map(|((t, p), v)| (t.clone(), *p, v.offset))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
     /// Every group this shard coordinates.
     pub fn list(&self) -> Vec<ListedGroup> {
         let Ok(shard) = self.shard() else {

@@ -177,7 +177,9 @@ pub async fn alter_partition_reassignments(
     resp
 }
 
-async fn reassign(
+/// Moves `topic`-`partition` to the one node in `replicas` (`None`: a
+/// cancel, and moves here finish before they answer, so there is none).
+pub async fn reassign(
     shard: &Rc<Shard>,
     topic: &str,
     partition: i32,

@@ -195,6 +195,7 @@ async fn read_all(
                     }
                     remaining = remaining.saturating_sub(read.bytes);
                     total += read.bytes;
+                    shard.metrics.fetched(key, &read.batches);
                     d.records = Some(concat(read.batches, read.bytes));
                     out.push(d);
                 }

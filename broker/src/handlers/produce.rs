@@ -44,7 +44,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                     format!("acks={acks} is not one of -1, 0, 1"),
                 ))
             };
-            pending.push(finish_partition(started));
+            pending.push(finish_partition(shard, started));
             indexes.push(p.index);
         }
         shapes.push((topic.name, topic.topic_id, meta.cloned(), indexes));
@@ -99,7 +99,10 @@ struct Produced {
 
 type PartitionError = (ResponseError, String);
 type PartitionResult = Result<Produced, PartitionError>;
-type Started = Result<(DurableAppend, Option<i64>), PartitionError>;
+/// The append under way, its log-append time, and what it carries (for
+/// metrics): partition, bytes, records.
+type Started = Result<(DurableAppend, Option<i64>, Carried), PartitionError>;
+type Carried = (crate::shard::PartitionKey, u64, u64);
 
 /// Validates a partition's records and appends them (offsets assigned now).
 fn start_partition(
@@ -118,6 +121,7 @@ fn start_partition(
     // max.message.bytes says.
     let max = topic_config::max_message_bytes(&topic.configs, shard.config.message_max_bytes)
         .min(shard.max_batch_bytes());
+    let validating = std::time::Instant::now();
     let batches = validate_batches(&records, max).map_err(|e| {
         debug!(topic = %topic.name, partition, "rejecting batch: {e}");
         (batch_error_code(&e), e.to_string())
@@ -137,11 +141,20 @@ fn start_partition(
             )
         })?;
     }
+    shard.metrics.validated(validating.elapsed());
+    let carried = (
+        key,
+        batches.iter().map(|b| b.bytes.len() as u64).sum(),
+        batches
+            .iter()
+            .map(|b| u64::try_from(b.header.records_count).unwrap_or(0))
+            .sum(),
+    );
     let durable = match shard.try_append(key, &batches, log_append_time, Origin::Client) {
         Ok(now) => now,
         Err(waiting) => waiting,
     };
-    Ok((durable, log_append_time))
+    Ok((durable, log_append_time, carried))
 }
 
 /// Batches only the broker itself may write (Kafka's `LogValidator`
@@ -170,9 +183,10 @@ fn check_keys(batches: &[ValidatedBatch]) -> Result<(), String> {
     Ok(())
 }
 
-async fn finish_partition(started: Started) -> PartitionResult {
-    let (durable, log_append_time) = started?;
+async fn finish_partition(shard: &Shard, started: Started) -> PartitionResult {
+    let (durable, log_append_time, (key, bytes, records)) = started?;
     let outcome = durable.await.map_err(|e| (e, String::new()))?;
+    shard.metrics.produced(key, bytes, records);
     Ok(Produced {
         base_offset: outcome.base_offset,
         log_start_offset: outcome.log_start_offset,

@@ -55,6 +55,8 @@ pub(super) struct InFlight {
     epoch: u64,
     /// Set on the last record of an append call: told the outcome.
     done: Option<oneshot::Sender<Result<(), ResponseError>>>,
+    /// When its WAL write was queued (for the append-latency histogram).
+    queued: Instant,
 }
 
 impl InFlight {
@@ -285,6 +287,7 @@ impl Shard {
                 wal: wal.append(appended.framed),
                 epoch,
                 done: if i + 1 == n { done.take() } else { None },
+                queued: Instant::now(),
             });
         }
         let log_start_offset = part.state.log_start;
@@ -390,6 +393,7 @@ impl Shard {
                 wal,
                 epoch,
                 done,
+                queued,
             } = inflight;
             self.committing.set(Some(key));
             let result = wal.await;
@@ -402,6 +406,7 @@ impl Shard {
             } else {
                 match result {
                     Ok(record_offset) => {
+                        self.metrics.wal_appended(queued.elapsed());
                         self.committed_wal_end.set(record_offset + 1);
                         match self.partitions.borrow_mut().get_mut(&key) {
                             Some(p) => {

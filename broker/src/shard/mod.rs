@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use glommio::net::TcpListener;
-use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use net::connection::LocalBoxFuture;
 use net::{Request, Service};
 use storage::object::reader::ObjectReader;
@@ -45,10 +45,12 @@ use storage::wal::WalSlice;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::{Control, HandOver, ShardHooks, WriteMarkers};
+use crate::control::{Control, HandOver, Report, ShardHooks, WriteMarkers};
 use crate::group::GroupCoordinator;
 use crate::handlers;
 use crate::metadata::MetadataImage;
+use crate::metrics::report::ShardReport;
+use crate::metrics::ShardMetrics;
 use crate::partition::{Lifecycle, Partition, PartitionState};
 use crate::txn::TxnCoordinator;
 use crate::uploader::Uploader;
@@ -114,6 +116,11 @@ pub struct Shard {
     store: RefCell<Option<SharedStore>>,
     reader: RefCell<Option<Rc<ObjectReader>>>,
     pub uploader: Uploader,
+    /// Counters and latencies of this shard's request path (`metrics`).
+    pub metrics: ShardMetrics,
+    /// Set once the listener is open (the WAL is recovered by then): what
+    /// the admin API's `/ready` waits for.
+    pub serving: Cell<bool>,
     /// Producer ids this shard may hand out (`producers`).
     producer_ids: Cell<producers::ProducerIdBlock>,
     producer_ids_pending: Cell<bool>,
@@ -127,6 +134,8 @@ impl Shard {
             groups: GroupCoordinator::new(me.clone(), &config),
             txns: TxnCoordinator::new(me.clone(), &config),
             uploader: Uploader::new(&config),
+            metrics: ShardMetrics::new(),
+            serving: Cell::new(false),
             config,
             image: RefCell::new(Arc::new(MetadataImage::default())),
             partitions: RefCell::new(HashMap::new()),
@@ -184,10 +193,13 @@ impl Shard {
                 }
             })
         });
+        let weak = Rc::downgrade(self);
+        let report: Report = Box::new(move || weak.upgrade().map(|s| ShardReport::collect(&s)));
         ShardHooks {
             install,
             write_markers,
             hand_over,
+            report,
         }
     }
 
@@ -398,6 +410,7 @@ impl Shard {
             self.id,
             self.node_id()
         );
+        self.serving.set(true);
         let limits = Rc::new(RefCell::new(net::ConnectionLimits::new(
             self.config.max_connections,
             self.config.max_connections_per_ip,
@@ -427,8 +440,10 @@ impl Shard {
             };
             let _ = stream.set_nodelay(true);
             let shard = self.clone();
+            self.metrics.connection_opened();
             glommio::spawn_local(async move {
-                net::serve_connection(stream, shard, settings, peer.to_string()).await;
+                net::serve_connection(stream, shard.clone(), settings, peer.to_string()).await;
+                shard.metrics.connection_closed();
                 drop(permit);
             })
             .detach();
@@ -623,7 +638,35 @@ impl Shard {
 
 impl Service for Shard {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>> {
-        Box::pin(self.dispatch(request))
+        Box::pin(async move {
+            let started = Instant::now();
+            let api = request.api_key;
+            let (client, correlation) =
+                (request.header.client_id.clone(), request.correlation_id());
+            let resp = self.clone().dispatch(request).await;
+            let took = started.elapsed();
+            self.metrics.request_done(api, took, resp.as_ref());
+            let slow = self.config.slow_request_ms;
+            // Fetch, JoinGroup and SyncGroup wait by design (for data, for
+            // the other members): their time says nothing of the broker.
+            let waits = matches!(api, ApiKey::Fetch | ApiKey::JoinGroup | ApiKey::SyncGroup);
+            if slow > 0 && took >= Duration::from_millis(slow) && !waits {
+                self.metrics.slow_request();
+                warn!(
+                    shard = self.id,
+                    api = ?api,
+                    correlation_id = correlation,
+                    client_id = client.as_deref().unwrap_or(""),
+                    took_ms = took.as_millis() as u64,
+                    "slow request"
+                );
+            }
+            resp
+        })
+    }
+
+    fn written(&self, api: ApiKey, stages: &net::Stages) {
+        self.metrics.written(api, stages);
     }
 }
 

@@ -26,7 +26,9 @@ pub mod slice;
 pub use device::{BlockDevice, DmaDevice, IoBuf};
 pub use layout::{format_wal, lock_wal, open_or_create, WalConfig, WalLayout};
 pub use mem_device::{IoEvent, MemDevice};
-pub use slice::{recover_records, AppendFuture, RecoveredRecord, WalSlice, WalStats, WalTuning};
+pub use slice::{
+    recover_records, AppendFuture, RecoveredRecord, WalSlice, WalStages, WalStats, WalTuning,
+};
 
 /// Everything that can go wrong in the WAL. Appends that fail because the
 /// slice failed carry the reason as text so the error can be cloned to every

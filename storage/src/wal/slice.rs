@@ -92,6 +92,27 @@ pub struct WalStats {
     pub max_flush_us: u64,
 }
 
+/// Where an append's time goes in the slice, one HDR histogram per stage.
+#[derive(Debug, Default)]
+struct WalStageHistograms {
+    queue_wait: crate::histogram::StageHistogram,
+    pack: crate::histogram::StageHistogram,
+    write: crate::histogram::StageHistogram,
+    flush: crate::histogram::StageHistogram,
+}
+
+/// The append path's stages since the slice was (re-)opened: `queue_wait`
+/// from `append` to the writer taking the record, `pack` copying a batch
+/// into aligned buffers, `write` one device write, `flush` one fdatasync
+/// (a batch's records share its write and flush).
+#[derive(Debug, Clone)]
+pub struct WalStages {
+    pub queue_wait: hdrhistogram::Histogram<u64>,
+    pub pack: hdrhistogram::Histogram<u64>,
+    pub write: hdrhistogram::Histogram<u64>,
+    pub flush: hdrhistogram::Histogram<u64>,
+}
+
 /// A record found by recovery, in log order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredRecord {
@@ -185,6 +206,8 @@ enum Status {
 struct Pending {
     body: Bytes,
     slot: Rc<Slot>,
+    /// When `append` queued it (for the queue-wait stage).
+    queued: std::time::Instant,
 }
 
 /// Records taken by the writer together: written, flushed and acknowledged
@@ -235,6 +258,10 @@ struct Inner {
     header_lock: Semaphore,
     /// When a slow flush was last logged.
     slow_logged: Cell<Option<std::time::Instant>>,
+    /// How long each flush (fdatasync) of the append path took.
+    flush_latency: crate::histogram::LatencyHistogram,
+    /// The append path's stages (`WalStages`).
+    stages: WalStageHistograms,
 }
 
 /// Closes the slice when the last clone of the [`WalSlice`] goes away, so the
@@ -301,6 +328,8 @@ impl WalSlice {
             idle_wake: Signal::default(),
             header_lock: Semaphore::new(1),
             slow_logged: Cell::new(None),
+            flush_latency: crate::histogram::LatencyHistogram::new(),
+            stages: WalStageHistograms::default(),
         });
         inner.start_tasks();
         let slice = WalSlice {
@@ -334,6 +363,7 @@ impl WalSlice {
             st.pending.push_back(Pending {
                 body,
                 slot: slot.clone(),
+                queued: std::time::Instant::now(),
             });
             inner.writer_wake.wake();
         }
@@ -456,6 +486,22 @@ impl WalSlice {
     /// Counters since the slice was (re-)opened.
     pub fn stats(&self) -> WalStats {
         self.inner().st.borrow().stats
+    }
+
+    /// Flush latencies since the slice was (re-)opened.
+    pub fn flush_latency(&self) -> crate::histogram::HistogramSnapshot {
+        self.inner().flush_latency.snapshot()
+    }
+
+    /// Copies of the append path's stage histograms.
+    pub fn stages(&self) -> WalStages {
+        let s = &self.inner().stages;
+        WalStages {
+            queue_wait: s.queue_wait.snapshot(),
+            pack: s.pack.snapshot(),
+            write: s.write.snapshot(),
+            flush: s.flush.snapshot(),
+        }
     }
 
     /// The failure reason once a write or flush failed.
@@ -618,6 +664,8 @@ impl Inner {
     /// Counts a flush's duration; a slow one is logged (at most every 10 s),
     /// since produce latency cannot be lower than the device's flush.
     fn note_flush(&self, took: std::time::Duration) {
+        self.flush_latency.record(took);
+        self.stages.flush.record(took);
         let us = took.as_micros() as u64;
         let mut st = self.st.borrow_mut();
         st.stats.max_flush_us = st.stats.max_flush_us.max(us);
@@ -682,7 +730,11 @@ impl Inner {
             self.tuning.write_chunk_bytes,
         );
         let mut acks = Vec::with_capacity(n);
+        let packing = std::time::Instant::now();
         for p in st.pending.drain(..n) {
+            self.stages
+                .queue_wait
+                .record(packing.saturating_duration_since(p.queued));
             let offset = packer.pos;
             packer.put(&RecordHeader::for_body(&p.body, offset, st.generation).encode(geo.epoch));
             packer.put(&p.body);
@@ -690,6 +742,7 @@ impl Inner {
             acks.push((p.slot, offset));
         }
         let mut writes = packer.finish();
+        self.stages.pack.record(packing.elapsed());
         if skip > 0 {
             let mut buf = dev.alloc(block as usize);
             buf.as_mut_slice().fill(0);
@@ -720,7 +773,9 @@ impl Inner {
             let inner = self.clone();
             let dev = dev.clone();
             glommio::spawn_local(async move {
+                let started = std::time::Instant::now();
                 let r = dev.write_at(buf, pos).await;
+                inner.stages.write.record(started.elapsed());
                 inner.write_done(plan.id, r);
             })
             .detach();
