@@ -251,8 +251,11 @@ fn crash_images_recover_a_durable_prefix() {
         .spawn(|| async {
             let layout = layout();
             let (mut images, mut recovery_crashes) = (0, 0);
-            for seed in 1..=4u64 {
+            // Seeds 5 and 6: an O_DSYNC device, acknowledged with no flush.
+            for seed in 1..=6u64 {
+                let dsync = seed > 4;
                 let dev = MemDevice::formatted(&layout);
+                dev.set_durable_writes(dsync);
                 let base = dev.image();
                 let run = record_run(&layout, &dev, seed).await;
                 let events = dev.events();
@@ -272,6 +275,7 @@ fn crash_images_recover_a_durable_prefix() {
                         let late = random_late(&mut rng, &events, barrier);
                         let img = crash_image(&base, &events, barrier, &late);
                         let crashed = MemDevice::from_image(img.clone(), 512);
+                        crashed.set_durable_writes(dsync);
                         let (wal, recs) = open(&layout, &crashed).await;
                         check_recovery(&run, barrier, &recs, wal.trim_offset());
                         images += 1;
@@ -295,8 +299,9 @@ fn crash_images_recover_a_durable_prefix() {
                             let late = random_late(&mut rng, &events, at);
                             let img2 =
                                 crash_image(&img, &events, if pick == 0 { 0 } else { at }, &late);
-                            let (again, recs2) =
-                                open(&layout, &MemDevice::from_image(img2, 512)).await;
+                            let twice = MemDevice::from_image(img2, 512);
+                            twice.set_durable_writes(dsync);
+                            let (again, recs2) = open(&layout, &twice).await;
                             assert_eq!(recs2, recs, "a crash during recovery changed the log");
                             assert_eq!(again.trim_offset(), wal.trim_offset());
                             again.close().await;

@@ -32,6 +32,12 @@ pub trait BlockDevice {
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Bytes>;
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> IoFuture<'_, ()>;
+    /// Whether a write is durable once it completes (the device was opened
+    /// `O_DSYNC`): then the WAL acknowledges after the write alone, with no
+    /// flush.
+    fn durable_writes(&self) -> bool {
+        false
+    }
     /// A fresh handle on the same storage (after a failure the old handle's
     /// state, e.g. a file descriptor with a sticky error, is not trusted).
     fn reopen(&self) -> IoFuture<'_, Rc<dyn BlockDevice>>;
@@ -79,6 +85,7 @@ pub struct DmaDevice {
     path: PathBuf,
     size: u64,
     block_size: u64,
+    dsync: bool,
 }
 
 impl DmaDevice {
@@ -86,10 +93,24 @@ impl DmaDevice {
     /// not set it for a block device node, which lives on devtmpfs).
     /// `size` and `block_size` come from the WAL layout (ioctl for devices).
     pub async fn open(path: PathBuf, size: u64, block_size: u64) -> io::Result<DmaDevice> {
+        DmaDevice::open_with(path, size, block_size, false).await
+    }
+
+    /// [`DmaDevice::open`], with `O_DSYNC` too when `dsync`: each write is
+    /// then durable when it completes (the kernel issues it with FUA or
+    /// follows it with a cache flush), one I/O instead of a write and an
+    /// fdatasync.
+    pub async fn open_with(
+        path: PathBuf,
+        size: u64,
+        block_size: u64,
+        dsync: bool,
+    ) -> io::Result<DmaDevice> {
+        let flags = libc::O_DIRECT | if dsync { libc::O_DSYNC } else { 0 };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(flags)
             .dma_open(&path)
             .await
             .map_err(io::Error::from)?;
@@ -98,6 +119,7 @@ impl DmaDevice {
             path,
             size,
             block_size,
+            dsync,
         })
     }
 }
@@ -166,9 +188,14 @@ impl BlockDevice for DmaDevice {
         Box::pin(async move { self.file.fdatasync().await.map_err(io::Error::from) })
     }
 
+    fn durable_writes(&self) -> bool {
+        self.dsync
+    }
+
     fn reopen(&self) -> IoFuture<'_, Rc<dyn BlockDevice>> {
         Box::pin(async move {
-            let d = DmaDevice::open(self.path.clone(), self.size, self.block_size).await?;
+            let d = DmaDevice::open_with(self.path.clone(), self.size, self.block_size, self.dsync)
+                .await?;
             Ok(Rc::new(d) as Rc<dyn BlockDevice>)
         })
     }

@@ -1,5 +1,6 @@
 //! An in-memory [`BlockDevice`] for tests: it can fail single I/Os with EIO,
-//! tear a write at sector (512 B) granularity, delay I/O, and records every
+//! tear a write at sector (512 B) granularity, delay I/O, act as an
+//! `O_DSYNC` device (every completed write durable), and records every
 //! completed write and every flush barrier. A `kill -9` cannot reveal a
 //! missing flush (the page cache survives it), so crash images are built from
 //! this record instead: the state at a flush barrier plus any subset of later
@@ -55,6 +56,9 @@ struct MemState {
     delay: Cell<Duration>,
     writes: Cell<u64>,
     flushes: Cell<u64>,
+    /// Writes are durable when they complete (an `O_DSYNC` device): each
+    /// is recorded with a flush barrier right after it.
+    durable_writes: Cell<bool>,
 }
 
 /// See the module documentation. Cloning gives another handle on the same
@@ -81,6 +85,7 @@ impl MemDevice {
                 delay: Cell::new(Duration::ZERO),
                 writes: Cell::new(0),
                 flushes: Cell::new(0),
+                durable_writes: Cell::new(false),
             }),
             block_size,
         }
@@ -129,6 +134,12 @@ impl MemDevice {
 
     /// Every I/O from now on takes this long (glommio timer, not a blocking
     /// sleep).
+    /// Makes every completed write durable, as on a device opened
+    /// `O_DSYNC` (the WAL then acknowledges without flushing).
+    pub fn set_durable_writes(&self, on: bool) {
+        self.st.durable_writes.set(on);
+    }
+
     pub fn set_delay(&self, d: Duration) {
         self.st.delay.set(d);
     }
@@ -181,7 +192,11 @@ impl MemDevice {
         }
         self.apply(pos, buf.as_slice());
         let data = Bytes::copy_from_slice(buf.as_slice());
-        self.st.log.borrow_mut().push(IoEvent::Write { pos, data });
+        let mut log = self.st.log.borrow_mut();
+        log.push(IoEvent::Write { pos, data });
+        if self.st.durable_writes.get() {
+            log.push(IoEvent::Flush);
+        }
         Ok(())
     }
 
@@ -244,6 +259,10 @@ impl BlockDevice for MemDevice {
 
     fn flush(&self) -> IoFuture<'_, ()> {
         Box::pin(self.do_flush())
+    }
+
+    fn durable_writes(&self) -> bool {
+        self.st.durable_writes.get()
     }
 
     fn reopen(&self) -> IoFuture<'_, Rc<dyn BlockDevice>> {
