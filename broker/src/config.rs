@@ -50,6 +50,12 @@ pub struct Config {
     pub admin_listen: String,
     /// `text` (default) or `json` log lines.
     pub log_format: String,
+    /// How long a shard with nothing to run polls for I/O completions and
+    /// wake-ups before it sleeps (glommio's `spin_before_park`), in µs. A
+    /// sleeping shard takes tens of microseconds to wake for each WAL write
+    /// and flush completion; spinning trades that for CPU, only while the
+    /// shard is busy (an idle one sleeps after this long). 0: never spin.
+    pub spin_before_park_us: u64,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
@@ -123,6 +129,12 @@ pub struct Config {
     /// How long produce waits for WAL or log-cache space before it answers
     /// a retriable error.
     pub wal_full_wait_ms: u64,
+    /// Open the WAL `O_DSYNC`: a batch is durable when its write completes
+    /// (one I/O: the kernel sends FUA, or a cache flush), so no fdatasync
+    /// follows it. `false`: write, then fdatasync. The default, `true`, had
+    /// the lower produce latency and CPU in `scripts/bench-latency` runs
+    /// (docs/bench/README.md).
+    pub wal_dsync: bool,
     /// Upload to object storage (false: the WAL and the log cache hold
     /// everything, as before object storage; for benchmarks).
     pub uploads_enabled: bool,
@@ -201,6 +213,7 @@ impl Default for Config {
             max_connections_per_ip: 2_147_483_647,
             connections_max_idle_ms: 600_000,
             slow_request_ms: 500,
+            spin_before_park_us: 0,
             admin_listen: "127.0.0.1:9644".into(),
             log_format: "text".into(),
             auto_create_topics: true,
@@ -235,6 +248,7 @@ impl Default for Config {
             cold_read_bytes_per_sec: 0,
             object_block_bytes: 512 << 10,
             wal_full_wait_ms: 5000,
+            wal_dsync: true,
             uploads_enabled: true,
             object_orphan_grace_ms: 3_600_000,
             object_gc_interval_ms: 300_000,
@@ -302,6 +316,8 @@ pub struct Flags {
     pub admin_listen: Option<String>,
     #[arg(long, env = "BROKER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    #[arg(long, env = "BROKER_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
     #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
     #[arg(long, env = "BROKER_NUM_PARTITIONS")]
@@ -366,6 +382,8 @@ pub struct Flags {
     pub object_block_bytes: Option<u64>,
     #[arg(long, env = "BROKER_WAL_FULL_WAIT_MS")]
     pub wal_full_wait_ms: Option<u64>,
+    #[arg(long, env = "BROKER_WAL_DSYNC")]
+    pub wal_dsync: Option<bool>,
     #[arg(long, env = "BROKER_UPLOADS_ENABLED")]
     pub uploads_enabled: Option<bool>,
     #[arg(long, env = "BROKER_OBJECT_ORPHAN_GRACE_MS")]
@@ -504,6 +522,7 @@ impl Config {
             max_connections_per_ip,
             connections_max_idle_ms,
             slow_request_ms,
+            spin_before_park_us,
             admin_listen,
             log_format,
             auto_create_topics,
@@ -533,6 +552,7 @@ impl Config {
             cold_read_bytes_per_sec,
             object_block_bytes,
             wal_full_wait_ms,
+            wal_dsync,
             uploads_enabled,
             object_orphan_grace_ms,
             object_gc_interval_ms,

@@ -134,9 +134,14 @@ fn main() {
         // A task queue that has run this long yields to others that are
         // runnable (glommio's default is 100 ms): uploads and cold reads
         // must not hold a core while a produce waits.
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
             .name(&format!("shard-{s}"))
-            .preempt_timer(std::time::Duration::from_millis(1))
+            .preempt_timer(std::time::Duration::from_millis(1));
+        if cfg.spin_before_park_us > 0 {
+            builder =
+                builder.spin_before_park(std::time::Duration::from_micros(cfg.spin_before_park_us));
+        }
+        let handle = builder
             // One blocking thread serves file opens and the like; the other
             // is the reactor watchdog's (`start_watchdog`).
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))

@@ -219,7 +219,7 @@ pub fn encode(reports: &[ShardReport], quorum: Option<&QuorumState>) -> String {
             );
             f.counter(
                 "broker_wal_flushes",
-                "Flushes (fdatasync) of the WAL slice.",
+                "Flush groups of the WAL slice made durable (by one fdatasync each, or by O_DSYNC writes with wal_dsync).",
                 sl(),
                 w.stats.flushes,
             );
@@ -249,7 +249,7 @@ pub fn encode(reports: &[ShardReport], quorum: Option<&QuorumState>) -> String {
             );
             f.histogram(
                 "broker_wal_flush_duration_seconds",
-                "WAL flush (fdatasync) latency.",
+                "WAL fdatasync latency (no samples with wal_dsync: its writes are durable alone).",
                 sl(),
                 w.flush,
             );

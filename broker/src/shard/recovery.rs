@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use storage::wal::{RecoveredRecord, WalError, WalLayout, WalSlice};
+use storage::wal::{RecoveredRecord, WalError, WalLayout, WalSlice, WalTuning};
 use tracing::{debug, error, info, warn};
 
 use super::{CacheUsage, Shard};
@@ -29,7 +29,11 @@ impl Shard {
     /// plus what the slice holds, and starts the committer and uploader.
     /// Runs before the listener starts.
     pub async fn open_wal(self: &Rc<Self>, layout: &WalLayout) -> Result<(), WalError> {
-        let (wal, records) = WalSlice::open(layout, self.id as u32).await?;
+        let tuning = WalTuning {
+            dsync_writes: self.config.wal_dsync,
+            ..WalTuning::default()
+        };
+        let (wal, records) = WalSlice::open_tuned(layout, self.id as u32, tuning).await?;
         self.attach_wal(wal, records);
         Ok(())
     }
