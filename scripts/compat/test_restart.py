@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -203,6 +204,21 @@ def test_corrupt_metadata_tail_cut_and_corrupt_snapshot_refused(fresh_broker):
     assert raw_again == raw_before
 
 
+def threads_of(pid: int) -> str:
+    """Each thread of `pid`: name, state and the kernel function it sleeps
+    in, for the report of a hung start."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            name = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = (task / "wchan").read_text().strip()
+            out.append(f"  {task.name} {name}: state {state}, in {wchan or '-'}")
+        except OSError:
+            continue
+    return "\n".join(out)
+
+
 def test_starts_do_not_hang(tmp_path):
     """A two-shard broker started and killed 40 times listens on both ports
     within 10 s every time. Before the reactor watchdog (broker/src/main.rs
@@ -217,7 +233,8 @@ def test_starts_do_not_hang(tmp_path):
         except OSError:
             return False
 
-    base = 20000 + (os.getpid() * 7) % 20000
+    # Below the ephemeral port range (32768+), like the fixture's ports.
+    base = 20000 + (os.getpid() * 7) % 12000
     for i in range(40):
         data = tmp_path / f"d{i}"
         log = open(tmp_path / "broker.log", "ab")
@@ -230,7 +247,8 @@ def test_starts_do_not_hang(tmp_path):
             deadline = time.monotonic() + 10
             while not (listening(base) and listening(base + 1)):
                 assert proc.poll() is None, f"start {i}: exited with {proc.returncode}"
-                assert time.monotonic() < deadline, f"start {i} hung: not listening after 10 s"
+                assert time.monotonic() < deadline, \
+                    f"start {i} hung: not listening after 10 s; threads:\n{threads_of(proc.pid)}"
                 time.sleep(0.05)
         finally:
             proc.kill()
