@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use event_listener::Event;
-use storage::batch::{parse_header, stamp_into, Stamp, ValidatedBatch};
+use storage::batch::{crc_append_batch, parse_header, stamp_into, Stamp, ValidatedBatch};
 use storage::log_cache::{LogCache, ReadResult, StoredBatch};
 use storage::object::reader::Readahead;
 use uuid::Uuid;
@@ -168,6 +168,8 @@ pub struct Appended {
     pub last_offset: i64,
     /// The WAL record body: prefix, then the batch as stored.
     pub framed: Bytes,
+    /// CRC-32C of `framed`, combined from the batch's own verified CRC.
+    pub crc: u32,
 }
 
 /// How a read is served.
@@ -239,6 +241,7 @@ impl Partition {
             log_append_time,
         };
         let framed = stamp_into(prefix, &batch.bytes, stamp);
+        let crc = crc_append_batch(crc32c::crc32c(prefix), &framed[prefix.len()..]);
         self.cache.push(StoredBatch {
             base_offset,
             last_offset,
@@ -250,6 +253,7 @@ impl Partition {
             base_offset,
             last_offset,
             framed,
+            crc,
         }
     }
 

@@ -7,8 +7,9 @@
 //! is bounded so a fast client cannot queue unbounded work.
 //!
 //! What one connection can cost, whatever the peer does:
-//! * a frame being read holds at most about twice the bytes that have
-//!   arrived (see `frame`), and at most `max_frame`;
+//! * a frame being read holds at most `max_frame`, and, once the shard's
+//!   budget for frames allocated ahead is used up, about twice the bytes
+//!   that have arrived (see `frame`);
 //! * a peer that never reads its responses holds at most `MAX_IN_FLIGHT`
 //!   requests, and about `MAX_UNSENT_BYTES` of responses plus one Fetch
 //!   response: the loop stops reading from it once either fills. Fetches

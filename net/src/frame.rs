@@ -1,9 +1,12 @@
 //! Length-prefixed framing: a big-endian `i32` size, then that many bytes.
 //!
-//! Runs on the shard that owns the connection. Never allocates the claimed
-//! length up front: the buffer grows with the bytes that actually arrive, so
-//! a peer that claims 100 MiB and sends nothing costs `FIRST_CHUNK`, and one
-//! that dribbles a frame a byte at a time holds at most twice what it sent.
+//! Runs on the shard that owns the connection. A frame's buffer is
+//! allocated at its full length up front, in one piece that later becomes
+//! the request's `Bytes` without a copy, while the shard's frames being read
+//! hold less than `AHEAD_BUDGET` that has not arrived yet. Past that budget
+//! the buffer grows with the bytes that actually arrive, so a crowd of peers
+//! that claim 100 MiB and send nothing costs the budget plus `FIRST_CHUNK`
+//! each, and one that dribbles a frame holds at most twice what it sent.
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
@@ -11,6 +14,38 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 /// First buffer size for a frame body; it doubles as bytes arrive. Small,
 /// because a slow or hostile peer holds it for as long as it likes.
 const FIRST_CHUNK: usize = 8 * 1024;
+
+/// Bytes a shard may allocate for frames ahead of their arrival (per
+/// thread, so per shard: the connection loop runs on its shard).
+const AHEAD_BUDGET: usize = 64 << 20;
+
+thread_local! {
+    /// Bytes allocated ahead for frames being read on this thread now.
+    static AHEAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A claim on `AHEAD_BUDGET` for one frame being read; gives it back when
+/// the frame is read (or its read is abandoned).
+struct Ahead(usize);
+
+impl Ahead {
+    /// Claims `len` bytes if the budget still has them.
+    fn claim(len: usize) -> Option<Ahead> {
+        AHEAD.with(|a| {
+            let used = a.get();
+            (used + len <= AHEAD_BUDGET).then(|| {
+                a.set(used + len);
+                Ahead(len)
+            })
+        })
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        AHEAD.with(|a| a.set(a.get() - self.0));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -66,6 +101,21 @@ pub async fn read_frame_timed<R: AsyncRead + Unpin>(
     }
     let len = check_length(prefix, max)?;
     let started = std::time::Instant::now();
+    if let Some(_claim) = Ahead::claim(len) {
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = r.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated {
+                    got: filled,
+                    want: len,
+                });
+            }
+            filled += n;
+        }
+        return Ok(Some((Bytes::from(buf), started.elapsed())));
+    }
     let mut buf = BytesMut::new();
     while buf.len() < len {
         let start = buf.len();
@@ -170,6 +220,36 @@ mod tests {
             run(read_frame(&mut r, 100)),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    fn ahead_in_use() -> usize {
+        AHEAD.with(|a| a.get())
+    }
+
+    #[test]
+    fn the_ahead_budget_is_given_back_and_past_it_buffers_grow() {
+        let mut data = 20_000i32.to_be_bytes().to_vec();
+        data.extend_from_slice(&[5u8; 20_000]);
+        // Within the budget: read whole, and the claim is returned.
+        let mut r = futures_lite::io::Cursor::new(data.clone());
+        assert_eq!(
+            run(read_frame(&mut r, 1 << 20)).unwrap().unwrap().len(),
+            20_000
+        );
+        assert_eq!(ahead_in_use(), 0);
+        // A truncated frame returns its claim too.
+        let mut r = futures_lite::io::Cursor::new(data[..100].to_vec());
+        assert!(run(read_frame(&mut r, 1 << 20)).is_err());
+        assert_eq!(ahead_in_use(), 0);
+        // With the budget used up (by frames other peers are sending), the
+        // frame still arrives, in a buffer that grows.
+        let hog = Ahead::claim(AHEAD_BUDGET).unwrap();
+        assert!(Ahead::claim(1).is_none());
+        let mut r = Dribble(data.clone().into_iter());
+        let frame = run(read_frame(&mut r, 1 << 20)).unwrap().unwrap();
+        assert_eq!(&frame[..], &data[4..]);
+        drop(hog);
+        assert_eq!(ahead_in_use(), 0);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod block_cache;
 pub mod codec;
+pub mod crc;
 pub mod file_lock;
 pub mod histogram;
 pub mod log_cache;

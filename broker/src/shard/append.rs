@@ -284,7 +284,7 @@ impl Shard {
             queue.push_back(InFlight {
                 key,
                 end_offset: appended.last_offset + 1,
-                wal: wal.append(appended.framed),
+                wal: wal.append_with_crc(appended.framed, appended.crc),
                 epoch,
                 done: if i + 1 == n { done.take() } else { None },
                 queued: Instant::now(),

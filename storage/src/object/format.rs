@@ -30,7 +30,7 @@ use nom::bytes::complete::take;
 use nom::number::complete::{be_i32, be_i64, be_u16, be_u32, be_u64};
 use nom::IResult;
 
-use crate::batch::parse_header;
+use crate::batch::{crc_append_batch, parse_header};
 
 /// `"SBSSOBJ1"`: the last 8 bytes of every stream-set object.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"SBSSOBJ1");
@@ -233,7 +233,9 @@ impl ObjectBuilder {
         e.records = e.records.saturating_add(batch.records);
         e.max_timestamp = e.max_timestamp.max(batch.max_timestamp);
         e.size += batch.bytes.len() as u32;
-        e.crc = crc32c::crc32c_append(e.crc, &batch.bytes);
+        // The batch's own CRC was verified when it came in (produce, the
+        // WAL or an object block): combine it rather than read it again.
+        e.crc = crc_append_batch(e.crc, &batch.bytes);
         self.position += batch.bytes.len() as u64;
         self.body.push(batch.bytes.clone());
     }

@@ -166,10 +166,9 @@ impl LocalStore {
         }
         if filled > 0 {
             let aligned = file.align_up(filled as u64) as usize;
-            let mut last = file.alloc_dma_buffer(aligned);
-            last.as_bytes_mut()[..filled].copy_from_slice(&buf.as_bytes()[..filled]);
-            last.as_bytes_mut()[filled..].fill(0);
-            file.write_at(last, pos)
+            buf.as_bytes_mut()[filled..aligned].fill(0);
+            buf.trim_to_size(aligned);
+            file.write_at(buf, pos)
                 .await
                 .map_err(|e| io_err("writing", tmp, e))?;
         }

@@ -272,6 +272,17 @@ impl RecordHeader {
         }
     }
 
+    /// Header for a body of `len` bytes whose CRC-32C is `body_crc`.
+    pub fn with_crc(len: usize, body_crc: u32, offset: u64, generation: u32) -> RecordHeader {
+        RecordHeader {
+            flags: FLAG_DATA,
+            generation,
+            body_len: len as u32,
+            offset,
+            body_crc,
+        }
+    }
+
     /// The marker that sends the reader to the start of the next lap.
     pub fn wrap(offset: u64, generation: u32) -> RecordHeader {
         RecordHeader {

@@ -209,6 +209,8 @@ enum Status {
 
 struct Pending {
     body: Bytes,
+    /// The body's CRC-32C, when the caller knew it without reading it.
+    crc: Option<u32>,
     slot: Rc<Slot>,
     /// When `append` queued it (for the queue-wait stage).
     queued: std::time::Instant,
@@ -353,6 +355,19 @@ impl WalSlice {
     /// first polled). When the ring is full the future waits for a trim.
     /// A body over the size limit is refused at once.
     pub fn append(&self, body: Bytes) -> AppendFuture {
+        self.append_inner(body, None)
+    }
+
+    /// `append` of a body whose CRC-32C the caller already has (combined
+    /// from checksums it verified), so the writer does not read it again.
+    /// A wrong `crc` makes recovery drop the record: pass only a CRC known
+    /// to be right (debug builds check it).
+    pub fn append_with_crc(&self, body: Bytes, crc: u32) -> AppendFuture {
+        debug_assert_eq!(crc, crc32c::crc32c(&body), "append_with_crc: wrong CRC");
+        self.append_inner(body, Some(crc))
+    }
+
+    fn append_inner(&self, body: Bytes, crc: Option<u32>) -> AppendFuture {
         let inner = self.inner();
         let slot = Rc::new(Slot::default());
         let mut st = inner.st.borrow_mut();
@@ -367,6 +382,7 @@ impl WalSlice {
             st.pending_bytes += HEADER_LEN + body.len() as u64;
             st.pending.push_back(Pending {
                 body,
+                crc,
                 slot: slot.clone(),
                 queued: std::time::Instant::now(),
             });
@@ -747,7 +763,11 @@ impl Inner {
                 .queue_wait
                 .record(packing.saturating_duration_since(p.queued));
             let offset = packer.pos;
-            packer.put(&RecordHeader::for_body(&p.body, offset, st.generation).encode(geo.epoch));
+            let header = match p.crc {
+                Some(crc) => RecordHeader::with_crc(p.body.len(), crc, offset, st.generation),
+                None => RecordHeader::for_body(&p.body, offset, st.generation),
+            };
+            packer.put(&header.encode(geo.epoch));
             packer.put(&p.body);
             st.pending_bytes -= HEADER_LEN + p.body.len() as u64;
             acks.push((p.slot, offset));
