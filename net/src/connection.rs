@@ -121,6 +121,8 @@ pub async fn serve_connection<S, T>(
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = futures_lite::io::split(stream);
+    // Shared by every request of the connection: no copy per request.
+    let peer_name: Rc<str> = Rc::from(peer.as_str());
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
     let backlog = Rc::new(Backlog::default());
     let writer_task = glommio::spawn_local(write_responses(
@@ -168,7 +170,7 @@ pub async fn serve_connection<S, T>(
             Ok(mut request) => {
                 request.timing.frame_read = frame_read;
                 request.timing.decode = decoding.elapsed();
-                request.peer.clone_from(&peer);
+                request.peer = peer_name.clone();
                 if before(idle_deadline, backlog.admit(request.api_key))
                     .await
                     .is_none()

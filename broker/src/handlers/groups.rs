@@ -28,6 +28,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::RequestHeader;
 use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
@@ -37,7 +38,6 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::ResponseError;
-use net::Request;
 
 use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
 use crate::group::records::OffsetValue;
@@ -62,15 +62,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn of(req: &Request) -> Client {
-        let host = req
-            .peer
+    pub fn of(header: &RequestHeader, peer: &str) -> Client {
+        let host = peer
             .rsplit_once(':')
-            .map_or(req.peer.as_str(), |(h, _)| h)
+            .map_or(peer, |(h, _)| h)
             .trim_matches(|c| c == '[' || c == ']');
         Client {
-            id: req
-                .header
+            id: header
                 .client_id
                 .as_ref()
                 .map(|c| c.to_string())

@@ -470,7 +470,9 @@ impl Shard {
 
     async fn dispatch(self: Rc<Self>, req: Request) -> Option<ResponseKind> {
         let v = req.version;
-        let client = handlers::groups::Client::of(&req);
+        // Only the group APIs that record members need the client's id and
+        // host as strings; every other request allocates none.
+        let client = || handlers::groups::Client::of(&req.header, &req.peer);
         let resp = match req.body {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(net::versions::api_versions_response(0))
@@ -507,7 +509,7 @@ impl Shard {
                 ResponseKind::FindCoordinator(handlers::groups::find_coordinator(&self, r, v).await)
             }
             RequestKind::JoinGroup(r) => {
-                ResponseKind::JoinGroup(handlers::groups::join_group(&self, r, v, client).await)
+                ResponseKind::JoinGroup(handlers::groups::join_group(&self, r, v, client()).await)
             }
             RequestKind::SyncGroup(r) => {
                 ResponseKind::SyncGroup(handlers::groups::sync_group(&self, r, v).await)
@@ -525,7 +527,7 @@ impl Shard {
                 ResponseKind::OffsetFetch(handlers::groups::offset_fetch(&self, r, v))
             }
             RequestKind::ConsumerGroupHeartbeat(r) => ResponseKind::ConsumerGroupHeartbeat(
-                handlers::consumer_groups::heartbeat(&self, r, v, client).await,
+                handlers::consumer_groups::heartbeat(&self, r, v, client()).await,
             ),
             RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
                 handlers::consumer_groups::describe(&self, r, v),
