@@ -22,7 +22,7 @@ pub struct Request {
     pub body: RequestKind,
     /// The client's address (`ip:port`) as the connection saw it; empty
     /// when decoded outside a connection. Groups report it as client_host.
-    pub peer: String,
+    pub peer: std::rc::Rc<str>,
     /// How long reading and decoding it took (zero outside a connection).
     pub timing: Timing,
 }
@@ -126,7 +126,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         version,
         header,
         body,
-        peer: String::new(),
+        peer: std::rc::Rc::from(""),
         timing: Timing::default(),
     })
 }
@@ -143,7 +143,14 @@ pub fn encode_response(
         version,
         reason,
     };
-    let mut buf = BytesMut::with_capacity(256);
+    // A Fetch response is mostly record batches: sized up front, it is
+    // encoded in one buffer that never regrows (each regrowth copies all of
+    // it again).
+    let capacity = match body {
+        ResponseKind::Fetch(f) => 64 + f.compute_size(version).unwrap_or(0),
+        _ => 256,
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header

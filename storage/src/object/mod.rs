@@ -113,6 +113,24 @@ pub trait ObjectStore {
     /// Reads bytes `range` of the object. A range past the end is an error.
     fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> ObjectFuture<'a, Bytes>;
 
+    /// Reads bytes `range` of the object as pieces: `lens` are the pieces'
+    /// lengths, in order, and add up to the range's. Each piece is its own
+    /// allocation, so a cache that keeps one piece does not pin the rest.
+    /// The default cuts `get_range`'s buffer with one copy per piece;
+    /// backends that read into a buffer of their own copy straight out of
+    /// it instead.
+    fn get_pieces<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        lens: &'a [usize],
+    ) -> ObjectFuture<'a, Vec<Bytes>> {
+        Box::pin(async move {
+            let whole = self.get_range(key, range).await?;
+            cut_pieces(&whole, lens)
+        })
+    }
+
     /// Size and age of an object, or `None` if it does not exist.
     fn head<'a>(&'a self, key: &'a str) -> ObjectFuture<'a, Option<ObjectInfo>>;
 
@@ -127,6 +145,26 @@ pub trait ObjectStore {
 
     /// The requests this instance made so far.
     fn stats(&self) -> StoreStats;
+}
+
+/// Copies `whole` out in pieces of `lens` bytes, which must add up to its
+/// length.
+pub fn cut_pieces(whole: &[u8], lens: &[usize]) -> Result<Vec<Bytes>, ObjectError> {
+    if lens.iter().sum::<usize>() != whole.len() {
+        return Err(ObjectError::Invalid(format!(
+            "{} bytes cannot be cut into pieces of {lens:?}",
+            whole.len()
+        )));
+    }
+    let mut at = 0;
+    Ok(lens
+        .iter()
+        .map(|&n| {
+            let piece = Bytes::copy_from_slice(&whole[at..at + n]);
+            at += n;
+            piece
+        })
+        .collect())
 }
 
 /// A shard's handle on its store.

@@ -266,6 +266,30 @@ impl ObjectReader {
         Ok(bytes)
     }
 
+    /// `get`, cut into pieces of `lens` bytes (see `ObjectStore::get_pieces`).
+    async fn get_pieces(
+        &self,
+        id: u64,
+        range: Range<u64>,
+        lens: &[usize],
+    ) -> Result<Vec<Bytes>, ObjectError> {
+        let len = range.end - range.start;
+        self.throttle.acquire(len).await;
+        let key = self.key(id);
+        let pieces = self.store.get_pieces(&key, range, lens).await?;
+        let got: usize = pieces.iter().map(Bytes::len).sum();
+        if got as u64 != len || pieces.len() != lens.len() {
+            return Err(ObjectError::Invalid(format!(
+                "GET of {len} bytes of {key} returned {got}"
+            )));
+        }
+        self.count(|s| {
+            s.gets += 1;
+            s.bytes_fetched += len;
+        });
+        Ok(pieces)
+    }
+
     /// The object's index: cached, or one tail GET (two if the index is
     /// larger than the first read).
     pub async fn index(&self, obj: ObjectRef) -> Result<Rc<ObjectIndex>, ObjectError> {
@@ -306,15 +330,15 @@ impl ObjectReader {
         // cancelled halfway (its fetch went away with its connection):
         // otherwise later reads of these blocks would wait forever.
         let _inflight = InflightGuard::new(self, run.iter().map(|b| (id, b.position)).collect());
-        let bytes = self.get(id, start..end).await?;
+        // Blocks of a run are adjacent (`merge_runs`): each block arrives in
+        // its own buffer, so one evicted block frees its memory rather than
+        // pinning the whole GET's.
+        let lens: Vec<usize> = run.iter().map(|b| b.size as usize).collect();
+        let blocks = self.get_pieces(id, start..end, &lens).await?;
         let mut cache = self.blocks.borrow_mut();
-        for b in run {
-            let from = (b.position - start) as usize;
-            let block = bytes.slice(from..from + b.size as usize);
+        for (b, block) in run.iter().zip(blocks) {
             format::verify_block(b, &block).map_err(invalid)?;
-            // Copied out of the run so that one evicted block frees its
-            // memory rather than pinning the whole GET buffer.
-            cache.insert((id, b.position), Bytes::copy_from_slice(&block));
+            cache.insert((id, b.position), block);
         }
         Ok(())
     }
