@@ -26,6 +26,7 @@ use broker::{
 const MESH_CAPACITY: usize = 1024;
 
 fn main() {
+    keep_freed_memory();
     shutdown::block_signals();
     let mut flags = Flags::parse();
     let tool = flags.tool.take();
@@ -347,5 +348,26 @@ fn check_memlock() {
             "locked-memory limit is {} KiB; glommio may fail to start shards. Raise it (ulimit -l unlimited) or run as root",
             lim.rlim_cur / 1024
         );
+    }
+}
+
+/// Makes glibc's malloc keep freed buffers for reuse. By default a buffer
+/// over 128 KiB (a record batch, an object block) is mapped from the kernel
+/// and unmapped when freed, and freed memory at the top of a heap is given
+/// back, so every large buffer was faulted in and zeroed again: a tenth of
+/// the broker's CPU per byte. Memory stays bounded by the caches' budgets;
+/// it is just not handed back between uses.
+fn keep_freed_memory() {
+    // The largest threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2).
+    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+    const TRIM_THRESHOLD: libc::c_int = 1 << 30;
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    let ok = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    };
+    if !ok {
+        eprintln!("broker: mallopt refused the thresholds; large buffers will be remapped");
     }
 }
