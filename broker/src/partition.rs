@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use event_listener::Event;
-use storage::batch::{crc_append_batch, parse_header, stamp_into, Stamp, ValidatedBatch};
+use storage::batch::{crc_append_batch, parse_header, stamp, Stamp, ValidatedBatch};
 use storage::log_cache::{LogCache, ReadResult, StoredBatch};
 use storage::object::reader::Readahead;
 use uuid::Uuid;
@@ -166,9 +166,11 @@ impl PartitionState {
 pub struct Appended {
     pub base_offset: i64,
     pub last_offset: i64,
-    /// The WAL record body: prefix, then the batch as stored.
-    pub framed: Bytes,
-    /// CRC-32C of `framed`, combined from the batch's own verified CRC.
+    /// The batch as stored (offsets stamped); the WAL record's body is the
+    /// partition's prefix, then this.
+    pub stored: Bytes,
+    /// CRC-32C of that record body, combined from the batch's own verified
+    /// CRC.
     pub crc: u32,
 }
 
@@ -221,38 +223,40 @@ impl Partition {
             .map_or(hw, |first| first.min(hw))
     }
 
-    /// Assigns offsets to `batch`, stamps a copy behind `prefix` (the WAL
-    /// record header, in the same allocation), caches it and records it in
-    /// the producer state (`info`, for batches with a producer id). Not
-    /// visible until committed.
+    /// Assigns offsets to `batch`, stamps it (in place when it owns its
+    /// bytes), caches it and records it in the producer state (`info`, for
+    /// batches with a producer id). Not visible until committed.
+    /// `prefix_crc` is the CRC-32C of the WAL record prefix it goes behind.
     pub fn append(
         &mut self,
-        batch: &ValidatedBatch,
+        batch: ValidatedBatch,
         info: Option<&BatchInfo>,
-        prefix: &[u8],
+        prefix_crc: u32,
         log_append_time: Option<i64>,
     ) -> Appended {
         let (base_offset, last_offset) = self.state.assign(batch.header.last_offset_delta);
         if let Some(info) = info {
             self.producers.apply(info, base_offset);
         }
-        let stamp = Stamp {
-            base_offset,
-            log_append_time,
-        };
-        let framed = stamp_into(prefix, &batch.bytes, stamp);
-        let crc = crc_append_batch(crc32c::crc32c(prefix), &framed[prefix.len()..]);
+        let stored = stamp(
+            batch.bytes,
+            Stamp {
+                base_offset,
+                log_append_time,
+            },
+        );
+        let crc = crc_append_batch(prefix_crc, &stored);
         self.cache.push(StoredBatch {
             base_offset,
             last_offset,
             records: batch.header.records_count.max(0) as u32,
             max_timestamp: log_append_time.unwrap_or(batch.header.max_timestamp),
-            bytes: framed.slice(prefix.len()..),
+            bytes: stored.clone(),
         });
         Appended {
             base_offset,
             last_offset,
-            framed,
+            stored,
             crc,
         }
     }

@@ -25,6 +25,11 @@ pub struct Request {
     pub peer: std::rc::Rc<str>,
     /// How long reading and decoding it took (zero outside a connection).
     pub timing: Timing,
+    /// The whole frame the request was decoded from; `header` and `body`
+    /// hold views of it. A handler that takes it and drops every view can
+    /// have the buffer back to itself (`Bytes::try_into_mut`): Produce
+    /// stamps offsets into the batches where they arrived.
+    pub frame: Bytes,
 }
 
 /// Where a request's time went before its handler ran.
@@ -87,6 +92,7 @@ pub struct EncodeError {
 
 /// Decodes one request frame (without its size prefix).
 pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
+    let whole = frame.clone();
     if frame.len() < 8 {
         return Err(DecodeError::Truncated(frame.len()));
     }
@@ -128,6 +134,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         body,
         peer: std::rc::Rc::from(""),
         timing: Timing::default(),
+        frame: whole,
     })
 }
 

@@ -124,16 +124,78 @@ pub fn parse_header(input: &[u8]) -> Result<BatchHeader, BatchError> {
 #[derive(Debug, Clone)]
 pub struct ValidatedBatch {
     pub header: BatchHeader,
-    pub bytes: Bytes,
+    pub bytes: BatchBytes,
+}
+
+/// A batch's bytes: a view of a buffer others hold too, or a region this
+/// batch alone holds, whose offsets can then be stamped in place.
+#[derive(Debug)]
+pub enum BatchBytes {
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl std::ops::Deref for BatchBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            BatchBytes::Shared(b) => b,
+            BatchBytes::Owned(b) => b,
+        }
+    }
+}
+
+impl Clone for BatchBytes {
+    /// A clone of an owned batch is a copy: the region stays the original's
+    /// alone.
+    fn clone(&self) -> Self {
+        match self {
+            BatchBytes::Shared(b) => BatchBytes::Shared(b.clone()),
+            BatchBytes::Owned(b) => BatchBytes::Owned(b.clone()),
+        }
+    }
 }
 
 /// Splits a produce payload into batches and validates each: magic 2, lengths
 /// that fit, a sane record count, offset delta and CRC-32C over
-/// `attributes..end`. `max_batch_bytes` is `max.message.bytes`.
+/// `attributes..end`. `max_batch_bytes` is `max.message.bytes`. The batches
+/// are views of `payload`.
 pub fn validate_batches(
     payload: &Bytes,
     max_batch_bytes: usize,
 ) -> Result<Vec<ValidatedBatch>, BatchError> {
+    let mut pos = 0;
+    Ok(validate_lengths(payload, max_batch_bytes)?
+        .into_iter()
+        .map(|(header, len)| {
+            let bytes = BatchBytes::Shared(payload.slice(pos..pos + len));
+            pos += len;
+            ValidatedBatch { header, bytes }
+        })
+        .collect())
+}
+
+/// `validate_batches` of a payload the caller alone holds: each batch gets
+/// its own region of it (no copy), to be stamped in place.
+pub fn validate_owned_batches(
+    mut payload: BytesMut,
+    max_batch_bytes: usize,
+) -> Result<Vec<ValidatedBatch>, BatchError> {
+    Ok(validate_lengths(&payload, max_batch_bytes)?
+        .into_iter()
+        .map(|(header, len)| ValidatedBatch {
+            header,
+            bytes: BatchBytes::Owned(payload.split_to(len)),
+        })
+        .collect())
+}
+
+/// Validates each batch of `payload`: their headers and lengths, in order.
+fn validate_lengths(
+    payload: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<(BatchHeader, usize)>, BatchError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     if payload.is_empty() {
@@ -171,10 +233,7 @@ pub fn validate_batches(
             )));
         }
         check_counts(&h)?;
-        out.push(ValidatedBatch {
-            header: h,
-            bytes: payload.slice(pos..pos + total),
-        });
+        out.push((h, total));
         pos += total;
     }
     Ok(out)
@@ -215,26 +274,22 @@ pub struct Stamp {
     pub log_append_time: Option<i64>,
 }
 
-/// Copies `batch` after `prefix` into one buffer and stamps it: base offset
-/// (outside the CRC, so the CRC stays valid) and, for LogAppendTime topics,
-/// the timestamp fields (the CRC is recomputed). Returns the whole buffer.
-///
-/// The copy is unavoidable: the batch is a slice of the request frame, which
-/// other partitions of the same request still share. Putting the WAL record
-/// header in front in the same copy means the WAL and the log share one
-/// allocation.
-pub fn stamp_into(prefix: &[u8], batch: &Bytes, stamp: Stamp) -> Bytes {
-    let mut b = BytesMut::with_capacity(prefix.len() + batch.len());
-    b.extend_from_slice(prefix);
-    b.extend_from_slice(batch);
-    let body = &mut b[prefix.len()..];
-    body[0..8].copy_from_slice(&stamp.base_offset.to_be_bytes());
+/// Stamps `batch`: base offset (outside the CRC, so the CRC stays valid)
+/// and, for LogAppendTime topics, the timestamp fields (the CRC is
+/// recomputed). An owned batch is stamped in place; a shared one (a view of
+/// a buffer others read) is copied first.
+pub fn stamp(batch: BatchBytes, stamp: Stamp) -> Bytes {
+    let mut b = match batch {
+        BatchBytes::Owned(b) => b,
+        BatchBytes::Shared(b) => BytesMut::from(&b[..]),
+    };
+    b[0..8].copy_from_slice(&stamp.base_offset.to_be_bytes());
     if let Some(now) = stamp.log_append_time {
-        let attributes = i16::from_be_bytes([body[21], body[22]]) | 0x8;
-        body[21..23].copy_from_slice(&attributes.to_be_bytes());
-        body[35..43].copy_from_slice(&now.to_be_bytes());
-        let crc = crc32c::crc32c(&body[CRC_START..]);
-        body[17..21].copy_from_slice(&crc.to_be_bytes());
+        let attributes = i16::from_be_bytes([b[21], b[22]]) | 0x8;
+        b[21..23].copy_from_slice(&attributes.to_be_bytes());
+        b[35..43].copy_from_slice(&now.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
     }
     b.freeze()
 }
@@ -533,32 +588,68 @@ pub(crate) mod tests {
     #[test]
     fn base_offset_rewrite_keeps_crc() {
         let b = make_batch(4, 0, b"v");
-        let r = stamp_into(
-            &[],
-            &b,
-            Stamp {
-                base_offset: 1234,
-                log_append_time: None,
-            },
-        );
-        let v = validate_batches(&r, 1 << 20).unwrap();
-        assert_eq!(v[0].header.base_offset, 1234);
-        assert_eq!(v[0].header.last_offset(), 1237);
+        let stamp_at = |batch| {
+            stamp(
+                batch,
+                Stamp {
+                    base_offset: 1234,
+                    log_append_time: None,
+                },
+            )
+        };
+        // A shared batch is copied; the bytes it was a view of are unchanged.
+        let shared = stamp_at(BatchBytes::Shared(b.clone()));
+        assert_eq!(parse_header(&b).unwrap().base_offset, 0);
+        assert_ne!(shared.as_ptr(), b.as_ptr());
+        // An owned one is stamped where it lies.
+        let owned = BytesMut::from(&b[..]);
+        let at = owned.as_ptr();
+        let in_place = stamp_at(BatchBytes::Owned(owned));
+        assert_eq!(in_place.as_ptr(), at);
+        for r in [shared, in_place] {
+            let v = validate_batches(&r, 1 << 20).unwrap();
+            assert_eq!(v[0].header.base_offset, 1234);
+            assert_eq!(v[0].header.last_offset(), 1237);
+        }
+    }
+
+    #[test]
+    fn owned_payloads_split_into_their_batches_without_copies() {
+        let (a, b) = (make_batch(2, 0, b"first"), make_batch(3, 5, b"second"));
+        let mut payload = BytesMut::from(&a[..]);
+        payload.extend_from_slice(&b);
+        let start = payload.as_ptr();
+        let v = validate_owned_batches(payload, 1 << 20).unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(matches!(&v[0].bytes, BatchBytes::Owned(x) if x.as_ptr() == start));
+        assert_eq!((&v[0].bytes[..], &v[1].bytes[..]), (&a[..], &b[..]));
+        assert_eq!(v[1].header.records_count, 3);
+        // The same checks as for shared payloads.
+        let mut bad = BytesMut::from(&a[..]);
+        bad[30] ^= 1;
+        assert!(matches!(
+            validate_owned_batches(bad, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn log_append_time_restamps_and_keeps_crc_valid() {
         let b = make_batch(2, 10, b"v");
-        let stamp = Stamp {
+        let st = Stamp {
             base_offset: 7,
             log_append_time: Some(99_000),
         };
-        let r = stamp_into(b"hdr", &b, stamp);
-        assert_eq!(&r[..3], b"hdr");
-        let v = validate_batches(&r.slice(3..), 1 << 20).unwrap();
-        assert!(v[0].header.log_append_time());
-        assert_eq!(v[0].header.max_timestamp, 99_000);
-        assert_eq!(v[0].header.base_offset, 7);
+        for batch in [
+            BatchBytes::Shared(b.clone()),
+            BatchBytes::Owned(BytesMut::from(&b[..])),
+        ] {
+            let r = stamp(batch, st);
+            let v = validate_batches(&r, 1 << 20).unwrap();
+            assert!(v[0].header.log_append_time());
+            assert_eq!(v[0].header.max_timestamp, 99_000);
+            assert_eq!(v[0].header.base_offset, 7);
+        }
     }
 
     #[test]

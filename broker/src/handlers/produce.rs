@@ -1,8 +1,11 @@
 //! Produce: validates each partition's record batches, appends them to the
 //! partition log of this shard, and answers once they are committed.
 //!
-//! Runs on the shard that leads the partitions. Never copies a payload
-//! except the one copy that stamps offsets (see `storage::batch`).
+//! Runs on the shard that leads the partitions. Never copies a payload: once
+//! the request is decoded it takes its frame back to itself, and each
+//! partition's batches are stamped with their offsets where they arrived
+//! (see `own_records`). Should anything else still hold a view of the
+//! frame, the batches are copied as they are stamped.
 
 use crate::clock::now_ms;
 use std::rc::Rc;
@@ -12,9 +15,14 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use storage::batch::{validate_batches, BatchError, ValidatedBatch};
+use storage::batch::{
+    validate_batches, validate_owned_batches, BatchBytes, BatchError, ValidatedBatch,
+};
 use tracing::debug;
 
 use super::{find_topic, leader_hint, locate, str_bytes};
@@ -23,21 +31,40 @@ use crate::producer_state::Origin;
 use crate::shard::{DurableAppend, Shard};
 use crate::topic_config;
 
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ResponseKind> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    mut req: ProduceRequest,
+    version: i16,
+    frame: Bytes,
+) -> Option<ResponseKind> {
     let image = shard.image();
     let acks = req.acks;
+    // First what the response needs, owned, and each partition's records;
+    // then every other view of the frame is dropped.
+    let mut shapes = Vec::with_capacity(req.topic_data.len());
+    let mut records = Vec::new();
+    for topic in std::mem::take(&mut req.topic_data) {
+        let meta = find_topic(&image, &topic.name, topic.topic_id).cloned();
+        let mut indexes = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            indexes.push(p.index);
+            records.push(p.records);
+        }
+        let name = TopicName(StrBytes::from_string(topic.name.to_string()));
+        shapes.push((name, topic.topic_id, meta, indexes));
+    }
+    drop(req);
+    let mut payloads = own_records(frame, records).into_iter();
     // Appends are issued for every partition first and awaited together, so
     // all partitions of a request share one WAL flush.
     let mut pending = Vec::new();
-    let mut shapes = Vec::with_capacity(req.topic_data.len());
-    for topic in req.topic_data {
-        let meta = find_topic(&image, &topic.name, topic.topic_id);
-        let mut indexes = Vec::with_capacity(topic.partition_data.len());
-        for p in topic.partition_data {
+    for (_, _, meta, indexes) in &shapes {
+        for &index in indexes {
+            let payload = payloads.next().flatten();
             let started = if version >= 13 && meta.is_none() {
                 Err((ResponseError::UnknownTopicId, String::new()))
             } else if matches!(acks, -1..=1) {
-                start_partition(shard, meta, p.index, p.records)
+                start_partition(shard, meta.as_ref(), index, payload)
             } else {
                 Err((
                     ResponseError::InvalidRequiredAcks,
@@ -45,9 +72,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 ))
             };
             pending.push(finish_partition(shard, started));
-            indexes.push(p.index);
         }
-        shapes.push((topic.name, topic.topic_id, meta.cloned(), indexes));
     }
     let mut results = futures::future::join_all(pending).await.into_iter();
     if acks == 0 {
@@ -104,12 +129,67 @@ type PartitionResult = Result<Produced, PartitionError>;
 type Started = Result<(DurableAppend, Option<i64>, Carried), PartitionError>;
 type Carried = (crate::shard::PartitionKey, u64, u64);
 
+/// Takes each partition's records (views of `frame`) as a region of the
+/// frame's buffer that it alone holds, without copying: the views are
+/// dropped, the buffer taken back (`try_into_mut`) and cut at the records.
+/// If anything else still holds a view, or a view is not of this frame, the
+/// records stay shared views (their batches are then copied when stamped).
+fn own_records(frame: Bytes, records: Vec<Option<Bytes>>) -> Vec<Option<BatchBytes>> {
+    let shared = |records: Vec<Option<Bytes>>| {
+        records
+            .into_iter()
+            .map(|r| r.map(BatchBytes::Shared))
+            .collect()
+    };
+    // Where each lies in the frame, in order and without overlaps.
+    let base = frame.as_ptr() as usize;
+    let mut ranges = Vec::with_capacity(records.len());
+    let mut end = 0;
+    for r in &records {
+        let range = match r {
+            None => None,
+            Some(b) if b.is_empty() => Some(end..end),
+            Some(b) => match (b.as_ptr() as usize).checked_sub(base) {
+                Some(start) if start >= end && start + b.len() <= frame.len() => {
+                    Some(start..start + b.len())
+                }
+                _ => return shared(records),
+            },
+        };
+        if let Some(r) = &range {
+            end = r.end;
+        }
+        ranges.push(range);
+    }
+    drop(records);
+    let mut rest = match frame.try_into_mut() {
+        Ok(buf) => buf,
+        Err(frame) => {
+            return ranges
+                .into_iter()
+                .map(|r| r.map(|r| BatchBytes::Shared(frame.slice(r))))
+                .collect()
+        }
+    };
+    let mut cut = 0;
+    ranges
+        .into_iter()
+        .map(|r| {
+            r.map(|r| {
+                let _skipped = rest.split_to(r.start - cut);
+                cut = r.end;
+                BatchBytes::Owned(rest.split_to(r.len()))
+            })
+        })
+        .collect()
+}
+
 /// Validates a partition's records and appends them (offsets assigned now).
 fn start_partition(
     shard: &Rc<Shard>,
     topic: Option<&Arc<TopicMeta>>,
     partition: i32,
-    records: Option<Bytes>,
+    records: Option<BatchBytes>,
 ) -> Started {
     let key = locate(shard, topic, partition).map_err(|e| (e, String::new()))?;
     let topic = topic.expect("located topics exist");
@@ -122,7 +202,11 @@ fn start_partition(
     let max = topic_config::max_message_bytes(&topic.configs, shard.config.message_max_bytes)
         .min(shard.max_batch_bytes());
     let validating = std::time::Instant::now();
-    let batches = validate_batches(&records, max).map_err(|e| {
+    let validated = match records {
+        BatchBytes::Shared(b) => validate_batches(&b, max),
+        BatchBytes::Owned(b) => validate_owned_batches(b, max),
+    };
+    let batches = validated.map_err(|e| {
         debug!(topic = %topic.name, partition, "rejecting batch: {e}");
         (batch_error_code(&e), e.to_string())
     })?;
@@ -150,7 +234,7 @@ fn start_partition(
             .map(|b| u64::try_from(b.header.records_count).unwrap_or(0))
             .sum(),
     );
-    let durable = match shard.try_append(key, &batches, log_append_time, Origin::Client) {
+    let durable = match shard.try_append(key, batches, log_append_time, Origin::Client) {
         Ok(now) => now,
         Err(waiting) => waiting,
     };
@@ -223,4 +307,74 @@ fn partition_response(index: i32, result: PartitionResult) -> PartitionProduceRe
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame as the connection reads it, and views of two regions of it.
+    fn frame_and_views() -> (Bytes, Vec<Option<Bytes>>) {
+        let frame = Bytes::from((0..100u8).collect::<Vec<u8>>());
+        let views = vec![
+            Some(frame.slice(10..30)),
+            None,
+            Some(frame.slice(30..30)),
+            Some(frame.slice(50..90)),
+        ];
+        (frame, views)
+    }
+
+    fn describe(out: &[Option<BatchBytes>]) -> Vec<Option<(bool, Vec<u8>)>> {
+        out.iter()
+            .map(|b| {
+                b.as_ref()
+                    .map(|b| (matches!(b, BatchBytes::Owned(_)), b.to_vec()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_are_cut_out_of_the_frame_when_nothing_else_holds_it() {
+        let (frame, views) = frame_and_views();
+        let start = frame.as_ptr();
+        let out = own_records(frame, views);
+        let want: Vec<Option<(bool, Vec<u8>)>> = vec![
+            Some((true, (10..30).collect())),
+            None,
+            Some((true, vec![])),
+            Some((true, (50..90).collect())),
+        ];
+        assert_eq!(describe(&out), want);
+        // Not copied: the first region is where the frame's byte 10 was.
+        let Some(BatchBytes::Owned(first)) = &out[0] else {
+            panic!("owned")
+        };
+        assert_eq!(first.as_ptr(), start.wrapping_add(10));
+    }
+
+    #[test]
+    fn records_stay_shared_when_the_frame_is_held_elsewhere() {
+        let (frame, views) = frame_and_views();
+        let held = frame.clone();
+        let out = own_records(frame, views);
+        assert!(out
+            .iter()
+            .flatten()
+            .all(|b| matches!(b, BatchBytes::Shared(_))));
+        assert_eq!(out[3].as_deref(), Some(&held[50..90]));
+        // Views out of order or of another buffer: shared too.
+        let (frame, mut views) = frame_and_views();
+        views.swap(0, 3);
+        assert!(own_records(frame, views)
+            .iter()
+            .flatten()
+            .all(|b| matches!(b, BatchBytes::Shared(_))));
+        let (frame, _) = frame_and_views();
+        let other = vec![Some(Bytes::from_static(b"elsewhere"))];
+        assert!(matches!(
+            own_records(frame, other)[0],
+            Some(BatchBytes::Shared(_))
+        ));
+    }
 }

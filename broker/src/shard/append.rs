@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use storage::batch::ValidatedBatch;
@@ -84,6 +85,7 @@ impl Shard {
         batches: &[ValidatedBatch],
         log_append_time: Option<i64>,
     ) -> Result<AppendOutcome, ResponseError> {
+        let batches = batches.to_vec();
         match self.try_append(key, batches, log_append_time, Origin::Coordinator) {
             Ok(durable) => durable.await,
             Err(e) => e.await,
@@ -97,20 +99,19 @@ impl Shard {
     pub fn try_append(
         self: &Rc<Self>,
         key: PartitionKey,
-        batches: &[ValidatedBatch],
+        batches: Vec<ValidatedBatch>,
         log_append_time: Option<i64>,
         origin: Origin,
     ) -> Result<DurableAppend, DurableAppend> {
-        let bytes = record_bytes(batches);
-        match self.admit_now(key, batches, bytes) {
+        let bytes = record_bytes(&batches);
+        match self.admit_now(key, &batches, bytes) {
             Ok(wal) => Ok(self.start_append(&wal, key, batches, log_append_time, origin)),
             Err(Refused::Error(e)) => Err(Box::pin(async move { Err(e) })),
             Err(Refused::NoRoom) => {
                 let me = self.clone();
-                let owned = batches.to_vec();
                 Err(Box::pin(async move {
-                    let wal = me.wait_for_room(key, owned.len(), bytes).await?;
-                    me.start_append(&wal, key, &owned, log_append_time, origin)
+                    let wal = me.wait_for_room(key, batches.len(), bytes).await?;
+                    me.start_append(&wal, key, batches, log_append_time, origin)
                         .await
                 }))
             }
@@ -229,17 +230,20 @@ impl Shard {
         self: &Rc<Self>,
         wal: &WalSlice,
         key: PartitionKey,
-        batches: &[ValidatedBatch],
+        batches: Vec<ValidatedBatch>,
         log_append_time: Option<i64>,
         origin: Origin,
     ) -> DurableAppend {
         // A record the slice would refuse is refused here, before offsets
         // are assigned: refused after, it would leave a hole in the log that
         // only a WAL recovery could close.
-        if !fits_wal_records(wal, batches) {
+        if !fits_wal_records(wal, &batches) {
             return Box::pin(async { Err(ResponseError::MessageTooLarge) });
         }
-        let prefix = wal_record::batch_prefix(key.0, key.1);
+        // One small buffer per call, shared by the WAL records of all its
+        // batches.
+        let prefix = Bytes::copy_from_slice(&wal_record::batch_prefix(key.0, key.1));
+        let prefix_crc = crc32c::crc32c(&prefix);
         let epoch = self.wal_epoch.get();
         let (tx, rx) = oneshot::channel();
         let mut base_offset = None;
@@ -276,15 +280,15 @@ impl Shard {
         let mut queue = self.commit_queue.borrow_mut();
         let n = batches.len();
         let mut done = Some(tx);
-        for (i, b) in batches.iter().enumerate() {
+        for (i, b) in batches.into_iter().enumerate() {
             let info = infos.get(i).and_then(Option::as_ref);
-            let appended = part.append(b, info, &prefix, log_append_time);
+            let appended = part.append(b, info, prefix_crc, log_append_time);
             base_offset.get_or_insert(appended.base_offset);
-            added += appended.framed.len() - prefix.len();
+            added += appended.stored.len();
             queue.push_back(InFlight {
                 key,
                 end_offset: appended.last_offset + 1,
-                wal: wal.append_with_crc(appended.framed, appended.crc),
+                wal: wal.append_with_crc(prefix.clone(), appended.stored, appended.crc),
                 epoch,
                 done: if i + 1 == n { done.take() } else { None },
                 queued: Instant::now(),

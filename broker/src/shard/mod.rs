@@ -477,7 +477,12 @@ impl Shard {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(net::versions::api_versions_response(0))
             }
-            RequestKind::Produce(r) => return handlers::produce::handle(&self, r, v).await,
+            RequestKind::Produce(r) => {
+                // Nothing but the handler may hold views of the frame (the
+                // header's client id is one): it stamps offsets into it.
+                drop(req.header);
+                return handlers::produce::handle(&self, r, v, req.frame).await;
+            }
             RequestKind::Fetch(r) => {
                 ResponseKind::Fetch(handlers::fetch::handle(&self, r, v).await)
             }
@@ -638,13 +643,40 @@ impl Shard {
     }
 }
 
+/// A client id kept for the slow-request log: its first bytes, inline, so
+/// that nothing is allocated per request and the request's frame is not
+/// held (Produce takes the frame back to stamp offsets into it).
+struct ClientTag {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ClientTag {
+    fn of(id: Option<&str>) -> ClientTag {
+        let id = id.unwrap_or("");
+        let mut len = id.len().min(64);
+        while !id.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut buf = [0u8; 64];
+        buf[..len].copy_from_slice(&id.as_bytes()[..len]);
+        ClientTag { buf, len }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
 impl Service for Shard {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>> {
         Box::pin(async move {
             let started = Instant::now();
             let api = request.api_key;
-            let (client, correlation) =
-                (request.header.client_id.clone(), request.correlation_id());
+            let (client, correlation) = (
+                ClientTag::of(request.header.client_id.as_deref()),
+                request.correlation_id(),
+            );
             let resp = self.clone().dispatch(request).await;
             let took = started.elapsed();
             self.metrics.request_done(api, took, resp.as_ref());
@@ -658,7 +690,7 @@ impl Service for Shard {
                     shard = self.id,
                     api = ?api,
                     correlation_id = correlation,
-                    client_id = client.as_deref().unwrap_or(""),
+                    client_id = client.as_str(),
                     took_ms = took.as_millis() as u64,
                     "slow request"
                 );

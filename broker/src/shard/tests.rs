@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use kafka_protocol::ResponseError;
-use storage::batch::{parse_header, validate_batches, ValidatedBatch};
+use storage::batch::{parse_header, validate_batches, BatchBytes, ValidatedBatch};
 use storage::object::mem::MemStore;
 use storage::object::reader::{ObjectReader, ReaderConfig};
 use storage::wal::{MemDevice, WalLayout, WalSlice, WalTuning};
@@ -187,7 +187,7 @@ fn oversized_batch_is_refused_without_a_wal_recovery() {
             assert_eq!(refused.unwrap_err(), ResponseError::MessageTooLarge);
             // Straight to the WAL (a path that skipped admission's check).
             let refused = shard
-                .start_append(&wal, key, &big, None, Origin::Client)
+                .start_append(&wal, key, big, None, Origin::Client)
                 .await;
             assert_eq!(refused.unwrap_err(), ResponseError::MessageTooLarge);
 
@@ -546,12 +546,20 @@ fn idempotent(pid: i64, seq: i32, n: usize) -> Vec<ValidatedBatch> {
     batches
 }
 
-/// Produces as a client does (sequence checks); the base offset.
+/// Produces as a client does (sequence checks, and batches that own their
+/// bytes, as the produce handler's are: stamped in place); the base offset.
 async fn produce(h: &Harness, batches: Vec<ValidatedBatch>) -> Result<i64, ResponseError> {
+    let owned = batches
+        .into_iter()
+        .map(|b| ValidatedBatch {
+            header: b.header,
+            bytes: BatchBytes::Owned(bytes::BytesMut::from(&b.bytes[..])),
+        })
+        .collect();
     let durable =
         match h
             .shard
-            .try_append(h.key, &batches, None, crate::producer_state::Origin::Client)
+            .try_append(h.key, owned, None, crate::producer_state::Origin::Client)
         {
             Ok(f) | Err(f) => f,
         };

@@ -208,12 +208,21 @@ enum Status {
 }
 
 struct Pending {
+    /// The record's body is `head` then `body` (`head` is often empty).
+    head: Bytes,
     body: Bytes,
     /// The body's CRC-32C, when the caller knew it without reading it.
     crc: Option<u32>,
     slot: Rc<Slot>,
     /// When `append` queued it (for the queue-wait stage).
     queued: std::time::Instant,
+}
+
+impl Pending {
+    /// Bytes the record takes in the ring, header included.
+    fn record_len(&self) -> u64 {
+        HEADER_LEN + (self.head.len() + self.body.len()) as u64
+    }
 }
 
 /// Records taken by the writer together: written, flushed and acknowledged
@@ -355,32 +364,38 @@ impl WalSlice {
     /// first polled). When the ring is full the future waits for a trim.
     /// A body over the size limit is refused at once.
     pub fn append(&self, body: Bytes) -> AppendFuture {
-        self.append_inner(body, None)
+        self.append_inner(Bytes::new(), body, None)
     }
 
-    /// `append` of a body whose CRC-32C the caller already has (combined
-    /// from checksums it verified), so the writer does not read it again.
-    /// A wrong `crc` makes recovery drop the record: pass only a CRC known
-    /// to be right (debug builds check it).
-    pub fn append_with_crc(&self, body: Bytes, crc: u32) -> AppendFuture {
-        debug_assert_eq!(crc, crc32c::crc32c(&body), "append_with_crc: wrong CRC");
-        self.append_inner(body, Some(crc))
+    /// `append` of a body in two pieces, `head` then `body` (one record,
+    /// read back as one body), whose CRC-32C the caller already has
+    /// (combined from checksums it verified), so the writer does not read
+    /// it again. A wrong `crc` makes recovery drop the record: pass only a
+    /// CRC known to be right (debug builds check it).
+    pub fn append_with_crc(&self, head: Bytes, body: Bytes, crc: u32) -> AppendFuture {
+        debug_assert_eq!(
+            crc,
+            crc32c::crc32c_append(crc32c::crc32c(&head), &body),
+            "append_with_crc: wrong CRC"
+        );
+        self.append_inner(head, body, Some(crc))
     }
 
-    fn append_inner(&self, body: Bytes, crc: Option<u32>) -> AppendFuture {
+    fn append_inner(&self, head: Bytes, body: Bytes, crc: Option<u32>) -> AppendFuture {
         let inner = self.inner();
         let slot = Rc::new(Slot::default());
         let mut st = inner.st.borrow_mut();
         if let Some(e) = st.status_error(inner.geo.slice) {
             slot.complete(Err(e));
-        } else if body.len() > inner.geo.max_body() {
+        } else if head.len() + body.len() > inner.geo.max_body() {
             slot.complete(Err(WalError::RecordTooLarge {
-                len: body.len(),
+                len: head.len() + body.len(),
                 max: inner.geo.max_body(),
             }));
         } else {
-            st.pending_bytes += HEADER_LEN + body.len() as u64;
+            st.pending_bytes += HEADER_LEN + (head.len() + body.len()) as u64;
             st.pending.push_back(Pending {
+                head,
                 body,
                 crc,
                 slot: slot.clone(),
@@ -722,7 +737,7 @@ impl Inner {
         let geo = &self.geo;
         let (cap, block) = (geo.capacity, geo.block);
         let free = cap - (st.tail - st.scan_start);
-        let first = HEADER_LEN + st.pending.front()?.body.len() as u64;
+        let first = st.pending.front()?.record_len();
         let mut start = st.tail;
         let marker_at = start;
         // A batch never crosses the end of the ring: if the first record does
@@ -741,7 +756,7 @@ impl Inner {
         let mut n = 0;
         let mut total = 0u64;
         for p in &st.pending {
-            let len = HEADER_LEN + p.body.len() as u64;
+            let len = p.record_len();
             if n > 0 && align_up(total + len, block) > budget {
                 break;
             }
@@ -763,13 +778,15 @@ impl Inner {
                 .queue_wait
                 .record(packing.saturating_duration_since(p.queued));
             let offset = packer.pos;
-            let header = match p.crc {
-                Some(crc) => RecordHeader::with_crc(p.body.len(), crc, offset, st.generation),
-                None => RecordHeader::for_body(&p.body, offset, st.generation),
-            };
+            let crc = p
+                .crc
+                .unwrap_or_else(|| crc32c::crc32c_append(crc32c::crc32c(&p.head), &p.body));
+            let len = p.head.len() + p.body.len();
+            let header = RecordHeader::with_crc(len, crc, offset, st.generation);
             packer.put(&header.encode(geo.epoch));
+            packer.put(&p.head);
             packer.put(&p.body);
-            st.pending_bytes -= HEADER_LEN + p.body.len() as u64;
+            st.pending_bytes -= p.record_len();
             acks.push((p.slot, offset));
         }
         let mut writes = packer.finish();
@@ -1449,6 +1466,29 @@ mod tests {
                 done.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
                 "{done:?}"
             );
+        });
+    }
+
+    #[test]
+    fn a_body_in_two_pieces_is_one_record() {
+        run(|| async {
+            let (layout, dev) = mem_wal(1 << 20);
+            let (wal, _) = open(&layout, &dev).await;
+            let (head, body_) = (body(1, 21), body(2, 5000));
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &body_);
+            wal.append_with_crc(head.clone(), body_.clone(), crc)
+                .await
+                .unwrap();
+            wal.append(body(3, 10)).await.unwrap();
+            let recs = recover_image(&layout, &dev).await;
+            assert_eq!(recs.len(), 2);
+            assert_eq!(recs[0].body, [head, body_].concat());
+            assert_eq!(recs[1].body, body(3, 10));
+            // Together over the limit is too large, whatever each piece is.
+            let half = Bytes::from(vec![1u8; wal.max_body_len() / 2 + 1]);
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&half), &half);
+            let too_big = wal.append_with_crc(half.clone(), half, crc).await;
+            assert!(matches!(too_big, Err(WalError::RecordTooLarge { .. })));
         });
     }
 
