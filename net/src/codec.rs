@@ -138,6 +138,143 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
     })
 }
 
+/// A response, and record sets that go into it by reference: each
+/// `Spliced` takes the place of its placeholder (the value of a records
+/// field of the body) when the response is written, so its batches are
+/// never copied into the response's buffer.
+pub struct Reply {
+    pub body: ResponseKind,
+    pub spliced: Vec<Spliced>,
+}
+
+impl From<ResponseKind> for Reply {
+    fn from(body: ResponseKind) -> Reply {
+        Reply {
+            body,
+            spliced: Vec::new(),
+        }
+    }
+}
+
+/// Records sent by reference: `placeholder`, `PLACEHOLDER_LEN` random
+/// bytes, stands in the body for `parts`, which follow one another.
+/// Placeholders are listed in the order the body encodes them.
+#[derive(Debug, Clone)]
+pub struct Spliced {
+    pub placeholder: Bytes,
+    pub parts: Vec<Bytes>,
+}
+
+pub const PLACEHOLDER_LEN: usize = 16;
+
+impl Spliced {
+    /// `parts` behind a fresh random placeholder.
+    pub fn new(parts: Vec<Bytes>) -> Spliced {
+        Spliced {
+            placeholder: Bytes::copy_from_slice(&rand::random::<[u8; PLACEHOLDER_LEN]>()),
+            parts,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+}
+
+/// Encodes a reply as the pieces to write, in order, size prefix included:
+/// the body's encoding, cut where each spliced record set goes in. Should a
+/// placeholder not be found where it must be, the records are copied into
+/// the body instead, so the bytes sent are right either way.
+pub fn encode_reply(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    reply: Reply,
+) -> Result<Vec<Bytes>, EncodeError> {
+    let Reply { mut body, spliced } = reply;
+    let frame = encode_response(api_key, version, correlation_id, &body)?;
+    if spliced.is_empty() {
+        return Ok(vec![frame]);
+    }
+    let flexible = matches!(&body, ResponseKind::Fetch(_)) && version >= 12;
+    if let Some(pieces) = splice(&frame, flexible, &spliced) {
+        return Ok(pieces);
+    }
+    inline_spliced(&mut body, &spliced);
+    Ok(vec![encode_response(
+        api_key,
+        version,
+        correlation_id,
+        &body,
+    )?])
+}
+
+/// `frame` with each placeholder (and the length before it) replaced by
+/// its records (and their length); `None` if one is not where it must be.
+fn splice(frame: &Bytes, flexible: bool, spliced: &[Spliced]) -> Option<Vec<Bytes>> {
+    let placeholder_len: &[u8] = if flexible {
+        &[PLACEHOLDER_LEN as u8 + 1]
+    } else {
+        &[0, 0, 0, PLACEHOLDER_LEN as u8]
+    };
+    let mut pieces = Vec::with_capacity(3 * spliced.len() + 2);
+    pieces.push(Bytes::new()); // the size prefix, once known
+    let mut total = frame.len().checked_sub(4)?;
+    let mut cursor = 4;
+    for s in spliced {
+        let at = cursor + memchr::memmem::find(frame.get(cursor..)?, &s.placeholder)?;
+        let before = at
+            .checked_sub(placeholder_len.len())
+            .filter(|&b| b >= cursor)?;
+        if frame[before..at] != *placeholder_len {
+            return None;
+        }
+        let len = s.len();
+        let mut prefix = BytesMut::with_capacity(5);
+        if flexible {
+            let mut n = u32::try_from(len).ok()?.checked_add(1)?;
+            while n >= 0x80 {
+                prefix.put_u8((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            prefix.put_u8(n as u8);
+        } else {
+            prefix.put_i32(i32::try_from(len).ok()?);
+        }
+        total = total - placeholder_len.len() - PLACEHOLDER_LEN + prefix.len() + len;
+        pieces.push(frame.slice(cursor..before));
+        pieces.push(prefix.freeze());
+        pieces.extend(s.parts.iter().filter(|p| !p.is_empty()).cloned());
+        cursor = at + PLACEHOLDER_LEN;
+    }
+    pieces.push(frame.slice(cursor..));
+    pieces[0] = Bytes::copy_from_slice(&i32::try_from(total).ok()?.to_be_bytes());
+    pieces.retain(|p| !p.is_empty());
+    Some(pieces)
+}
+
+/// Puts each spliced record set into the body in place of its placeholder
+/// (a copy): the path for a body whose placeholders could not be found.
+fn inline_spliced(body: &mut ResponseKind, spliced: &[Spliced]) {
+    let ResponseKind::Fetch(f) = body else {
+        return;
+    };
+    for p in f.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        let Some(s) = p
+            .records
+            .as_ref()
+            .and_then(|r| spliced.iter().find(|s| s.placeholder == r))
+        else {
+            continue;
+        };
+        let mut joined = BytesMut::with_capacity(s.len());
+        for part in &s.parts {
+            joined.extend_from_slice(part);
+        }
+        p.records = Some(joined.freeze());
+    }
+}
+
 /// Encodes a response frame, size prefix included.
 pub fn encode_response(
     api_key: ApiKey,
@@ -175,6 +312,85 @@ mod tests {
     use super::*;
     use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
     use proptest::prelude::*;
+
+    /// A Fetch response with two partitions whose records are `a` and `b`
+    /// (by placeholder when `spliced` is given), and a third with none.
+    fn fetch_body(records: [Option<Bytes>; 2]) -> ResponseKind {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::{FetchResponse, TopicName};
+        let mut t = FetchableTopicResponse::default();
+        t.topic = TopicName(kafka_protocol::protocol::StrBytes::from_static_str("topic"));
+        for (i, r) in records.into_iter().enumerate() {
+            let mut p = PartitionData::default();
+            p.partition_index = i as i32;
+            p.high_watermark = 1 << 40;
+            p.records = r;
+            t.partitions.push(p);
+        }
+        t.partitions.push(PartitionData::default());
+        let mut f = FetchResponse::default();
+        f.responses.push(t);
+        ResponseKind::Fetch(f)
+    }
+
+    fn records(n: usize, seed: u8) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(vec![seed.wrapping_add(i as u8); 20_000 + i * 700]))
+            .collect()
+    }
+
+    #[test]
+    fn spliced_records_are_sent_by_reference_byte_for_byte() {
+        for version in [4i16, 11, 12, 16] {
+            let (a, b) = (records(3, 1), records(200, 9));
+            let joined = |parts: &[Bytes]| Bytes::from(parts.concat());
+            let want = encode_response(
+                ApiKey::Fetch,
+                version,
+                77,
+                &fetch_body([Some(joined(&a)), Some(joined(&b))]),
+            )
+            .unwrap();
+            let (sa, sb) = (Spliced::new(a.clone()), Spliced::new(b.clone()));
+            let reply = Reply {
+                body: fetch_body([Some(sa.placeholder.clone()), Some(sb.placeholder.clone())]),
+                spliced: vec![sa, sb],
+            };
+            let pieces = encode_reply(ApiKey::Fetch, version, 77, reply).unwrap();
+            assert_eq!(pieces.concat(), &want[..], "v{version}");
+            // The batches went in as they were, not copied.
+            assert!(
+                pieces.iter().any(|p| p.as_ptr() == a[0].as_ptr()),
+                "v{version}"
+            );
+            assert!(
+                pieces.iter().any(|p| p.as_ptr() == b[199].as_ptr()),
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_placeholder_not_found_in_order_means_a_copy_not_a_wrong_frame() {
+        let version = 12;
+        let (a, b) = (records(2, 3), records(2, 5));
+        let want = encode_response(
+            ApiKey::Fetch,
+            version,
+            1,
+            &fetch_body([Some(Bytes::from(a.concat())), Some(Bytes::from(b.concat()))]),
+        )
+        .unwrap();
+        let (sa, sb) = (Spliced::new(a), Spliced::new(b));
+        // Listed in the wrong order: the second is not found after the first.
+        let reply = Reply {
+            body: fetch_body([Some(sa.placeholder.clone()), Some(sb.placeholder.clone())]),
+            spliced: vec![sb, sa],
+        };
+        let pieces = encode_reply(ApiKey::Fetch, version, 1, reply).unwrap();
+        assert_eq!(pieces.len(), 1, "copied into one frame");
+        assert_eq!(pieces[0], want);
+    }
 
     /// Found by `fuzz/fuzz_targets/request.rs`: a tag past `i32::MAX` was
     /// kept under a negative key that the encoder counts but never writes.

@@ -33,7 +33,9 @@ use glommio::channels::local_channel;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use tracing::{debug, warn};
 
-use crate::codec::{decode_request, encode_response, DecodeError, Request, Stages};
+use crate::codec::{
+    decode_request, encode_reply, encode_response, DecodeError, Reply, Request, Stages,
+};
 use crate::frame::{read_frame_timed, FrameError};
 use crate::versions::api_versions_response;
 
@@ -66,7 +68,7 @@ pub type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = 
 /// What the broker plugs into the connection loop. `None` means "send no
 /// response" (Produce with acks=0).
 pub trait Service: 'static {
-    fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>>;
+    fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<Reply>>;
 
     /// A response has been written: where the request's time went (for
     /// latency metrics). Not called for requests that get no response.
@@ -195,7 +197,7 @@ pub async fn serve_connection<S, T>(
                         kafka_protocol::ResponseError::UnsupportedVersion.code(),
                     ));
                     match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
-                        Ok(bytes) => Outcome::Respond(bytes, None),
+                        Ok(bytes) => Outcome::Respond(vec![bytes], None),
                         Err(_) => Outcome::Close,
                     }
                 })
@@ -238,10 +240,10 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     futures_lite::future::or(async { Some(fut.await) }, timer).await
 }
 
-/// What a request task hands the writer: the response, and for timing its
-/// API, its stages so far and when it was encoded.
+/// What a request task hands the writer: the response's pieces, and for
+/// timing its API, its stages so far and when it was encoded.
 enum Outcome {
-    Respond(Bytes, Option<(ApiKey, Stages, Instant)>),
+    Respond(Vec<Bytes>, Option<(ApiKey, Stages, Instant)>),
     /// Nothing to send (acks=0).
     Silent,
     /// The response could not be encoded: the client would wait forever, so
@@ -263,18 +265,18 @@ async fn run_request<S: Service>(
     };
     let fetch = isize::from(api_key == ApiKey::Fetch);
     let handling = Instant::now();
-    let Some(body) = service.call(request).await else {
+    let Some(reply) = service.call(request).await else {
         backlog.change(0, -fetch);
         return Outcome::Silent;
     };
     let encoding = Instant::now();
     stages.handle = encoding - handling;
-    match encode_response(api_key, version, correlation_id, &body) {
-        Ok(bytes) => {
-            backlog.change(bytes.len() as isize, -fetch);
+    match encode_reply(api_key, version, correlation_id, reply) {
+        Ok(pieces) => {
+            backlog.change(total_len(&pieces) as isize, -fetch);
             let encoded = Instant::now();
             stages.encode = encoded - encoding;
-            Outcome::Respond(bytes, Some((api_key, stages, encoded)))
+            Outcome::Respond(pieces, Some((api_key, stages, encoded)))
         }
         Err(e) => {
             backlog.change(0, -fetch);
@@ -292,13 +294,13 @@ async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
     service: Rc<S>,
 ) {
     while let Some(task) = rx.recv().await {
-        let (bytes, timing) = match task.await {
-            Outcome::Respond(bytes, timing) => (bytes, timing),
+        let (pieces, timing) = match task.await {
+            Outcome::Respond(pieces, timing) => (pieces, timing),
             Outcome::Silent => continue,
             Outcome::Close => break,
         };
         let writing = Instant::now();
-        if let Err(e) = writer.write_all(&bytes).await {
+        if let Err(e) = write_pieces(&mut writer, &pieces).await {
             debug!(%peer, "write failed, dropping connection: {e}");
             return;
         }
@@ -306,7 +308,7 @@ async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
             debug!(%peer, "flush failed, dropping connection: {e}");
             return;
         }
-        backlog.change(-(bytes.len() as isize), 0);
+        backlog.change(-(total_len(&pieces) as isize), 0);
         if let Some((api, mut stages, encoded)) = timing {
             stages.write_wait = writing.saturating_duration_since(encoded);
             stages.write = writing.elapsed();
@@ -314,4 +316,40 @@ async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
         }
     }
     let _ = writer.close().await;
+}
+
+fn total_len(pieces: &[Bytes]) -> usize {
+    pieces.iter().map(Bytes::len).sum()
+}
+
+/// Pieces shorter than this are gathered into one buffer and written
+/// together; longer ones (record batches) are written from where they are.
+const GATHER_BELOW: usize = 16 * 1024;
+
+/// Writes a response's pieces in order. Small pieces (headers, lengths,
+/// small batches) are copied together so they cost one write; large ones
+/// go to the socket without a copy.
+async fn write_pieces<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    pieces: &[Bytes],
+) -> std::io::Result<()> {
+    if let [one] = pieces {
+        return writer.write_all(one).await;
+    }
+    let mut gathered = Vec::new();
+    for p in pieces {
+        if p.len() < GATHER_BELOW {
+            gathered.extend_from_slice(p);
+            continue;
+        }
+        if !gathered.is_empty() {
+            writer.write_all(&gathered).await?;
+            gathered.clear();
+        }
+        writer.write_all(p).await?;
+    }
+    if !gathered.is_empty() {
+        writer.write_all(&gathered).await?;
+    }
+    Ok(())
 }

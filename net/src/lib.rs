@@ -11,7 +11,10 @@ pub mod frame;
 pub mod limits;
 pub mod versions;
 
-pub use codec::{decode_request, encode_response, DecodeError, Request, Stages, Timing};
+pub use codec::{
+    decode_request, encode_reply, encode_response, DecodeError, Reply, Request, Spliced, Stages,
+    Timing,
+};
 pub use connection::{serve_connection, ConnectionSettings, Service};
 pub use kafka_protocol;
 pub use limits::{ConnectionLimits, ConnectionPermit, Refusal};

@@ -24,18 +24,25 @@ use kafka_protocol::ResponseError;
 use super::{find_topic, leader_hint, locate, str_bytes};
 use crate::metadata::TopicMeta;
 use crate::shard::{PartitionKey, ReadError, Shard};
+use net::Spliced;
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+/// The response, and the record sets it carries by reference (see
+/// `net::Reply`).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: FetchRequest,
+    version: i16,
+) -> (FetchResponse, Vec<Spliced>) {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     loop {
         // Listen before reading, so an append between the read and the
         // wait is not missed.
         let listeners = listen(shard, &req, version);
-        let (resp, bytes, errors) = read_all(shard, &req, version).await;
+        let (resp, spliced, bytes, errors) = read_all(shard, &req, version).await;
         let now = Instant::now();
         if bytes >= min_bytes || errors || now >= deadline || listeners.is_empty() {
-            return resp;
+            return (resp, spliced);
         }
         let woken = futures::future::select_all(listeners);
         futures_lite::future::or(
@@ -110,8 +117,9 @@ async fn read_all(
     shard: &Rc<Shard>,
     req: &FetchRequest,
     version: i16,
-) -> (FetchResponse, usize, bool) {
+) -> (FetchResponse, Vec<Spliced>, usize, bool) {
     let image = shard.image();
+    let mut spliced = Vec::new();
     let read_committed = req.isolation_level == 1;
     let mut remaining = if req.max_bytes > 0 {
         req.max_bytes as usize
@@ -196,7 +204,14 @@ async fn read_all(
                     remaining = remaining.saturating_sub(read.bytes);
                     total += read.bytes;
                     shard.metrics.fetched(key, &read.batches);
-                    d.records = Some(concat(read.batches, read.bytes));
+                    d.records = Some(if by_reference(&read.batches, read.bytes) {
+                        let s = Spliced::new(read.batches);
+                        let placeholder = s.placeholder.clone();
+                        spliced.push(s);
+                        placeholder
+                    } else {
+                        concat(read.batches, read.bytes)
+                    });
                     out.push(d);
                 }
                 Err(e) => {
@@ -224,11 +239,19 @@ async fn read_all(
     let mut resp = FetchResponse::default();
     resp.responses = topics;
     resp.node_endpoints = endpoints;
-    (resp, total, errors)
+    (resp, spliced, total, errors)
 }
 
-/// One batch is passed through as is; several are joined (the codec copies
-/// the records into the response frame anyway).
+/// Batches averaging this size or more go into the response by reference
+/// (written to the socket from the cache); smaller ones are joined into
+/// one buffer, which costs less than a write each.
+const BY_REFERENCE_AVERAGE: usize = 16 * 1024;
+
+fn by_reference(batches: &[Bytes], bytes: usize) -> bool {
+    !batches.is_empty() && bytes / batches.len() >= BY_REFERENCE_AVERAGE
+}
+
+/// One batch is passed through as is; several small ones are joined.
 fn concat(batches: Vec<Bytes>, bytes: usize) -> Bytes {
     match batches.len() {
         0 => Bytes::new(),

@@ -38,7 +38,7 @@ use event_listener::Event;
 use glommio::net::TcpListener;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use net::connection::LocalBoxFuture;
-use net::{Request, Service};
+use net::{Reply, Request, Service};
 use storage::object::reader::ObjectReader;
 use storage::object::SharedStore;
 use storage::wal::WalSlice;
@@ -468,7 +468,7 @@ impl Shard {
         );
     }
 
-    async fn dispatch(self: Rc<Self>, req: Request) -> Option<ResponseKind> {
+    async fn dispatch(self: Rc<Self>, req: Request) -> Option<Reply> {
         let v = req.version;
         // Only the group APIs that record members need the client's id and
         // host as strings; every other request allocates none.
@@ -481,10 +481,16 @@ impl Shard {
                 // Nothing but the handler may hold views of the frame (the
                 // header's client id is one): it stamps offsets into it.
                 drop(req.header);
-                return handlers::produce::handle(&self, r, v, req.frame).await;
+                return handlers::produce::handle(&self, r, v, req.frame)
+                    .await
+                    .map(Reply::from);
             }
             RequestKind::Fetch(r) => {
-                ResponseKind::Fetch(handlers::fetch::handle(&self, r, v).await)
+                let (resp, spliced) = handlers::fetch::handle(&self, r, v).await;
+                return Some(Reply {
+                    body: ResponseKind::Fetch(resp),
+                    spliced,
+                });
             }
             RequestKind::ListOffsets(r) => {
                 ResponseKind::ListOffsets(handlers::list_offsets::handle(&self, r, v).await)
@@ -639,7 +645,7 @@ impl Shard {
                 return None;
             }
         };
-        Some(resp)
+        Some(Reply::from(resp))
     }
 }
 
@@ -669,7 +675,7 @@ impl ClientTag {
 }
 
 impl Service for Shard {
-    fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<ResponseKind>> {
+    fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<Reply>> {
         Box::pin(async move {
             let started = Instant::now();
             let api = request.api_key;
@@ -679,7 +685,8 @@ impl Service for Shard {
             );
             let resp = self.clone().dispatch(request).await;
             let took = started.elapsed();
-            self.metrics.request_done(api, took, resp.as_ref());
+            self.metrics
+                .request_done(api, took, resp.as_ref().map(|r| &r.body));
             let slow = self.config.slow_request_ms;
             // Fetch, JoinGroup and SyncGroup wait by design (for data, for
             // the other members): their time says nothing of the broker.
