@@ -10,10 +10,10 @@
 //! validates and holds exactly the records kept.
 #![no_main]
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fuzz::{batch, Choices};
 use libfuzzer_sys::fuzz_target;
-use storage::batch::{parse_header, validate_batches};
+use storage::batch::{parse_header, validate_batches, validate_owned_batches};
 use storage::codec::{self, CodecError};
 use storage::records::{parse_records, rebuild, records_section};
 
@@ -29,7 +29,7 @@ const CODECS: [i16; 5] = [
 ];
 
 /// Looks inside one batch as log compaction does, and checks the rebuild.
-fn inspect(b: &Bytes, keep_mask: u8) {
+fn inspect(b: &[u8], keep_mask: u8) {
     let Ok(h) = parse_header(b) else { return };
     let Ok(section) = records_section(b, &h, LIMIT) else {
         return;
@@ -80,7 +80,19 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             let keep = c.u8();
             let payload = Bytes::copy_from_slice(c.rest());
-            if let Ok(batches) = validate_batches(&payload, 1 << 20) {
+            let shared = validate_batches(&payload, 1 << 20);
+            // A payload the handler owns is cut into the same batches.
+            let owned = validate_owned_batches(BytesMut::from(&payload[..]), 1 << 20);
+            match (&shared, &owned) {
+                (Ok(a), Ok(b)) => {
+                    let a: Vec<&[u8]> = a.iter().map(|v| &v.bytes[..]).collect();
+                    let b: Vec<&[u8]> = b.iter().map(|v| &v.bytes[..]).collect();
+                    assert_eq!(a, b, "owned and shared validation disagree");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                _ => panic!("owned and shared validation disagree"),
+            }
+            if let Ok(batches) = shared {
                 for b in &batches {
                     assert!(b.bytes.len() <= 1 << 20);
                     inspect(&b.bytes, keep);
