@@ -3,10 +3,10 @@
 //!
 //! Pure arithmetic, called on whichever shard appends or uploads. The
 //! `crc32c` crate's `crc32c_combine` is zlib's original algorithm, which
-//! squares 32x32 bit matrices for every bit of the length (about 20 us for
-//! 1 MiB); this is zlib 1.2.12's `crc32_combine` for the CRC-32C
-//! polynomial: one table of x^(2^k) mod P and at most 64 small
-//! multiplications (well under a microsecond).
+//! squares 32x32 bit matrices for every bit of the length (4% of the
+//! broker's CPU in a produce profile, about 20 us per 1 MiB batch); this is
+//! zlib 1.2.12's `crc32_combine` for the CRC-32C polynomial: one table of
+//! x^(2^k) mod P and at most 64 small multiplications.
 
 /// The CRC-32C polynomial, bit-reflected.
 const POLY: u32 = 0x82F6_3B78;

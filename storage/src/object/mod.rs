@@ -116,8 +116,8 @@ pub trait ObjectStore {
     /// Reads bytes `range` of the object as pieces: `lens` are the pieces'
     /// lengths, in order, and add up to the range's. Each piece is its own
     /// allocation, so a cache that keeps one piece does not pin the rest.
-    /// The default cuts `get_range`'s buffer with one copy per piece;
-    /// backends that read into a buffer of their own copy straight out of
+    /// The default cuts `get_range`'s buffer with one copy per piece (none
+    /// for a single piece); backends that read into a buffer of their own copy straight out of
     /// it instead.
     fn get_pieces<'a>(
         &'a self,
@@ -127,7 +127,11 @@ pub trait ObjectStore {
     ) -> ObjectFuture<'a, Vec<Bytes>> {
         Box::pin(async move {
             let whole = self.get_range(key, range).await?;
-            cut_pieces(&whole, lens)
+            match lens {
+                // One piece is the buffer itself: no copy.
+                [n] if *n == whole.len() => Ok(vec![whole]),
+                _ => cut_pieces(&whole, lens),
+            }
         })
     }
 

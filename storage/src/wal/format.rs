@@ -263,13 +263,7 @@ pub struct RecordHeader {
 impl RecordHeader {
     /// Header for `body` at logical `offset`, written by `generation`.
     pub fn for_body(body: &[u8], offset: u64, generation: u32) -> RecordHeader {
-        RecordHeader {
-            flags: FLAG_DATA,
-            generation,
-            body_len: body.len() as u32,
-            offset,
-            body_crc: crc32c::crc32c(body),
-        }
+        RecordHeader::with_crc(body.len(), crc32c::crc32c(body), offset, generation)
     }
 
     /// Header for a body of `len` bytes whose CRC-32C is `body_crc`.
