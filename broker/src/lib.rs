@@ -22,6 +22,7 @@ pub mod objects;
 pub mod objects_tool;
 pub mod partition;
 pub mod producer_state;
+pub mod quota;
 pub mod retention;
 pub mod shard;
 pub mod shutdown;

@@ -25,6 +25,10 @@ pub struct Request {
     pub peer: std::rc::Rc<str>,
     /// How long reading and decoding it took (zero outside a connection).
     pub timing: Timing,
+    /// The throttle the service asked for when the request was read
+    /// (`Service::on_read`): the connection reads nothing more for that long,
+    /// and the response says so.
+    pub throttle: std::time::Duration,
     /// The whole frame the request was decoded from; `header` and `body`
     /// hold views of it. A handler that takes it and drops every view can
     /// have the buffer back to itself (`Bytes::try_into_mut`): Produce
@@ -134,6 +138,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         body,
         peer: std::rc::Rc::from(""),
         timing: Timing::default(),
+        throttle: std::time::Duration::ZERO,
         frame: whole,
     })
 }
@@ -141,10 +146,13 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
 /// A response, and record sets that go into it by reference: each
 /// `Spliced` takes the place of its placeholder (the value of a records
 /// field of the body) when the response is written, so its batches are
-/// never copied into the response's buffer.
+/// never copied into the response's buffer. `mute`: how long the
+/// connection reads no further request once this response is written (a
+/// client over its quota; Kafka mutes the channel likewise, KIP-219).
 pub struct Reply {
     pub body: ResponseKind,
     pub spliced: Vec<Spliced>,
+    pub mute: std::time::Duration,
 }
 
 impl From<ResponseKind> for Reply {
@@ -152,6 +160,7 @@ impl From<ResponseKind> for Reply {
         Reply {
             body,
             spliced: Vec::new(),
+            mute: std::time::Duration::ZERO,
         }
     }
 }
@@ -191,7 +200,9 @@ pub fn encode_reply(
     correlation_id: i32,
     reply: Reply,
 ) -> Result<Vec<Bytes>, EncodeError> {
-    let Reply { mut body, spliced } = reply;
+    let Reply {
+        mut body, spliced, ..
+    } = reply;
     let frame = encode_response(api_key, version, correlation_id, &body)?;
     if spliced.is_empty() {
         return Ok(vec![frame]);
@@ -355,6 +366,7 @@ mod tests {
             let reply = Reply {
                 body: fetch_body([Some(sa.placeholder.clone()), Some(sb.placeholder.clone())]),
                 spliced: vec![sa, sb],
+                mute: std::time::Duration::ZERO,
             };
             let pieces = encode_reply(ApiKey::Fetch, version, 77, reply).unwrap();
             assert_eq!(pieces.concat(), &want[..], "v{version}");
@@ -386,6 +398,7 @@ mod tests {
         let reply = Reply {
             body: fetch_body([Some(sa.placeholder.clone()), Some(sb.placeholder.clone())]),
             spliced: vec![sb, sa],
+            mute: std::time::Duration::ZERO,
         };
         let pieces = encode_reply(ApiKey::Fetch, version, 1, reply).unwrap();
         assert_eq!(pieces.len(), 1, "copied into one frame");

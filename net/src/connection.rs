@@ -19,6 +19,10 @@
 //! * a peer that completes no request for `idle_timeout` (idle, dribbling a
 //!   frame, or stuck because it does not read) is closed and all of it is
 //!   freed, including responses the writer could not send.
+//!
+//! A client over a quota is throttled here: the service names a throttle as
+//! a request is read (`Service::on_read`) or with its response
+//! (`Reply::mute`), and the loop reads no further request until it passes.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -70,18 +74,28 @@ pub type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = 
 pub trait Service: 'static {
     fn call(self: Rc<Self>, request: Request) -> LocalBoxFuture<Option<Reply>>;
 
+    /// Called as each request is read, before the next one is: how long the
+    /// connection must then read nothing (a client over a quota). Requests
+    /// are pipelined, so a throttle that waited for the response would come
+    /// too late for the requests already read behind it.
+    fn on_read(&self, _request: &Request) -> Duration {
+        Duration::ZERO
+    }
+
     /// A response has been written: where the request's time went (for
     /// latency metrics). Not called for requests that get no response.
     fn written(&self, _api: ApiKey, _stages: &Stages) {}
 }
 
 /// What a connection's answers hold: encoded responses not yet written, and
-/// Fetch requests not yet answered; the reader waits on it.
+/// Fetch requests not yet answered; the reader waits on it. `muted_until`:
+/// a throttled response was written, and no request is read before then.
 #[derive(Default)]
 struct Backlog {
     unsent: Cell<usize>,
     fetches: Cell<usize>,
     reader: Cell<Option<Waker>>,
+    muted_until: Cell<Option<Instant>>,
 }
 
 impl Backlog {
@@ -95,9 +109,25 @@ impl Backlog {
         }
     }
 
-    /// Waits until a request of `api` may start: no unanswered Fetch when
-    /// it is one, and the unsent responses under `MAX_UNSENT_BYTES`.
+    /// A response that mutes the connection for `mute` has been written.
+    fn mute(&self, mute: Duration) {
+        let until = Instant::now() + mute;
+        if self.muted_until.get().is_none_or(|u| u < until) {
+            self.muted_until.set(Some(until));
+        }
+    }
+
+    /// Waits until a request of `api` may start: the connection not muted,
+    /// no unanswered Fetch when it is one, and the unsent responses under
+    /// `MAX_UNSENT_BYTES`.
     async fn admit(&self, api: ApiKey) {
+        while let Some(until) = self.muted_until.get() {
+            if until <= Instant::now() {
+                self.muted_until.set(None);
+                break;
+            }
+            glommio::timer::sleep(until - Instant::now()).await;
+        }
         futures_lite::future::poll_fn(|cx| {
             let fetch_waits = api == ApiKey::Fetch && self.fetches.get() > 0;
             if fetch_waits || self.unsent.get() > MAX_UNSENT_BYTES {
@@ -184,6 +214,10 @@ pub async fn serve_connection<S, T>(
                 if request.api_key == ApiKey::Fetch {
                     backlog.change(0, 1);
                 }
+                request.throttle = service.on_read(&request);
+                if !request.throttle.is_zero() {
+                    backlog.mute(request.throttle);
+                }
                 glommio::spawn_local(run_request(service.clone(), request, backlog.clone()))
             }
             Err(DecodeError::UnsupportedVersion {
@@ -197,7 +231,7 @@ pub async fn serve_connection<S, T>(
                         kafka_protocol::ResponseError::UnsupportedVersion.code(),
                     ));
                     match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
-                        Ok(bytes) => Outcome::Respond(vec![bytes], None),
+                        Ok(bytes) => Outcome::Respond(vec![bytes], None, Duration::ZERO),
                         Err(_) => Outcome::Close,
                     }
                 })
@@ -243,7 +277,7 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
 /// What a request task hands the writer: the response's pieces, and for
 /// timing its API, its stages so far and when it was encoded.
 enum Outcome {
-    Respond(Vec<Bytes>, Option<(ApiKey, Stages, Instant)>),
+    Respond(Vec<Bytes>, Option<(ApiKey, Stages, Instant)>, Duration),
     /// Nothing to send (acks=0).
     Silent,
     /// The response could not be encoded: the client would wait forever, so
@@ -271,12 +305,13 @@ async fn run_request<S: Service>(
     };
     let encoding = Instant::now();
     stages.handle = encoding - handling;
+    let mute = reply.mute;
     match encode_reply(api_key, version, correlation_id, reply) {
         Ok(pieces) => {
             backlog.change(total_len(&pieces) as isize, -fetch);
             let encoded = Instant::now();
             stages.encode = encoded - encoding;
-            Outcome::Respond(pieces, Some((api_key, stages, encoded)))
+            Outcome::Respond(pieces, Some((api_key, stages, encoded)), mute)
         }
         Err(e) => {
             backlog.change(0, -fetch);
@@ -294,8 +329,8 @@ async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
     service: Rc<S>,
 ) {
     while let Some(task) = rx.recv().await {
-        let (pieces, timing) = match task.await {
-            Outcome::Respond(pieces, timing) => (pieces, timing),
+        let (pieces, timing, mute) = match task.await {
+            Outcome::Respond(pieces, timing, mute) => (pieces, timing, mute),
             Outcome::Silent => continue,
             Outcome::Close => break,
         };
@@ -307,6 +342,9 @@ async fn write_responses<W: AsyncWrite + Unpin, S: Service>(
         if let Err(e) = writer.flush().await {
             debug!(%peer, "flush failed, dropping connection: {e}");
             return;
+        }
+        if !mute.is_zero() {
+            backlog.mute(mute);
         }
         backlog.change(-(total_len(&pieces) as isize), 0);
         if let Some((api, mut stages, encoded)) = timing {

@@ -43,6 +43,7 @@ DESCRIBE_PRODUCERS = 61
 DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
 DESCRIBE_CLIENT_QUOTAS = 48
+ALTER_CLIENT_QUOTAS = 49
 
 NONE = 0
 CORRUPT_MESSAGE = 2
@@ -59,7 +60,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5,
                   INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
                   DESCRIBE_TRANSACTIONS: 0, LIST_TRANSACTIONS: 0,
-                  DESCRIBE_CLIENT_QUOTAS: 1}
+                  DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -122,6 +123,9 @@ class Writer:
     def uint32(self, v: int) -> "Writer":
         self.buf += struct.pack(">I", v)
         return self
+
+    def float64(self, v: float) -> "Writer":
+        return self.raw(struct.pack(">d", v))
 
     def int64(self, v: int) -> "Writer":
         self.buf += struct.pack(">q", v)
@@ -235,6 +239,9 @@ class Reader:
     def varint(self) -> int:
         v = self.uvarint()
         return (v >> 1) ^ -(v & 1)
+
+    def float64(self) -> float:
+        return struct.unpack(">d", self.take(8))[0]
 
     def string(self, compact: bool = False) -> str | None:
         n = self.uvarint() - 1 if compact else self.int16()

@@ -15,6 +15,8 @@ use bytes::{Buf, BufMut};
 use tracing::debug;
 use uuid::Uuid;
 
+use crate::quota::QuotaEntity;
+
 /// Record type numbers. Never reuse one. 100.. are object storage
 /// (reserved ids, committed objects and their offset ranges).
 pub mod kind {
@@ -27,6 +29,7 @@ pub mod kind {
     pub const NODE_FENCED: u16 = 7;
     pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
     pub const PARTITION_PRODUCERS: u16 = 9;
+    pub const CLIENT_QUOTA_CHANGED: u16 = 10;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -158,7 +161,26 @@ pub enum Record {
         partition: i32,
         offset: i64,
     },
+    /// A client quota of an entity (entity type -> name, `None` the type's
+    /// default, sorted by type) is set to `value`, or removed (`None`).
+    ClientQuotaChanged {
+        entity: QuotaEntity,
+        key: String,
+        value: Option<QuotaValue>,
+    },
 }
+
+/// A quota value, compared by its bits so records stay `Eq`.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaValue(pub f64);
+
+impl PartialEq for QuotaValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for QuotaValue {}
 
 /// The offsets `start..end` of one partition inside an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +266,7 @@ impl Record {
             Record::StreamObjectCommitted { .. } => kind::STREAM_OBJECT_COMMITTED,
             Record::UploadedEnd { .. } => kind::UPLOADED_END,
             Record::PartitionCleaned { .. } => kind::PARTITION_CLEANED,
+            Record::ClientQuotaChanged { .. } => kind::CLIENT_QUOTA_CHANGED,
         }
     }
 
@@ -415,6 +438,21 @@ impl Record {
                 out.put_i32(*partition);
                 out.put_i64(*offset);
             }
+            Record::ClientQuotaChanged { entity, key, value } => {
+                out.put_u32(entity.len() as u32);
+                for (t, n) in entity {
+                    put_str(out, t);
+                    put_opt_str(out, n.as_deref());
+                }
+                put_str(out, key);
+                match value {
+                    Some(v) => {
+                        out.put_u8(1);
+                        out.put_f64(v.0);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
             Record::ObjectsDestroyed { ids, at_ms } => {
                 out.put_i64(*at_ms);
                 put_ids(out, ids);
@@ -447,6 +485,16 @@ fn put_range(out: &mut Vec<u8>, r: &ObjectRange) {
     out.put_i64(r.end_offset);
     out.put_i64(r.max_timestamp);
     out.put_u64(r.bytes);
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
@@ -607,6 +655,28 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             }
         }
         kind::OBJECTS_PURGED => Record::ObjectsPurged { ids: r.ids()? },
+        kind::CLIENT_QUOTA_CHANGED => {
+            let n = r.u32()? as usize;
+            // Each entry is at least a 4-byte length and a flag.
+            if n > r.buf.len() / 5 {
+                return Err(r.invalid("entity entry count exceeds the record"));
+            }
+            let mut entity = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = r.string()?;
+                let name = match r.u8()? {
+                    0 => None,
+                    _ => Some(r.string()?),
+                };
+                entity.push((t, name));
+            }
+            let key = r.string()?;
+            let value = match r.u8()? {
+                0 => None,
+                _ => Some(QuotaValue(f64::from_bits(r.u64()?))),
+            };
+            Record::ClientQuotaChanged { entity, key, value }
+        }
         kind::STREAM_OBJECT_COMMITTED => {
             let object_id = r.u64()?;
             let node_id = r.i32()?;
@@ -894,6 +964,13 @@ impl fmt::Display for Record {
                 write!(f, "ObjectsDestroyed at {at_ms} ms: {ids:?}")
             }
             Record::ObjectsPurged { ids } => write!(f, "ObjectsPurged {ids:?}"),
+            Record::ClientQuotaChanged { entity, key, value } => {
+                write!(f, "ClientQuotaChanged {entity:?} {key}=")?;
+                match value {
+                    Some(v) => write!(f, "{}", v.0),
+                    None => write!(f, "(removed)"),
+                }
+            }
             Record::StreamObjectCommitted {
                 object_id,
                 node_id,
@@ -920,6 +997,19 @@ pub(crate) mod tests {
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
         vec![
+            Record::ClientQuotaChanged {
+                entity: vec![
+                    ("client-id".into(), None),
+                    ("user".into(), Some("alice".into())),
+                ],
+                key: "producer_byte_rate".into(),
+                value: Some(QuotaValue(1024.0)),
+            },
+            Record::ClientQuotaChanged {
+                entity: vec![("ip".into(), Some("10.0.0.1".into()))],
+                key: "connection_creation_rate".into(),
+                value: None,
+            },
             Record::TopicCreated {
                 id,
                 name: "t".into(),
@@ -1046,7 +1136,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 17, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 18, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

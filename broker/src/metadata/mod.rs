@@ -16,7 +16,8 @@ use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::controller::records::{AbortedTxn, ObjectRange, ProducerSnapshot, Record};
+use crate::controller::records::{AbortedTxn, ObjectRange, ProducerSnapshot, QuotaValue, Record};
+use crate::quota::{self, ClientQuotas};
 use crate::topic_config;
 
 pub mod objects;
@@ -67,6 +68,8 @@ pub struct MetadataImage {
     pub objects: ObjectsImage,
     /// Each partition's producer state as of its uploaded end.
     pub producers: ProducersImage,
+    /// Client quotas (AlterClientQuotas), per entity.
+    pub quotas: ClientQuotas,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -249,6 +252,9 @@ impl MetadataImage {
             } => self.objects.apply_cleaned(*topic_id, *partition, *offset),
             Record::ObjectsDestroyed { ids, at_ms } => self.objects.apply_destroyed(ids, *at_ms),
             Record::ObjectsPurged { ids } => self.objects.apply_purged(ids),
+            Record::ClientQuotaChanged { entity, key, value } => {
+                self.quotas.apply(entity, key, value.map(|v| v.0))
+            }
             Record::StreamObjectCommitted {
                 object_id,
                 node_id,
@@ -334,6 +340,15 @@ impl MetadataImage {
                 first: 0,
                 count: self.next_producer_id,
             });
+        }
+        for (entity, values) in &self.quotas.entities {
+            for (key, v) in values {
+                out.push(Record::ClientQuotaChanged {
+                    entity: entity.clone(),
+                    key: key.clone(),
+                    value: Some(QuotaValue(*v)),
+                });
+            }
         }
         out.extend(self.objects.to_records());
         // After the objects: applying one prunes by the partition's start.
@@ -434,6 +449,12 @@ pub enum Command {
         expire_before: i64,
         producers: Vec<ProducerSnapshot>,
         aborted: Vec<AbortedTxn>,
+    },
+    /// AlterClientQuotas, one entity: each op sets a key (`Some`) or
+    /// removes it (`None`).
+    AlterClientQuotas {
+        entity: Vec<(String, Option<String>)>,
+        ops: Vec<(String, Option<f64>)>,
     },
 }
 
@@ -690,6 +711,18 @@ fn plan_one(
                     offset: *offset,
                 }],
             ))
+        }
+        Command::AlterClientQuotas { entity, ops } => {
+            let (entity, changes) = quota::check_alteration(&image.quotas, entity, ops)?;
+            let recs = changes
+                .into_iter()
+                .map(|(key, value)| Record::ClientQuotaChanged {
+                    entity: entity.clone(),
+                    key,
+                    value: value.map(QuotaValue),
+                })
+                .collect();
+            Ok((Uuid::nil(), recs))
         }
         Command::PurgeObjects { ids } => {
             let ids: Vec<u64> = ids

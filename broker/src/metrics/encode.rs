@@ -155,6 +155,22 @@ pub fn encode(reports: &[ShardReport], quorum: Option<&QuorumState>) -> String {
             sl(),
             c.slow_requests,
         );
+        for (api, (n, ms)) in ["Produce", "Fetch"].into_iter().zip(c.throttled) {
+            let mut l = sl();
+            l.push(("api", api.to_string()));
+            f.counter(
+                "broker_quota_throttled_responses",
+                "Responses that carried a client-quota throttle time.",
+                l.clone(),
+                n,
+            );
+            f.counter(
+                "broker_quota_throttle_ms",
+                "Throttle time handed out by client quotas, in ms.",
+                l,
+                ms,
+            );
+        }
         f.gauge(
             "broker_connections",
             "Client connections open.",

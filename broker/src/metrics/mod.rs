@@ -74,6 +74,9 @@ pub struct ShardMetrics {
     /// One upload round: snapshot, put, commit.
     upload: LatencyHistogram,
     slow_requests: Cell<u64>,
+    /// Responses throttled by a client quota, and their throttle time,
+    /// Produce then Fetch.
+    throttled: [Cell<(u64, u64)>; 2],
     stages: [ApiStages; STAGED_APIS.len()],
     /// Produce only: checking a partition's batches (CRC, sizes, keys).
     validate: StageHistogram,
@@ -120,6 +123,12 @@ impl ShardMetrics {
 
     pub fn validated(&self, took: Duration) {
         self.validate.record(took);
+    }
+
+    pub fn throttled(&self, api: ApiKey, ms: u64) {
+        let i = usize::from(api == ApiKey::Fetch);
+        let (n, total) = self.throttled[i].get();
+        self.throttled[i].set((n + 1, total + ms));
     }
 
     pub fn slow_request(&self) {
@@ -205,6 +214,7 @@ impl ShardMetrics {
             wal_append: self.wal_append.snapshot(),
             upload: self.upload.snapshot(),
             slow_requests: self.slow_requests.get(),
+            throttled: [self.throttled[0].get(), self.throttled[1].get()],
             stages: self.stage_snapshots(),
         }
     }
@@ -249,6 +259,8 @@ pub struct CountersSnapshot {
     pub wal_append: HistogramSnapshot,
     pub upload: HistogramSnapshot,
     pub slow_requests: u64,
+    /// `(responses, total ms)` throttled by quotas: Produce, Fetch.
+    pub throttled: [(u64, u64); 2],
     pub stages: Vec<StageSnapshot>,
 }
 

@@ -22,6 +22,7 @@ mod append;
 mod handover;
 pub mod listener;
 mod producers;
+mod quotas;
 pub mod read;
 mod recovery;
 mod replay;
@@ -125,6 +126,8 @@ pub struct Shard {
     producer_ids: Cell<producers::ProducerIdBlock>,
     producer_ids_pending: Cell<bool>,
     producer_ids_ready: Event,
+    /// Byte-rate sensors of client quotas (`quotas`).
+    quota_sensors: quotas::QuotaSensors,
 }
 
 impl Shard {
@@ -159,6 +162,7 @@ impl Shard {
             producer_ids: Cell::new(producers::ProducerIdBlock::default()),
             producer_ids_pending: Cell::new(false),
             producer_ids_ready: Event::new(),
+            quota_sensors: quotas::QuotaSensors::default(),
         })
     }
 
@@ -490,6 +494,7 @@ impl Shard {
                 return Some(Reply {
                     body: ResponseKind::Fetch(resp),
                     spliced,
+                    mute: Duration::ZERO,
                 });
             }
             RequestKind::ListOffsets(r) => {
@@ -560,9 +565,12 @@ impl Shard {
                     handlers::auth::describe_user_scram_credentials(r),
                 )
             }
-            RequestKind::DescribeClientQuotas(r) => {
-                ResponseKind::DescribeClientQuotas(handlers::quotas::describe_client_quotas(r))
-            }
+            RequestKind::DescribeClientQuotas(r) => ResponseKind::DescribeClientQuotas(
+                handlers::quotas::describe_client_quotas(&self.image().quotas, r),
+            ),
+            RequestKind::AlterClientQuotas(r) => ResponseKind::AlterClientQuotas(
+                handlers::quotas::alter_client_quotas(&self, r).await,
+            ),
             RequestKind::UpdateFeatures(r) => {
                 ResponseKind::UpdateFeatures(handlers::features::update_features(r, v))
             }
@@ -683,7 +691,34 @@ impl Service for Shard {
                 ClientTag::of(request.header.client_id.as_deref()),
                 request.correlation_id(),
             );
-            let resp = self.clone().dispatch(request).await;
+            // Client quotas: Produce was measured as it was read
+            // (`on_read`); a Fetch is measured by its response, and only
+            // while some quota is set is its whole client id kept.
+            let read_throttle = request.throttle;
+            let fetch_client =
+                quotas::fetch_measured(&self.image.borrow().quotas, api).then(|| {
+                    request
+                        .header
+                        .client_id
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_string()
+                });
+            let mut resp = self.clone().dispatch(request).await;
+            if let Some(reply) = resp.as_mut() {
+                let mut throttle = read_throttle;
+                if let Some(client_id) = &fetch_client {
+                    throttle = throttle.max(self.quota_sensors.fetch_answered(
+                        &self.image().quotas,
+                        client_id,
+                        reply,
+                    ));
+                }
+                if !throttle.is_zero() {
+                    quotas::set_throttle_time(reply, throttle);
+                    self.metrics.throttled(api, throttle.as_millis() as u64);
+                }
+            }
             let took = started.elapsed();
             self.metrics
                 .request_done(api, took, resp.as_ref().map(|r| &r.body));
@@ -704,6 +739,18 @@ impl Service for Shard {
             }
             resp
         })
+    }
+
+    fn on_read(&self, request: &Request) -> Duration {
+        if request.api_key != ApiKey::Produce {
+            return Duration::ZERO;
+        }
+        let image = self.image.borrow();
+        self.quota_sensors.produce_read(
+            &image.quotas,
+            request.header.client_id.as_deref().unwrap_or(""),
+            request.frame.len(),
+        )
     }
 
     fn written(&self, api: ApiKey, stages: &net::Stages) {

@@ -284,9 +284,35 @@ def check_admin_commands(env: Env) -> None:
     out = env.java("org.apache.kafka.tools.DelegationTokenCommand", "--bootstrap-server", env.bootstrap,
                    "--command-config", str(props), "--describe", check=False)
     expect("UnsupportedByAuthenticationException" in out, f"DelegationTokenCommand:\n{out[-800:]}")
-    # No quotas and no SCRAM users: nothing to show, and no error.
+    # No SCRAM users and no quota for alice: nothing to show, and no error.
     out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", "alice")
     expect("Exception" not in out, f"ConfigCommand --entity-type users:\n{out}")
+    # Client quotas (AlterClientQuotas, DescribeClientQuotas): set, shown,
+    # deleted, for a client id and for the default user.
+    client = unique("quota-client")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "clients", "--entity-name", client,
+                   "--add-config", "producer_byte_rate=1048576,consumer_byte_rate=2097152")
+    expect(f"Completed updating config for client {client}" in out, f"quota --alter:\n{out}")
+    out = env.tool(CONFIG, "--describe", "--entity-type", "clients", "--entity-name", client)
+    expect("producer_byte_rate=1048576.0" in out and "consumer_byte_rate=2097152.0" in out,
+           f"quota --describe:\n{out}")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "clients", "--entity-name", client,
+                   "--delete-config", "producer_byte_rate")
+    out = env.tool(CONFIG, "--describe", "--entity-type", "clients", "--entity-name", client)
+    expect("producer_byte_rate" not in out and "consumer_byte_rate=2097152.0" in out,
+           f"quota after --delete-config:\n{out}")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-default",
+                   "--add-config", "request_percentage=12.5")
+    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-default")
+    expect("request_percentage=12.5" in out, f"default user quota:\n{out}")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "clients", "--entity-name", client,
+                   "--add-config", "producer_byte_rate=1.5", check=False)
+    expect("must be a Long value" in out, f"a fractional byte rate:\n{out[-800:]}")
+    for args in (["--entity-type", "clients", "--entity-name", client,
+                  "--delete-config", "consumer_byte_rate"],
+                 ["--entity-type", "users", "--entity-default",
+                  "--delete-config", "request_percentage"]):
+        env.tool(CONFIG, "--alter", *args)
 
 
 TXNS = "org.apache.kafka.tools.TransactionsCommand"
