@@ -29,4 +29,5 @@ pub mod shutdown;
 pub mod topic_config;
 pub mod txn;
 pub mod uploader;
+pub mod wakeup;
 pub mod wal_record;

@@ -114,6 +114,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let mut tickers = match broker::wakeup::start(cfg.shards) {
+        Ok(fds) => fds.into_iter(),
+        Err(e) => {
+            error!("cannot start the reactor ticker: {e}");
+            std::process::exit(1);
+        }
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<MeshMsg, _>::full(cfg.shards, MESH_CAPACITY);
     let mut handles = Vec::new();
@@ -131,6 +138,7 @@ fn main() {
             controller: (s == 0).then(|| controller.handle.clone()),
             stop,
             socket: sockets.next().expect("one socket per shard"),
+            ticker: tickers.next(),
         };
         // A task queue that has run this long yields to others that are
         // runnable (glommio's default is 100 ms): uploads and cold reads
@@ -143,8 +151,7 @@ fn main() {
                 builder.spin_before_park(std::time::Duration::from_micros(cfg.spin_before_park_us));
         }
         let handle = builder
-            // One blocking thread serves file opens and the like; the other
-            // is the reactor watchdog's (`start_watchdog`).
+            // Blocking threads serve file opens, renames and the like.
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
             .spawn(move || serve_shard(start));
         match handle {
@@ -177,14 +184,18 @@ struct ShardStart {
     stop: shutdown::ShardShutdown,
     /// Its port, bound by the main thread; listened on once it serves.
     socket: ShardSocket,
+    /// Its end of the reactor ticker's socket (`broker::wakeup`).
+    ticker: Option<std::os::fd::OwnedFd>,
 }
 
 /// Runs the shard in a latency-sensitive task queue: requests, appends, WAL
 /// I/O and commits, and everything they spawn, preempt the throughput
 /// queues (uploads, cold reads) within half a millisecond of becoming
 /// runnable, instead of waiting out glommio's default 100 ms slice.
-async fn serve_shard(start: ShardStart) {
-    start_watchdog();
+async fn serve_shard(mut start: ShardStart) {
+    if let Some(fd) = start.ticker.take() {
+        broker::wakeup::listen(fd);
+    }
     let s = start.id;
     let serve = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
@@ -200,29 +211,6 @@ async fn serve_shard(start: ShardStart) {
     }
 }
 
-/// How often the watchdog wakes a shard's reactor.
-const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Wakes the shard's reactor from another thread every `WATCHDOG_TICK`.
-///
-/// glommio 0.9 puts an idle reactor to sleep on its main io_uring, waiting
-/// for a poll of its latency ring's fd, and that wake-up is sometimes lost
-/// on this kernel (glommio issues #326 and #547): about one start in 20 hung
-/// with both shards asleep for good, in the channel-mesh join or the WAL
-/// open, and a timer on the shard itself did not wake it. A blocking-pool
-/// job that sleeps and returns wakes the reactor through its eventfd, the
-/// path cross-thread wake-ups take, so such a sleep now ends within a tick.
-fn start_watchdog() {
-    glommio::spawn_local(async {
-        loop {
-            glommio::executor()
-                .spawn_blocking(|| std::thread::sleep(WATCHDOG_TICK))
-                .await;
-        }
-    })
-    .detach();
-}
-
 async fn run_shard(start: ShardStart) {
     let ShardStart {
         id: s,
@@ -233,6 +221,7 @@ async fn run_shard(start: ShardStart) {
         controller,
         stop,
         socket,
+        ticker: _,
     } = start;
     let shards = cfg.shards;
     let shard = Shard::new(s, cfg);
