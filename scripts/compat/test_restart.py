@@ -221,9 +221,11 @@ def threads_of(pid: int) -> str:
 
 def test_starts_do_not_hang(tmp_path):
     """A two-shard broker started and killed 40 times listens on both ports
-    within 10 s every time. Before the reactor watchdog (broker/src/main.rs
-    `start_watchdog`) about one start in 20 parked a shard in io_uring for
-    good; this loop hung at start 24 and at start 20."""
+    within 10 s every time. Before any guard against glommio's lost
+    wake-ups about one start in 20 parked a shard in io_uring for good (this
+    loop hung at start 24 and at start 20); with a blocking-pool watchdog
+    one in a few hundred still did; the reactor ticker (broker/src/wakeup.rs)
+    is the fix."""
     import socket as _socket
 
     def listening(port: int) -> bool:
