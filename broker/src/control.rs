@@ -33,6 +33,9 @@ use crate::metrics::report::ShardReport;
 use crate::partition::PartitionKey;
 use crate::txn::MarkerReq;
 
+/// How long `Control::reports` waits for the other shards.
+const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What shards tell each other.
 #[derive(Debug)]
 pub enum MeshMsg {
@@ -252,7 +255,8 @@ impl Control {
     }
 
     /// Every shard's report, in shard order (this shard's read directly).
-    /// A shard that does not answer (it is stopping) is left out.
+    /// A shard that does not answer (it is stopping), or not within
+    /// `REPORT_TIMEOUT` (stuck), is left out, so /metrics still answers.
     pub async fn reports(&self) -> Vec<ShardReport> {
         let mut waiting = Vec::new();
         for peer in 0..self.shards {
@@ -264,12 +268,26 @@ impl Control {
             let (tx, rx) = oneshot::channel();
             self.report_pending.borrow_mut().insert(id, tx);
             self.send(peer, MeshMsg::Report { id }).await;
-            waiting.push(rx);
+            waiting.push((peer, id, rx));
         }
         let mut out: Vec<ShardReport> = (self.hooks.report)().into_iter().collect();
-        for rx in waiting {
-            if let Ok(Some(r)) = rx.await {
-                out.push(*r);
+        let deadline = std::time::Instant::now() + REPORT_TIMEOUT;
+        for (peer, id, rx) in waiting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timer = async {
+                glommio::timer::sleep(left).await;
+                None
+            };
+            match futures_lite::future::or(async { Some(rx.await) }, timer).await {
+                Some(Ok(Some(r))) => out.push(*r),
+                Some(_) => {}
+                None => {
+                    self.report_pending.borrow_mut().remove(&id);
+                    warn!(
+                        peer,
+                        "shard did not send its report within {REPORT_TIMEOUT:?}: left out"
+                    );
+                }
             }
         }
         out.sort_by_key(|r| r.shard);
