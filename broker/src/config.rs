@@ -56,6 +56,10 @@ pub struct Config {
     /// and flush completion; spinning trades that for CPU, only while the
     /// shard is busy (an idle one sleeps after this long). 0: never spin.
     pub spin_before_park_us: u64,
+    /// The CPU shard 0 is pinned to; shard `s` runs on CPU
+    /// `(first_cpu + s) % cpus`. On a VM whose disk interrupt is bound to
+    /// one CPU (and cannot be moved), this puts a shard next to it.
+    pub first_cpu: usize,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
@@ -214,6 +218,7 @@ impl Default for Config {
             connections_max_idle_ms: 600_000,
             slow_request_ms: 500,
             spin_before_park_us: 0,
+            first_cpu: 0,
             admin_listen: "127.0.0.1:9644".into(),
             log_format: "text".into(),
             auto_create_topics: true,
@@ -318,6 +323,8 @@ pub struct Flags {
     pub log_format: Option<String>,
     #[arg(long, env = "BROKER_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
+    #[arg(long, env = "BROKER_FIRST_CPU")]
+    pub first_cpu: Option<usize>,
     #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
     #[arg(long, env = "BROKER_NUM_PARTITIONS")]
@@ -523,6 +530,7 @@ impl Config {
             connections_max_idle_ms,
             slow_request_ms,
             spin_before_park_us,
+            first_cpu,
             admin_listen,
             log_format,
             auto_create_topics,

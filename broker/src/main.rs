@@ -143,7 +143,7 @@ fn main() {
         // A task queue that has run this long yields to others that are
         // runnable (glommio's default is 100 ms): uploads and cold reads
         // must not hold a core while a produce waits.
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(s % cpus))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed((cfg.first_cpu + s) % cpus))
             .name(&format!("shard-{s}"))
             .preempt_timer(std::time::Duration::from_millis(1));
         if cfg.spin_before_park_us > 0 {
