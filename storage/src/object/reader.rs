@@ -89,38 +89,40 @@ pub struct ObjectReader {
     queue: Option<TaskQueueHandle>,
     indexes: RefCell<BlockCacheOfIndexes>,
     blocks: RefCell<BlockCache<BlockKey>>,
-    inflight: RefCell<HashMap<BlockKey, Rc<Event>>>,
+    inflight: Rc<RefCell<Inflight>>,
     throttle: TokenBucket,
     stats: Cell<ReaderStats>,
 }
 
 /// Blocks being fetched: registered on creation, and on drop removed and
 /// their waiters woken, whether the fetch finished, failed or was dropped.
-struct InflightGuard<'a> {
-    reader: &'a ObjectReader,
+type Inflight = HashMap<BlockKey, Rc<Event>>;
+
+struct InflightGuard {
+    inflight: Rc<RefCell<Inflight>>,
     keys: Vec<BlockKey>,
     event: Rc<Event>,
 }
 
-impl<'a> InflightGuard<'a> {
-    fn new(reader: &'a ObjectReader, keys: Vec<BlockKey>) -> Self {
+impl InflightGuard {
+    fn new(inflight: &Rc<RefCell<Inflight>>, keys: Vec<BlockKey>) -> Self {
         let event = Rc::new(Event::new());
-        let mut inflight = reader.inflight.borrow_mut();
+        let mut map = inflight.borrow_mut();
         for k in &keys {
-            inflight.insert(*k, event.clone());
+            map.insert(*k, event.clone());
         }
-        drop(inflight);
+        drop(map);
         InflightGuard {
-            reader,
+            inflight: inflight.clone(),
             keys,
             event,
         }
     }
 }
 
-impl Drop for InflightGuard<'_> {
+impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut inflight = self.reader.inflight.borrow_mut();
+        let mut inflight = self.inflight.borrow_mut();
         for k in &self.keys {
             // Only our own entry: a later fetch of the same block may have
             // taken the slot over.
@@ -217,7 +219,7 @@ impl ObjectReader {
                 order: VecDeque::new(),
             }),
             blocks: RefCell::new(BlockCache::new(cfg.block_cache_bytes)),
-            inflight: RefCell::new(HashMap::new()),
+            inflight: Rc::new(RefCell::new(HashMap::new())),
             throttle: TokenBucket::new(cfg.bytes_per_sec, cfg.max_merge_bytes.max(512 << 10)),
             stats: Cell::new(ReaderStats::default()),
             cfg,
@@ -311,13 +313,18 @@ impl ObjectReader {
 
     /// Fetches the blocks of one run with one GET and caches each verified
     /// block.
-    async fn fetch_run(&self, id: u64, run: &[BlockEntry]) -> Result<(), ObjectError> {
+    async fn fetch_run(
+        &self,
+        id: u64,
+        run: &[BlockEntry],
+        _claim: InflightGuard,
+    ) -> Result<(), ObjectError> {
         let start = run[0].position;
         let end = run[run.len() - 1].position + u64::from(run[run.len() - 1].size);
-        // Marks the blocks in flight until dropped, also when this future is
-        // cancelled halfway (its fetch went away with its connection):
-        // otherwise later reads of these blocks would wait forever.
-        let _inflight = InflightGuard::new(self, run.iter().map(|b| (id, b.position)).collect());
+        // `_claim` marks the blocks in flight until dropped, also when this
+        // future is cancelled halfway (its fetch went away with its
+        // connection): otherwise later reads of these blocks would wait
+        // forever.
         // Blocks of a run are adjacent (`merge_runs`): each block arrives in
         // its own buffer, so one evicted block frees its memory rather than
         // pinning the whole GET's.
@@ -350,17 +357,49 @@ impl ObjectReader {
                 listener.await;
             }
         }
+        let claimed = self.claim(id, blocks);
+        self.fetch_claimed(id, claimed).await
+    }
+
+    /// Marks the blocks of `blocks` that are neither cached nor in flight as
+    /// in flight, in merged runs, before anything awaits: a read-ahead
+    /// decided now but started later, or a run still queued behind others,
+    /// must not be fetched again by the reads that come meanwhile.
+    fn claim(&self, id: u64, blocks: &[BlockEntry]) -> Vec<(Vec<BlockEntry>, InflightGuard)> {
         let missing: Vec<BlockEntry> = {
             let cache = self.blocks.borrow();
+            let inflight = self.inflight.borrow();
             blocks
                 .iter()
-                .filter(|b| !cache.contains(&(id, b.position)))
+                .filter(|b| {
+                    let k = (id, b.position);
+                    !cache.contains(&k) && !inflight.contains_key(&k)
+                })
                 .copied()
                 .collect()
         };
-        let runs = merge_runs(&missing, self.cfg.max_merge_bytes);
-        for group in runs.chunks(self.cfg.max_inflight.max(1)) {
-            let fetches = group.iter().map(|run| self.fetch_run(id, run));
+        merge_runs(&missing, self.cfg.max_merge_bytes)
+            .into_iter()
+            .map(|run| {
+                let keys = run.iter().map(|b| (id, b.position)).collect();
+                let guard = InflightGuard::new(&self.inflight, keys);
+                (run, guard)
+            })
+            .collect()
+    }
+
+    /// Fetches claimed runs, `max_inflight` at a time.
+    async fn fetch_claimed(
+        &self,
+        id: u64,
+        claimed: Vec<(Vec<BlockEntry>, InflightGuard)>,
+    ) -> Result<(), ObjectError> {
+        let mut rest = claimed.into_iter().peekable();
+        while rest.peek().is_some() {
+            let group: Vec<_> = rest.by_ref().take(self.cfg.max_inflight.max(1)).collect();
+            let fetches = group
+                .into_iter()
+                .map(|(run, guard)| async move { self.fetch_run(id, &run, guard).await });
             for r in futures::future::join_all(fetches).await {
                 r?;
             }
@@ -445,20 +484,23 @@ impl ObjectReader {
             if total >= bytes {
                 break;
             }
-            if !self.blocks.borrow().contains(&(id, b.position))
-                && !self.inflight.borrow().contains_key(&(id, b.position))
-            {
-                take.push(*b);
-            }
+            take.push(*b);
             total += u64::from(b.size);
         }
-        if take.is_empty() {
+        // Claimed now, so the reads before this task runs do not fetch them
+        // again (each read of a sequential consumer starts a read-ahead).
+        let claimed = self.claim(id, &take);
+        if claimed.is_empty() {
             return;
         }
         let me = self.clone();
         let fut = async move {
-            let bytes: u64 = take.iter().map(|b| u64::from(b.size)).sum();
-            match me.load(id, &take).await {
+            let bytes: u64 = claimed
+                .iter()
+                .flat_map(|(run, _)| run.iter())
+                .map(|b| u64::from(b.size))
+                .sum();
+            match me.fetch_claimed(id, claimed).await {
                 Ok(()) => me.count(|s| s.readahead_bytes += bytes),
                 Err(e) => debug!(object = id, "read-ahead failed: {e}"),
             }
