@@ -725,6 +725,51 @@ mod tests {
     }
 
     #[test]
+    fn a_sequential_reader_fetches_each_block_once() {
+        // Each read of a sequential consumer starts a read-ahead, and runs
+        // wait behind `max_inflight`: blocks must be claimed when a fetch is
+        // decided, or the reads that come meanwhile fetch them again (8x
+        // the bytes on a real catch-up before this was fixed).
+        run(|| async {
+            let store = MemStore::new();
+            let obj = put_object(&store, 11).await;
+            let r = ObjectReader::new(
+                Rc::new(store.clone()),
+                ReaderConfig {
+                    max_merge_bytes: 8 << 10,
+                    max_inflight: 1,
+                    ..ReaderConfig::default()
+                },
+                None,
+            );
+            let index = r.index(obj).await.unwrap();
+            let stream_bytes: u64 = index
+                .blocks_from(([1; 16], 0), 0)
+                .iter()
+                .map(|b| u64::from(b.size))
+                .sum();
+            store.set_delay(Some(std::time::Duration::from_millis(5)));
+            let fetched_before = r.stats().bytes_fetched;
+            let mut offset = 0;
+            while offset < 400 {
+                let got = r
+                    .read(obj, ([1; 16], 0), offset, 3000, true, 1 << 20)
+                    .await
+                    .unwrap();
+                let offs = offsets(&got);
+                assert_eq!(offs[0], offset, "in order, nothing skipped");
+                offset = offs.last().unwrap() + 2;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+            let fetched = r.stats().bytes_fetched - fetched_before;
+            assert!(
+                fetched <= stream_bytes,
+                "fetched {fetched} bytes for a stream of {stream_bytes}"
+            );
+        });
+    }
+
+    #[test]
     fn readahead_window_grows_while_sequential() {
         let cfg = ReaderConfig::default();
         let mut ra = Readahead::default();
