@@ -146,16 +146,17 @@ def run_perf(perf, subcommand, args, what="bench"):
     return rep
 
 
-def create_topic(bootstrap, topic, partitions=1, assignment=None):
+def create_topic(bootstrap, topic, partitions=1, assignment=None, config=None):
     """Creates a topic (existing is fine). `assignment`: leader node id per
-    partition, to put partitions on chosen shards."""
+    partition, to put partitions on chosen shards; `config`: topic configs."""
     from confluent_kafka.admin import AdminClient, NewTopic
     admin = AdminClient({"bootstrap.servers": bootstrap})
     if assignment is not None:
         new = NewTopic(topic, num_partitions=len(assignment), replication_factor=-1,
-                       replica_assignment=[[n] for n in assignment])
+                       replica_assignment=[[n] for n in assignment], config=config or {})
     else:
-        new = NewTopic(topic, num_partitions=partitions, replication_factor=1)
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                       config=config or {})
     for f in admin.create_topics([new]).values():
         try:
             f.result(30)

@@ -166,6 +166,10 @@ pub struct Config {
     /// Target size of a stream object (the most one compaction holds in
     /// memory).
     pub stream_object_bytes: u64,
+    /// A stream-set object at least this large stays as it is while at
+    /// least half of its bytes are live; smaller ones (uploads cut short by
+    /// `upload_interval_ms`) move out into stream objects (0: all do).
+    pub stream_set_keep_bytes: u64,
     /// Compaction read and write bandwidth, all shards together (0: unlimited).
     pub compaction_bytes_per_sec: u64,
     /// `log.cleaner.dedupe.buffer.size`: memory for the key → offset maps of
@@ -245,10 +249,10 @@ impl Default for Config {
             s3_request_timeout_ms: 30_000,
             s3_retry_base_ms: 1000,
             s3_max_attempts: 10,
-            log_cache_bytes: 256 << 20,
+            log_cache_bytes: 512 << 20,
             block_cache_bytes: 128 << 20,
-            upload_bytes: 32 << 20,
-            upload_interval_ms: 5000,
+            upload_bytes: 128 << 20,
+            upload_interval_ms: 30_000,
             upload_bytes_per_sec: 0,
             cold_read_bytes_per_sec: 0,
             object_block_bytes: 512 << 10,
@@ -266,6 +270,7 @@ impl Default for Config {
             object_compaction_min_age_ms: 60_000,
             log_cleaner_backoff_ms: 5_000,
             stream_object_bytes: 64 << 20,
+            stream_set_keep_bytes: 16 << 20,
             compaction_bytes_per_sec: 64 << 20,
             log_cleaner_dedupe_buffer_bytes: 128 << 20,
             offsets_retention_minutes: 10_080,
@@ -415,6 +420,8 @@ pub struct Flags {
     pub log_cleaner_backoff_ms: Option<u64>,
     #[arg(long, env = "BROKER_STREAM_OBJECT_BYTES")]
     pub stream_object_bytes: Option<u64>,
+    #[arg(long, env = "BROKER_STREAM_SET_KEEP_BYTES")]
+    pub stream_set_keep_bytes: Option<u64>,
     #[arg(long, env = "BROKER_COMPACTION_BYTES_PER_SEC")]
     pub compaction_bytes_per_sec: Option<u64>,
     #[arg(long, env = "BROKER_LOG_CLEANER_DEDUPE_BUFFER_BYTES")]
@@ -573,6 +580,7 @@ impl Config {
             object_compaction_min_age_ms,
             log_cleaner_backoff_ms,
             stream_object_bytes,
+            stream_set_keep_bytes,
             compaction_bytes_per_sec,
             log_cleaner_dedupe_buffer_bytes,
             offsets_retention_minutes,

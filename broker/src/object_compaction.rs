@@ -49,8 +49,36 @@ enum Kind {
     Small,
 }
 
+/// The sizes and ages `plan_runs` decides by.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Size of a stream object written (`stream_object_bytes`).
+    pub target: u64,
+    /// Stream-set objects this large stay while mostly live
+    /// (`stream_set_keep_bytes`).
+    pub keep_bytes: u64,
+    /// Data younger than this is left alone (`object_compaction_min_age_ms`).
+    pub min_age_ms: i64,
+}
+
+impl Limits {
+    pub fn of(cfg: &crate::config::Config) -> Limits {
+        Limits {
+            target: cfg.stream_object_bytes,
+            keep_bytes: cfg.stream_set_keep_bytes,
+            min_age_ms: cfg.object_compaction_min_age_ms as i64,
+        }
+    }
+}
+
 /// Which of a partition's ranges to merge into stream objects:
-/// * consecutive ranges that live in shared (stream-set) objects move out,
+/// * a stream-set object of at least `keep_bytes` (a full upload) stays as
+///   it is while at least half of its bytes are live: rewriting it would
+///   cost a PUT per partition and buy nothing, since its ranges are read
+///   with ranged GETs anyway. Once retention, DeleteRecords or a deleted
+///   topic has taken more than half of it, its live ranges move out, so
+///   dead bytes never outweigh live ones (0 moves every one out);
+/// * consecutive ranges that live in other shared (stream-set) objects move out,
 ///   merged up to about `target` bytes, so those objects can go, once they
 ///   add up to half the target or the oldest is older than `max_age_ms`
 ///   (ten times `min_age_ms`): every stream object written is a PUT, so a
@@ -64,19 +92,28 @@ enum Kind {
 pub fn plan_runs(
     objects: &ObjectsImage,
     part: &PartitionObjects,
-    target: u64,
-    min_age_ms: i64,
+    limits: Limits,
     now_ms: i64,
 ) -> Vec<Run> {
+    let Limits {
+        target,
+        keep_bytes,
+        min_age_ms,
+    } = limits;
     let max_age_ms = min_age_ms.saturating_mul(10);
     let kind_of = |r: &RangeRef| -> Option<Kind> {
-        let shared = objects
-            .objects
-            .get(&r.object_id)
-            .is_some_and(|o| o.ranges.len() > 1);
-        if r.max_timestamp > now_ms.saturating_sub(min_age_ms) {
+        let obj = objects.objects.get(&r.object_id);
+        let shared = obj.is_some_and(|o| o.ranges.len() > 1);
+        let big = obj.is_some_and(|o| keep_bytes > 0 && o.size >= keep_bytes);
+        let mostly_dead = obj.is_some_and(|o| {
+            let live: u64 = o.ranges.iter().map(|r| r.bytes).sum();
+            live.saturating_mul(2) < o.size
+        });
+        if r.max_timestamp > now_ms.saturating_sub(min_age_ms) || (shared && big && !mostly_dead) {
             None
-        } else if shared {
+        } else if shared || (big && mostly_dead) {
+            // A big upload left with one live range moves out like a
+            // shared one: its dead bytes are reclaimed once it is gone.
             Some(Kind::Shared)
         } else if r.bytes < target {
             Some(Kind::Small)
@@ -196,13 +233,7 @@ pub async fn pass(shard: &Rc<Shard>, budget: &TokenBucket) -> Result<usize, Stri
         let Some(part) = image.objects.partition(key.0, key.1) else {
             continue;
         };
-        let runs = plan_runs(
-            &image.objects,
-            part,
-            cfg.stream_object_bytes,
-            cfg.object_compaction_min_age_ms as i64,
-            now,
-        );
+        let runs = plan_runs(&image.objects, part, Limits::of(cfg), now);
         for r in runs {
             compact(shard, key, &r, budget).await?;
             written += 1;
@@ -377,6 +408,16 @@ mod tests {
         });
     }
 
+    /// Limits that move every stream-set object out (the policy before
+    /// `keep_bytes`), so the tests below exercise moving out and merging.
+    fn lim(target: u64, min_age_ms: i64) -> Limits {
+        Limits {
+            target,
+            keep_bytes: 0,
+            min_age_ms,
+        }
+    }
+
     fn starts(runs: &[Run]) -> Vec<Vec<i64>> {
         runs.iter()
             .map(|r| r.iter().map(|x| x.start_offset).collect())
@@ -402,18 +443,68 @@ mod tests {
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
         // 30 shared bytes: too few for a 500-byte target while they are
         // younger than ten times the minimum age...
-        assert!(plan_runs(&img, &part, 500, 1000, 5000).is_empty());
+        assert!(plan_runs(&img, &part, lim(500, 1000), 5000).is_empty());
         // ...enough for a 60-byte target...
         assert_eq!(
-            starts(&plan_runs(&img, &part, 60, 1000, 5000)),
+            starts(&plan_runs(&img, &part, lim(60, 1000), 5000)),
             vec![vec![100, 110, 120]]
         );
         // ...and they move out anyway once old.
-        let runs = plan_runs(&img, &part, 500, 1000, 20_000);
+        let runs = plan_runs(&img, &part, lim(500, 1000), 20_000);
         assert_eq!(starts(&runs), vec![vec![100, 110, 120]]);
         // A run is cut at the target size.
-        let runs = plan_runs(&img, &part, 15, 1000, 20_000);
+        let runs = plan_runs(&img, &part, lim(15, 1000), 20_000);
         assert_eq!(starts(&runs), vec![vec![100, 110], vec![120]]);
+    }
+
+    #[test]
+    fn full_uploads_stay_until_mostly_dead() {
+        let mut img = ObjectsImage::default();
+        // Two full uploads (1000 bytes each, the keep size) shared by
+        // topics 1 and 2, and one short upload (a timer's) after them.
+        for (id, s) in [(0u64, 0i64), (1, 10)] {
+            img.apply_committed(ObjectMeta {
+                id,
+                node_id: 0,
+                size: 1000,
+                ranges: vec![range(1, s, s + 10, 400, 10), range(2, s, s + 10, 580, 10)],
+            });
+        }
+        img.apply_committed(ObjectMeta {
+            id: 2,
+            node_id: 0,
+            size: 100,
+            ranges: vec![range(1, 20, 30, 40, 10), range(2, 20, 30, 50, 10)],
+        });
+        let limits = Limits {
+            target: 500,
+            keep_bytes: 1000,
+            min_age_ms: 1000,
+        };
+        let part = |img: &ObjectsImage| img.partition(Uuid::from_u128(1), 0).unwrap().clone();
+        // Only the short upload is worth moving out (once old).
+        assert!(plan_runs(&img, &part(&img), limits, 5000).is_empty());
+        assert_eq!(
+            starts(&plan_runs(&img, &part(&img), limits, 1_000_000)),
+            vec![vec![20]]
+        );
+        // Retention takes topic 2's first range: object 0 is 40% live, so
+        // topic 1's range leaves it too; object 1 is still whole.
+        img.apply_log_start(Uuid::from_u128(2), 0, 10);
+        assert_eq!(
+            starts(&plan_runs(&img, &part(&img), limits, 5000)),
+            vec![vec![0]]
+        );
+        // With keep_bytes 0 every shared range moves out, and object 0,
+        // left with one range, counts as topic 1's own small object.
+        let all = Limits {
+            keep_bytes: 0,
+            ..limits
+        };
+        assert_eq!(
+            starts(&plan_runs(&img, &part(&img), all, 1_000_000)),
+            vec![vec![10, 20]]
+        );
     }
 
     #[test]
@@ -428,15 +519,15 @@ mod tests {
         }
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
         assert!(
-            plan_runs(&img, &part, 500, 0, 5000).is_empty(),
+            plan_runs(&img, &part, lim(500, 0), 5000).is_empty(),
             "not enough yet"
         );
         // Enough bytes: merge.
-        assert_eq!(plan_runs(&img, &part, 30, 0, 5000).len(), 2);
+        assert_eq!(plan_runs(&img, &part, lim(30, 0), 5000).len(), 2);
         let n = MERGE_FANIN as i64 - 1;
         commit(&mut img, 99, vec![range(1, n * 10, n * 10 + 10, 10, 10)]);
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
-        let runs = plan_runs(&img, &part, 500, 0, 5000);
+        let runs = plan_runs(&img, &part, lim(500, 0), 5000);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].len(), MERGE_FANIN);
     }
@@ -447,7 +538,7 @@ mod tests {
         commit(&mut img, 0, vec![range(1, 0, 10, 10, 10)]);
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
         assert!(
-            plan_runs(&img, &part, 500, 0, 5000).is_empty(),
+            plan_runs(&img, &part, lim(500, 0), 5000).is_empty(),
             "nothing to gain"
         );
         // One range in a shared object moves out, so the object can go.
@@ -458,7 +549,7 @@ mod tests {
         );
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
         assert_eq!(
-            starts(&plan_runs(&img, &part, 500, 0, 5000)),
+            starts(&plan_runs(&img, &part, lim(500, 0), 5000)),
             vec![vec![10]]
         );
     }
@@ -473,7 +564,7 @@ mod tests {
         commit(&mut img, 3, shared(40));
         let part = img.partition(Uuid::from_u128(1), 0).unwrap().clone();
         assert_eq!(
-            starts(&plan_runs(&img, &part, 500, 0, 5000)),
+            starts(&plan_runs(&img, &part, lim(500, 0), 5000)),
             vec![vec![0, 10], vec![30, 40]]
         );
     }

@@ -1,5 +1,6 @@
 """Object compaction: small stream-set objects (one per upload, shared by
-all partitions of a shard) are merged into per-partition stream objects;
+all partitions of a shard) are merged into per-partition stream objects,
+full ones stay until mostly deleted;
 the merged objects leave the store after the delete delay; reads see the
 same records; and kill -9 at any moment of compaction loses or duplicates
 nothing and leaves no object behind once orphans are collected.
@@ -9,6 +10,10 @@ from __future__ import annotations
 import random
 import re
 import time
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from objects_load import MIB, wait_for, Produced, check_read_back, create_topic, produce, read_back
 
@@ -109,3 +114,48 @@ def test_kill9_during_compaction_loses_nothing_and_leaks_nothing(fresh_broker):
     wait_for("compaction to settle", lambda: all(n == 1 for n in objects(broker).values()))
     wait_for("the store to hold exactly the committed objects",
              lambda: on_disk(broker) == set(objects(broker)), timeout=60)
+
+
+KEEP = 512 << 10
+
+
+@pytest.mark.parametrize("fresh_broker", [{"shards": 1, "args": [
+    *BROKER_PARAMS["args"], "--stream-set-keep-bytes", str(KEEP)]}], indirect=True)
+def test_full_uploads_stay_until_mostly_deleted(fresh_broker, figures):
+    """A stream-set object of at least stream_set_keep_bytes is not
+    rewritten (that would cost a PUT per partition); once DeleteRecords has
+    taken more than half of it, its live ranges move out and it goes."""
+    broker = fresh_broker
+    topic = "keep-uploads"
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    produced = Produced()
+    for i in range(4):
+        produced.add(produce(broker.bootstrap, topic, PARTITIONS, 3 * MIB, VALUE,
+                             first_seq=i * 1000))
+    assert not produced.failed
+
+    def big_shared():
+        shell = broker.tool("metadata-shell")
+        return {int(i): int(n) for i, size, n in re.findall(
+            r"^  object (\d+) node -?\d+ size (\d+) ranges (\d+)", shell, re.M)
+            if int(size) >= KEEP and int(n) > 1}
+
+    wait_for("full uploads to be committed", lambda: len(big_shared()) >= 2)
+    kept = big_shared()
+    time.sleep(3.0)  # ten compaction passes
+    still = big_shared()
+    assert all(still.get(i) == n for i, n in kept.items()), \
+        f"full uploads were rewritten: {kept} then {still}"
+    # Partitions 1 and 2 deleted: two thirds of every upload are dead.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.delete_records([TopicPartition(topic, p, len(produced.acked[p]))
+                                   for p in (1, 2)]).values():
+        f.result(30)
+    wait_for("the mostly deleted uploads to be replaced",
+             lambda: not (set(still) & set(objects(broker))))
+    wait_for("the replaced uploads to leave the store", lambda: not (set(still) & on_disk(broker)))
+    left = Produced(acked={0: produced.acked[0]})
+    _, got = read_back(broker.bootstrap, topic, left, VALUE)
+    check_read_back(left, got)
+    figures.record(f"stream-set objects kept: {len(still)} full uploads left alone for 3 s of "
+                   f"compaction passes, moved out once two thirds deleted")

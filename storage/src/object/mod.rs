@@ -17,9 +17,12 @@
 /// Objects at least this large go up as multipart uploads. Below it one PUT
 /// carries the whole object: the body is in memory anyway, and every part
 /// is a billed request (a 64 MiB object in 8 MiB parts costs 10 requests).
-pub const MULTIPART_THRESHOLD: u64 = 128 << 20;
+/// A full upload (`upload_bytes`, 128 MiB by default, plus the little that
+/// arrives while it is cut) stays well below it. S3 takes up to 5 GiB in
+/// one PUT.
+pub const MULTIPART_THRESHOLD: u64 = 512 << 20;
 /// Part size of a multipart upload.
-pub const MULTIPART_PART: usize = 32 << 20;
+pub const MULTIPART_PART: usize = 64 << 20;
 
 pub mod format;
 pub mod keys;
