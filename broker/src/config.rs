@@ -9,6 +9,31 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Deserialize;
 
+/// Defaults that depend on where objects live. On S3 every request is
+/// billed: a shard uploads 128 MiB at a time (one PUT; 7.5 per GB), or
+/// every 30 s when it is quieter. A local directory bills nothing per
+/// file but shares its disk with the WAL: shorter, more frequent uploads
+/// (32 MiB, 5 s) are shorter bursts in front of the WAL's writes (128 MiB
+/// ones raised produce p99 to hundreds of ms next to a catch-up read,
+/// `scripts/bench-cold-read`), and catch-up reads are held to a budget.
+pub struct StoreDefaults {
+    pub upload_bytes: u64,
+    pub upload_interval_ms: u64,
+    pub cold_read_bytes_per_sec: u64,
+}
+
+pub const S3_DEFAULTS: StoreDefaults = StoreDefaults {
+    upload_bytes: 128 << 20,
+    upload_interval_ms: 30_000,
+    cold_read_bytes_per_sec: 0,
+};
+
+pub const LOCAL_DEFAULTS: StoreDefaults = StoreDefaults {
+    upload_bytes: 32 << 20,
+    upload_interval_ms: 5_000,
+    cold_read_bytes_per_sec: 200_000_000,
+};
+
 /// Every key, with its default. The README's configuration table lists the
 /// same keys; keep them in step.
 #[derive(Debug, Clone, Deserialize)]
@@ -120,14 +145,15 @@ pub struct Config {
     pub block_cache_bytes: u64,
     /// A shard uploads once this much data has gathered (per shard; at most
     /// half of the shard's log cache).
-    pub upload_bytes: u64,
+    /// Unset: by store (`StoreDefaults`); see `Config::upload_bytes`.
+    pub upload_bytes: Option<u64>,
     /// ...or once its oldest data not in objects is this old.
-    pub upload_interval_ms: u64,
+    pub upload_interval_ms: Option<u64>,
     /// Upload bandwidth budget of all shards together (0: unlimited).
     pub upload_bytes_per_sec: u64,
     /// Bandwidth budget of reads from objects, all shards together
-    /// (0: unlimited).
-    pub cold_read_bytes_per_sec: u64,
+    /// (0: unlimited). Unset: by store (`StoreDefaults`).
+    pub cold_read_bytes_per_sec: Option<u64>,
     /// Data block size in stream-set objects.
     pub object_block_bytes: u64,
     /// How long produce waits for WAL or log-cache space before it answers
@@ -251,10 +277,10 @@ impl Default for Config {
             s3_max_attempts: 10,
             log_cache_bytes: 512 << 20,
             block_cache_bytes: 128 << 20,
-            upload_bytes: 128 << 20,
-            upload_interval_ms: 30_000,
+            upload_bytes: None,
+            upload_interval_ms: None,
             upload_bytes_per_sec: 0,
-            cold_read_bytes_per_sec: 0,
+            cold_read_bytes_per_sec: None,
             object_block_bytes: 512 << 10,
             wal_full_wait_ms: 5000,
             wal_dsync: true,
@@ -561,10 +587,7 @@ impl Config {
             s3_max_attempts,
             log_cache_bytes,
             block_cache_bytes,
-            upload_bytes,
-            upload_interval_ms,
             upload_bytes_per_sec,
-            cold_read_bytes_per_sec,
             object_block_bytes,
             wal_full_wait_ms,
             wal_dsync,
@@ -597,6 +620,9 @@ impl Config {
         }
         over_opt!(
             offsets_retention_ms,
+            cold_read_bytes_per_sec,
+            upload_bytes,
+            upload_interval_ms,
             objects_url,
             s3_endpoint,
             s3_region,
@@ -688,7 +714,7 @@ impl Config {
                 self.shards
             )));
         }
-        if self.upload_bytes < 1 << 20 {
+        if self.upload_bytes() < 1 << 20 {
             return Err(ConfigError::Invalid(
                 "upload_bytes must be at least 1 MiB".into(),
             ));
@@ -714,12 +740,39 @@ impl Config {
                 "transaction_state_partitions must be in 1..=100000".into(),
             ));
         }
-        if self.upload_interval_ms == 0 || self.s3_max_attempts == 0 {
+        if self.upload_interval_ms() == 0 || self.s3_max_attempts == 0 {
             return Err(ConfigError::Invalid(
                 "upload_interval_ms and s3_max_attempts must be positive".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The defaults of the configured store (S3's if `objects_url` does
+    /// not parse; `validate` reports that).
+    pub fn store_defaults(&self) -> &'static StoreDefaults {
+        match self.objects() {
+            Ok(ObjectsLocation::Local(_)) => &LOCAL_DEFAULTS,
+            _ => &S3_DEFAULTS,
+        }
+    }
+
+    /// A shard uploads once this much has gathered (before the cap at half
+    /// its log cache).
+    pub fn upload_bytes(&self) -> u64 {
+        self.upload_bytes
+            .unwrap_or(self.store_defaults().upload_bytes)
+    }
+
+    pub fn upload_interval_ms(&self) -> u64 {
+        self.upload_interval_ms
+            .unwrap_or(self.store_defaults().upload_interval_ms)
+    }
+
+    /// Cold-read budget of all shards together (0: unlimited).
+    pub fn cold_read_bytes_per_sec(&self) -> u64 {
+        self.cold_read_bytes_per_sec
+            .unwrap_or(self.store_defaults().cold_read_bytes_per_sec)
     }
 
     /// Where objects go, parsed from `objects_url`.
@@ -816,6 +869,46 @@ mod tests {
         assert_eq!(cfg.node_id(1), 1);
         assert_eq!(cfg.shard_of_node(1), Some(1));
         assert_eq!(cfg.shard_of_node(2), None);
+    }
+
+    #[test]
+    fn upload_and_cold_read_defaults_follow_the_store() {
+        let local = Config::default();
+        assert_eq!(
+            (
+                local.upload_bytes(),
+                local.upload_interval_ms(),
+                local.cold_read_bytes_per_sec()
+            ),
+            (32 << 20, 5_000, 200_000_000)
+        );
+        let s3: Config = toml::from_str("objects_url = \"s3://bucket/prefix\"").unwrap();
+        assert_eq!(
+            (
+                s3.upload_bytes(),
+                s3.upload_interval_ms(),
+                s3.cold_read_bytes_per_sec()
+            ),
+            (128 << 20, 30_000, 0)
+        );
+        let set: Config = toml::from_str(
+            "objects_url = \"s3://b\"\nupload_bytes = 2097152\nupload_interval_ms = 7\ncold_read_bytes_per_sec = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                set.upload_bytes(),
+                set.upload_interval_ms(),
+                set.cold_read_bytes_per_sec()
+            ),
+            (2 << 20, 7, 0)
+        );
+        let zero: Config = toml::from_str("cold_read_bytes_per_sec = 0").unwrap();
+        assert_eq!(
+            zero.cold_read_bytes_per_sec(),
+            0,
+            "0 means unlimited, also locally"
+        );
     }
 
     #[test]

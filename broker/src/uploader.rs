@@ -82,10 +82,10 @@ impl Uploader {
             throttle: TokenBucket::new(per_shard(cfg.upload_bytes_per_sec), 8 << 20),
             // A round must start well before the shard's log cache fills.
             upload_bytes: cfg
-                .upload_bytes
+                .upload_bytes()
                 .min(per_shard(cfg.log_cache_bytes) / 2)
                 .max(1) as usize,
-            interval: Duration::from_millis(cfg.upload_interval_ms),
+            interval: Duration::from_millis(cfg.upload_interval_ms()),
             block_bytes: cfg.object_block_bytes as usize,
             key_prefix: cfg.object_key_prefix(),
             enabled: cfg.uploads_enabled,
