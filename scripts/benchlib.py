@@ -133,10 +133,11 @@ class LocalBroker:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_perf(perf, subcommand, args, what="bench"):
-    """Runs `perf <subcommand> ... --json F` and returns the parsed report."""
+def run_perf(perf, subcommand, args, what="bench", prefix=()):
+    """Runs `perf <subcommand> ... --json F` and returns the parsed report.
+    `prefix`: a command to run it under (`taskset -c 1`)."""
     out = tempfile.mktemp(suffix=".json")
-    cmd = [perf, subcommand, "-q", "--json", out, *args]
+    cmd = [*prefix, perf, subcommand, "-q", "--json", out, *args]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not os.path.exists(out):
         raise SystemExit(f"{what}: perf failed ({' '.join(cmd)}):\n{proc.stdout}")

@@ -15,23 +15,20 @@ use serde::Deserialize;
 /// file but shares its disk with the WAL: shorter, more frequent uploads
 /// (32 MiB, 5 s) are shorter bursts in front of the WAL's writes (128 MiB
 /// ones raised produce p99 to hundreds of ms next to a catch-up read,
-/// `scripts/bench-cold-read`), and catch-up reads are held to a budget.
+/// `scripts/bench-cold-read`).
 pub struct StoreDefaults {
     pub upload_bytes: u64,
     pub upload_interval_ms: u64,
-    pub cold_read_bytes_per_sec: u64,
 }
 
 pub const S3_DEFAULTS: StoreDefaults = StoreDefaults {
     upload_bytes: 128 << 20,
     upload_interval_ms: 30_000,
-    cold_read_bytes_per_sec: 0,
 };
 
 pub const LOCAL_DEFAULTS: StoreDefaults = StoreDefaults {
     upload_bytes: 32 << 20,
     upload_interval_ms: 5_000,
-    cold_read_bytes_per_sec: 200_000_000,
 };
 
 /// Every key, with its default. The README's configuration table lists the
@@ -152,8 +149,8 @@ pub struct Config {
     /// Upload bandwidth budget of all shards together (0: unlimited).
     pub upload_bytes_per_sec: u64,
     /// Bandwidth budget of reads from objects, all shards together
-    /// (0: unlimited). Unset: by store (`StoreDefaults`).
-    pub cold_read_bytes_per_sec: Option<u64>,
+    /// (0: unlimited).
+    pub cold_read_bytes_per_sec: u64,
     /// Data block size in stream-set objects.
     pub object_block_bytes: u64,
     /// How long produce waits for WAL or log-cache space before it answers
@@ -280,7 +277,7 @@ impl Default for Config {
             upload_bytes: None,
             upload_interval_ms: None,
             upload_bytes_per_sec: 0,
-            cold_read_bytes_per_sec: None,
+            cold_read_bytes_per_sec: 0,
             object_block_bytes: 512 << 10,
             wal_full_wait_ms: 5000,
             wal_dsync: true,
@@ -588,6 +585,7 @@ impl Config {
             log_cache_bytes,
             block_cache_bytes,
             upload_bytes_per_sec,
+            cold_read_bytes_per_sec,
             object_block_bytes,
             wal_full_wait_ms,
             wal_dsync,
@@ -620,7 +618,6 @@ impl Config {
         }
         over_opt!(
             offsets_retention_ms,
-            cold_read_bytes_per_sec,
             upload_bytes,
             upload_interval_ms,
             objects_url,
@@ -769,12 +766,6 @@ impl Config {
             .unwrap_or(self.store_defaults().upload_interval_ms)
     }
 
-    /// Cold-read budget of all shards together (0: unlimited).
-    pub fn cold_read_bytes_per_sec(&self) -> u64 {
-        self.cold_read_bytes_per_sec
-            .unwrap_or(self.store_defaults().cold_read_bytes_per_sec)
-    }
-
     /// Where objects go, parsed from `objects_url`.
     pub fn objects(&self) -> Result<ObjectsLocation, ConfigError> {
         let Some(url) = &self.objects_url else {
@@ -872,43 +863,22 @@ mod tests {
     }
 
     #[test]
-    fn upload_and_cold_read_defaults_follow_the_store() {
+    fn upload_defaults_follow_the_store() {
         let local = Config::default();
         assert_eq!(
-            (
-                local.upload_bytes(),
-                local.upload_interval_ms(),
-                local.cold_read_bytes_per_sec()
-            ),
-            (32 << 20, 5_000, 200_000_000)
+            (local.upload_bytes(), local.upload_interval_ms()),
+            (32 << 20, 5_000)
         );
         let s3: Config = toml::from_str("objects_url = \"s3://bucket/prefix\"").unwrap();
         assert_eq!(
-            (
-                s3.upload_bytes(),
-                s3.upload_interval_ms(),
-                s3.cold_read_bytes_per_sec()
-            ),
-            (128 << 20, 30_000, 0)
+            (s3.upload_bytes(), s3.upload_interval_ms()),
+            (128 << 20, 30_000)
         );
         let set: Config = toml::from_str(
-            "objects_url = \"s3://b\"\nupload_bytes = 2097152\nupload_interval_ms = 7\ncold_read_bytes_per_sec = 0",
+            "objects_url = \"s3://b\"\nupload_bytes = 2097152\nupload_interval_ms = 7",
         )
         .unwrap();
-        assert_eq!(
-            (
-                set.upload_bytes(),
-                set.upload_interval_ms(),
-                set.cold_read_bytes_per_sec()
-            ),
-            (2 << 20, 7, 0)
-        );
-        let zero: Config = toml::from_str("cold_read_bytes_per_sec = 0").unwrap();
-        assert_eq!(
-            zero.cold_read_bytes_per_sec(),
-            0,
-            "0 means unlimited, also locally"
-        );
+        assert_eq!((set.upload_bytes(), set.upload_interval_ms()), (2 << 20, 7));
     }
 
     #[test]

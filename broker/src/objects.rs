@@ -27,7 +27,7 @@ pub fn reader_config(cfg: &Config) -> ReaderConfig {
     ReaderConfig {
         key_prefix: cfg.object_key_prefix(),
         block_cache_bytes: per_shard(cfg.block_cache_bytes) as usize,
-        bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec()),
+        bytes_per_sec: per_shard(cfg.cold_read_bytes_per_sec),
         max_merge_bytes,
         max_inflight,
         ..ReaderConfig::default()
