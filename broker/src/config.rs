@@ -10,23 +10,28 @@ use clap::Parser;
 use serde::Deserialize;
 
 /// Defaults that depend on where objects live. On S3 every request is
-/// billed: a shard uploads 128 MiB at a time (one PUT; 7.5 per GB), or
-/// every 30 s when it is quieter. A local directory bills nothing per
+/// billed: a shard uploads 256 MiB at a time (one PUT; 3.7 per GB), or
+/// every 30 s when it is quieter, and the log cache, which holds what is
+/// not uploaded yet, is 1 GiB so that half a shard's share holds an upload
+/// on two shards. A local directory bills nothing per
 /// file but shares its disk with the WAL: shorter, more frequent uploads
 /// (32 MiB, 5 s) are shorter bursts in front of the WAL's writes (128 MiB
 /// ones raised produce p99 to hundreds of ms next to a catch-up read,
 /// `scripts/bench-cold-read`).
 pub struct StoreDefaults {
+    pub log_cache_bytes: u64,
     pub upload_bytes: u64,
     pub upload_interval_ms: u64,
 }
 
 pub const S3_DEFAULTS: StoreDefaults = StoreDefaults {
-    upload_bytes: 128 << 20,
+    log_cache_bytes: 1 << 30,
+    upload_bytes: 256 << 20,
     upload_interval_ms: 30_000,
 };
 
 pub const LOCAL_DEFAULTS: StoreDefaults = StoreDefaults {
+    log_cache_bytes: 256 << 20,
     upload_bytes: 32 << 20,
     upload_interval_ms: 5_000,
 };
@@ -136,8 +141,8 @@ pub struct Config {
     pub s3_max_attempts: u32,
     /// Log cache of all shards together: tail data in memory. Data not yet
     /// uploaded stays in it, so this also bounds what a shard buffers while
-    /// the object store is slow or down.
-    pub log_cache_bytes: u64,
+    /// the object store is slow or down. Unset: by store (`StoreDefaults`).
+    pub log_cache_bytes: Option<u64>,
     /// Block cache of all shards together: object blocks read back.
     pub block_cache_bytes: u64,
     /// A shard uploads once this much data has gathered (per shard; at most
@@ -272,7 +277,7 @@ impl Default for Config {
             s3_request_timeout_ms: 30_000,
             s3_retry_base_ms: 1000,
             s3_max_attempts: 10,
-            log_cache_bytes: 512 << 20,
+            log_cache_bytes: None,
             block_cache_bytes: 128 << 20,
             upload_bytes: None,
             upload_interval_ms: None,
@@ -582,7 +587,6 @@ impl Config {
             s3_request_timeout_ms,
             s3_retry_base_ms,
             s3_max_attempts,
-            log_cache_bytes,
             block_cache_bytes,
             upload_bytes_per_sec,
             cold_read_bytes_per_sec,
@@ -618,6 +622,7 @@ impl Config {
         }
         over_opt!(
             offsets_retention_ms,
+            log_cache_bytes,
             upload_bytes,
             upload_interval_ms,
             objects_url,
@@ -705,7 +710,7 @@ impl Config {
         }
         self.objects()?;
         let per_shard = |v: u64| v / self.shards.max(1) as u64;
-        if per_shard(self.log_cache_bytes) < 8 << 20 {
+        if per_shard(self.log_cache_bytes()) < 8 << 20 {
             return Err(ConfigError::Invalid(format!(
                 "log_cache_bytes must give every shard at least 8 MiB ({} shards)",
                 self.shards
@@ -752,6 +757,12 @@ impl Config {
             Ok(ObjectsLocation::Local(_)) => &LOCAL_DEFAULTS,
             _ => &S3_DEFAULTS,
         }
+    }
+
+    /// The log cache of all shards together.
+    pub fn log_cache_bytes(&self) -> u64 {
+        self.log_cache_bytes
+            .unwrap_or(self.store_defaults().log_cache_bytes)
     }
 
     /// A shard uploads once this much has gathered (before the cap at half
@@ -869,11 +880,13 @@ mod tests {
             (local.upload_bytes(), local.upload_interval_ms()),
             (32 << 20, 5_000)
         );
+        assert_eq!(local.log_cache_bytes(), 256 << 20);
         let s3: Config = toml::from_str("objects_url = \"s3://bucket/prefix\"").unwrap();
         assert_eq!(
             (s3.upload_bytes(), s3.upload_interval_ms()),
-            (128 << 20, 30_000)
+            (256 << 20, 30_000)
         );
+        assert_eq!(s3.log_cache_bytes(), 1 << 30);
         let set: Config = toml::from_str(
             "objects_url = \"s3://b\"\nupload_bytes = 2097152\nupload_interval_ms = 7",
         )

@@ -83,7 +83,7 @@ impl Uploader {
             // A round must start well before the shard's log cache fills.
             upload_bytes: cfg
                 .upload_bytes()
-                .min(per_shard(cfg.log_cache_bytes) / 2)
+                .min(per_shard(cfg.log_cache_bytes()) / 2)
                 .max(1) as usize,
             interval: Duration::from_millis(cfg.upload_interval_ms()),
             block_bytes: cfg.object_block_bytes as usize,

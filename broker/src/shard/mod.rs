@@ -273,7 +273,7 @@ impl Shard {
 
     /// Log-cache bytes this shard may hold.
     pub fn log_cache_budget(&self) -> usize {
-        (self.config.log_cache_bytes / self.config.shards.max(1) as u64) as usize
+        (self.config.log_cache_bytes() / self.config.shards.max(1) as u64) as usize
     }
 
     /// Installs a newer image: opens partitions this shard now leads (from

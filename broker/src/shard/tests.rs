@@ -232,7 +232,7 @@ fn config(dir: &std::path::Path) -> Config {
     Config {
         shards: 1,
         data_dir: dir.to_path_buf(),
-        log_cache_bytes: 8 << 20,
+        log_cache_bytes: Some(8 << 20),
         upload_bytes: Some(1 << 20),
         upload_interval_ms: Some(200),
         wal_full_wait_ms: 300,
