@@ -104,11 +104,15 @@ pub fn plan_runs(
     let kind_of = |r: &RangeRef| -> Option<Kind> {
         let obj = objects.objects.get(&r.object_id);
         let shared = obj.is_some_and(|o| o.ranges.len() > 1);
-        let big = obj.is_some_and(|o| keep_bytes > 0 && o.size >= keep_bytes);
-        let mostly_dead = obj.is_some_and(|o| {
-            let live: u64 = o.ranges.iter().map(|r| r.bytes).sum();
-            live.saturating_mul(2) < o.size
-        });
+        // Summing an object's live ranges only for the big ones, which are
+        // few: this runs for every range of every partition on each pass.
+        let (big, mostly_dead) = match obj {
+            Some(o) if keep_bytes > 0 && o.size >= keep_bytes => {
+                let live: u64 = o.ranges.iter().map(|r| r.bytes).sum();
+                (true, live.saturating_mul(2) < o.size)
+            }
+            _ => (false, false),
+        };
         if r.max_timestamp > now_ms.saturating_sub(min_age_ms) || (shared && big && !mostly_dead) {
             None
         } else if shared || (big && mostly_dead) {
