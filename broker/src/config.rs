@@ -213,6 +213,10 @@ pub struct Config {
     /// On SIGTERM, how long shards may take to upload what their WAL holds
     /// before the process exits anyway.
     pub shutdown_timeout_ms: u64,
+    /// After a restart with another shard count, how long the old WAL
+    /// slices may take to go into objects before the broker exits (leaving
+    /// the WAL as it was).
+    pub reshard_timeout_ms: u64,
     /// `producer.id.expiration.ms`: a partition forgets a producer (its
     /// sequences) this long after its last write, unless a transaction of
     /// it is open there.
@@ -290,6 +294,7 @@ impl Default for Config {
             object_orphan_grace_ms: 3_600_000,
             object_gc_interval_ms: 300_000,
             shutdown_timeout_ms: 30_000,
+            reshard_timeout_ms: 120_000,
             log_retention_ms: 604_800_000,
             log_retention_bytes: -1,
             log_retention_check_interval_ms: 300_000,
@@ -432,6 +437,8 @@ pub struct Flags {
     pub object_gc_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    #[arg(long, env = "BROKER_RESHARD_TIMEOUT_MS")]
+    pub reshard_timeout_ms: Option<u64>,
     #[arg(long, env = "BROKER_LOG_RETENTION_MS", allow_hyphen_values = true)]
     pub log_retention_ms: Option<i64>,
     #[arg(long, env = "BROKER_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
@@ -597,6 +604,7 @@ impl Config {
             object_orphan_grace_ms,
             object_gc_interval_ms,
             shutdown_timeout_ms,
+            reshard_timeout_ms,
             log_retention_ms,
             log_retention_bytes,
             log_retention_check_interval_ms,

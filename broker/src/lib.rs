@@ -23,6 +23,7 @@ pub mod objects_tool;
 pub mod partition;
 pub mod producer_state;
 pub mod quota;
+pub mod reshard;
 pub mod retention;
 pub mod shard;
 pub mod shutdown;

@@ -3,13 +3,14 @@
 //!
 //! The main thread only starts and joins shards; it never serves requests.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use clap::Parser;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use storage::file_lock::{FileLock, LockError};
-use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout};
+use storage::wal::{format_wal, lock_wal, open_or_create, WalConfig, WalError, WalLayout};
 use tracing::{error, info, warn};
 
 use broker::config::{Config, Flags, Tool};
@@ -90,7 +91,7 @@ fn main() {
         }
     };
     check_memlock();
-    let (wal, _wal_lock) = match open_wal(&cfg) {
+    let (mut wal, _wal_lock) = match open_wal(&cfg) {
         Ok((layout, lock)) => (Arc::new(layout), lock),
         Err(e) => {
             error!("{e}");
@@ -114,6 +115,23 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let mut image = controller.image.clone();
+    if wal.slice_count as usize != cfg.shards {
+        match reshard_wal(&cfg, &wal, &controller) {
+            Ok((layout, now)) => {
+                wal = Arc::new(layout);
+                image = now;
+            }
+            Err(e) => {
+                error!(
+                    "{e}; the WAL is left as it was: start with shards = {} to serve its data \
+                     meanwhile",
+                    wal.slice_count
+                );
+                std::process::exit(1);
+            }
+        }
+    }
     let mut tickers = match broker::wakeup::start(cfg.shards) {
         Ok(fds) => fds.into_iter(),
         Err(e) => {
@@ -130,12 +148,14 @@ fn main() {
     );
     for (s, stop) in stops.into_iter().enumerate() {
         let start = ShardStart {
-            id: s,
-            cfg: cfg.clone(),
-            mesh: mesh.clone(),
-            wal: wal.clone(),
-            image: controller.image.clone(),
-            controller: (s == 0).then(|| controller.handle.clone()),
+            parts: ShardParts {
+                id: s,
+                cfg: cfg.clone(),
+                mesh: mesh.clone(),
+                wal: wal.clone(),
+                image: image.clone(),
+                controller: (s == 0).then(|| controller.handle.clone()),
+            },
             stop,
             socket: sockets.next().expect("one socket per shard"),
             ticker: tickers.next(),
@@ -172,8 +192,121 @@ fn main() {
     }
 }
 
-/// What a shard's executor gets from the main thread.
-struct ShardStart {
+/// The WAL has another slice count than the configured shard count (the
+/// host has another core count now): runs one executor per old slice, which
+/// recovers it, hands the partitions of shards that are gone (and a share
+/// for new shards) to their new shards, and uploads everything else; only
+/// then is the WAL formatted with the new count. No client is served
+/// meanwhile. Returns the new layout and the image after the moves.
+fn reshard_wal(
+    cfg: &Arc<Config>,
+    wal: &Arc<WalLayout>,
+    controller: &controller::Started,
+) -> Result<(WalLayout, Arc<MetadataImage>), String> {
+    let old = wal.slice_count as usize;
+    let moves = broker::reshard::plan(&controller.image, cfg.broker_id, cfg.shards);
+    info!(
+        slices = old,
+        shards = cfg.shards,
+        moves = moves.len(),
+        "the WAL was written by {old} shards and {} are configured: emptying the old slices \
+         into objects before it is formatted anew",
+        cfg.shards
+    );
+    let started = std::time::Instant::now();
+    let old_cfg = Arc::new(Config {
+        shards: old,
+        ..(**cfg).clone()
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mesh = MeshBuilder::<MeshMsg, _>::full(old, MESH_CAPACITY);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for s in 0..old {
+        let mine: Vec<_> = moves
+            .iter()
+            .filter(|m| m.from_shard == s)
+            .copied()
+            .collect();
+        let job = EmptySlice {
+            parts: ShardParts {
+                id: s,
+                cfg: old_cfg.clone(),
+                mesh: mesh.clone(),
+                wal: wal.clone(),
+                image: controller.image.clone(),
+                controller: (s == 0).then(|| controller.handle.clone()),
+            },
+            moves: mine,
+            done: done.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed((cfg.first_cpu + s) % cpus))
+            .name(&format!("reshard-{s}"))
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+            .spawn(move || empty_slice(job))
+            .map_err(|e| format!("cannot start an executor for WAL slice {s}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut failed = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(format!("executor failed: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    let image = futures::executor::block_on(controller.handle.image())
+        .ok_or("the controller stopped while the WAL slices were emptied")?;
+    let layout = format_wal(&wal_config(cfg))
+        .map_err(|e| format!("cannot format the WAL for {} shards: {e}", cfg.shards))?;
+    info!(
+        slices = layout.slice_count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "every old WAL slice is in objects; WAL formatted for the new shard count"
+    );
+    Ok((layout, image))
+}
+
+/// What an executor of the old shard count gets.
+struct EmptySlice {
+    parts: ShardParts,
+    moves: Vec<broker::reshard::Move>,
+    /// Shards finished with their slice; each waits for all, since shard 0
+    /// carries every shard's metadata commits.
+    done: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn empty_slice(job: EmptySlice) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let s = job.parts.id;
+    let shards = job.parts.cfg.shards;
+    let result = async {
+        let shard = open_shard(job.parts).await?;
+        let patience = std::time::Duration::from_millis(shard.config.reshard_timeout_ms);
+        let timeout = async {
+            glommio::timer::sleep(patience).await;
+            Err(format!(
+                "shard {s}: the WAL slice is not in objects after {} ms (reshard_timeout_ms)",
+                patience.as_millis()
+            ))
+        };
+        futures_lite::future::or(shard.empty_wal(&job.moves), timeout).await
+    }
+    .await;
+    // Stay until every shard is done: commits of the others pass through
+    // shard 0, and every shard acknowledges each new image.
+    job.done.fetch_add(1, Ordering::SeqCst);
+    while job.done.load(Ordering::SeqCst) < shards {
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    result
+}
+
+/// What every shard executor gets from the main thread.
+struct ShardParts {
     id: usize,
     cfg: Arc<Config>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
@@ -181,6 +314,43 @@ struct ShardStart {
     image: Arc<MetadataImage>,
     /// Shard 0 only: the controller thread.
     controller: Option<ControllerHandle>,
+}
+
+/// Starts a shard from the image, joins the mesh, opens its object store
+/// and recovers its WAL slice (it serves nothing yet).
+async fn open_shard(parts: ShardParts) -> Result<Rc<Shard>, String> {
+    let s = parts.id;
+    let shards = parts.cfg.shards;
+    let shard = Shard::new(s, parts.cfg);
+    shard.install_image(parts.image);
+    let (senders, receivers) = parts
+        .mesh
+        .join()
+        .await
+        .map_err(|e| format!("shard {s} could not join the channel mesh: {e}"))?;
+    shard.set_control(Control::start(
+        s,
+        shards,
+        senders,
+        receivers,
+        shard.hooks(),
+        parts.controller,
+    ));
+    let (store, reader) = objects::open(&shard.config, s)
+        .await
+        .map_err(|e| format!("shard {s} cannot open its object store: {e}"))?;
+    info!(shard = s, store = %store.describe(), "object store open");
+    shard.set_store(store, reader);
+    shard
+        .open_wal(&parts.wal)
+        .await
+        .map_err(|e| format!("shard {s} cannot open its WAL slice: {e}"))?;
+    Ok(shard)
+}
+
+/// What a serving shard's executor gets from the main thread.
+struct ShardStart {
+    parts: ShardParts,
     stop: shutdown::ShardShutdown,
     /// Its port, bound by the main thread; listened on once it serves.
     socket: ShardSocket,
@@ -196,7 +366,7 @@ async fn serve_shard(mut start: ShardStart) {
     if let Some(fd) = start.ticker.take() {
         broker::wakeup::listen(fd);
     }
-    let s = start.id;
+    let s = start.parts.id;
     let serve = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
         glommio::Latency::Matters(std::time::Duration::from_micros(500)),
@@ -213,48 +383,19 @@ async fn serve_shard(mut start: ShardStart) {
 
 async fn run_shard(start: ShardStart) {
     let ShardStart {
-        id: s,
-        cfg,
-        mesh,
-        wal,
-        image,
-        controller,
+        parts,
         stop,
         socket,
         ticker: _,
     } = start;
-    let shards = cfg.shards;
-    let shard = Shard::new(s, cfg);
-    shard.install_image(image);
-    let (senders, receivers) = match mesh.join().await {
-        Ok(pair) => pair,
+    let s = parts.id;
+    let shard = match open_shard(parts).await {
+        Ok(shard) => shard,
         Err(e) => {
-            error!("shard {s} could not join the channel mesh: {e}");
+            error!("{e}");
             std::process::exit(1);
         }
     };
-    shard.set_control(Control::start(
-        s,
-        shards,
-        senders,
-        receivers,
-        shard.hooks(),
-        controller,
-    ));
-    match objects::open(&shard.config, s).await {
-        Ok((store, reader)) => {
-            info!(shard = s, store = %store.describe(), "object store open");
-            shard.set_store(store, reader);
-        }
-        Err(e) => {
-            error!("shard {s} cannot open its object store: {e}");
-            std::process::exit(1);
-        }
-    }
-    if let Err(e) = shard.open_wal(&wal).await {
-        error!("shard {s} cannot open its WAL slice: {e}");
-        std::process::exit(1);
-    }
     object_gc::start(&shard);
     retention::start(&shard);
     object_compaction::start(&shard);
@@ -293,24 +434,8 @@ fn open_wal(cfg: &Config) -> Result<(WalLayout, FileLock), String> {
         ),
         e => format!("cannot lock the WAL {}: {e}", path.display()),
     })?;
-    let wal_cfg = WalConfig {
-        path: cfg.wal_path(),
-        size_bytes: cfg.wal_size_bytes,
-        slices: cfg.shards as u32,
-        broker_id: cfg.broker_id,
-        zero_fill: true,
-    };
-    let layout = open_or_create(&wal_cfg).map_err(|e| format!("cannot open the WAL: {e}"))?;
-    if layout.slice_count as usize != cfg.shards {
-        return Err(format!(
-            "the WAL at {} has {} slices but {} shards are configured; start with shards = {} \
-             to recover it (the WAL is never reformatted while it may hold data)",
-            layout.path.display(),
-            layout.slice_count,
-            cfg.shards,
-            layout.slice_count
-        ));
-    }
+    let layout =
+        open_or_create(&wal_config(cfg)).map_err(|e| format!("cannot open the WAL: {e}"))?;
     info!(
         path = %layout.path.display(),
         slices = layout.slice_count,
@@ -319,6 +444,16 @@ fn open_wal(cfg: &Config) -> Result<(WalLayout, FileLock), String> {
         "WAL open"
     );
     Ok((layout, lock))
+}
+
+fn wal_config(cfg: &Config) -> WalConfig {
+    WalConfig {
+        path: cfg.wal_path(),
+        size_bytes: cfg.wal_size_bytes,
+        slices: cfg.shards as u32,
+        broker_id: cfg.broker_id,
+        zero_fill: true,
+    }
 }
 
 /// glommio registers io_uring buffers in locked memory; without enough of it

@@ -9,7 +9,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use storage::wal::{lock_wal, open_or_create, WalConfig, WalError, WalLayout, WalSlice, WalTuning};
+use storage::wal::{
+    format_wal, lock_wal, open_or_create, WalConfig, WalError, WalLayout, WalSlice, WalTuning,
+};
 
 fn run<Fut: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> Fut + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
@@ -237,6 +239,47 @@ fn file_with_another_slice_count_recovers_old_layout() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A WAL of two slices full of records, formatted anew for one (a restart
+/// with fewer shards, once every old slice is in objects) and then three:
+/// the new slices recover nothing of the old records, though their bytes
+/// are still on the device, and take and recover new ones.
+async fn reformat_forgets_old_records(path: PathBuf, size: u64) {
+    let layout = open_or_create(&cfg(&path, size, 2)).unwrap();
+    for slice in 0..2 {
+        let (s, _) = WalSlice::open(&layout, slice).await.unwrap();
+        append_all(&s, 0, 300, |i| 1000 + i * 97).await;
+    }
+    for slices in [1u32, 3] {
+        let old = open_or_create(&cfg(&path, size, slices)).unwrap();
+        assert_ne!(old.slice_count, slices, "the old layout until formatted");
+        let new = format_wal(&cfg(&path, size, slices)).unwrap();
+        assert_eq!(new.slice_count, slices);
+        for slice in 0..slices {
+            let (s, recs) = WalSlice::open(&new, slice).await.unwrap();
+            assert!(
+                recs.is_empty(),
+                "slice {slice} of {slices} recovered {} old records",
+                recs.len()
+            );
+            append_all(&s, 0, 20, |i| 1000 + i * 97).await;
+        }
+        let again = open_or_create(&cfg(&path, size, slices)).unwrap();
+        assert_eq!(again, new);
+        for slice in 0..slices {
+            let (_, recs) = WalSlice::open(&again, slice).await.unwrap();
+            assert_eq!(recs.len(), 20, "slice {slice} of {slices}");
+        }
+    }
+}
+
+#[test]
+fn reformat_for_another_slice_count_on_a_file() {
+    let dir = temp_dir("reformat");
+    let path = dir.join("wal");
+    run(move || reformat_forgets_old_records(path, 16 << 20));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A loop device attached for the test and detached on drop.
 struct LoopDevice {
     dev: PathBuf,
@@ -297,6 +340,8 @@ fn block_device_round_trip_on_loop_device() {
     assert_eq!(layout.device_size, 32 << 20, "size from BLKGETSIZE64");
     assert_eq!(open_or_create(&cfg(&lo.dev, 0, 2)).unwrap(), layout);
     run(move || round_trip_two_slices(layout));
+    let dev = lo.dev.clone();
+    run(move || reformat_forgets_old_records(dev, 0));
 
     // O_DSYNC on a raw device (a second, blank one): the kernel issues FUA
     // writes, or a cache flush after each, instead of the WAL's fdatasync.

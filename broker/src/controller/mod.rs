@@ -37,7 +37,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info};
 
 use crate::config::Config;
-use crate::metadata::{plan, Command, CommandError, CommandResult, MetadataImage, Placement};
+use crate::metadata::{
+    plan, shard_of, Command, CommandError, CommandResult, MetadataImage, Placement,
+    NODES_PER_BROKER,
+};
 use records::{encode_all, Record};
 use state_machine::StateMachine;
 use store::LogStore;
@@ -113,6 +116,9 @@ enum Request {
     Quorum {
         reply: oneshot::Sender<QuorumState>,
     },
+    Image {
+        reply: oneshot::Sender<Arc<MetadataImage>>,
+    },
 }
 
 /// The metadata quorum as DescribeQuorum shows it (Raft ids and indexes).
@@ -158,6 +164,14 @@ impl ControllerHandle {
         let (reply, rx) = oneshot::channel();
         let mut tx = self.tx.clone();
         tx.send(Request::Quorum { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The image as last committed; `None` if the controller has stopped.
+    pub async fn image(&self) -> Option<Arc<MetadataImage>> {
+        let (reply, rx) = oneshot::channel();
+        let mut tx = self.tx.clone();
+        tx.send(Request::Image { reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -315,9 +329,22 @@ impl Controller {
     }
 
     /// Registers every shard of this broker with a new epoch, so a restart
-    /// is visible in the log and stale registrations can be fenced.
+    /// is visible in the log and stale registrations can be fenced. Nodes of
+    /// shards this broker no longer has (it restarted with fewer cores) are
+    /// fenced: nothing may be placed or moved there.
     async fn register_nodes(&self, host: &str, base_port: u16) -> Result<(), ControllerError> {
         let image = self.image();
+        let gone = image.nodes.iter().filter(|(&id, n)| {
+            !n.fenced
+                && id.div_euclid(NODES_PER_BROKER) == self.placement.broker_id
+                && shard_of(id) >= self.placement.shards
+        });
+        let fenced: Vec<Record> = gone
+            .map(|(&node_id, n)| Record::NodeFenced {
+                node_id,
+                epoch: n.epoch,
+            })
+            .collect();
         let records: Vec<Record> = (0..self.placement.shards)
             .map(|s| {
                 let node_id = self.placement.node_id(s);
@@ -331,6 +358,7 @@ impl Controller {
                     port: base_port.saturating_add(s as u16),
                 }
             })
+            .chain(fenced)
             .collect();
         self.commit(&records).await.map(|_| ())
     }
@@ -369,6 +397,9 @@ impl Controller {
                         last_log_index: m.last_log_index,
                         last_applied: m.last_applied.map(|l| l.index),
                     });
+                }
+                Request::Image { reply } => {
+                    let _ = reply.send(self.image());
                 }
             }
         }
@@ -568,6 +599,32 @@ mod tests {
             c.raft.shutdown().await.unwrap();
             (*after).clone()
         })
+    }
+
+    #[test]
+    fn a_restart_with_fewer_shards_fences_the_missing_nodes() {
+        let dir = temp_dir("fence");
+        let with = |shards: usize| Settings {
+            placement: Placement {
+                broker_id: 0,
+                shards,
+            },
+            ..settings(&dir, 1000)
+        };
+        let nodes = |shards: usize| {
+            rt().block_on(async {
+                let c = Controller::open(with(shards)).await.unwrap();
+                let img = c.image();
+                c.raft.shutdown().await.unwrap();
+                img.nodes
+                    .iter()
+                    .map(|(&id, n)| (id, n.fenced))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(nodes(3), vec![(0, false), (1, false), (2, false)]);
+        assert_eq!(nodes(1), vec![(0, false), (1, true), (2, true)]);
+        assert_eq!(nodes(2), vec![(0, false), (1, false), (2, true)]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod quotas;
 pub mod read;
 mod recovery;
 mod replay;
+mod reshard;
 mod stable;
 
 use std::cell::{Cell, RefCell};

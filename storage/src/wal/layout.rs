@@ -282,11 +282,23 @@ pub fn open_or_create(cfg: &WalConfig) -> Result<WalLayout, WalError> {
 /// whatever it holds. Only for a WAL whose slices have all been recovered
 /// (or on explicit operator request); [`open_or_create`] never calls it on a
 /// WAL that has a header.
+///
+/// The old device header is wiped (and synced) first: a crash while the new
+/// slice headers are written then leaves a blank first block, which the next
+/// start formats again, rather than the old header over new slice headers.
 pub fn format_wal(cfg: &WalConfig) -> Result<WalLayout, WalError> {
     if needs_creating(&cfg.path) {
         create_file(cfg)?;
     }
     let target = open_target(&cfg.path)?;
+    let shown = &cfg.path.display().to_string();
+    let first_block = vec![0u8; target.sector_size.max(MIN_BLOCK_SIZE) as usize];
+    write_block(&target.file, 0, &first_block)
+        .map_err(|e| WalError::io("wiping device header", shown, e))?;
+    target
+        .file
+        .sync_data()
+        .map_err(|e| WalError::io("fdatasync", shown, e))?;
     format_target(cfg, &target)
 }
 
@@ -616,6 +628,15 @@ mod tests {
         let c = format_wal(&cfg(&d, 4)).unwrap();
         assert_eq!(c.slice_count, 4);
         assert_ne!(c.epoch, a.epoch);
+        assert_eq!(open_or_create(&cfg(&d, 1)).unwrap(), c);
+        // A crash right after the wipe: the blank first block is formatted
+        // with what is configured then.
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new().write(true).open(d.join("wal")).unwrap();
+        f.write_all_at(&[0u8; MIN_BLOCK_SIZE as usize], 0).unwrap();
+        let e = open_or_create(&cfg(&d, 1)).unwrap();
+        assert_eq!(e.slice_count, 1);
+        assert_ne!(e.epoch, c.epoch);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
