@@ -217,6 +217,16 @@ pub struct Config {
     /// slices may take to go into objects before the broker exits (leaving
     /// the WAL as it was).
     pub reshard_timeout_ms: u64,
+    /// `controller.quorum.voters`: the metadata quorum, `id@host:port,...`
+    /// (a voter's id is its broker id). Unset: a one-voter quorum in this
+    /// process, talking to nobody.
+    pub controller_quorum_voters: Option<String>,
+    /// `broker.session.timeout.ms`: a broker the quorum's leader has not
+    /// heard from this long is fenced (its nodes leave Metadata); a broker
+    /// that has not reached the leader this long stops serving.
+    pub broker_session_timeout_ms: u64,
+    /// `broker.heartbeat.interval.ms`.
+    pub broker_heartbeat_interval_ms: u64,
     /// `producer.id.expiration.ms`: a partition forgets a producer (its
     /// sequences) this long after its last write, unless a transaction of
     /// it is open there.
@@ -295,6 +305,9 @@ impl Default for Config {
             object_gc_interval_ms: 300_000,
             shutdown_timeout_ms: 30_000,
             reshard_timeout_ms: 120_000,
+            controller_quorum_voters: None,
+            broker_session_timeout_ms: 9_000,
+            broker_heartbeat_interval_ms: 1_000,
             log_retention_ms: 604_800_000,
             log_retention_bytes: -1,
             log_retention_check_interval_ms: 300_000,
@@ -439,6 +452,12 @@ pub struct Flags {
     pub shutdown_timeout_ms: Option<u64>,
     #[arg(long, env = "BROKER_RESHARD_TIMEOUT_MS")]
     pub reshard_timeout_ms: Option<u64>,
+    #[arg(long, env = "BROKER_CONTROLLER_QUORUM_VOTERS")]
+    pub controller_quorum_voters: Option<String>,
+    #[arg(long, env = "BROKER_BROKER_SESSION_TIMEOUT_MS")]
+    pub broker_session_timeout_ms: Option<u64>,
+    #[arg(long, env = "BROKER_BROKER_HEARTBEAT_INTERVAL_MS")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
     #[arg(long, env = "BROKER_LOG_RETENTION_MS", allow_hyphen_values = true)]
     pub log_retention_ms: Option<i64>,
     #[arg(long, env = "BROKER_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
@@ -532,7 +551,37 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Parses `controller_quorum_voters`: `id@host:port` entries, comma
+/// separated, ids unique.
+pub fn parse_voters(text: &str) -> Result<Vec<(u64, String)>, String> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || format!("controller_quorum_voters entry {entry:?} is not id@host:port");
+        let (id, addr) = entry.split_once('@').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        if out.iter().any(|(i, _)| *i == id) {
+            return Err(format!("controller_quorum_voters names voter {id} twice"));
+        }
+        out.push((id, addr.to_string()));
+    }
+    if out.is_empty() {
+        return Err("controller_quorum_voters names no voter".into());
+    }
+    Ok(out)
+}
+
 impl Config {
+    /// The quorum's voters (`controller_quorum_voters`), if configured.
+    pub fn voters(&self) -> Option<Vec<(u64, String)>> {
+        self.controller_quorum_voters
+            .as_deref()
+            .and_then(|v| parse_voters(v).ok())
+    }
+
     /// How long committed offsets of an empty group are kept, in ms.
     pub fn offsets_retention_ms(&self) -> i64 {
         let ms = self
@@ -605,6 +654,8 @@ impl Config {
             object_gc_interval_ms,
             shutdown_timeout_ms,
             reshard_timeout_ms,
+            broker_session_timeout_ms,
+            broker_heartbeat_interval_ms,
             log_retention_ms,
             log_retention_bytes,
             log_retention_check_interval_ms,
@@ -637,7 +688,8 @@ impl Config {
             s3_endpoint,
             s3_region,
             s3_access_key_id,
-            s3_secret_access_key
+            s3_secret_access_key,
+            controller_quorum_voters
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -710,6 +762,24 @@ impl Config {
         if self.connections_max_idle_ms == 0 {
             return Err(ConfigError::Invalid(
                 "connections_max_idle_ms must be at least 1".into(),
+            ));
+        }
+        if let Some(v) = &self.controller_quorum_voters {
+            let voters = parse_voters(v).map_err(ConfigError::Invalid)?;
+            if !voters.iter().any(|(id, _)| *id == self.broker_id as u64) {
+                return Err(ConfigError::Invalid(format!(
+                    "broker {} is not one of controller_quorum_voters ({v}); a broker-only \
+                     process (no controller) is not supported yet",
+                    self.broker_id
+                )));
+            }
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms
+        {
+            return Err(ConfigError::Invalid(
+                "broker_heartbeat_interval_ms must be at least 1 and below broker_session_timeout_ms"
+                    .into(),
             ));
         }
         if self.metadata_snapshot_entries < 2 {

@@ -394,6 +394,23 @@ impl Control {
         submitted.results
     }
 
+    /// Shard 0, with a quorum of several processes: installs on every
+    /// shard each image the controller applies (commits of other brokers
+    /// included), in the order they come.
+    pub fn follow(
+        self: &Rc<Self>,
+        mut images: futures::channel::mpsc::UnboundedReceiver<Arc<MetadataImage>>,
+    ) {
+        use futures::StreamExt;
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            while let Some(image) = images.next().await {
+                me.publish(image).await;
+            }
+        })
+        .detach();
+    }
+
     async fn publish(&self, image: Arc<MetadataImage>) {
         let version = image.version;
         (self.hooks.install)(image.clone());

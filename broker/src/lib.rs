@@ -13,6 +13,7 @@ pub mod coordinator_partitions;
 pub mod data_dir;
 pub mod group;
 pub mod handlers;
+pub mod liveness;
 pub mod log_cleaner;
 pub mod metadata;
 pub mod metrics;

@@ -108,7 +108,7 @@ fn main() {
     );
     // Shards start only once the controller has replayed the metadata log,
     // so each begins with the recovered image (same leaders as before).
-    let controller = match controller::start(&cfg) {
+    let mut controller = match controller::start(&cfg) {
         Ok(c) => c,
         Err(e) => {
             error!("cannot start the controller: {e}");
@@ -116,6 +116,7 @@ fn main() {
         }
     };
     let mut image = controller.image.clone();
+    let mut images = controller.images.take();
     if wal.slice_count as usize != cfg.shards {
         match reshard_wal(&cfg, &wal, &controller) {
             Ok((layout, now)) => {
@@ -155,6 +156,7 @@ fn main() {
                 wal: wal.clone(),
                 image: image.clone(),
                 controller: (s == 0).then(|| controller.handle.clone()),
+                images: if s == 0 { images.take() } else { None },
             },
             stop,
             socket: sockets.next().expect("one socket per shard"),
@@ -236,6 +238,7 @@ fn reshard_wal(
                 wal: wal.clone(),
                 image: controller.image.clone(),
                 controller: (s == 0).then(|| controller.handle.clone()),
+                images: None,
             },
             moves: mine,
             done: done.clone(),
@@ -314,7 +317,12 @@ struct ShardParts {
     image: Arc<MetadataImage>,
     /// Shard 0 only: the controller thread.
     controller: Option<ControllerHandle>,
+    /// Shard 0 only, with a quorum of several processes: the images the
+    /// controller applies.
+    images: Option<ImageFeed>,
 }
+
+type ImageFeed = futures::channel::mpsc::UnboundedReceiver<Arc<MetadataImage>>;
 
 /// Starts a shard from the image, joins the mesh, opens its object store
 /// and recovers its WAL slice (it serves nothing yet).
@@ -328,14 +336,18 @@ async fn open_shard(parts: ShardParts) -> Result<Rc<Shard>, String> {
         .join()
         .await
         .map_err(|e| format!("shard {s} could not join the channel mesh: {e}"))?;
-    shard.set_control(Control::start(
+    let control = Control::start(
         s,
         shards,
         senders,
         receivers,
         shard.hooks(),
         parts.controller,
-    ));
+    );
+    if let Some(images) = parts.images {
+        control.follow(images);
+    }
+    shard.set_control(control);
     let (store, reader) = objects::open(&shard.config, s)
         .await
         .map_err(|e| format!("shard {s} cannot open its object store: {e}"))?;

@@ -14,11 +14,12 @@
 //! the snapshots (`state_machine`).
 
 pub mod records;
+pub mod rpc;
 pub mod shell;
 pub mod state_machine;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,20 +27,13 @@ use std::time::{Duration, Instant};
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use kafka_protocol::ResponseError;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metadata::{
-    plan, shard_of, Command, CommandError, CommandResult, MetadataImage, Placement,
-    NODES_PER_BROKER,
+    plan, Command, CommandError, CommandResult, MetadataImage, Placement, NODES_PER_BROKER,
 };
 use records::{encode_all, Record};
 use state_machine::StateMachine;
@@ -95,6 +89,8 @@ impl ControllerError {
 pub struct Submitted {
     pub results: Vec<CommandResult>,
     pub image: Option<Arc<MetadataImage>>,
+    /// The log index that holds the commit, if anything was committed.
+    pub index: Option<u64>,
 }
 
 impl Submitted {
@@ -103,6 +99,7 @@ impl Submitted {
         Submitted {
             results: vec![Err(err); n],
             image: None,
+            index: None,
         }
     }
 }
@@ -111,6 +108,8 @@ enum Request {
     Submit {
         cmds: Vec<Command>,
         dry_run: bool,
+        /// Sent by another controller: plan it only as the leader.
+        forwarded: bool,
         reply: oneshot::Sender<Submitted>,
     },
     Quorum {
@@ -118,6 +117,10 @@ enum Request {
     },
     Image {
         reply: oneshot::Sender<Arc<MetadataImage>>,
+    },
+    Heartbeat {
+        broker_id: i32,
+        reply: oneshot::Sender<rpc::RpcResponse>,
     },
 }
 
@@ -150,6 +153,7 @@ impl ControllerHandle {
         let req = Request::Submit {
             cmds,
             dry_run,
+            forwarded: false,
             reply,
         };
         if tx.send(req).await.is_err() {
@@ -182,6 +186,9 @@ impl ControllerHandle {
 pub struct Started {
     pub handle: ControllerHandle,
     pub image: Arc<MetadataImage>,
+    /// With several voters: every image this process applies, for shard 0
+    /// to install (changes other brokers made reach the shards this way).
+    pub images: Option<mpsc::UnboundedReceiver<Arc<MetadataImage>>>,
 }
 
 /// Where the controller keeps its files.
@@ -193,9 +200,17 @@ pub fn metadata_dir(data_dir: &Path) -> PathBuf {
 /// voter, registers this broker's shards as nodes, and returns once the
 /// recovered image is ready. Blocks the calling (main) thread meanwhile.
 pub fn start(cfg: &Config) -> Result<Started, ControllerError> {
-    let settings = Settings::from_config(cfg);
+    let mut settings = Settings::from_config(cfg);
+    let images = if settings.voters.is_some() {
+        let (itx, irx) = mpsc::unbounded();
+        settings.images = Some(itx);
+        Some(irx)
+    } else {
+        None
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (tx, rx) = mpsc::channel(QUEUE);
+    let requests = tx.clone();
     std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
@@ -210,7 +225,7 @@ pub fn start(cfg: &Config) -> Result<Started, ControllerError> {
                 }
             };
             rt.block_on(async move {
-                match Controller::open(settings).await {
+                match Controller::open(settings, requests).await {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(c.image()));
                         c.run(rx).await;
@@ -228,6 +243,7 @@ pub fn start(cfg: &Config) -> Result<Started, ControllerError> {
     Ok(Started {
         handle: ControllerHandle { tx },
         image,
+        images,
     })
 }
 
@@ -240,6 +256,13 @@ struct Settings {
     host: String,
     base_port: u16,
     snapshot_every: u64,
+    /// The quorum's voters and their RPC addresses; `None`: one voter,
+    /// this process, no network.
+    voters: Option<Vec<(u64, String)>>,
+    session_timeout: Duration,
+    heartbeat_interval: Duration,
+    /// Where this process pushes every newly applied image (several voters).
+    images: Option<mpsc::UnboundedSender<Arc<MetadataImage>>>,
 }
 
 impl Settings {
@@ -254,22 +277,56 @@ impl Settings {
             host: cfg.advertised_host().to_string(),
             base_port: cfg.base_port,
             snapshot_every: cfg.metadata_snapshot_entries,
+            voters: cfg.voters(),
+            session_timeout: Duration::from_millis(cfg.broker_session_timeout_ms),
+            heartbeat_interval: Duration::from_millis(cfg.broker_heartbeat_interval_ms),
+            images: None,
         }
     }
+
+    fn voter_addr(&self, id: u64) -> Option<&str> {
+        self.voters
+            .as_ref()?
+            .iter()
+            .find(|(v, _)| *v == id)
+            .map(|(_, a)| a.as_str())
+    }
+}
+
+/// The quorum leader's view of broker liveness (kept in memory, as in
+/// KRaft: a new leader gives every broker a full session to heartbeat).
+#[derive(Default)]
+struct Liveness {
+    /// The term this controller leads in, and since when.
+    leading: Option<(u64, Instant)>,
+    last_seen: HashMap<i32, Instant>,
 }
 
 struct Controller {
     raft: Raft<TypeConfig>,
     published: Arc<Mutex<Arc<MetadataImage>>>,
-    placement: Placement,
+    settings: Settings,
+    /// The connection to the quorum's leader (forwards, heartbeats).
+    leader: Option<rpc::Peer>,
+    liveness: Liveness,
+    /// This broker's last heartbeat the leader answered.
+    heartbeat_ok: Instant,
+    /// Version of the last image pushed to `settings.images`.
+    pushed: u64,
 }
 
 fn raft_err(e: impl std::fmt::Display) -> ControllerError {
     ControllerError::Raft(e.to_string())
 }
 
+/// A forwarded command waits this long for the leader's answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Controller {
-    async fn open(s: Settings) -> Result<Controller, ControllerError> {
+    async fn open(
+        s: Settings,
+        requests: mpsc::Sender<Request>,
+    ) -> Result<Controller, ControllerError> {
         let started = Instant::now();
         let log = LogStore::open(&s.dir)?;
         let published = Arc::new(Mutex::new(Arc::new(MetadataImage::default())));
@@ -285,32 +342,67 @@ impl Controller {
         }
         .validate()
         .map_err(raft_err)?;
-        let raft = Raft::new(s.raft_id, Arc::new(config), Network, log, sm)
+        // Peers may call as soon as the Raft node exists: listen first.
+        let listener = match s.voter_addr(s.raft_id) {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ControllerError::Raft(format!("cannot listen for the quorum on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        let raft = Raft::new(s.raft_id, Arc::new(config), rpc::Network, log, sm)
             .await
             .map_err(raft_err)?;
-        if !raft.is_initialized().await.map_err(raft_err)? {
-            let addr = format!("{}:{}", s.host, s.base_port);
-            let members = BTreeMap::from([(s.raft_id, BasicNode::new(addr))]);
-            info!("initialising a one-voter metadata quorum");
-            raft.initialize(members).await.map_err(raft_err)?;
+        if let Some(listener) = listener {
+            tokio::spawn(serve(listener, raft.clone(), requests));
         }
-        // Leader, and everything in the log applied: the image is recovered.
-        raft.wait(Some(STARTUP_TIMEOUT))
-            .metrics(
-                |m| {
+        if !raft.is_initialized().await.map_err(raft_err)? {
+            let members: BTreeMap<u64, BasicNode> = match &s.voters {
+                Some(v) => v
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                    .collect(),
+                None => BTreeMap::from([(
+                    s.raft_id,
+                    BasicNode::new(format!("{}:{}", s.host, s.base_port)),
+                )]),
+            };
+            info!(voters = members.len(), "initialising the metadata quorum");
+            // Every voter may try; those that heard from a leader first
+            // are refused, which is fine.
+            if let Err(e) = raft.initialize(members).await {
+                debug!("quorum initialisation: {e}");
+            }
+        }
+        let single = s.voters.is_none();
+        raft.wait(Some(if single {
+            STARTUP_TIMEOUT
+        } else {
+            STARTUP_TIMEOUT * 2
+        }))
+        .metrics(
+            |m| {
+                if single {
+                    // Leader, and everything in the log applied.
                     m.state == ServerState::Leader
                         && m.last_applied.map(|l| l.index) >= m.last_log_index
-                },
-                "metadata quorum leader with its log applied",
-            )
-            .await
-            .map_err(raft_err)?;
-        let c = Controller {
+                } else {
+                    m.current_leader.is_some()
+                }
+            },
+            "a metadata quorum leader",
+        )
+        .await
+        .map_err(raft_err)?;
+        let mut c = Controller {
             raft,
             published,
-            placement: s.placement,
+            settings: s,
+            leader: None,
+            liveness: Liveness::default(),
+            heartbeat_ok: Instant::now(),
+            pushed: 0,
         };
-        c.register_nodes(&s.host, s.base_port).await?;
+        c.register().await?;
         let image = c.image();
         info!(
             topics = image.topics.len(),
@@ -328,44 +420,51 @@ impl Controller {
             .clone()
     }
 
-    /// Registers every shard of this broker with a new epoch, so a restart
-    /// is visible in the log and stale registrations can be fenced. Nodes of
-    /// shards this broker no longer has (it restarted with fewer cores) are
-    /// fenced: nothing may be placed or moved there.
-    async fn register_nodes(&self, host: &str, base_port: u16) -> Result<(), ControllerError> {
-        let image = self.image();
-        let gone = image.nodes.iter().filter(|(&id, n)| {
-            !n.fenced
-                && id.div_euclid(NODES_PER_BROKER) == self.placement.broker_id
-                && shard_of(id) >= self.placement.shards
-        });
-        let fenced: Vec<Record> = gone
-            .map(|(&node_id, n)| Record::NodeFenced {
-                node_id,
-                epoch: n.epoch,
-            })
-            .collect();
-        let records: Vec<Record> = (0..self.placement.shards)
-            .map(|s| {
-                let node_id = self.placement.node_id(s);
-                Record::NodeRegistered {
-                    node_id,
-                    epoch: image
-                        .nodes
-                        .get(&node_id)
-                        .map_or(1, |n| n.epoch.saturating_add(1)),
-                    host: host.to_string(),
-                    port: base_port.saturating_add(s as u16),
-                }
-            })
-            .chain(fenced)
-            .collect();
-        self.commit(&records).await.map(|_| ())
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.settings.raft_id)
     }
 
-    async fn commit(&self, records: &[Record]) -> Result<Arc<MetadataImage>, ControllerError> {
+    /// Registers every shard of this broker with a new epoch (through the
+    /// leader), so a restart is visible in the log and stale registrations
+    /// can be fenced; nodes of shards this broker no longer has are fenced.
+    /// Returns once this controller has applied the registration.
+    async fn register(&mut self) -> Result<(), ControllerError> {
+        let p = self.settings.placement;
+        let cmd = Command::RegisterBroker {
+            broker_id: p.broker_id,
+            shards: p.shards,
+            host: self.settings.host.clone(),
+            base_port: self.settings.base_port,
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let r = self.submit(std::slice::from_ref(&cmd), false, false).await;
+            match r.results.first() {
+                Some(Ok(_)) => {
+                    self.heartbeat_ok = Instant::now();
+                    return Ok(());
+                }
+                Some(Err(e)) if Instant::now() < deadline => {
+                    debug!("registration not committed yet: {}", e.message);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => {
+                    return Err(ControllerError::Raft(format!(
+                        "cannot register broker {}: {other:?}",
+                        p.broker_id
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        records: &[Record],
+    ) -> Result<(Arc<MetadataImage>, u64), ControllerError> {
         let started = Instant::now();
-        self.raft
+        let written = self
+            .raft
             .client_write(RecordBatch(encode_all(records)))
             .await
             .map_err(raft_err)?;
@@ -374,34 +473,28 @@ impl Controller {
             micros = started.elapsed().as_micros() as u64,
             "metadata committed"
         );
-        Ok(self.image())
+        Ok((self.image(), written.log_id.index))
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(req) = rx.next().await {
-            match req {
-                Request::Submit {
-                    cmds,
-                    dry_run,
-                    reply,
-                } => {
-                    let _ = reply.send(self.submit(&cmds, dry_run).await);
-                }
-                Request::Quorum { reply } => {
-                    let m = self.raft.metrics().borrow().clone();
-                    let _ = reply.send(QuorumState {
-                        id: m.id,
-                        leader: m.current_leader,
-                        term: m.current_term,
-                        voters: m.membership_config.voter_ids().collect(),
-                        last_log_index: m.last_log_index,
-                        last_applied: m.last_applied.map(|l| l.index),
-                    });
-                }
-                Request::Image { reply } => {
-                    let _ = reply.send(self.image());
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let several = self.settings.voters.is_some();
+        let mut metrics = self.raft.metrics();
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                req = rx.next() => match req {
+                    Some(req) => self.handle(req).await,
+                    None => break,
+                },
+                _ = tick.tick(), if several => self.on_tick().await,
+                changed = metrics.changed(), if several => {
+                    if changed.is_err() {
+                        break;
+                    }
                 }
             }
+            self.push_image();
         }
         info!("all controller handles dropped: stopping the metadata quorum");
         if let Err(e) = self.raft.shutdown().await {
@@ -409,24 +502,231 @@ impl Controller {
         }
     }
 
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::Submit {
+                cmds,
+                dry_run,
+                forwarded,
+                reply,
+            } => {
+                let _ = reply.send(self.submit(&cmds, dry_run, forwarded).await);
+            }
+            Request::Quorum { reply } => {
+                let m = self.raft.metrics().borrow().clone();
+                let _ = reply.send(QuorumState {
+                    id: m.id,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    voters: m.membership_config.voter_ids().collect(),
+                    last_log_index: m.last_log_index,
+                    last_applied: m.last_applied.map(|l| l.index),
+                });
+            }
+            Request::Image { reply } => {
+                let _ = reply.send(self.image());
+            }
+            Request::Heartbeat { broker_id, reply } => {
+                let answer = if self.is_leader() {
+                    self.liveness.last_seen.insert(broker_id, Instant::now());
+                    let image = self.image();
+                    let fenced = image
+                        .nodes
+                        .iter()
+                        .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) == broker_id)
+                        .all(|(_, n)| n.fenced);
+                    rpc::RpcResponse::Heartbeat { fenced }
+                } else {
+                    rpc::RpcResponse::Refused("not the quorum leader".into())
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Several voters: every newly applied image goes to shard 0, which
+    /// installs it on every shard (changes other brokers made, too).
+    fn push_image(&mut self) {
+        let Some(tx) = &self.settings.images else {
+            return;
+        };
+        let image = self.image();
+        if image.version != self.pushed {
+            self.pushed = image.version;
+            let _ = tx.unbounded_send(image);
+        }
+    }
+
+    /// Heartbeat of this broker to the leader, its own fencing when the
+    /// leader has been out of reach for a session, and, on the leader, the
+    /// fencing of brokers that stopped heartbeating.
+    async fn on_tick(&mut self) {
+        let me = self.settings.placement.broker_id;
+        let timeout = self.settings.session_timeout;
+        if self.is_leader() {
+            self.heartbeat_ok = Instant::now();
+            self.fence_silent_brokers().await;
+        } else {
+            let req = rpc::RpcRequest::Heartbeat { broker_id: me };
+            match self
+                .call_leader(&req, self.settings.heartbeat_interval)
+                .await
+            {
+                Some(rpc::RpcResponse::Heartbeat { fenced }) => {
+                    self.heartbeat_ok = Instant::now();
+                    if fenced {
+                        warn!(
+                            broker = me,
+                            "the quorum fenced this broker: registering again"
+                        );
+                        if let Err(e) = self.register().await {
+                            warn!("registering again failed: {e}");
+                        }
+                    }
+                }
+                Some(other) => debug!("heartbeat answered {other:?}"),
+                None => {}
+            }
+        }
+        let cut_off = self.heartbeat_ok.elapsed() > timeout;
+        if cut_off != crate::liveness::fenced() {
+            if cut_off {
+                warn!(
+                    broker = me,
+                    "no answer from the quorum's leader for {} ms: not serving partitions",
+                    timeout.as_millis()
+                );
+            } else {
+                info!(broker = me, "the quorum's leader answers again: serving");
+            }
+            crate::liveness::set_fenced(cut_off);
+        }
+        self.push_image();
+    }
+
+    async fn fence_silent_brokers(&mut self) {
+        let term = self.raft.metrics().borrow().current_term;
+        let now = Instant::now();
+        if self.liveness.leading.map(|(t, _)| t) != Some(term) {
+            self.liveness = Liveness {
+                leading: Some((term, now)),
+                last_seen: HashMap::new(),
+            };
+        }
+        let since = self.liveness.leading.map_or(now, |(_, at)| at);
+        let me = self.settings.placement.broker_id;
+        self.liveness.last_seen.insert(me, now);
+        let image = self.image();
+        let mut brokers: Vec<i32> = image
+            .live_nodes()
+            .map(|(&id, _)| id.div_euclid(NODES_PER_BROKER))
+            .collect();
+        brokers.dedup();
+        for b in brokers {
+            let last = self.liveness.last_seen.get(&b).copied().unwrap_or(since);
+            if now.duration_since(last) > self.settings.session_timeout {
+                warn!(
+                    broker = b,
+                    silent_ms = now.duration_since(last).as_millis() as u64,
+                    "broker stopped heartbeating: fencing it"
+                );
+                let r = self
+                    .submit(&[Command::FenceBroker { broker_id: b }], false, false)
+                    .await;
+                if let Some(Err(e)) = r.results.first() {
+                    warn!(broker = b, "fencing failed: {}", e.message);
+                }
+            }
+        }
+    }
+
+    /// Sends `req` to the quorum's leader; `None` when there is none or it
+    /// does not answer.
+    async fn call_leader(
+        &mut self,
+        req: &rpc::RpcRequest,
+        ttl: Duration,
+    ) -> Option<rpc::RpcResponse> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        let addr = self.settings.voter_addr(leader)?.to_string();
+        if self.leader.as_ref().map(|p| p.addr()) != Some(addr.as_str()) {
+            self.leader = Some(rpc::Peer::new(leader, addr));
+        }
+        let peer = self.leader.as_mut()?;
+        match peer.call(req, ttl).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                debug!(leader, "call to the quorum leader failed: {e}");
+                None
+            }
+        }
+    }
+
     /// Requests are handled one at a time, so each is planned against the
-    /// image every earlier request produced.
-    async fn submit(&self, cmds: &[Command], dry_run: bool) -> Submitted {
+    /// image every earlier request produced. Only the quorum's leader
+    /// plans and commits; another controller forwards to it and answers once
+    /// it has applied the result itself.
+    async fn submit(&mut self, cmds: &[Command], dry_run: bool, forwarded: bool) -> Submitted {
+        if self.settings.voters.is_none() || self.is_leader() {
+            return self.plan_and_commit(cmds, dry_run).await;
+        }
+        if forwarded {
+            return Submitted::unavailable(cmds.len(), "not the quorum leader");
+        }
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        let req = rpc::RpcRequest::Submit {
+            cmds: cmds.to_vec(),
+            dry_run,
+        };
+        while Instant::now() < deadline {
+            if self.is_leader() {
+                return self.plan_and_commit(cmds, dry_run).await;
+            }
+            match self.call_leader(&req, FORWARD_TIMEOUT).await {
+                Some(rpc::RpcResponse::Submitted { results, index }) => {
+                    if let Some(index) = index {
+                        let waited = self
+                            .raft
+                            .wait(Some(FORWARD_TIMEOUT))
+                            .applied_index_at_least(Some(index), "a forwarded commit")
+                            .await;
+                        if let Err(e) = waited {
+                            warn!("forwarded commit {index} not applied here: {e}");
+                        }
+                    }
+                    return Submitted {
+                        results,
+                        image: index.map(|_| self.image()),
+                        index,
+                    };
+                }
+                other => {
+                    debug!("forward to the quorum leader: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Submitted::unavailable(cmds.len(), "no metadata quorum leader reachable")
+    }
+
+    async fn plan_and_commit(&self, cmds: &[Command], dry_run: bool) -> Submitted {
         let image = self.image();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let (mut results, records) = plan(&image, cmds, self.placement, now_ms);
+        let (mut results, records) = plan(&image, cmds, self.settings.placement, now_ms);
         if dry_run || records.is_empty() {
             return Submitted {
                 results,
                 image: None,
+                index: None,
             };
         }
         match self.commit(&records).await {
-            Ok(image) => Submitted {
+            Ok((image, index)) => Submitted {
                 results,
                 image: Some(image),
+                index: Some(index),
             },
             Err(e) => {
                 error!("metadata commit failed: {e}");
@@ -439,58 +739,86 @@ impl Controller {
                 Submitted {
                     results,
                     image: None,
+                    index: None,
                 }
             }
         }
     }
 }
 
-/// The network of a one-voter quorum: there is nobody to talk to. The
-/// multi-node issue replaces this with RPCs between brokers.
-struct Network;
-
-struct NoPeer;
-
-fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-        "single-node metadata quorum has no peers",
-    )))
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeer {
-        NoPeer
-    }
-}
-
-impl RaftNetwork<TypeConfig> for NoPeer {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
+/// Serves the quorum's RPCs: Raft's own straight to the Raft node; commands
+/// and heartbeats through the controller's queue (planned in turn with
+/// everything else).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    raft: Raft<TypeConfig>,
+    requests: mpsc::Sender<Request>,
+) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("quorum listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        let mut requests = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let req: rpc::RpcRequest = match rpc::read_frame(&mut stream).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            debug!(%peer, "quorum connection closed: {e}");
+                        }
+                        return;
+                    }
+                };
+                let resp = match req {
+                    rpc::RpcRequest::Append(r) => {
+                        rpc::RpcResponse::Append(raft.append_entries(r).await)
+                    }
+                    rpc::RpcRequest::Vote(r) => rpc::RpcResponse::Vote(raft.vote(r).await),
+                    rpc::RpcRequest::Snapshot(r) => {
+                        rpc::RpcResponse::Snapshot(raft.install_snapshot(r).await)
+                    }
+                    rpc::RpcRequest::Submit { cmds, dry_run } => {
+                        let (reply, rx) = oneshot::channel();
+                        let req = Request::Submit {
+                            cmds,
+                            dry_run,
+                            forwarded: true,
+                            reply,
+                        };
+                        match requests.send(req).await {
+                            Ok(()) => match rx.await {
+                                Ok(s) => rpc::RpcResponse::Submitted {
+                                    results: s.results,
+                                    index: s.index,
+                                },
+                                Err(_) => rpc::RpcResponse::Refused("controller stopped".into()),
+                            },
+                            Err(_) => rpc::RpcResponse::Refused("controller stopped".into()),
+                        }
+                    }
+                    rpc::RpcRequest::Heartbeat { broker_id } => {
+                        let (reply, rx) = oneshot::channel();
+                        match requests.send(Request::Heartbeat { broker_id, reply }).await {
+                            Ok(()) => rx.await.unwrap_or_else(|_| {
+                                rpc::RpcResponse::Refused("controller stopped".into())
+                            }),
+                            Err(_) => rpc::RpcResponse::Refused("controller stopped".into()),
+                        }
+                    }
+                };
+                if rpc::write_frame(&mut stream, &resp).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -547,30 +875,30 @@ mod tests {
     /// reopens the directory: the image comes back the same.
     fn create_and_reopen(dir: &Path, snapshot_every: u64) -> MetadataImage {
         rt().block_on(async {
-            let c = Controller::open(settings(dir, snapshot_every))
+            let mut c = Controller::open(settings(dir, snapshot_every), mpsc::channel(1).0)
                 .await
                 .unwrap();
             for i in 0..12 {
                 let r = c
-                    .submit(&[create(&format!("t{i}"), 1 + i % 3)], false)
+                    .submit(&[create(&format!("t{i}"), 1 + i % 3)], false, false)
                     .await;
                 assert!(r.results[0].is_ok(), "{:?}", r.results);
                 assert!(r.image.unwrap().topic(&format!("t{i}")).is_some());
             }
-            let dry = c.submit(&[create("dry", 1)], true).await;
+            let dry = c.submit(&[create("dry", 1)], true, false).await;
             assert!(dry.results[0].is_ok() && dry.image.is_none());
             let del = c
-                .submit(&[Command::DeleteTopic { name: "t3".into() }], false)
+                .submit(&[Command::DeleteTopic { name: "t3".into() }], false, false)
                 .await;
             assert!(del.results[0].is_ok());
-            let dup = c.submit(&[create("t1", 1)], false).await;
+            let dup = c.submit(&[create("t1", 1)], false, false).await;
             assert_eq!(dup.results[0].as_ref().unwrap_err().code, 36);
             for node_id in [0, 1] {
                 let cmd = Command::AllocateProducerIds {
                     node_id,
                     count: 1000,
                 };
-                let r = c.submit(&[cmd], false).await;
+                let r = c.submit(&[cmd], false, false).await;
                 let first = r.image.unwrap().producer_id_blocks[&node_id].0;
                 assert_eq!(first, i64::from(node_id) * 1000);
             }
@@ -584,7 +912,7 @@ mod tests {
             let before = (*c.image()).clone();
             c.raft.shutdown().await.unwrap();
             drop(c);
-            let c = Controller::open(settings(dir, snapshot_every))
+            let c = Controller::open(settings(dir, snapshot_every), mpsc::channel(1).0)
                 .await
                 .unwrap();
             let after = c.image();
@@ -613,7 +941,9 @@ mod tests {
         };
         let nodes = |shards: usize| {
             rt().block_on(async {
-                let c = Controller::open(with(shards)).await.unwrap();
+                let c = Controller::open(with(shards), mpsc::channel(1).0)
+                    .await
+                    .unwrap();
                 let img = c.image();
                 c.raft.shutdown().await.unwrap();
                 img.nodes
@@ -671,7 +1001,7 @@ mod tests {
         bytes[n / 2] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
         let err = rt()
-            .block_on(Controller::open(settings(&dir, 5)))
+            .block_on(Controller::open(settings(&dir, 5), mpsc::channel(1).0))
             .err()
             .expect("a corrupt snapshot must stop the start");
         let msg = err.to_string();
@@ -690,7 +1020,9 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 99, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
         std::fs::write(&log, &bytes).unwrap();
         rt().block_on(async {
-            let c = Controller::open(settings(&dir, 1000)).await.unwrap();
+            let c = Controller::open(settings(&dir, 1000), mpsc::channel(1).0)
+                .await
+                .unwrap();
             assert_eq!(topics(&c.image()), topics(&before));
             c.raft.shutdown().await.unwrap();
         });

@@ -183,7 +183,7 @@ impl PartialEq for QuotaValue {
 impl Eq for QuotaValue {}
 
 /// The offsets `start..end` of one partition inside an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectRange {
     pub topic_id: Uuid,
     pub partition: i32,
@@ -197,7 +197,7 @@ pub struct ObjectRange {
 const OBJECT_RANGE_LEN: usize = 16 + 4 + 8 + 8 + 8 + 8;
 
 /// One producer's state in a partition, as the metadata keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerSnapshot {
     pub producer_id: i64,
     pub epoch: i16,
@@ -210,7 +210,7 @@ pub struct ProducerSnapshot {
 }
 
 /// Metadata of one batch of a producer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotBatch {
     pub first_seq: i32,
     pub last_seq: i32,
@@ -221,7 +221,7 @@ pub struct SnapshotBatch {
 
 /// An aborted transaction of a partition: its producer, first offset and
 /// the offset of its abort marker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AbortedTxn {
     pub producer_id: i64,
     pub first_offset: i64,

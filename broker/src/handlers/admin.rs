@@ -268,7 +268,6 @@ pub fn describe_topic_partitions(
     req: DescribeTopicPartitionsRequest,
 ) -> DescribeTopicPartitionsResponse {
     let image = shard.image();
-    let cfg = &shard.config;
     let mut names: Vec<String> = if req.topics.is_empty() {
         image.topics.keys().cloned().collect()
     } else {
@@ -303,7 +302,7 @@ pub fn describe_topic_partitions(
         let count = t.leaders.len() as i32;
         let first = first.min(count);
         let take = (count - first).min(budget);
-        let mut out = topic_view(cfg, t);
+        let mut out = topic_view(t);
         out.partitions.drain(..first as usize);
         out.partitions.truncate(take as usize);
         budget -= take;
@@ -322,18 +321,18 @@ fn cursor(topic: &str, partition: i32) -> Cursor {
         .with_partition_index(partition)
 }
 
-fn topic_view(cfg: &crate::config::Config, t: &TopicMeta) -> DescribeTopicPartitionsResponseTopic {
+fn topic_view(t: &TopicMeta) -> DescribeTopicPartitionsResponseTopic {
     let mut out = DescribeTopicPartitionsResponseTopic::default();
     out.name = Some(topic_name(&t.name));
     out.topic_id = t.id;
     out.is_internal = super::metadata::is_internal(&t.name);
     out.topic_authorized_operations = TOPIC_OPERATIONS;
     out.partitions = t
-        .leaders
+        .leader_nodes
         .iter()
         .enumerate()
         .map(|(p, &leader)| {
-            let node = BrokerId(cfg.node_id(leader));
+            let node = BrokerId(leader);
             let mut d = DescribeTopicPartitionsResponsePartition::default();
             d.partition_index = p as i32;
             d.leader_id = node;

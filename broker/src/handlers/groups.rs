@@ -106,10 +106,10 @@ pub async fn find_coordinator(
             .map(|(key, found)| {
                 let mut c = Coordinator::default().with_key(str_bytes(&key));
                 match found {
-                    Ok(shard_id) => {
-                        c.node_id = BrokerId(shard.config.node_id(shard_id));
-                        c.host = str_bytes(shard.config.advertised_host());
-                        c.port = shard.config.port(shard_id) as i32;
+                    Ok((node, host, port)) => {
+                        c.node_id = BrokerId(node);
+                        c.host = str_bytes(&host);
+                        c.port = port;
                     }
                     Err((e, msg)) => {
                         c.error_code = e.code();
@@ -125,10 +125,10 @@ pub async fn find_coordinator(
     }
     let (_, found) = coordinators.pop().expect("one key before v4");
     match found {
-        Ok(shard_id) => {
-            resp.node_id = BrokerId(shard.config.node_id(shard_id));
-            resp.host = str_bytes(shard.config.advertised_host());
-            resp.port = shard.config.port(shard_id) as i32;
+        Ok((node, host, port)) => {
+            resp.node_id = BrokerId(node);
+            resp.host = str_bytes(&host);
+            resp.port = port;
         }
         Err((e, msg)) => {
             resp.error_code = e.code();
@@ -149,7 +149,7 @@ async fn locate_coordinator(
     shard: &Rc<Shard>,
     key: &str,
     key_type: i8,
-) -> Result<usize, (ResponseError, String)> {
+) -> Result<(i32, String, i32), (ResponseError, String)> {
     let topic_name = match key_type {
         KEY_TYPE_GROUP => OFFSETS_TOPIC,
         KEY_TYPE_TRANSACTION => {
@@ -178,13 +178,20 @@ async fn locate_coordinator(
             format!("{topic_name} could not be created"),
         ));
     };
-    let p = partition_for(key, topic.leaders.len() as i32);
-    topic.leaders.get(p as usize).copied().ok_or_else(|| {
+    let p = partition_for(key, topic.leader_nodes.len() as i32);
+    let node = topic.leader_nodes.get(p as usize).copied().ok_or_else(|| {
         (
             ResponseError::CoordinatorNotAvailable,
             format!("{topic_name} has no partitions"),
         )
-    })
+    })?;
+    let live = image.live_node(node).ok_or_else(|| {
+        (
+            ResponseError::CoordinatorNotAvailable,
+            format!("node {node}, which leads {topic_name}-{p}, is not live"),
+        )
+    })?;
+    Ok((node, live.host.clone(), i32::from(live.port)))
 }
 
 /// Creates `__consumer_offsets` or `__transaction_state` (compacted, with

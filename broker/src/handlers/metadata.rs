@@ -59,20 +59,21 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         None => image
             .topics
             .values()
-            .map(|t| topic_response(shard, t))
+            .map(|t| topic_response(&image, t))
             .collect(),
         Some(wanted) => wanted
             .into_iter()
-            .map(|(name, id)| requested_topic(shard, &image, name, id))
+            .map(|(name, id)| requested_topic(&image, name, id))
             .collect(),
     };
     let mut resp = MetadataResponse::default();
-    resp.brokers = (0..cfg.shards)
-        .map(|s| {
+    resp.brokers = live_nodes(shard, &image)
+        .into_iter()
+        .map(|(node, host, port)| {
             let mut b = MetadataResponseBroker::default();
-            b.node_id = BrokerId(cfg.node_id(s));
-            b.host = str_bytes(cfg.advertised_host());
-            b.port = cfg.port(s) as i32;
+            b.node_id = BrokerId(node);
+            b.host = str_bytes(&host);
+            b.port = port;
             b
         })
         .collect();
@@ -84,7 +85,6 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
 }
 
 fn requested_topic(
-    shard: &Shard,
     image: &MetadataImage,
     name: Option<String>,
     id: uuid::Uuid,
@@ -94,7 +94,7 @@ fn requested_topic(
         None => image.topic_by_id(&id),
     };
     if let Some(t) = found {
-        return topic_response(shard, t);
+        return topic_response(image, t);
     }
     let mut r = MetadataResponseTopic::default();
     r.name = name.as_deref().map(topic_name);
@@ -108,29 +108,58 @@ fn requested_topic(
     r
 }
 
-fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
-    let cfg = &shard.config;
+fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(topic_name(&t.name));
     r.topic_id = t.id;
     r.is_internal = is_internal(&t.name);
     r.topic_authorized_operations = AUTH_OPS_OMITTED;
     r.partitions = t
-        .leaders
+        .leader_nodes
         .iter()
         .enumerate()
         .map(|(p, &leader)| {
-            let node = BrokerId(cfg.node_id(leader));
+            let node = BrokerId(leader);
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = p as i32;
-            mp.leader_id = node;
             mp.leader_epoch = t.leader_epochs.get(p).copied().unwrap_or_default();
             mp.replica_nodes = vec![node];
-            mp.isr_nodes = vec![node];
+            if image.nodes.is_empty() || image.live_node(leader).is_some() {
+                mp.leader_id = node;
+                mp.isr_nodes = vec![node];
+            } else {
+                // Its broker is fenced: the data it has not uploaded is in
+                // that broker's WAL only, so nobody serves the partition
+                // until it is back (clients retry).
+                mp.error_code = ResponseError::LeaderNotAvailable.code();
+                mp.leader_id = BrokerId(-1);
+            }
             mp
         })
         .collect();
     r
+}
+
+/// Every live node (each shard of each live broker) as `(id, host, port)`;
+/// this broker's own shards before it registered (its first moments).
+pub fn live_nodes(shard: &Shard, image: &MetadataImage) -> Vec<(i32, String, i32)> {
+    let nodes: Vec<(i32, String, i32)> = image
+        .live_nodes()
+        .map(|(&id, n)| (id, n.host.clone(), i32::from(n.port)))
+        .collect();
+    if !nodes.is_empty() {
+        return nodes;
+    }
+    let cfg = &shard.config;
+    (0..cfg.shards)
+        .map(|s| {
+            (
+                cfg.node_id(s),
+                cfg.advertised_host().to_string(),
+                i32::from(cfg.port(s)),
+            )
+        })
+        .collect()
 }
 
 /// Kafka's internal topics (`Topic.isInternal`).
@@ -145,12 +174,13 @@ pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> Describe
     resp.controller_id = BrokerId(cfg.node_id(0));
     resp.cluster_authorized_operations = AUTH_OPS_OMITTED;
     resp.endpoint_type = 1;
-    resp.brokers = (0..cfg.shards)
-        .map(|s| {
+    resp.brokers = live_nodes(shard, &shard.image())
+        .into_iter()
+        .map(|(node, host, port)| {
             let mut b = DescribeClusterBroker::default();
-            b.broker_id = BrokerId(cfg.node_id(s));
-            b.host = str_bytes(cfg.advertised_host());
-            b.port = cfg.port(s) as i32;
+            b.broker_id = BrokerId(node);
+            b.host = str_bytes(&host);
+            b.port = port;
             b
         })
         .collect();

@@ -65,7 +65,7 @@ pub fn locate(
     else {
         return Err(ResponseError::UnknownTopicOrPartition);
     };
-    if leader != shard.node_id() {
+    if leader != shard.node_id() || crate::liveness::fenced() {
         return Err(ResponseError::NotLeaderOrFollower);
     }
     Ok((topic.id, partition))
@@ -90,11 +90,12 @@ pub fn leader_hint(
     let topic = topic?;
     let p = usize::try_from(partition).ok()?;
     let node = *topic.leader_nodes.get(p)?;
-    let leader_shard = shard.config.shard_of_node(node)?;
+    let image = shard.image();
+    let live = image.live_node(node)?;
     Some(LeaderHint {
         node,
         epoch: topic.leader_epochs.get(p).copied().unwrap_or(0),
-        host: shard.config.advertised_host().to_string(),
-        port: i32::from(shard.config.port(leader_shard)),
+        host: live.host.clone(),
+        port: i32::from(live.port),
     })
 }

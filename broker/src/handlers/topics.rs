@@ -32,20 +32,17 @@ pub const SOURCE_DEFAULT: i8 = 5;
 
 type Checked<T> = Result<T, CommandError>;
 
-fn leader_shards(
-    cfg: &Config,
-    replicas: impl Iterator<Item = Vec<BrokerId>>,
-) -> Checked<Vec<usize>> {
+/// The leader node of each partition of a client's replica assignment (its
+/// first replica); they must be live nodes (checked by the controller).
+fn leader_nodes(replicas: impl Iterator<Item = Vec<BrokerId>>) -> Checked<Vec<i32>> {
     replicas
         .map(|ids| {
-            ids.first()
-                .and_then(|id| cfg.shard_of_node(id.0))
-                .ok_or_else(|| {
-                    CommandError::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        "assignment names an unknown node",
-                    )
-                })
+            ids.first().map(|id| id.0).ok_or_else(|| {
+                CommandError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    "assignment names no node",
+                )
+            })
         })
         .collect()
 }
@@ -81,10 +78,7 @@ fn creatable(
                 "partitions must be numbered 0..n",
             ));
         }
-        Some(leader_shards(
-            cfg,
-            a.into_iter().map(|x| x.broker_ids.clone()),
-        )?)
+        Some(leader_nodes(a.into_iter().map(|x| x.broker_ids.clone()))?)
     };
     let partitions = match (&assignment, t.num_partitions) {
         (Some(a), _) => a.len() as i32,
@@ -261,13 +255,12 @@ pub async fn create_partitions(
     shard: &Rc<Shard>,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
-    let cfg = shard.config.clone();
     let checked: Vec<Checked<Command>> = req
         .topics
         .iter()
         .map(|t| {
             let assignment = match &t.assignments {
-                Some(a) => Some(leader_shards(&cfg, a.iter().map(|x| x.broker_ids.clone()))?),
+                Some(a) => Some(leader_nodes(a.iter().map(|x| x.broker_ids.clone()))?),
                 None => None,
             };
             Ok(Command::CreatePartitions {

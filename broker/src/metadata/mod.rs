@@ -280,6 +280,16 @@ impl MetadataImage {
     }
 
     /// The node leading a partition.
+    /// A registered node that is not fenced.
+    pub fn live_node(&self, node_id: i32) -> Option<&NodeMeta> {
+        self.nodes.get(&node_id).filter(|n| !n.fenced)
+    }
+
+    /// Every registered node that is not fenced, by id.
+    pub fn live_nodes(&self) -> impl Iterator<Item = (&i32, &NodeMeta)> {
+        self.nodes.iter().filter(|(_, n)| !n.fenced)
+    }
+
     pub fn leader_of(&self, topic: Uuid, partition: i32) -> Option<i32> {
         let t = self.topic_by_id(&topic)?;
         t.leader_nodes
@@ -362,15 +372,16 @@ pub fn shard_of(node_id: i32) -> usize {
     node_id.rem_euclid(NODES_PER_BROKER) as usize
 }
 
-/// A change to the metadata, as submitted to the controller.
-#[derive(Debug, Clone)]
+/// A change to the metadata, as submitted to the controller (and sent to
+/// the quorum's leader by the other controllers).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     CreateTopic {
         name: String,
         partitions: i32,
         configs: BTreeMap<String, String>,
-        /// Leader shard per partition when the client assigned replicas.
-        assignment: Option<Vec<usize>>,
+        /// Leader node per partition when the client assigned replicas.
+        assignment: Option<Vec<i32>>,
     },
     DeleteTopic {
         name: String,
@@ -378,7 +389,7 @@ pub enum Command {
     CreatePartitions {
         name: String,
         count: i32,
-        assignment: Option<Vec<usize>>,
+        assignment: Option<Vec<i32>>,
     },
     /// Sets (`Some`) or removes (`None`) topic configs.
     AlterTopicConfigs {
@@ -456,10 +467,22 @@ pub enum Command {
         entity: Vec<(String, Option<String>)>,
         ops: Vec<(String, Option<f64>)>,
     },
+    /// A broker (re)starts: each of its shards becomes a live node with a
+    /// new epoch; nodes of shards it no longer has are fenced.
+    RegisterBroker {
+        broker_id: i32,
+        shards: usize,
+        host: String,
+        base_port: u16,
+    },
+    /// A broker stopped heartbeating: every live node of it is fenced.
+    FenceBroker {
+        broker_id: i32,
+    },
 }
 
 /// A refused command: the Kafka error and the message the client sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommandError {
     pub code: i16,
     pub message: String,
@@ -735,6 +758,16 @@ fn plan_one(
             }
             Ok((Uuid::nil(), vec![Record::ObjectsPurged { ids }]))
         }
+        Command::RegisterBroker {
+            broker_id,
+            shards,
+            host,
+            base_port,
+        } => Ok((
+            Uuid::nil(),
+            register_broker(image, *broker_id, *shards, host, *base_port),
+        )),
+        Command::FenceBroker { broker_id } => Ok((Uuid::nil(), fence_broker(image, *broker_id))),
         Command::AllocateProducerIds { node_id, count } => {
             allocate_producer_ids(image, *node_id, *count)
         }
@@ -882,35 +915,115 @@ fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMet
 }
 
 /// Leader nodes for `n` new partitions: the client's assignment, else the
-/// shards leading the fewest partitions (lowest shard first), so partitions
-/// of all topics spread round-robin and the choice depends only on the image.
+/// live nodes leading the fewest partitions, on the broker leading the
+/// fewest first (lowest node id on a tie), so partitions of all topics
+/// spread over brokers, then their shards (a broker with more shards takes
+/// more), and the choice depends only on the image. An image without
+/// registered nodes (unit tests) places on `placement`'s shards.
 fn leaders(
     image: &MetadataImage,
     placement: Placement,
     n: usize,
-    assignment: Option<&[usize]>,
+    assignment: Option<&[i32]>,
 ) -> Vec<i32> {
     if let Some(a) = assignment {
-        return a.iter().map(|&s| placement.node_id(s)).collect();
+        return a.to_vec();
     }
-    let mut load = vec![0usize; placement.shards.max(1)];
+    let mut nodes: Vec<i32> = image.live_nodes().map(|(&id, _)| id).collect();
+    if nodes.is_empty() {
+        nodes = (0..placement.shards.max(1))
+            .map(|s| placement.node_id(s))
+            .collect();
+    }
+    let mut load: BTreeMap<i32, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    let mut broker_load: BTreeMap<i32, usize> = BTreeMap::new();
     for t in image.topics.values() {
         for &node in &t.leader_nodes {
-            let s = shard_of(node);
-            if node / NODES_PER_BROKER == placement.broker_id && s < load.len() {
-                load[s] += 1;
+            if let Some(l) = load.get_mut(&node) {
+                *l += 1;
+                *broker_load
+                    .entry(node.div_euclid(NODES_PER_BROKER))
+                    .or_default() += 1;
             }
         }
     }
     (0..n)
         .map(|_| {
-            let (s, _) = load
+            let node = nodes
                 .iter()
-                .enumerate()
-                .min_by_key(|&(s, &l)| (l, s))
-                .unwrap_or((0, &0));
-            load[s] += 1;
-            placement.node_id(s)
+                .copied()
+                .min_by_key(|&id| {
+                    let b = id.div_euclid(NODES_PER_BROKER);
+                    (load[&id], broker_load.get(&b).copied().unwrap_or(0), id)
+                })
+                .unwrap_or(0);
+            *load.entry(node).or_default() += 1;
+            *broker_load
+                .entry(node.div_euclid(NODES_PER_BROKER))
+                .or_default() += 1;
+            node
+        })
+        .collect()
+}
+
+/// Kafka's check of a replica assignment: every leader a live node.
+fn check_assignment(image: &MetadataImage, assignment: Option<&[i32]>) -> Result<(), CommandError> {
+    let Some(a) = assignment else {
+        return Ok(());
+    };
+    if image.nodes.is_empty() {
+        return Ok(());
+    }
+    match a.iter().find(|&&n| image.live_node(n).is_none()) {
+        Some(n) => Err(CommandError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!("assignment names node {n}, which is not a live node"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The records of a broker's registration.
+fn register_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+    shards: usize,
+    host: &str,
+    base_port: u16,
+) -> Vec<Record> {
+    let registered = (0..shards).map(|s| {
+        let node_id = broker_id * NODES_PER_BROKER + s as i32;
+        Record::NodeRegistered {
+            node_id,
+            epoch: image
+                .nodes
+                .get(&node_id)
+                .map_or(1, |n| n.epoch.saturating_add(1)),
+            host: host.to_string(),
+            port: base_port.saturating_add(s as u16),
+        }
+    });
+    let gone = image
+        .nodes
+        .iter()
+        .filter(|(&id, n)| {
+            !n.fenced && id.div_euclid(NODES_PER_BROKER) == broker_id && shard_of(id) >= shards
+        })
+        .map(|(&node_id, n)| Record::NodeFenced {
+            node_id,
+            epoch: n.epoch,
+        });
+    registered.chain(gone).collect()
+}
+
+/// The records that fence every live node of `broker_id`.
+fn fence_broker(image: &MetadataImage, broker_id: i32) -> Vec<Record> {
+    image
+        .live_nodes()
+        .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) == broker_id)
+        .map(|(&node_id, n)| Record::NodeFenced {
+            node_id,
+            epoch: n.epoch,
         })
         .collect()
 }
@@ -921,7 +1034,7 @@ fn create_topic(
     name: &str,
     partitions: i32,
     configs: &BTreeMap<String, String>,
-    assignment: Option<&[usize]>,
+    assignment: Option<&[i32]>,
 ) -> Result<(Uuid, Vec<Record>), CommandError> {
     validate_topic_name(name)?;
     if image.topics.contains_key(name) {
@@ -950,6 +1063,7 @@ fn create_topic(
     while image.ids.contains_key(&id) {
         id = Uuid::new_v4();
     }
+    check_assignment(image, assignment)?;
     let leaders = leaders(image, placement, partitions as usize, assignment);
     Ok((
         id,
@@ -973,7 +1087,7 @@ fn create_partitions(
     placement: Placement,
     name: &str,
     count: i32,
-    assignment: Option<&[usize]>,
+    assignment: Option<&[i32]>,
 ) -> Result<(Uuid, Vec<Record>), CommandError> {
     let meta = existing(image, name)?;
     let current = meta.leaders.len() as i32;
@@ -995,6 +1109,7 @@ fn create_partitions(
             "assignment must name one leader per new partition",
         ));
     }
+    check_assignment(image, assignment)?;
     let added = leaders(image, placement, (count - current) as usize, assignment);
     Ok((
         meta.id,
