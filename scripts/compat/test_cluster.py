@@ -252,6 +252,45 @@ def test_clients_and_groups_across_brokers(cluster):
         assert [tp.offset for tp in got] == [500] * 6, (b, got)
 
 
+def test_transactions_across_brokers(cluster):
+    topic = f"txn-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 6)
+    leaders = wait_leaders(cluster.bootstrap, topic, 6)
+    assert {n // 1000 for n in leaders.values()} == {0, 1, 2}, leaders
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                  "transactional.id": f"tx-{uuid.uuid4().hex[:6]}"})
+    p.init_transactions(30)
+    committed: dict[int, list[bytes]] = {i: [] for i in range(6)}
+    for round_ in range(4):
+        p.begin_transaction()
+        values = [(i % 6, f"t{round_}-{i}".encode()) for i in range(60)]
+        for part, v in values:
+            p.produce(topic, v, partition=part)
+        if round_ % 2 == 0:
+            p.commit_transaction(30)
+            for part, v in values:
+                committed[part].append(v)
+        else:
+            p.abort_transaction(30)
+    # Offsets of a consumer group committed inside a transaction, too: the
+    # group's coordinator may be on any broker.
+    group = f"txg-{uuid.uuid4().hex[:6]}"
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                  "group.id": group, "enable.auto.commit": False})
+    c.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not c.assignment() and time.monotonic() < deadline:
+        c.poll(0.5)
+    p.begin_transaction()
+    p.send_offsets_to_transaction([TopicPartition(topic, i, 7) for i in range(6)],
+                                  c.consumer_group_metadata(), 30)
+    p.commit_transaction(30)
+    got = c.committed([TopicPartition(topic, i) for i in range(6)], timeout=30)
+    c.close()
+    assert [tp.offset for tp in got] == [7] * 6, got
+    read_back(cluster.bootstrap, topic, 6, committed)
+
+
 def test_controller_leader_killed_under_load(cluster, figures):
     leader = cluster.leader()
     others = [b for b in range(3) if b != leader]

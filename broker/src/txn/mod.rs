@@ -17,6 +17,7 @@
 //! `RefCell` borrow across an `.await`.
 
 pub mod records;
+mod remote;
 pub mod state;
 
 use std::cell::{Cell, RefCell};
@@ -570,18 +571,16 @@ async fn write_markers(
     while !todo.is_empty() {
         let image = shard.image();
         let mut by_shard: HashMap<usize, Vec<MarkerReq>> = HashMap::new();
+        let mut by_node: HashMap<i32, Vec<MarkerReq>> = HashMap::new();
         for m in todo.drain(..) {
             let Some(node) = image.leader_of(m.key.0, m.key.1) else {
                 continue; // the topic is gone: nothing to end there
             };
-            let Some(s) = shard.config.shard_of_node(node) else {
-                warn!(
-                    transactional_id = id,
-                    "partition led by unknown node {node}; marker skipped"
-                );
-                continue;
-            };
-            by_shard.entry(s).or_default().push(m);
+            match shard.config.shard_of_node(node) {
+                Some(s) => by_shard.entry(s).or_default().push(m),
+                // Another broker's: Kafka's WriteTxnMarkers to that node.
+                None => by_node.entry(node).or_default().push(m),
+            }
         }
         let writes = by_shard.into_iter().map(|(s, reqs)| {
             let shard = shard.clone();
@@ -594,11 +593,26 @@ async fn write_markers(
                 reqs.into_iter().zip(results).collect::<Vec<_>>()
             }
         });
-        for (m, r) in futures::future::join_all(writes)
-            .await
-            .into_iter()
-            .flatten()
-        {
+        let remote = by_node.into_iter().map(|(node, reqs)| {
+            let image = image.clone();
+            async move {
+                let results = match image.live_node(node) {
+                    Some(n) => {
+                        let addr = format!("{}:{}", n.host, n.port);
+                        remote::write_markers(&image, &addr, &reqs).await
+                    }
+                    // Fenced: its partitions wait for it to come back.
+                    None => vec![Err(ResponseError::NotLeaderOrFollower); reqs.len()],
+                };
+                reqs.into_iter().zip(results).collect::<Vec<_>>()
+            }
+        });
+        let (here, there) = futures::future::join(
+            futures::future::join_all(writes),
+            futures::future::join_all(remote),
+        )
+        .await;
+        for (m, r) in here.into_iter().chain(there).flatten() {
             match r {
                 Ok(()) | Err(ResponseError::UnknownTopicOrPartition) => {}
                 Err(e) => {
