@@ -22,6 +22,7 @@ pub mod object_gc;
 pub mod objects;
 pub mod objects_tool;
 pub mod partition;
+pub mod peer;
 pub mod producer_state;
 pub mod quota;
 pub mod reshard;

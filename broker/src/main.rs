@@ -414,6 +414,7 @@ async fn run_shard(start: ShardStart) {
     let stopping = shard.clone();
     glommio::spawn_local(async move {
         if stop.requested.await.is_ok() {
+            stopping.drain().await;
             stopping.shutdown().await;
             let _ = stop.done.send(s);
         }

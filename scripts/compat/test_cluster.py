@@ -158,6 +158,7 @@ class Load:
                            "reconnect.backoff.max.ms": 1000})
         self.acked: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
         self.last_ack: dict[int, float] = {p: 0.0 for p in range(partitions)}
+        self.ack_times: list[float] = []
         self.failed: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -169,6 +170,7 @@ class Load:
         else:
             self.acked[msg.partition()].append(msg.value())
             self.last_ack[msg.partition()] = time.monotonic()
+            self.ack_times.append(self.last_ack[msg.partition()])
 
     def run(self) -> None:
         i = 0
@@ -289,6 +291,86 @@ def test_transactions_across_brokers(cluster):
     c.close()
     assert [tp.offset for tp in got] == [7] * 6, got
     read_back(cluster.bootstrap, topic, 6, committed)
+
+
+def test_a_partition_moves_across_brokers_under_load(cluster, figures):
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KTP
+    topic = f"move-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 1, on_nodes=[1000])
+    # 64 MiB in the partition, none of it uploaded yet (S3 uploads every
+    # 30 s or 256 MiB per shard by default).
+    fill = Producer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                     "acks": "all", "linger.ms": 5})
+    filled: dict[int, list[bytes]] = {0: []}
+    value = b"x" * (64 << 10)
+    for i in range(1024):
+        v = b"%08d" % i + value[8:]
+        fill.produce(topic, v, partition=0,
+                     on_delivery=lambda e, m: filled[0].append(m.value()) if not e else None)
+        fill.poll(0)
+    assert fill.flush(60) == 0 and len(filled[0]) == 1024
+    admin_ = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    with Load(cluster.bootstrap, topic, 1, pace_s=0.002) as load:
+        time.sleep(2)
+        t0 = time.monotonic()
+        r = admin_.alter_partition_reassignments({KTP(topic, 0): [2001]})
+        moved = time.monotonic() - t0
+        assert list(r.values()) == [None], r
+        time.sleep(2)
+    admin_.close()
+    assert wait_leaders(cluster.bootstrap, topic, 1) == {0: 2001}
+    assert not load.failed, load.failed[:3]
+    acks = sorted(load.ack_times)
+    stall = max(b - a for a, b in zip(acks, acks[1:]))
+    read_back(cluster.bootstrap, topic, 1, {0: filled[0] + load.acked[0]})
+    figures.record(f"cluster: move of a partition with 64 MiB not uploaded from broker 1 to "
+                   f"broker 2 under {len(acks)} acknowledged records: {moved:.2f} s; longest "
+                   f"produce stall {stall * 1000:.0f} ms; nothing failed, all read back in order")
+    assert moved < 2.0, f"the move took {moved:.2f} s"
+
+
+def test_sigterm_drains_a_broker(cluster, figures):
+    victim = next(b for b in range(3) if b != cluster.leader())
+    topic = f"drain-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 100, on_nodes=[victim * 1000, victim * 1000 + 1])
+    others = cluster.bootstrap_without(victim)
+    with Load(cluster.bootstrap, topic, 100, pace_s=0.001) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        b = cluster.state["brokers"][victim]
+        os.kill(b["pid"], 15)
+        a = admin(others)
+        moved_after = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            t = a.list_topics(timeout=5).topics.get(topic)
+            if t and all(p.leader >= 0 and p.leader // 1000 != victim for p in t.partitions.values()):
+                moved_after = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        time.sleep(3)
+    assert moved_after is not None, "partitions still on the drained broker"
+    assert not load.failed, load.failed[:3]
+    read_back(others, topic, 100, load.acked)
+    log = cluster.log(victim)
+    assert "drained: partitions handed to other brokers" in log
+    figures.record(f"cluster: SIGTERM drain of broker {victim} leading 100 partitions under load: "
+                   f"all moved off in {moved_after:.2f} s; {sum(map(len, load.acked.values()))} "
+                   f"acknowledged records, none failed, all read back")
+    deadline = time.monotonic() + 60
+    while cluster_alive(cluster, victim) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cluster.run("start", "--id", str(victim))
+    assert moved_after < 5, f"drain took {moved_after:.2f} s"
+
+
+def cluster_alive(cluster, broker: int) -> bool:
+    try:
+        os.kill(cluster.state["brokers"][broker]["pid"], 0)
+        return True
+    except OSError:
+        return False
 
 
 def test_controller_leader_killed_under_load(cluster, figures):

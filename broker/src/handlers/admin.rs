@@ -217,20 +217,23 @@ pub async fn reassign(
         ));
     };
     let to_node = target.0;
-    if shard.config.shard_of_node(to_node).is_none() {
+    let known = if image.nodes.is_empty() {
+        shard.config.shard_of_node(to_node).is_some()
+    } else {
+        image.live_node(to_node).is_some()
+    };
+    if !known {
         return Err((
             ResponseError::InvalidReplicaAssignment,
-            format!("{topic}-{partition}: node {to_node} is not a node of this cluster"),
+            format!("{topic}-{partition}: node {to_node} is not a live node of this cluster"),
         ));
     }
     if to_node == leader {
         return Ok(());
     }
     let Some(from) = shard.config.shard_of_node(leader) else {
-        return Err((
-            ResponseError::NotLeaderOrFollower,
-            format!("leader {leader} is not reachable"),
-        ));
+        // Another broker leads it: that broker hands it over.
+        return reassign_on(&image, leader, topic, partition, to_node).await;
     };
     let key = (meta.id, partition);
     let moved = if from == shard.id {
@@ -244,6 +247,64 @@ pub async fn reassign(
             format!("{topic}-{partition} was not moved to node {to_node}"),
         )
     })
+}
+
+/// Sends the reassignment of one partition to the broker leading it (the
+/// node `leader`), which moves it and answers when done.
+async fn reassign_on(
+    image: &crate::metadata::MetadataImage,
+    leader: i32,
+    topic: &str,
+    partition: i32,
+    to_node: i32,
+) -> Result<(), (ResponseError, String)> {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let Some(n) = image.live_node(leader) else {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            format!("{topic}-{partition}: its leader {leader} is fenced; it moves once back"),
+        ));
+    };
+    let addr = format!("{}:{}", n.host, n.port);
+    let req = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(60_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(Some(vec![BrokerId(to_node)]))])]);
+    let resp: AlterPartitionReassignmentsResponse = crate::peer::call(
+        &addr,
+        kafka_protocol::messages::ApiKey::AlterPartitionReassignments,
+        0,
+        &req,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| {
+        (
+            e,
+            format!("{topic}-{partition}: its leader {leader} did not answer"),
+        )
+    })?;
+    let code = if resp.error_code != 0 {
+        resp.error_code
+    } else {
+        resp.responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .map_or(ResponseError::UnknownServerError.code(), |p| p.error_code)
+    };
+    match code {
+        0 => Ok(()),
+        c => Err((
+            ResponseError::try_from_code(c).unwrap_or(ResponseError::UnknownServerError),
+            format!("{topic}-{partition}: its leader {leader} did not move it"),
+        )),
+    }
 }
 
 pub fn list_partition_reassignments(

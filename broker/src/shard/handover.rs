@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError;
 use tracing::{info, warn};
 
 use super::{PartitionKey, Shard};
-use crate::metadata::Command;
+use crate::metadata::{Command, NODES_PER_BROKER};
 use crate::partition::Lifecycle;
 
 /// How often the WAL is uploaded while waiting for the partition's data to
@@ -115,5 +115,97 @@ impl Shard {
             }
             None => Err(ResponseError::UnknownServerError),
         }
+    }
+
+    /// Graceful drain (SIGTERM with other brokers live): moves every
+    /// partition this shard leads to nodes of other live brokers, the least
+    /// loaded first, after one upload and in one metadata commit. Returns how
+    /// many moved; with no other broker live, none (the caller just uploads).
+    pub async fn drain(self: &Rc<Self>) -> usize {
+        let started = Instant::now();
+        let image = self.image();
+        let me = self.config.broker_id;
+        let mut load: Vec<(usize, i32)> = image
+            .live_nodes()
+            .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) != me)
+            .map(|(&id, _)| {
+                let led = image
+                    .topics
+                    .values()
+                    .map(|t| t.leader_nodes.iter().filter(|&&n| n == id).count())
+                    .sum();
+                (led, id)
+            })
+            .collect();
+        if load.is_empty() {
+            return 0;
+        }
+        let keys: Vec<PartitionKey> = {
+            let mut parts = self.partitions.borrow_mut();
+            parts
+                .iter_mut()
+                .filter(|(_, p)| p.state.lifecycle == Lifecycle::Leading)
+                .map(|(k, p)| {
+                    p.state.lifecycle = Lifecycle::Closing;
+                    *k
+                })
+                .collect()
+        };
+        self.appends_settled(None).await;
+        for _ in 0..UPLOAD_ATTEMPTS {
+            if self.all_uploaded(&keys) {
+                break;
+            }
+            self.uploader.flush().await;
+        }
+        let mut cmds = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let Some(end) = self
+                .partitions
+                .borrow()
+                .get(key)
+                .map(|p| p.state.high_watermark)
+            else {
+                continue;
+            };
+            // The least loaded node of another broker; ties to the one
+            // after this shard's index, so shards spread their moves.
+            load.sort_by_key(|&(led, id)| (led, (id as usize + self.id) % 7, id));
+            load[0].0 += 1;
+            cmds.push(Command::MovePartition {
+                topic_id: key.0,
+                partition: key.1,
+                to_node: load[0].1,
+                uploaded_end: end,
+            });
+        }
+        let results = self.control().submit(cmds, false).await;
+        let moved = results.iter().filter(|r| r.is_ok()).count();
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            warn!(shard = self.id, "drain: a move was refused: {}", e.message);
+        }
+        // What did not move takes writes again until the process exits.
+        for p in self.partitions.borrow_mut().values_mut() {
+            if p.state.lifecycle == Lifecycle::Closing {
+                p.state.lifecycle = Lifecycle::Leading;
+            }
+        }
+        info!(
+            shard = self.id,
+            moved,
+            of = keys.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained: partitions handed to other brokers"
+        );
+        moved
+    }
+
+    fn all_uploaded(&self, keys: &[PartitionKey]) -> bool {
+        let parts = self.partitions.borrow();
+        keys.iter().all(|k| {
+            parts
+                .get(k)
+                .is_none_or(|p| p.state.uploaded_end >= p.state.high_watermark)
+        })
     }
 }

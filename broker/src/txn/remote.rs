@@ -9,16 +9,12 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ProducerId, RequestHeader, ResponseHeader, WriteTxnMarkersRequest,
-    WriteTxnMarkersResponse,
+    ApiKey, ProducerId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::MarkerReq;
@@ -27,8 +23,6 @@ use crate::metadata::MetadataImage;
 
 const VERSION: i16 = 1;
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest response read (a result per partition is a few bytes).
-const MAX_RESPONSE: usize = 16 << 20;
 
 /// Writes `reqs` on the broker at `addr`; one result per request, in order.
 pub async fn write_markers(
@@ -36,12 +30,7 @@ pub async fn write_markers(
     addr: &str,
     reqs: &[MarkerReq],
 ) -> Vec<Result<(), ResponseError>> {
-    let call = async { call(image, addr, reqs).await };
-    let timeout = async {
-        glommio::timer::sleep(TIMEOUT).await;
-        Err(ResponseError::RequestTimedOut)
-    };
-    match futures_lite::future::or(call, timeout).await {
+    match call(image, addr, reqs).await {
         Ok(results) => results,
         Err(e) => vec![Err(e); reqs.len()],
     }
@@ -67,38 +56,8 @@ async fn call(
                 .with_partition_indexes(vec![m.key.1])]);
         req.markers.push(marker);
     }
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[0; 4]);
-    let key = ApiKey::WriteTxnMarkers;
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(VERSION)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("txn-coordinator")))
-        .encode(&mut buf, key.request_header_version(VERSION))
-        .map_err(|_| ResponseError::UnknownServerError)?;
-    req.encode(&mut buf, VERSION)
-        .map_err(|_| ResponseError::UnknownServerError)?;
-    let len = (buf.len() - 4) as u32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    let mut stream = glommio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|_| ResponseError::NetworkException)?;
-    stream.write_all(&buf).await.map_err(net_err)?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(net_err)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RESPONSE {
-        return Err(ResponseError::CorruptMessage);
-    }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(net_err)?;
-    let mut body = bytes::Bytes::from(body);
-    ResponseHeader::decode(&mut body, key.response_header_version(VERSION))
-        .map_err(|_| ResponseError::CorruptMessage)?;
-    let resp = WriteTxnMarkersResponse::decode(&mut body, VERSION)
-        .map_err(|_| ResponseError::CorruptMessage)?;
-    let _ = body.remaining();
+    let resp: WriteTxnMarkersResponse =
+        crate::peer::call(addr, ApiKey::WriteTxnMarkers, VERSION, &req, TIMEOUT).await?;
     // Results by (producer, topic, partition); each request above is one
     // marker of one partition.
     Ok(reqs
@@ -125,8 +84,4 @@ async fn call(
             }
         })
         .collect())
-}
-
-fn net_err(_: std::io::Error) -> ResponseError {
-    ResponseError::NetworkException
 }
