@@ -221,6 +221,13 @@ pub struct Config {
     /// (a voter's id is its broker id). Unset: a one-voter quorum in this
     /// process, talking to nobody.
     pub controller_quorum_voters: Option<String>,
+    /// `process.roles`: `broker,controller` (both, the default), `broker`
+    /// (follows the quorum's log as a non-voting learner; needs
+    /// `controller_listen`) or `controller` (a voter, no shards).
+    pub process_roles: String,
+    /// A broker-only process: where its learner listens for the quorum's
+    /// leader (`host:port`).
+    pub controller_listen: Option<String>,
     /// `broker.session.timeout.ms`: a broker the quorum's leader has not
     /// heard from this long is fenced (its nodes leave Metadata); a broker
     /// that has not reached the leader this long stops serving.
@@ -306,6 +313,8 @@ impl Default for Config {
             shutdown_timeout_ms: 30_000,
             reshard_timeout_ms: 120_000,
             controller_quorum_voters: None,
+            process_roles: "broker,controller".into(),
+            controller_listen: None,
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 1_000,
             log_retention_ms: 604_800_000,
@@ -454,6 +463,10 @@ pub struct Flags {
     pub reshard_timeout_ms: Option<u64>,
     #[arg(long, env = "BROKER_CONTROLLER_QUORUM_VOTERS")]
     pub controller_quorum_voters: Option<String>,
+    #[arg(long, env = "BROKER_PROCESS_ROLES")]
+    pub process_roles: Option<String>,
+    #[arg(long, env = "BROKER_CONTROLLER_LISTEN")]
+    pub controller_listen: Option<String>,
     #[arg(long, env = "BROKER_BROKER_SESSION_TIMEOUT_MS")]
     pub broker_session_timeout_ms: Option<u64>,
     #[arg(long, env = "BROKER_BROKER_HEARTBEAT_INTERVAL_MS")]
@@ -575,6 +588,16 @@ pub fn parse_voters(text: &str) -> Result<Vec<(u64, String)>, String> {
 }
 
 impl Config {
+    /// True when this process is a voter of the metadata quorum.
+    pub fn is_controller(&self) -> bool {
+        self.process_roles.contains("controller")
+    }
+
+    /// True when this process has shards and serves Kafka clients.
+    pub fn is_broker(&self) -> bool {
+        self.process_roles.contains("broker")
+    }
+
     /// The quorum's voters (`controller_quorum_voters`), if configured.
     pub fn voters(&self) -> Option<Vec<(u64, String)>> {
         self.controller_quorum_voters
@@ -656,6 +679,7 @@ impl Config {
             reshard_timeout_ms,
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,
+            process_roles,
             log_retention_ms,
             log_retention_bytes,
             log_retention_check_interval_ms,
@@ -689,7 +713,8 @@ impl Config {
             s3_region,
             s3_access_key_id,
             s3_secret_access_key,
-            controller_quorum_voters
+            controller_quorum_voters,
+            controller_listen
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -764,15 +789,52 @@ impl Config {
                 "connections_max_idle_ms must be at least 1".into(),
             ));
         }
-        if let Some(v) = &self.controller_quorum_voters {
-            let voters = parse_voters(v).map_err(ConfigError::Invalid)?;
-            if !voters.iter().any(|(id, _)| *id == self.broker_id as u64) {
-                return Err(ConfigError::Invalid(format!(
-                    "broker {} is not one of controller_quorum_voters ({v}); a broker-only \
-                     process (no controller) is not supported yet",
-                    self.broker_id
-                )));
+        if !matches!(
+            self.process_roles.replace(' ', "").as_str(),
+            "broker,controller" | "controller,broker" | "broker" | "controller"
+        ) {
+            return Err(ConfigError::Invalid(format!(
+                "process_roles must be broker, controller or broker,controller, not {:?}",
+                self.process_roles
+            )));
+        }
+        match &self.controller_quorum_voters {
+            Some(v) => {
+                let voters = parse_voters(v).map_err(ConfigError::Invalid)?;
+                let voter = voters.iter().any(|(id, _)| *id == self.broker_id as u64);
+                if self.is_controller() && !voter {
+                    return Err(ConfigError::Invalid(format!(
+                        "this process is a controller, so its id {} must be one of \
+                         controller_quorum_voters ({v})",
+                        self.broker_id
+                    )));
+                }
+                if !self.is_controller() {
+                    if voter {
+                        return Err(ConfigError::Invalid(format!(
+                            "a broker-only process must not be a voter, but {} is one of \
+                             controller_quorum_voters ({v})",
+                            self.broker_id
+                        )));
+                    }
+                    if self.controller_listen.is_none() {
+                        return Err(ConfigError::Invalid(
+                            "a broker-only process needs controller_listen (host:port where \
+                             it follows the metadata log)"
+                                .into(),
+                        ));
+                    }
+                }
             }
+            None if self.process_roles.replace(' ', "") != "broker,controller"
+                && self.process_roles.replace(' ', "") != "controller,broker" =>
+            {
+                return Err(ConfigError::Invalid(
+                    "process_roles other than broker,controller needs controller_quorum_voters"
+                        .into(),
+                ));
+            }
+            None => {}
         }
         if self.broker_heartbeat_interval_ms == 0
             || self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms

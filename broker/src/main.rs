@@ -83,6 +83,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if !cfg.is_broker() {
+        run_controller_only(&cfg);
+        return;
+    }
     let mut sockets = match listener::bind_all(&cfg) {
         Ok(sockets) => sockets.into_iter(),
         Err(e) => {
@@ -432,6 +436,28 @@ async fn run_shard(start: ShardStart) {
         broker::admin::start(&shard);
     }
     shard.serve(listener).await;
+}
+
+/// `process_roles = controller`: a voter of the metadata quorum with no
+/// shards, no WAL and no Kafka listener; SIGTERM or SIGINT ends it.
+fn run_controller_only(cfg: &Config) {
+    info!(
+        broker_id = cfg.broker_id,
+        "starting a controller (no shards)"
+    );
+    let controller = match controller::start(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("cannot start the controller: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _signals = shutdown::start(0, std::time::Duration::from_secs(1));
+    // The controller thread runs while a handle to it lives.
+    let _handle = controller.handle;
+    loop {
+        std::thread::park();
+    }
 }
 
 /// Locks and opens (or creates) the WAL on the main thread, before any

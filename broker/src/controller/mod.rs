@@ -201,7 +201,7 @@ pub fn metadata_dir(data_dir: &Path) -> PathBuf {
 /// recovered image is ready. Blocks the calling (main) thread meanwhile.
 pub fn start(cfg: &Config) -> Result<Started, ControllerError> {
     let mut settings = Settings::from_config(cfg);
-    let images = if settings.voters.is_some() {
+    let images = if settings.voters.is_some() && settings.broker {
         let (itx, irx) = mpsc::unbounded();
         settings.images = Some(itx);
         Some(irx)
@@ -263,6 +263,10 @@ struct Settings {
     heartbeat_interval: Duration,
     /// Where this process pushes every newly applied image (several voters).
     images: Option<mpsc::UnboundedSender<Arc<MetadataImage>>>,
+    /// This process has shards (registers, heartbeats).
+    broker: bool,
+    /// A broker-only process: where its learner listens.
+    learner_listen: Option<String>,
 }
 
 impl Settings {
@@ -281,6 +285,10 @@ impl Settings {
             session_timeout: Duration::from_millis(cfg.broker_session_timeout_ms),
             heartbeat_interval: Duration::from_millis(cfg.broker_heartbeat_interval_ms),
             images: None,
+            broker: cfg.is_broker(),
+            learner_listen: (!cfg.is_controller())
+                .then(|| cfg.controller_listen.clone())
+                .flatten(),
         }
     }
 
@@ -343,7 +351,11 @@ impl Controller {
         .validate()
         .map_err(raft_err)?;
         // Peers may call as soon as the Raft node exists: listen first.
-        let listener = match s.voter_addr(s.raft_id) {
+        let own_addr = s
+            .voter_addr(s.raft_id)
+            .map(str::to_string)
+            .or_else(|| s.learner_listen.clone());
+        let listener = match &own_addr {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 ControllerError::Raft(format!("cannot listen for the quorum on {addr}: {e}"))
             })?),
@@ -355,7 +367,9 @@ impl Controller {
         if let Some(listener) = listener {
             tokio::spawn(serve(listener, raft.clone(), requests));
         }
-        if !raft.is_initialized().await.map_err(raft_err)? {
+        if let (Some(addr), true) = (&s.learner_listen, s.voters.is_some()) {
+            join_as_learner(&s, s.raft_id, addr).await?;
+        } else if !raft.is_initialized().await.map_err(raft_err)? {
             let members: BTreeMap<u64, BasicNode> = match &s.voters {
                 Some(v) => v
                     .iter()
@@ -402,7 +416,17 @@ impl Controller {
             heartbeat_ok: Instant::now(),
             pushed: 0,
         };
-        c.register().await?;
+        if c.settings.broker {
+            c.register().await?;
+        } else {
+            // A controller only: its image is whatever the log holds.
+            let leader_commit = c.raft.metrics().borrow().last_log_index;
+            let _ = c
+                .raft
+                .wait(Some(STARTUP_TIMEOUT))
+                .applied_index_at_least(leader_commit, "the log replayed")
+                .await;
+        }
         let image = c.image();
         info!(
             topics = image.topics.len(),
@@ -566,6 +590,8 @@ impl Controller {
         if self.is_leader() {
             self.heartbeat_ok = Instant::now();
             self.fence_silent_brokers().await;
+        } else if !self.settings.broker {
+            return;
         } else {
             let req = rpc::RpcRequest::Heartbeat { broker_id: me };
             match self
@@ -614,8 +640,11 @@ impl Controller {
             };
         }
         let since = self.liveness.leading.map_or(now, |(_, at)| at);
-        let me = self.settings.placement.broker_id;
-        self.liveness.last_seen.insert(me, now);
+        if self.settings.broker {
+            self.liveness
+                .last_seen
+                .insert(self.settings.placement.broker_id, now);
+        }
         let image = self.image();
         let mut brokers: Vec<i32> = image
             .live_nodes()
@@ -746,6 +775,33 @@ impl Controller {
     }
 }
 
+/// A broker-only process asks the voters, until the leader answers, to
+/// add it as a learner (it then receives the log, but never votes).
+async fn join_as_learner(s: &Settings, id: u64, addr: &str) -> Result<(), ControllerError> {
+    let voters = s.voters.clone().unwrap_or_default();
+    let deadline = Instant::now() + STARTUP_TIMEOUT * 2;
+    let req = rpc::RpcRequest::Join {
+        id,
+        addr: addr.to_string(),
+    };
+    while Instant::now() < deadline {
+        for (vid, vaddr) in &voters {
+            let mut peer = rpc::Peer::new(*vid, vaddr.clone());
+            match peer.call(&req, FORWARD_TIMEOUT).await {
+                Ok(rpc::RpcResponse::Joined) => {
+                    info!(leader = vid, "following the metadata log as a learner");
+                    return Ok(());
+                }
+                other => debug!(voter = vid, "join: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(ControllerError::Raft(
+        "no quorum leader took this broker as a learner".into(),
+    ))
+}
+
 /// Serves the quorum's RPCs: Raft's own straight to the Raft node; commands
 /// and heartbeats through the controller's queue (planned in turn with
 /// everything else).
@@ -802,6 +858,20 @@ async fn serve(
                                 Err(_) => rpc::RpcResponse::Refused("controller stopped".into()),
                             },
                             Err(_) => rpc::RpcResponse::Refused("controller stopped".into()),
+                        }
+                    }
+                    rpc::RpcRequest::Join { id, addr } => {
+                        let leader = raft.metrics().borrow().current_leader;
+                        if leader != Some(raft.metrics().borrow().id) {
+                            rpc::RpcResponse::Refused("not the quorum leader".into())
+                        } else {
+                            match raft.add_learner(id, BasicNode::new(&addr), false).await {
+                                Ok(_) => {
+                                    info!(learner = id, %addr, "a broker follows the metadata log");
+                                    rpc::RpcResponse::Joined
+                                }
+                                Err(e) => rpc::RpcResponse::Refused(e.to_string()),
+                            }
                         }
                     }
                     rpc::RpcRequest::Heartbeat { broker_id } => {

@@ -43,6 +43,11 @@ pub enum RpcRequest {
     Heartbeat {
         broker_id: i32,
     },
+    /// A broker-only process asks to follow the log as a learner.
+    Join {
+        id: u64,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +61,8 @@ pub enum RpcResponse {
         results: Vec<CommandResult>,
         index: Option<u64>,
     },
+    /// The learner was added (it receives the log from now on).
+    Joined,
     /// `fenced`: the broker's nodes are fenced; it must register again.
     Heartbeat {
         fenced: bool,
