@@ -228,6 +228,8 @@ pub struct Config {
     /// A broker-only process: where its learner listens for the quorum's
     /// leader (`host:port`).
     pub controller_listen: Option<String>,
+    /// `broker.rack`: new partitions spread over racks first.
+    pub rack: Option<String>,
     /// `broker.session.timeout.ms`: a broker the quorum's leader has not
     /// heard from this long is fenced (its nodes leave Metadata); a broker
     /// that has not reached the leader this long stops serving.
@@ -315,6 +317,7 @@ impl Default for Config {
             controller_quorum_voters: None,
             process_roles: "broker,controller".into(),
             controller_listen: None,
+            rack: None,
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 1_000,
             log_retention_ms: 604_800_000,
@@ -467,6 +470,8 @@ pub struct Flags {
     pub process_roles: Option<String>,
     #[arg(long, env = "BROKER_CONTROLLER_LISTEN")]
     pub controller_listen: Option<String>,
+    #[arg(long, env = "BROKER_RACK")]
+    pub rack: Option<String>,
     #[arg(long, env = "BROKER_BROKER_SESSION_TIMEOUT_MS")]
     pub broker_session_timeout_ms: Option<u64>,
     #[arg(long, env = "BROKER_BROKER_HEARTBEAT_INTERVAL_MS")]
@@ -714,7 +719,8 @@ impl Config {
             s3_access_key_id,
             s3_secret_access_key,
             controller_quorum_voters,
-            controller_listen
+            controller_listen,
+            rack
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;

@@ -341,6 +341,14 @@ def test_sigterm_drains_a_broker(cluster, figures):
     topic = f"drain-{uuid.uuid4().hex[:6]}"
     create(cluster.bootstrap, topic, 100, on_nodes=[victim * 1000, victim * 1000 + 1])
     others = cluster.bootstrap_without(victim)
+    # Groups whose coordinator is on the drained broker keep their offsets
+    # (the coordinator moves with its __consumer_offsets partition).
+    groups = [f"dg-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
+    for i, g in enumerate(groups):
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                      "group.id": g, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic, 0, 10 + i)], asynchronous=False)
+        c.close()
     with Load(cluster.bootstrap, topic, 100, pace_s=0.001) as load:
         time.sleep(3)
         t0 = time.monotonic()
@@ -358,6 +366,11 @@ def test_sigterm_drains_a_broker(cluster, figures):
         time.sleep(3)
     assert moved_after is not None, "partitions still on the drained broker"
     assert not load.failed, load.failed[:3]
+    for i, g in enumerate(groups):
+        c = Consumer({"bootstrap.servers": others, "broker.address.family": "v4", "group.id": g})
+        got = c.committed([TopicPartition(topic, 0)], timeout=30)
+        c.close()
+        assert got[0].offset == 10 + i, (g, got)
     read_back(others, topic, 100, load.acked)
     log = cluster.log(victim)
     assert "drained: partitions handed to other brokers" in log

@@ -267,6 +267,7 @@ struct Settings {
     broker: bool,
     /// A broker-only process: where its learner listens.
     learner_listen: Option<String>,
+    rack: Option<String>,
 }
 
 impl Settings {
@@ -289,6 +290,7 @@ impl Settings {
             learner_listen: (!cfg.is_controller())
                 .then(|| cfg.controller_listen.clone())
                 .flatten(),
+            rack: cfg.rack.clone(),
         }
     }
 
@@ -459,6 +461,7 @@ impl Controller {
             shards: p.shards,
             host: self.settings.host.clone(),
             base_port: self.settings.base_port,
+            rack: self.settings.rack.clone(),
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {

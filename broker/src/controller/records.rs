@@ -30,6 +30,7 @@ pub mod kind {
     pub const PRODUCER_IDS_ALLOCATED: u16 = 8;
     pub const PARTITION_PRODUCERS: u16 = 9;
     pub const CLIENT_QUOTA_CHANGED: u16 = 10;
+    pub const BROKER_RACK: u16 = 11;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -85,6 +86,11 @@ pub enum Record {
     NodeFenced {
         node_id: i32,
         epoch: i64,
+    },
+    /// A broker's rack (`broker.rack`); empty: none.
+    BrokerRack {
+        broker_id: i32,
+        rack: String,
     },
     /// Producer ids `first..first + count` belong to `node_id`.
     ProducerIdsAllocated {
@@ -256,6 +262,7 @@ impl Record {
             Record::TopicConfigChanged { .. } => kind::TOPIC_CONFIG_CHANGED,
             Record::NodeRegistered { .. } => kind::NODE_REGISTERED,
             Record::NodeFenced { .. } => kind::NODE_FENCED,
+            Record::BrokerRack { .. } => kind::BROKER_RACK,
             Record::ProducerIdsAllocated { .. } => kind::PRODUCER_IDS_ALLOCATED,
             Record::PartitionProducers { .. } => kind::PARTITION_PRODUCERS,
             Record::ObjectIdsReserved { .. } => kind::OBJECT_IDS_RESERVED,
@@ -351,6 +358,10 @@ impl Record {
             Record::NodeFenced { node_id, epoch } => {
                 out.put_i32(*node_id);
                 out.put_i64(*epoch);
+            }
+            Record::BrokerRack { broker_id, rack } => {
+                out.put_i32(*broker_id);
+                put_str(out, rack);
             }
             Record::ProducerIdsAllocated {
                 node_id,
@@ -601,6 +612,10 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
         kind::NODE_FENCED => Record::NodeFenced {
             node_id: r.i32()?,
             epoch: r.i64()?,
+        },
+        kind::BROKER_RACK => Record::BrokerRack {
+            broker_id: r.i32()?,
+            rack: r.string()?,
         },
         kind::PRODUCER_IDS_ALLOCATED => Record::ProducerIdsAllocated {
             node_id: r.i32()?,
@@ -896,6 +911,9 @@ impl fmt::Display for Record {
             Record::NodeFenced { node_id, epoch } => {
                 write!(f, "NodeFenced node={node_id} epoch={epoch}")
             }
+            Record::BrokerRack { broker_id, rack } => {
+                write!(f, "BrokerRack broker={broker_id} rack={rack:?}")
+            }
             Record::ProducerIdsAllocated {
                 node_id,
                 first,
@@ -1046,6 +1064,10 @@ pub(crate) mod tests {
                 node_id: 1,
                 epoch: 7,
             },
+            Record::BrokerRack {
+                broker_id: 1,
+                rack: "us-east-1a".into(),
+            },
             Record::ProducerIdsAllocated {
                 node_id: 0,
                 first: 1000,
@@ -1136,7 +1158,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 18, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 19, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

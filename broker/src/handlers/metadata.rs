@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
+use crate::metadata::NODES_PER_BROKER;
 use crate::metadata::{validate_topic_name, Command, MetadataImage, TopicMeta};
 use crate::shard::Shard;
 
@@ -69,11 +70,12 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     let mut resp = MetadataResponse::default();
     resp.brokers = live_nodes(shard, &image)
         .into_iter()
-        .map(|(node, host, port)| {
+        .map(|(node, host, port, rack)| {
             let mut b = MetadataResponseBroker::default();
             b.node_id = BrokerId(node);
             b.host = str_bytes(&host);
             b.port = port;
+            b.rack = rack.as_deref().map(str_bytes);
             b
         })
         .collect();
@@ -142,10 +144,13 @@ fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic
 
 /// Every live node (each shard of each live broker) as `(id, host, port)`;
 /// this broker's own shards before it registered (its first moments).
-pub fn live_nodes(shard: &Shard, image: &MetadataImage) -> Vec<(i32, String, i32)> {
-    let nodes: Vec<(i32, String, i32)> = image
+pub fn live_nodes(shard: &Shard, image: &MetadataImage) -> Vec<(i32, String, i32, Option<String>)> {
+    let nodes: Vec<(i32, String, i32, Option<String>)> = image
         .live_nodes()
-        .map(|(&id, n)| (id, n.host.clone(), i32::from(n.port)))
+        .map(|(&id, n)| {
+            let rack = image.racks.get(&id.div_euclid(NODES_PER_BROKER)).cloned();
+            (id, n.host.clone(), i32::from(n.port), rack)
+        })
         .collect();
     if !nodes.is_empty() {
         return nodes;
@@ -157,6 +162,7 @@ pub fn live_nodes(shard: &Shard, image: &MetadataImage) -> Vec<(i32, String, i32
                 cfg.node_id(s),
                 cfg.advertised_host().to_string(),
                 i32::from(cfg.port(s)),
+                cfg.rack.clone(),
             )
         })
         .collect()
@@ -176,11 +182,12 @@ pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> Describe
     resp.endpoint_type = 1;
     resp.brokers = live_nodes(shard, &shard.image())
         .into_iter()
-        .map(|(node, host, port)| {
+        .map(|(node, host, port, rack)| {
             let mut b = DescribeClusterBroker::default();
             b.broker_id = BrokerId(node);
             b.host = str_bytes(&host);
             b.port = port;
+            b.rack = rack.as_deref().map(str_bytes);
             b
         })
         .collect();

@@ -58,6 +58,8 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub ids: HashMap<Uuid, String>,
     pub nodes: BTreeMap<i32, NodeMeta>,
+    /// Each broker's rack, when it has one.
+    pub racks: BTreeMap<i32, String>,
     /// The first producer id not yet handed to any node.
     pub next_producer_id: i64,
     /// The latest block of producer ids handed to each node:
@@ -170,6 +172,13 @@ impl MetadataImage {
                         fenced: false,
                     },
                 );
+            }
+            Record::BrokerRack { broker_id, rack } => {
+                if rack.is_empty() {
+                    self.racks.remove(broker_id);
+                } else {
+                    self.racks.insert(*broker_id, rack.clone());
+                }
             }
             Record::NodeFenced { node_id, epoch } => {
                 if let Some(n) = self.nodes.get_mut(node_id) {
@@ -321,6 +330,12 @@ impl MetadataImage {
                     epoch: n.epoch,
                 });
             }
+        }
+        for (&broker_id, rack) in &self.racks {
+            out.push(Record::BrokerRack {
+                broker_id,
+                rack: rack.clone(),
+            });
         }
         for t in self.topics.values() {
             out.push(Record::TopicCreated {
@@ -474,6 +489,7 @@ pub enum Command {
         shards: usize,
         host: String,
         base_port: u16,
+        rack: Option<String>,
     },
     /// A broker stopped heartbeating: every live node of it is fenced.
     FenceBroker {
@@ -763,10 +779,18 @@ fn plan_one(
             shards,
             host,
             base_port,
-        } => Ok((
-            Uuid::nil(),
-            register_broker(image, *broker_id, *shards, host, *base_port),
-        )),
+            rack,
+        } => {
+            let mut records = register_broker(image, *broker_id, *shards, host, *base_port);
+            let rack = rack.clone().unwrap_or_default();
+            if image.racks.get(broker_id).map_or("", String::as_str) != rack {
+                records.push(Record::BrokerRack {
+                    broker_id: *broker_id,
+                    rack,
+                });
+            }
+            Ok((Uuid::nil(), records))
+        }
         Command::FenceBroker { broker_id } => Ok((Uuid::nil(), fence_broker(image, *broker_id))),
         Command::AllocateProducerIds { node_id, count } => {
             allocate_producer_ids(image, *node_id, *count)
@@ -935,32 +959,39 @@ fn leaders(
             .map(|s| placement.node_id(s))
             .collect();
     }
+    let broker = |node: i32| node.div_euclid(NODES_PER_BROKER);
+    let rack = |node: i32| image.racks.get(&broker(node)).map_or("", String::as_str);
     let mut load: BTreeMap<i32, usize> = nodes.iter().map(|&n| (n, 0)).collect();
     let mut broker_load: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut rack_load: BTreeMap<&str, usize> = BTreeMap::new();
     for t in image.topics.values() {
         for &node in &t.leader_nodes {
             if let Some(l) = load.get_mut(&node) {
                 *l += 1;
-                *broker_load
-                    .entry(node.div_euclid(NODES_PER_BROKER))
-                    .or_default() += 1;
+                *broker_load.entry(broker(node)).or_default() += 1;
+                *rack_load.entry(rack(node)).or_default() += 1;
             }
         }
     }
+    // Every node takes its turn (a broker with more shards takes more);
+    // among the nodes with the fewest, the emptiest rack, then broker.
     (0..n)
         .map(|_| {
             let node = nodes
                 .iter()
                 .copied()
                 .min_by_key(|&id| {
-                    let b = id.div_euclid(NODES_PER_BROKER);
-                    (load[&id], broker_load.get(&b).copied().unwrap_or(0), id)
+                    (
+                        load[&id],
+                        rack_load.get(rack(id)).copied().unwrap_or(0),
+                        broker_load.get(&broker(id)).copied().unwrap_or(0),
+                        id,
+                    )
                 })
                 .unwrap_or(0);
             *load.entry(node).or_default() += 1;
-            *broker_load
-                .entry(node.div_euclid(NODES_PER_BROKER))
-                .or_default() += 1;
+            *broker_load.entry(broker(node)).or_default() += 1;
+            *rack_load.entry(rack(node)).or_default() += 1;
             node
         })
         .collect()
@@ -1175,6 +1206,57 @@ mod tests {
             configs: BTreeMap::new(),
             assignment: None,
         }
+    }
+
+    fn register(t: &mut TopicTable, broker_id: i32, shards: usize, rack: Option<&str>) {
+        let cmd = Command::RegisterBroker {
+            broker_id,
+            shards,
+            host: "127.0.0.1".into(),
+            base_port: 9092 + 100 * broker_id as u16,
+            rack: rack.map(str::to_string),
+        };
+        assert!(t.apply(&[cmd], false).0[0].is_ok());
+    }
+
+    #[test]
+    fn partitions_spread_over_racks_then_brokers_then_shards() {
+        let mut t = TopicTable::new(P2);
+        register(&mut t, 0, 1, Some("a"));
+        register(&mut t, 1, 1, Some("a"));
+        register(&mut t, 2, 2, Some("b"));
+        assert_eq!(t.image().racks.len(), 3);
+        t.apply(&[create("r", 4)], false);
+        let leaders = &t.image().topic("r").unwrap().leader_nodes;
+        let rack = |n: i32| if n / NODES_PER_BROKER < 2 { "a" } else { "b" };
+        let racks: Vec<&str> = leaders.iter().map(|&n| rack(n)).collect();
+        assert_eq!(racks, vec!["a", "b", "a", "b"], "{leaders:?}");
+        // Every node takes its turn: broker 2 (two shards) gets two of four.
+        assert_eq!(leaders.iter().filter(|&&n| n >= 2000).count(), 2);
+        // A fenced broker gets nothing; a client's assignment to it is refused.
+        let fence = Command::FenceBroker { broker_id: 1 };
+        assert!(t.apply(&[fence], false).0[0].is_ok());
+        t.apply(&[create("s", 6)], false);
+        let leaders = &t.image().topic("s").unwrap().leader_nodes;
+        assert!(
+            leaders.iter().all(|&n| n / NODES_PER_BROKER != 1),
+            "{leaders:?}"
+        );
+        let assigned = Command::CreateTopic {
+            name: "x".into(),
+            partitions: 1,
+            configs: BTreeMap::new(),
+            assignment: Some(vec![1000]),
+        };
+        let r = t.apply(&[assigned], false).0;
+        assert_eq!(
+            r[0].as_ref().unwrap_err().code,
+            ResponseError::InvalidReplicaAssignment.code()
+        );
+        // Registering again (a restart) unfences it, with a new epoch.
+        register(&mut t, 1, 1, Some("a"));
+        assert!(t.image().live_node(1000).is_some());
+        assert_eq!(t.image().nodes[&1000].epoch, 2);
     }
 
     #[test]
