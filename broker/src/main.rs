@@ -190,6 +190,7 @@ fn main() {
             }
         }
     }
+    startup::watch(cfg.shards);
     for h in handles {
         if let Err(e) = h.join() {
             error!("shard failed: {e}");
@@ -335,6 +336,7 @@ async fn open_shard(parts: ShardParts) -> Result<Rc<Shard>, String> {
     let shards = parts.cfg.shards;
     let shard = Shard::new(s, parts.cfg);
     shard.install_image(parts.image);
+    startup::stage(s, "joining the channel mesh");
     let (senders, receivers) = parts
         .mesh
         .join()
@@ -352,16 +354,62 @@ async fn open_shard(parts: ShardParts) -> Result<Rc<Shard>, String> {
         control.follow(images);
     }
     shard.set_control(control);
+    startup::stage(s, "opening the object store");
     let (store, reader) = objects::open(&shard.config, s)
         .await
         .map_err(|e| format!("shard {s} cannot open its object store: {e}"))?;
     info!(shard = s, store = %store.describe(), "object store open");
     shard.set_store(store, reader);
+    startup::stage(s, "recovering its WAL slice");
     shard
         .open_wal(&parts.wal)
         .await
         .map_err(|e| format!("shard {s} cannot open its WAL slice: {e}"))?;
+    startup::stage(s, "open");
     Ok(shard)
+}
+
+/// Where each shard is in its start-up, for a watchdog on the main thread
+/// that names a shard still not serving after `STALL` (a start-up that
+/// hangs is then a log line, not silence).
+mod startup {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    pub const STALL: Duration = Duration::from_secs(30);
+    static STAGES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+    pub fn stage(shard: usize, what: &'static str) {
+        let mut stages = STAGES.lock().unwrap_or_else(|p| p.into_inner());
+        if stages.len() <= shard {
+            stages.resize(shard + 1, "starting");
+        }
+        stages[shard] = what;
+    }
+
+    /// Starts the watchdog thread for `shards` shards.
+    pub fn watch(shards: usize) {
+        let spawned = std::thread::Builder::new()
+            .name("startup-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(STALL);
+                let stages = STAGES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for s in 0..shards {
+                    let at = stages.get(s).copied().unwrap_or("starting");
+                    if at != "serving" {
+                        tracing::error!(
+                            shard = s,
+                            stage = at,
+                            "shard still not serving {} s after start",
+                            STALL.as_secs()
+                        );
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no start-up watchdog: {e}");
+        }
+    }
 }
 
 /// What a serving shard's executor gets from the main thread.
@@ -435,6 +483,7 @@ async fn run_shard(start: ShardStart) {
     if s == 0 {
         broker::admin::start(&shard);
     }
+    startup::stage(s, "serving");
     shard.serve(listener).await;
 }
 
