@@ -384,6 +384,44 @@ def test_sigterm_drains_a_broker(cluster, figures):
     assert moved_after < 5, f"drain took {moved_after:.2f} s"
 
 
+def test_unclean_election_gives_up_a_lost_broker(cluster):
+    from confluent_kafka import ElectionType
+    victim = next(b for b in range(3) if b != cluster.leader())
+    topic = f"lost-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 2, on_nodes=[victim * 1000, victim * 1000 + 1])
+    others = cluster.bootstrap_without(victim)
+    a = admin(others)
+    tps = [TopicPartition(topic, p) for p in range(2)]
+    r = a.elect_leaders(ElectionType.UNCLEAN, tps).result(30)
+    assert all(e is not None and "ELECTION_NOT_NEEDED" in str(e) for e in r.values()), r
+    cluster.run("stop", "--id", str(victim), "--kill")
+    # Fenced after the session timeout: its partitions wait for it.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = a.list_topics(timeout=5).topics.get(topic)
+        if t and all(p.leader == -1 for p in t.partitions.values()):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the lost broker's partitions did not wait")
+    # The operator gives up what it had not uploaded.
+    r = a.elect_leaders(ElectionType.UNCLEAN, tps).result(30)
+    assert all(e is None for e in r.values()), r
+    leaders = wait_leaders(others, topic, 2)
+    assert all(n // 1000 != victim for n in leaders.values()), leaders
+    p = Producer({"bootstrap.servers": others, "broker.address.family": "v4", "acks": "all"})
+    for i in range(10):
+        p.produce(topic, f"new-{i}".encode(), partition=i % 2)
+    assert p.flush(30) == 0
+    # Back with its WAL, the old broker does not take the partitions back
+    # (nor bring its old tail): their new leaders keep them.
+    cluster.run("start", "--id", str(victim))
+    time.sleep(2)
+    assert wait_leaders(cluster.bootstrap, topic, 2) == leaders
+    read_back(cluster.bootstrap, topic, 2,
+              {q: [f"new-{i}".encode() for i in range(10) if i % 2 == q] for q in range(2)})
+
+
 def cluster_alive(cluster, broker: int) -> bool:
     try:
         os.kill(cluster.state["brokers"][broker]["pid"], 0)

@@ -95,9 +95,13 @@ pub fn delete_acls(req: DeleteAclsRequest) -> DeleteAclsResponse {
     resp
 }
 
-/// Election types: 0 preferred, 1 unclean.
-pub fn elect_leaders(
-    shard: &Shard,
+/// Election types: 0 preferred, 1 unclean. With one replica per partition
+/// a preferred election is never needed; an unclean one moves a partition
+/// whose broker is fenced to a live node, from what is in objects (the
+/// operator gives up what that broker had not uploaded, as Kafka's unclean
+/// election gives up what the new leader lacks).
+pub async fn elect_leaders(
+    shard: &Rc<Shard>,
     req: ElectLeadersRequest,
     version: i16,
 ) -> ElectLeadersResponse {
@@ -107,42 +111,71 @@ pub fn elect_leaders(
         resp.error_code = ResponseError::InvalidRequest.code();
         return resp;
     }
-    let Some(wanted) = req.topic_partitions else {
-        // All partitions: Kafka lists only those it elected a leader for,
-        // and with one replica each there are none.
-        return resp;
+    let unclean = version >= 1 && req.election_type == 1;
+    let wanted: Vec<(String, Vec<i32>)> = match req.topic_partitions {
+        Some(w) => w
+            .into_iter()
+            .map(|t| (t.topic.to_string(), t.partitions))
+            .collect(),
+        // All partitions: Kafka lists only those it elected a leader for.
+        None if unclean => image
+            .topics
+            .values()
+            .map(|t| {
+                let down = (0..t.leader_nodes.len() as i32)
+                    .filter(|&p| image.live_node(t.leader_nodes[p as usize]).is_none())
+                    .collect::<Vec<_>>();
+                (t.name.clone(), down)
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect(),
+        None => return resp,
     };
-    resp.replica_election_results = wanted
-        .into_iter()
-        .map(|t| {
-            let meta = image.topic(&t.topic);
-            let partition_result = t
-                .partitions
-                .iter()
-                .map(|&p| {
-                    let exists = meta.is_some_and(|m| (0..m.leaders.len() as i32).contains(&p));
-                    let (code, message) = if exists {
-                        (
-                            ResponseError::ElectionNotNeeded,
-                            "Leader election not needed for topic partition.",
-                        )
-                    } else {
-                        (
-                            ResponseError::UnknownTopicOrPartition,
-                            "The partition does not exist.",
-                        )
+    for (topic, partitions) in wanted {
+        let meta = image.topic(&topic).cloned();
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let exists = meta
+                .as_ref()
+                .is_some_and(|m| (0..m.leader_nodes.len() as i32).contains(&p));
+            let (code, message) = match (&meta, exists, unclean) {
+                (_, false, _) => (
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "The partition does not exist.".to_string(),
+                ),
+                (Some(m), true, true) => {
+                    let cmd = crate::metadata::Command::ElectUnclean {
+                        topic_id: m.id,
+                        partition: p,
                     };
-                    PartitionResult::default()
-                        .with_partition_id(p)
-                        .with_error_code(code.code())
-                        .with_error_message(Some(str_bytes(message)))
-                })
-                .collect();
+                    match shard.control().submit(vec![cmd], false).await.pop() {
+                        Some(Ok(_)) => {
+                            tracing::warn!(topic = %topic, partition = p,
+                                "unclean election: a fenced broker's partition moved; what it had not uploaded is given up");
+                            (0, String::new())
+                        }
+                        Some(Err(e)) => (e.code, e.message),
+                        None => (ResponseError::UnknownServerError.code(), String::new()),
+                    }
+                }
+                _ => (
+                    ResponseError::ElectionNotNeeded.code(),
+                    "Leader election not needed for topic partition.".to_string(),
+                ),
+            };
+            results.push(
+                PartitionResult::default()
+                    .with_partition_id(p)
+                    .with_error_code(code)
+                    .with_error_message((!message.is_empty()).then(|| str_bytes(&message))),
+            );
+        }
+        resp.replica_election_results.push(
             ReplicaElectionResult::default()
-                .with_topic(t.topic)
-                .with_partition_result(partition_result)
-        })
-        .collect();
+                .with_topic(topic_name(&topic))
+                .with_partition_result(results),
+        );
+    }
     resp
 }
 

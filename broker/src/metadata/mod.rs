@@ -495,6 +495,13 @@ pub enum Command {
     FenceBroker {
         broker_id: i32,
     },
+    /// Unclean leader election (an operator's choice): a partition whose
+    /// leader is fenced goes to the least loaded live node, from what is in
+    /// objects; what its old leader had not uploaded is given up.
+    ElectUnclean {
+        topic_id: Uuid,
+        partition: i32,
+    },
 }
 
 /// A refused command: the Kafka error and the message the client sees.
@@ -792,6 +799,10 @@ fn plan_one(
             Ok((Uuid::nil(), records))
         }
         Command::FenceBroker { broker_id } => Ok((Uuid::nil(), fence_broker(image, *broker_id))),
+        Command::ElectUnclean {
+            topic_id,
+            partition,
+        } => elect_unclean(image, placement, *topic_id, *partition),
         Command::AllocateProducerIds { node_id, count } => {
             allocate_producer_ids(image, *node_id, *count)
         }
@@ -1045,6 +1056,46 @@ fn register_broker(
             epoch: n.epoch,
         });
     registered.chain(gone).collect()
+}
+
+fn elect_unclean(
+    image: &MetadataImage,
+    placement: Placement,
+    topic_id: Uuid,
+    partition: i32,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    let (t, p) = image
+        .topic_by_id(&topic_id)
+        .and_then(|t| Some((t, usize::try_from(partition).ok()?)))
+        .filter(|(t, p)| *p < t.leader_nodes.len())
+        .ok_or_else(|| {
+            CommandError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("partition {partition} of {topic_id} does not exist"),
+            )
+        })?;
+    if image.live_node(t.leader_nodes[p]).is_some() {
+        return Err(CommandError::new(
+            ResponseError::ElectionNotNeeded,
+            "the partition's leader is live",
+        ));
+    }
+    let to = leaders(image, placement, 1, None).first().copied();
+    let Some(to) = to.filter(|&n| image.live_node(n).is_some()) else {
+        return Err(CommandError::new(
+            ResponseError::EligibleLeadersNotAvailable,
+            "no live node",
+        ));
+    };
+    Ok((
+        topic_id,
+        vec![Record::PartitionLeaderChanged {
+            topic_id,
+            partition,
+            leader: to,
+            leader_epoch: t.leader_epochs.get(p).copied().unwrap_or(0) + 1,
+        }],
+    ))
 }
 
 /// The records that fence every live node of `broker_id`.

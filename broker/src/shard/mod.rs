@@ -620,7 +620,7 @@ impl Shard {
             RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(handlers::admin::create_acls(r)),
             RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(handlers::admin::delete_acls(r)),
             RequestKind::ElectLeaders(r) => {
-                ResponseKind::ElectLeaders(handlers::admin::elect_leaders(&self, r, v))
+                ResponseKind::ElectLeaders(handlers::admin::elect_leaders(&self, r, v).await)
             }
             RequestKind::AlterPartitionReassignments(r) => {
                 ResponseKind::AlterPartitionReassignments(
