@@ -422,6 +422,83 @@ def test_unclean_election_gives_up_a_lost_broker(cluster):
               {q: [f"new-{i}".encode() for i in range(10) if i % 2 == q] for q in range(2)})
 
 
+def test_a_frozen_broker_stops_serving_before_it_is_replaced(cluster, figures):
+    """A broker cut off from the quorum (here: frozen with SIGSTOP past the
+    session timeout, which is what a network cut looks like to the others)
+    is fenced; an operator gives one of its partitions up with an unclean
+    election; when the broker runs again it refuses writes at once (its
+    serving deadline passed while it was frozen), never acknowledges a write
+    to the partition it lost, and serves its other partition again, with
+    everything acknowledged before the cut, once it has registered again."""
+    import signal as _signal
+
+    import kwire
+    from confluent_kafka import ElectionType
+    victim = next(b for b in range(3) if b != cluster.leader())
+    topic = f"cut-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 2, on_nodes=[victim * 1000])
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                  "acks": "all", "enable.idempotence": True})
+    before: dict[int, list[bytes]] = {0: [], 1: []}
+    for i in range(200):
+        p.produce(topic, f"before-{i}".encode(), partition=i % 2,
+                  on_delivery=lambda e, m: before[m.partition()].append(m.value()) if not e else None)
+    assert p.flush(30) == 0 and len(before[0]) == 100
+    others = cluster.bootstrap_without(victim)
+    a = admin(others)
+    pid = cluster.state["brokers"][victim]["pid"]
+    port = cluster.state["brokers"][victim]["ports"][0]
+    os.kill(pid, _signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            t = a.list_topics(timeout=5).topics.get(topic)
+            if t and all(q.leader == -1 for q in t.partitions.values()):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the cut-off broker was not fenced")
+        fenced_after = time.monotonic()
+        r = a.elect_leaders(ElectionType.UNCLEAN, [TopicPartition(topic, 1)]).result(30)
+        assert all(e is None for e in r.values()), r
+    finally:
+        os.kill(pid, _signal.SIGCONT)
+    # At once, before it heard anything: no write is acknowledged by it.
+    with kwire.Conn("127.0.0.1", port) as c:
+        v = kwire.pick_version(kwire.negotiate(c), kwire.PRODUCE, 3, 9)
+        for part in (0, 1):
+            batch = kwire.record_batch([kwire.Record(b"k", b"zombie", [], 1_730_000_000_000)])
+            resp = kwire.produce(c, v, topic, part, batch)
+            assert resp.error_code == kwire.NOT_LEADER_OR_FOLLOWER, (part, resp)
+    # Registered again and caught up, it serves its own partition; the other
+    # stays moved (asked of the victim itself).
+    own = admin(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    leaders: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        t = own.list_topics(topic, timeout=5).topics.get(topic)
+        leaders = {i: q.leader for i, q in t.partitions.items()} if t else {}
+        if leaders.get(0) == victim * 1000 and leaders.get(1, -1) >= 0 and \
+                leaders[1] // 1000 != victim:
+            break
+        time.sleep(0.1)
+    assert leaders[0] == victim * 1000 and leaders[1] // 1000 != victim, leaders
+    served_after = time.monotonic()
+    p2 = Producer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                   "acks": "all"})
+    for i in range(10):
+        p2.produce(topic, f"after-{i}".encode(), partition=i % 2)
+    assert p2.flush(30) == 0
+    read_back(cluster.bootstrap, topic, 2, {
+        0: before[0] + [f"after-{i}".encode() for i in range(0, 10, 2)],
+        1: [f"after-{i}".encode() for i in range(1, 10, 2)],
+    })
+    figures.record(f"cluster: broker {victim} frozen past its session: fenced, one partition "
+                   f"elected away uncleanly; on resuming it refused writes at once and served "
+                   f"its other partition {served_after - fenced_after:.1f} s after the fence, "
+                   f"with all {len(before[0])} records acknowledged before the cut")
+
+
 def cluster_alive(cluster, broker: int) -> bool:
     try:
         os.kill(cluster.state["brokers"][broker]["pid"], 0)

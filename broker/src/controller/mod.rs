@@ -319,8 +319,8 @@ struct Controller {
     /// The connection to the quorum's leader (forwards, heartbeats).
     leader: Option<rpc::Peer>,
     liveness: Liveness,
-    /// This broker's last heartbeat the leader answered.
-    heartbeat_ok: Instant,
+    /// Whether `liveness` said not to serve at the last tick (for the log).
+    cut_off: bool,
     /// Version of the last image pushed to `settings.images`.
     pushed: u64,
 }
@@ -415,10 +415,13 @@ impl Controller {
             settings: s,
             leader: None,
             liveness: Liveness::default(),
-            heartbeat_ok: Instant::now(),
+            cut_off: false,
             pushed: 0,
         };
         if c.settings.broker {
+            if c.settings.voters.is_some() {
+                crate::liveness::start(c.settings.session_timeout, c.settings.heartbeat_interval);
+            }
             c.register().await?;
         } else {
             // A controller only: its image is whatever the log holds.
@@ -465,10 +468,22 @@ impl Controller {
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
+            let sent = Instant::now();
             let r = self.submit(std::slice::from_ref(&cmd), false, false).await;
             match r.results.first() {
                 Some(Ok(_)) => {
-                    self.heartbeat_ok = Instant::now();
+                    if self.settings.voters.is_some() {
+                        // Registered: a fresh session from now, for shards
+                        // with the image that holds the registration.
+                        let s = &self.settings;
+                        let version = r.index.unwrap_or(0);
+                        crate::liveness::renew(
+                            sent,
+                            s.session_timeout,
+                            s.heartbeat_interval,
+                            version,
+                        );
+                    }
                     return Ok(());
                 }
                 Some(Err(e)) if Instant::now() < deadline => {
@@ -562,7 +577,10 @@ impl Controller {
                         .iter()
                         .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) == broker_id)
                         .all(|(_, n)| n.fenced);
-                    rpc::RpcResponse::Heartbeat { fenced }
+                    rpc::RpcResponse::Heartbeat {
+                        fenced,
+                        version: image.version,
+                    }
                 } else {
                     rpc::RpcResponse::Refused("not the quorum leader".into())
                 };
@@ -590,45 +608,53 @@ impl Controller {
     async fn on_tick(&mut self) {
         let me = self.settings.placement.broker_id;
         let timeout = self.settings.session_timeout;
+        let interval = self.settings.heartbeat_interval;
+        let sent = Instant::now();
         if self.is_leader() {
-            self.heartbeat_ok = Instant::now();
+            // A leader cut off from the other voters still believes it
+            // leads: it serves only while a quorum acknowledged it lately.
+            let acked = self.raft.metrics().borrow().millis_since_quorum_ack;
+            if let (true, Some(ms)) = (self.settings.broker, acked) {
+                let at = sent.checked_sub(Duration::from_millis(ms)).unwrap_or(sent);
+                crate::liveness::renew(at, timeout, interval, self.image().version);
+            }
             self.fence_silent_brokers().await;
         } else if !self.settings.broker {
             return;
         } else {
             let req = rpc::RpcRequest::Heartbeat { broker_id: me };
-            match self
-                .call_leader(&req, self.settings.heartbeat_interval)
-                .await
-            {
-                Some(rpc::RpcResponse::Heartbeat { fenced }) => {
-                    self.heartbeat_ok = Instant::now();
-                    if fenced {
-                        warn!(
-                            broker = me,
-                            "the quorum fenced this broker: registering again"
-                        );
-                        if let Err(e) = self.register().await {
-                            warn!("registering again failed: {e}");
-                        }
+            match self.call_leader(&req, interval).await {
+                Some(rpc::RpcResponse::Heartbeat {
+                    fenced: false,
+                    version,
+                }) => {
+                    crate::liveness::renew(sent, timeout, interval, version);
+                }
+                Some(rpc::RpcResponse::Heartbeat { fenced: true, .. }) => {
+                    warn!(
+                        broker = me,
+                        "the quorum fenced this broker: registering again"
+                    );
+                    if let Err(e) = self.register().await {
+                        warn!("registering again failed: {e}");
                     }
                 }
                 Some(other) => debug!("heartbeat answered {other:?}"),
                 None => {}
             }
         }
-        let cut_off = self.heartbeat_ok.elapsed() > timeout;
-        if cut_off != crate::liveness::fenced() {
+        let cut_off = crate::liveness::fenced(self.image().version);
+        if cut_off != self.cut_off {
             if cut_off {
                 warn!(
                     broker = me,
                     "no answer from the quorum's leader for {} ms: not serving partitions",
-                    timeout.as_millis()
+                    timeout.saturating_sub(interval).as_millis()
                 );
             } else {
                 info!(broker = me, "the quorum's leader answers again: serving");
             }
-            crate::liveness::set_fenced(cut_off);
+            self.cut_off = cut_off;
         }
         self.push_image();
     }

@@ -64,8 +64,10 @@ pub enum RpcResponse {
     /// The learner was added (it receives the log from now on).
     Joined,
     /// `fenced`: the broker's nodes are fenced; it must register again.
+    /// `version`: the metadata the leader has applied.
     Heartbeat {
         fenced: bool,
+        version: u64,
     },
     /// Not the leader (any more), or the request could not be served.
     Refused(String),
@@ -234,9 +236,15 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let req: RpcRequest = read_frame(&mut s).await.unwrap();
                 assert!(matches!(req, RpcRequest::Heartbeat { broker_id: 7 }));
-                write_frame(&mut s, &RpcResponse::Heartbeat { fenced: true })
-                    .await
-                    .unwrap();
+                write_frame(
+                    &mut s,
+                    &RpcResponse::Heartbeat {
+                        fenced: true,
+                        version: 3,
+                    },
+                )
+                .await
+                .unwrap();
                 let (mut s, _) = listener.accept().await.unwrap();
                 let e = read_frame::<RpcRequest>(&mut s).await.unwrap_err();
                 assert!(e.to_string().contains("above"), "{e}");
@@ -249,7 +257,13 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert!(matches!(got, RpcResponse::Heartbeat { fenced: true }));
+            assert!(matches!(
+                got,
+                RpcResponse::Heartbeat {
+                    fenced: true,
+                    version: 3
+                }
+            ));
             let mut raw = TcpStream::connect(addr).await.unwrap();
             raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
             server.await.unwrap();

@@ -65,7 +65,7 @@ pub fn locate(
     else {
         return Err(ResponseError::UnknownTopicOrPartition);
     };
-    if leader != shard.node_id() || crate::liveness::fenced() {
+    if leader != shard.node_id() || crate::liveness::fenced(shard.image_version()) {
         return Err(ResponseError::NotLeaderOrFollower);
     }
     Ok((topic.id, partition))

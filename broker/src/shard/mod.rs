@@ -242,6 +242,11 @@ impl Shard {
         self.image.borrow().clone()
     }
 
+    /// The version of the image this shard has installed.
+    pub fn image_version(&self) -> u64 {
+        self.image.borrow().version
+    }
+
     pub fn node_id(&self) -> i32 {
         self.config.node_id(self.id)
     }
