@@ -130,6 +130,11 @@ impl PartitionState {
         }
     }
 
+    /// Every committed offset is in committed objects.
+    pub fn all_uploaded(&self) -> bool {
+        self.uploaded_end >= self.high_watermark
+    }
+
     /// Data below `end` is in committed objects.
     pub fn uploaded(&mut self, end: i64) {
         self.uploaded_end = self.uploaded_end.max(end.min(self.high_watermark));

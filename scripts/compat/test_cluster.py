@@ -384,6 +384,17 @@ def test_sigterm_drains_a_broker(cluster, figures):
     assert moved_after < 5, f"drain took {moved_after:.2f} s"
 
 
+def wait_fenced(a: AdminClient, topic: str, timeout: float = 30) -> None:
+    """Until every partition of `topic` has no leader (its broker fenced)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = a.list_topics(timeout=5).topics.get(topic)
+        if t and all(q.leader == -1 for q in t.partitions.values()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{topic}: its broker was not fenced within {timeout:.0f} s")
+
+
 def test_unclean_election_gives_up_a_lost_broker(cluster):
     from confluent_kafka import ElectionType
     victim = next(b for b in range(3) if b != cluster.leader())
@@ -396,14 +407,7 @@ def test_unclean_election_gives_up_a_lost_broker(cluster):
     assert all(e is not None and "ELECTION_NOT_NEEDED" in str(e) for e in r.values()), r
     cluster.run("stop", "--id", str(victim), "--kill")
     # Fenced after the session timeout: its partitions wait for it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        t = a.list_topics(timeout=5).topics.get(topic)
-        if t and all(p.leader == -1 for p in t.partitions.values()):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the lost broker's partitions did not wait")
+    wait_fenced(a, topic)
     # The operator gives up what it had not uploaded.
     r = a.elect_leaders(ElectionType.UNCLEAN, tps).result(30)
     assert all(e is None for e in r.values()), r
@@ -450,14 +454,7 @@ def test_a_frozen_broker_stops_serving_before_it_is_replaced(cluster, figures):
     port = cluster.state["brokers"][victim]["ports"][0]
     os.kill(pid, _signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            t = a.list_topics(timeout=5).topics.get(topic)
-            if t and all(q.leader == -1 for q in t.partitions.values()):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the cut-off broker was not fenced")
+        wait_fenced(a, topic)
         fenced_after = time.monotonic()
         r = a.elect_leaders(ElectionType.UNCLEAN, [TopicPartition(topic, 1)]).result(30)
         assert all(e is None for e in r.values()), r

@@ -929,15 +929,7 @@ fn move_partition(
             ),
         ));
     }
-    Ok((
-        topic_id,
-        vec![Record::PartitionLeaderChanged {
-            topic_id,
-            partition,
-            leader: to_node,
-            leader_epoch: t.leader_epochs.get(p).copied().unwrap_or(0) + 1,
-        }],
-    ))
+    Ok((topic_id, vec![leader_changed(t, partition, to_node)]))
 }
 
 fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMeta>, CommandError> {
@@ -1087,15 +1079,22 @@ fn elect_unclean(
             "no live node",
         ));
     };
-    Ok((
-        topic_id,
-        vec![Record::PartitionLeaderChanged {
-            topic_id,
-            partition,
-            leader: to,
-            leader_epoch: t.leader_epochs.get(p).copied().unwrap_or(0) + 1,
-        }],
-    ))
+    Ok((topic_id, vec![leader_changed(t, partition, to)]))
+}
+
+/// `partition` of `t` led by `to` from now, at the next leader epoch.
+fn leader_changed(t: &TopicMeta, partition: i32, to: i32) -> Record {
+    Record::PartitionLeaderChanged {
+        topic_id: t.id,
+        partition,
+        leader: to,
+        leader_epoch: t
+            .leader_epochs
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(0)
+            + 1,
+    }
 }
 
 /// The records that fence every live node of `broker_id`.

@@ -200,12 +200,11 @@ impl Shard {
         moved
     }
 
-    fn all_uploaded(&self, keys: &[PartitionKey]) -> bool {
+    /// True when every partition of `keys` still here has all its
+    /// committed offsets in objects.
+    pub(super) fn all_uploaded(&self, keys: &[PartitionKey]) -> bool {
         let parts = self.partitions.borrow();
-        keys.iter().all(|k| {
-            parts
-                .get(k)
-                .is_none_or(|p| p.state.uploaded_end >= p.state.high_watermark)
-        })
+        keys.iter()
+            .all(|k| parts.get(k).is_none_or(|p| p.state.all_uploaded()))
     }
 }

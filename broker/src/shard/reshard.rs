@@ -34,9 +34,10 @@ impl Shard {
                 glommio::timer::sleep(RETRY_PAUSE).await;
             }
         }
-        while self.unuploaded_partitions() > 0 {
+        let keys: Vec<_> = self.partitions.borrow().keys().copied().collect();
+        while !self.all_uploaded(&keys) {
             self.uploader.flush().await;
-            if self.unuploaded_partitions() > 0 {
+            if !self.all_uploaded(&keys) {
                 glommio::timer::sleep(RETRY_PAUSE).await;
             }
         }
@@ -47,14 +48,5 @@ impl Shard {
             "WAL slice emptied into objects"
         );
         Ok(())
-    }
-
-    /// Partitions led here with committed offsets not yet in objects.
-    fn unuploaded_partitions(&self) -> usize {
-        self.partitions
-            .borrow()
-            .values()
-            .filter(|p| p.state.uploaded_end < p.state.high_watermark)
-            .count()
     }
 }
