@@ -505,11 +505,21 @@ impl Controller {
         records: &[Record],
     ) -> Result<(Arc<MetadataImage>, u64), ControllerError> {
         let started = Instant::now();
-        let written = self
-            .raft
-            .client_write(RecordBatch(encode_all(records)))
-            .await
-            .map_err(raft_err)?;
+        let write = self.raft.client_write(RecordBatch(encode_all(records)));
+        let written = if self.settings.voters.is_some() {
+            // A leader cut off from the other voters would wait forever for
+            // a quorum, and with it every request queued behind this one.
+            tokio::time::timeout(FORWARD_TIMEOUT, write)
+                .await
+                .map_err(|_| {
+                    ControllerError::Raft(format!(
+                        "no quorum acknowledged the commit within {FORWARD_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(raft_err)?
+        } else {
+            write.await.map_err(raft_err)?
+        };
         debug!(
             records = records.len(),
             micros = started.elapsed().as_micros() as u64,
@@ -660,8 +670,21 @@ impl Controller {
     }
 
     async fn fence_silent_brokers(&mut self) {
-        let term = self.raft.metrics().borrow().current_term;
+        let (term, acked) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.millis_since_quorum_ack)
+        };
         let now = Instant::now();
+        // A leader the other voters no longer answer is the one cut off: it
+        // fences nobody (its commit could not be acknowledged anyway).
+        let quorum_recent = acked.is_some_and(|ms| {
+            Duration::from_millis(ms)
+                < self
+                    .settings
+                    .session_timeout
+                    .saturating_sub(self.settings.heartbeat_interval)
+        });
         if self.liveness.leading.map(|(t, _)| t) != Some(term) {
             self.liveness = Liveness {
                 leading: Some((term, now)),
@@ -681,6 +704,9 @@ impl Controller {
             .collect();
         brokers.dedup();
         for b in brokers {
+            if !quorum_recent {
+                break;
+            }
             let last = self.liveness.last_seen.get(&b).copied().unwrap_or(since);
             if now.duration_since(last) > self.settings.session_timeout {
                 warn!(
