@@ -1,4 +1,5 @@
-//! Graceful shutdown on SIGTERM or SIGINT: every shard stops taking writes,
+//! Graceful shutdown on SIGTERM or SIGINT (or the admin API's
+//! `POST /v1/drain`): every shard stops taking writes,
 //! lets its in-flight appends finish, uploads what its WAL holds and trims
 //! it; then the process exits. A broker stopped this way restarts with an
 //! empty WAL tail. `kill -9` stays safe too (the WAL replays), just slower.
@@ -38,6 +39,16 @@ fn wait_for_signal() -> i32 {
         let mut sig = 0;
         libc::sigwait(&set, &mut sig);
         sig
+    }
+}
+
+/// Asks for the shutdown SIGTERM starts (the admin API's drain): the
+/// signal thread takes it like any other.
+pub fn request() {
+    // SAFETY: kill(2) on this process with a signal every thread blocks;
+    // it stays pending until the signal thread's sigwait takes it.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
     }
 }
 

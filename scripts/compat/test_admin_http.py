@@ -8,8 +8,9 @@
 * The JSON API agrees with what Kafka clients see (watermarks, committed
   offsets, lag, leaders), and a partition moved through it is led by the
   new node in a client's metadata.
-* Every operation of docs/admin-api.yaml is called by schemathesis, and
-  every answer matches the schema (`--checks all`).
+* Every operation of docs/admin-api.yaml (but the drain, which stops the
+  broker) is called by schemathesis, and every answer matches the schema
+  (`--checks all`).
 * Every metric the Grafana dashboard (docs/grafana/broker-dashboard.json)
   names is exposed by /metrics.
 """
@@ -295,11 +296,13 @@ def test_partition_moves_through_the_admin_api(broker):
 
 
 def test_every_documented_operation_matches_the_openapi_schema(broker, tmp_path):
+    # All but POST /v1/drain, which stops the broker (test_cluster.py calls it).
     ops = sum(1 for line in OPENAPI.read_text().splitlines()
-              if re.match(r"^    (get|post|put|delete|patch):", line))
+              if re.match(r"^    (get|post|put|delete|patch):", line)) - 1
     out = subprocess.run(
         ["schemathesis", "run", f"{broker.admin_url}/openapi.yaml", "--checks", "all",
-         "--max-examples", "20", "--seed", "1", "--request-timeout", "30"],
+         "--max-examples", "20", "--seed", "1", "--request-timeout", "30",
+         "--exclude-operation-id", "drain"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache dir goes there
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]

@@ -226,6 +226,13 @@ async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Answer {
                 ),
             }
         }
+        (["v1", "drain"], false) if method == Method::POST => {
+            // What SIGTERM does: partitions move to other brokers (or, alone,
+            // the WAL is uploaded), then the process exits.
+            tracing::warn!("drain requested through the admin API: shutting down");
+            crate::shutdown::request();
+            json_answer(StatusCode::ACCEPTED, &json!({ "status": "draining" }))
+        }
         // Moves finish before they are answered, so none is ever ongoing.
         (["v1", "reassignments"], true) => json_answer(StatusCode::OK, &json!([])),
         (["v1", "reassignments"], false) if method == Method::POST => {
@@ -252,6 +259,7 @@ async fn route(shard: &Rc<Shard>, req: Request<Incoming>) -> Answer {
             _,
         ) => not_allowed(&method, &path, "GET"),
         (["v1", "reassignments"], _) => not_allowed(&method, &path, "GET, POST"),
+        (["v1", "drain"], _) => not_allowed(&method, &path, "POST"),
         (["v1", "reassignments", _, _], _) => not_allowed(&method, &path, "DELETE"),
         _ => problem(
             StatusCode::NOT_FOUND,

@@ -11,6 +11,8 @@ Each check runs real commands with `java -cp` and checks their output:
                          earliest-local, latest-tiered
   reassign-partitions    ReassignPartitionsCommand: list, generate, execute
                          (both partitions to the other node), verify
+  cluster-reassign       the same on scripts/cluster (three processes): every
+                         partition to another broker, verified, records kept
   admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
                          Kafka), LeaderElectionCommand, LogDirsCommand,
                          MetadataQuorumCommand, FeatureCommand (describe,
@@ -224,6 +226,22 @@ def check_get_offsets(env: Env) -> None:
 REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
 
 
+def execute_and_verify(env: Env, t: str, target: dict[int, int]) -> None:
+    """ReassignPartitionsCommand --execute, then --verify, of a plan that
+    moves each partition p of `t` to node target[p]; the leaders after it."""
+    plan = {"version": 1, "partitions": [
+        {"topic": t, "partition": p, "replicas": [n]} for p, n in target.items()]}
+    path = env.work / f"reassign-{t}.json"
+    path.write_text(json.dumps(plan))
+    out = env.tool(REASSIGN, "--execute", "--reassignment-json-file", str(path))
+    expect("Successfully started partition reassignment" in out, f"--execute:\n{out}")
+    out = env.tool(REASSIGN, "--verify", "--reassignment-json-file", str(path))
+    expect(out.count("is completed") == len(target), f"--verify:\n{out}")
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    moved = {int(p): int(ld) for p, ld in re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc)}
+    expect(moved == target, f"after the move (wanted {target}):\n{desc}")
+
+
 def check_reassign_partitions(env: Env) -> None:
     t = unique("rp")
     create(env, t, 2)
@@ -238,19 +256,78 @@ def check_reassign_partitions(env: Env) -> None:
     produce_lines(env, t, [f"v{i}" for i in range(100)], partitions=2)
     desc = env.tool(TOPIC, "--describe", "--topic", t)
     leaders = {int(p): int(l) for p, l in re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc)}
-    plan = {"version": 1, "partitions": [
-        {"topic": t, "partition": p, "replicas": [1 - leader]} for p, leader in leaders.items()]}
-    path = env.work / "reassign-plan.json"
-    path.write_text(json.dumps(plan))
-    out = env.tool(REASSIGN, "--execute", "--reassignment-json-file", str(path))
-    expect("Successfully started partition reassignment" in out, f"--execute:\n{out}")
-    out = env.tool(REASSIGN, "--verify", "--reassignment-json-file", str(path))
-    expect(out.count("is completed") == 2, f"--verify:\n{out}")
-    desc = env.tool(TOPIC, "--describe", "--topic", t)
-    moved = {int(p): int(l) for p, l in re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc)}
-    expect(moved == {p: 1 - leader for p, leader in leaders.items()}, f"after the move:\n{desc}")
+    execute_and_verify(env, t, {p: 1 - leader for p, leader in leaders.items()})
     values = sorted(v.decode() for _, v in read_topic(env, t, 2))
     expect(values == sorted(f"v{i}" for i in range(100)), "records after the move")
+
+
+def free_base() -> int:
+    """A base port for scripts/cluster whose every port is free."""
+    import socket
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(30000, 39000, 10)
+        ports = [base + 100 * i + o for i in range(3) for o in (0, 1, 90)] + \
+                [base + 408 + i for i in range(3)]
+        ok = True
+        for port in ports:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise CheckFailed("no free ports for a cluster")
+
+
+def check_cluster_reassign(env: Env) -> None:
+    """ReassignPartitionsCommand on a cluster of three processes
+    (scripts/cluster): every partition moves to another broker, --verify
+    sees it done, and every record is there after the move."""
+    cluster = Path(__file__).resolve().parents[2] / "cluster"
+    d = env.work / "cluster"
+    base = free_base()
+
+    def run(*args: str) -> str:
+        r = subprocess.run([sys.executable, str(cluster), *args, "--dir", str(d)],
+                           capture_output=True, text=True, timeout=180)
+        expect(r.returncode == 0, f"scripts/cluster {' '.join(args)}: {r.stdout}{r.stderr}")
+        return r.stdout
+
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)  # a fresh cluster: no metadata of another run
+    out = run("up", "--base-port", str(base), "--store", "local")
+    bootstrap = out.strip().rsplit("bootstrap=", 1)[-1]
+    try:
+        c = Env(bootstrap, "", "", env.work, env.quick)
+        c.cp = env.cp
+        t = unique("crp")
+        c.tool(TOPIC, "--create", "--topic", t, "--partitions", "3")
+        desc = ""
+        leaders: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(leaders) < 3 and time.monotonic() < deadline:
+            desc = c.tool(TOPIC, "--describe", "--topic", t)
+            leaders = {int(p): int(ld) for p, ld in
+                       re.findall(r"Partition: (\d+)\s+Leader: (\d+)", desc) if int(ld) >= 0}
+        expect(len(leaders) == 3, f"leaders of {t}:\n{desc}")
+        produce_lines(c, t, [f"v{i}" for i in range(300)], partitions=3)
+        topics = env.work / "cluster-topics.json"
+        topics.write_text(json.dumps({"version": 1, "topics": [{"topic": t}]}))
+        out = c.tool(REASSIGN, "--generate", "--topics-to-move-json-file", str(topics),
+                     "--broker-list", "0,1000,2000")
+        expect("Proposed partition reassignment configuration" in out, f"--generate:\n{out}")
+        # Each partition to the first shard of the next broker.
+        target = {p: ((ld // 1000 + 1) % 3) * 1000 for p, ld in leaders.items()}
+        execute_and_verify(c, t, target)
+        out = c.tool(REASSIGN, "--list")
+        expect("No partition reassignments found" in out, f"--list:\n{out}")
+        values = sorted(v.decode() for _, v in read_topic(c, t, 3))
+        expect(values == sorted(f"v{i}" for i in range(300)), "records after the move")
+    finally:
+        run("down")
 
 
 def check_admin_commands(env: Env) -> None:
@@ -522,6 +599,7 @@ CHECKS = {
     "consumer-group-command": check_consumer_group_command,
     "get-offsets": check_get_offsets,
     "reassign-partitions": check_reassign_partitions,
+    "cluster-reassign": check_cluster_reassign,
     "admin-commands": check_admin_commands,
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
@@ -530,7 +608,7 @@ CHECKS = {
     "streams-eos": check_streams_eos,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
-         "streams-eos"]
+         "streams-eos", "cluster-reassign"]
 
 
 def main() -> int:
