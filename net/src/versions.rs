@@ -73,16 +73,18 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AlterReplicaLogDirs, 1, 2),
-    // Answered as Kafka answers them on a PLAINTEXT listener with no SCRAM
-    // users (broker/src/handlers/auth.rs), and with fixed feature levels
-    // (FEATURES, broker/src/handlers/features.rs). There is no SASL, so
-    // AlterUserScramCredentials is not advertised. Client quotas are kept
-    // and byte rates enforced (broker/src/handlers/quotas.rs, quota.rs).
+    // Answered as Kafka answers them on a PLAINTEXT listener
+    // (broker/src/handlers/auth.rs: SCRAM credentials are kept, as Kafka
+    // keeps them, though there is no SASL to use them), and with fixed
+    // feature levels (FEATURES, broker/src/handlers/features.rs). Client
+    // quotas are kept and byte rates enforced (broker/src/handlers/quotas.rs,
+    // quota.rs).
     (ApiKey::CreateDelegationToken, 1, 3),
     (ApiKey::RenewDelegationToken, 1, 2),
     (ApiKey::ExpireDelegationToken, 1, 2),
     (ApiKey::DescribeDelegationToken, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::UpdateFeatures, 0, 2),

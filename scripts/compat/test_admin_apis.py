@@ -11,8 +11,10 @@ partition, no reassignment in progress):
 * ElectLeaders: ELECTION_NOT_NEEDED, UNKNOWN_TOPIC_OR_PARTITION;
 * DescribeAcls/CreateAcls: SECURITY_DISABLED;
 * ApiVersions features and UpdateFeatures: group.version fixed at 1;
-* DescribeUserScramCredentials: no users; delegation tokens: not allowed
-  on a PLAINTEXT listener;
+* DescribeUserScramCredentials: no users at first;
+  AlterUserScramCredentials sets and deletes credentials, checked per user
+  as Kafka checks them, kept across a restart; delegation tokens: not
+  allowed on a PLAINTEXT listener;
 * DescribeClientQuotas: no quotas, filters checked as Kafka checks them.
 """
 from __future__ import annotations
@@ -235,3 +237,44 @@ def test_client_quotas_none_and_filters_checked(broker):
     code, message, entries = describe([("ip", 2, None), ("user", 1, None)])
     assert (code, entries) == (42, -1), (code, message)  # INVALID_REQUEST
     assert "IP filter component" in (message or "")
+
+
+def test_scram_credentials_altered_described_and_kept_across_a_restart(broker):
+    """AlterUserScramCredentials as Kafka answers it (this broker speaks no
+    SASL, but keeps credentials in its metadata as Kafka does): set for two
+    mechanisms, described with their iterations, each user checked on its
+    own (too few iterations, deleting what does not exist), deleted, and
+    still there after a kill -9 restart."""
+    from confluent_kafka.admin import (ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialDeletion,
+                                       UserScramCredentialUpsertion)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    sha256, sha512 = ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512
+    results = admin.alter_user_scram_credentials([
+        UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha256, 8192), b"secret", b"salt1"),
+        UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha512, 4096), b"secret", b"salt2"),
+        UserScramCredentialUpsertion("dave", ScramCredentialInfo(sha256, 4096), b"pw"),
+        UserScramCredentialUpsertion("weak", ScramCredentialInfo(sha256, 100), b"pw"),
+        UserScramCredentialDeletion("nobody", sha512),
+    ])
+    results["carol"].result(20)
+    results["dave"].result(20)
+    for user, code in (("weak", KafkaError.UNACCEPTABLE_CREDENTIAL),
+                       ("nobody", KafkaError.RESOURCE_NOT_FOUND)):
+        with pytest.raises(KafkaException) as e:
+            results[user].result(20)
+        assert e.value.args[0].code() == code, (user, e.value)
+
+    def described() -> dict[str, list[tuple[str, int]]]:
+        got = admin.describe_user_scram_credentials().result(20)
+        return {u: sorted((str(i.mechanism).rsplit(".", 1)[-1], i.iterations)
+                          for i in d.scram_credential_infos) for u, d in got.items()}
+
+    assert described() == {"carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)],
+                           "dave": [("SCRAM_SHA_256", 4096)]}
+    admin.alter_user_scram_credentials(
+        [UserScramCredentialDeletion("dave", sha256)])["dave"].result(20)
+    broker.kill9()
+    broker.restart()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    assert described() == {"carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)]}

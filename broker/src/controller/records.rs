@@ -31,6 +31,7 @@ pub mod kind {
     pub const PARTITION_PRODUCERS: u16 = 9;
     pub const CLIENT_QUOTA_CHANGED: u16 = 10;
     pub const BROKER_RACK: u16 = 11;
+    pub const SCRAM_CREDENTIAL_CHANGED: u16 = 12;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -174,6 +175,28 @@ pub enum Record {
         key: String,
         value: Option<QuotaValue>,
     },
+    /// A user's SCRAM credential for one mechanism (1 SCRAM-SHA-256, 2
+    /// SCRAM-SHA-512, Kafka's numbers) is set, or deleted (`None`).
+    ScramCredentialChanged {
+        user: String,
+        mechanism: i8,
+        credential: Option<ScramCredential>,
+    },
+}
+
+/// A salted SCRAM credential (AlterUserScramCredentials). Its `Debug` shows
+/// the iterations only: the salted password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    pub iterations: i32,
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
+}
+
+impl fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScramCredential {{ iterations: {} }}", self.iterations)
+    }
 }
 
 /// A quota value, compared by its bits so records stay `Eq`.
@@ -274,6 +297,7 @@ impl Record {
             Record::UploadedEnd { .. } => kind::UPLOADED_END,
             Record::PartitionCleaned { .. } => kind::PARTITION_CLEANED,
             Record::ClientQuotaChanged { .. } => kind::CLIENT_QUOTA_CHANGED,
+            Record::ScramCredentialChanged { .. } => kind::SCRAM_CREDENTIAL_CHANGED,
         }
     }
 
@@ -464,6 +488,23 @@ impl Record {
                     None => out.put_u8(0),
                 }
             }
+            Record::ScramCredentialChanged {
+                user,
+                mechanism,
+                credential,
+            } => {
+                put_str(out, user);
+                out.put_i8(*mechanism);
+                match credential {
+                    Some(c) => {
+                        out.put_u8(1);
+                        out.put_i32(c.iterations);
+                        put_bytes(out, &c.salt);
+                        put_bytes(out, &c.salted_password);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
             Record::ObjectsDestroyed { ids, at_ms } => {
                 out.put_i64(*at_ms);
                 put_ids(out, ids);
@@ -506,6 +547,11 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
         }
         None => out.put_u8(0),
     }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
@@ -692,6 +738,23 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             };
             Record::ClientQuotaChanged { entity, key, value }
         }
+        kind::SCRAM_CREDENTIAL_CHANGED => {
+            let user = r.string()?;
+            let mechanism = r.u8()? as i8;
+            let credential = match r.u8()? {
+                0 => None,
+                _ => Some(ScramCredential {
+                    iterations: r.i32()?,
+                    salt: r.bytes()?,
+                    salted_password: r.bytes()?,
+                }),
+            };
+            Record::ScramCredentialChanged {
+                user,
+                mechanism,
+                credential,
+            }
+        }
         kind::STREAM_OBJECT_COMMITTED => {
             let object_id = r.u64()?;
             let node_id = r.i32()?;
@@ -862,6 +925,10 @@ impl Reader<'_> {
         let b = self.take(16)?;
         Uuid::from_slice(b).map_err(|_| self.invalid("bad uuid"))
     }
+    fn bytes(&mut self) -> Result<Vec<u8>, RecordError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
     fn string(&mut self) -> Result<String, RecordError> {
         let n = self.u32()? as usize;
         let b = self.take(n)?.to_vec();
@@ -982,6 +1049,21 @@ impl fmt::Display for Record {
                 write!(f, "ObjectsDestroyed at {at_ms} ms: {ids:?}")
             }
             Record::ObjectsPurged { ids } => write!(f, "ObjectsPurged {ids:?}"),
+            Record::ScramCredentialChanged {
+                user,
+                mechanism,
+                credential,
+            } => match credential {
+                Some(c) => write!(
+                    f,
+                    "ScramCredentialChanged user={user} mechanism={mechanism} iterations={}",
+                    c.iterations
+                ),
+                None => write!(
+                    f,
+                    "ScramCredentialChanged user={user} mechanism={mechanism} (deleted)"
+                ),
+            },
             Record::ClientQuotaChanged { entity, key, value } => {
                 write!(f, "ClientQuotaChanged {entity:?} {key}=")?;
                 match value {
@@ -1015,6 +1097,20 @@ pub(crate) mod tests {
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
         vec![
+            Record::ScramCredentialChanged {
+                user: "alice".into(),
+                mechanism: 1,
+                credential: Some(ScramCredential {
+                    iterations: 4096,
+                    salt: b"salt".to_vec(),
+                    salted_password: vec![7; 32],
+                }),
+            },
+            Record::ScramCredentialChanged {
+                user: "bob".into(),
+                mechanism: 2,
+                credential: None,
+            },
             Record::ClientQuotaChanged {
                 entity: vec![
                     ("client-id".into(), None),
@@ -1158,7 +1254,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 19, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 20, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

@@ -16,7 +16,9 @@ use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::controller::records::{AbortedTxn, ObjectRange, ProducerSnapshot, QuotaValue, Record};
+use crate::controller::records::{
+    AbortedTxn, ObjectRange, ProducerSnapshot, QuotaValue, Record, ScramCredential,
+};
 use crate::quota::{self, ClientQuotas};
 use crate::topic_config;
 
@@ -72,6 +74,9 @@ pub struct MetadataImage {
     pub producers: ProducersImage,
     /// Client quotas (AlterClientQuotas), per entity.
     pub quotas: ClientQuotas,
+    /// SCRAM credentials (AlterUserScramCredentials): user -> mechanism ->
+    /// credential. Kept as Kafka keeps them; this broker speaks no SASL.
+    pub scram: BTreeMap<String, BTreeMap<i8, ScramCredential>>,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -264,6 +269,26 @@ impl MetadataImage {
             Record::ClientQuotaChanged { entity, key, value } => {
                 self.quotas.apply(entity, key, value.map(|v| v.0))
             }
+            Record::ScramCredentialChanged {
+                user,
+                mechanism,
+                credential,
+            } => match credential {
+                Some(c) => {
+                    self.scram
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(*mechanism, c.clone());
+                }
+                None => {
+                    if let Some(m) = self.scram.get_mut(user) {
+                        m.remove(mechanism);
+                        if m.is_empty() {
+                            self.scram.remove(user);
+                        }
+                    }
+                }
+            },
             Record::StreamObjectCommitted {
                 object_id,
                 node_id,
@@ -375,6 +400,15 @@ impl MetadataImage {
                 });
             }
         }
+        for (user, creds) in &self.scram {
+            for (mechanism, c) in creds {
+                out.push(Record::ScramCredentialChanged {
+                    user: user.clone(),
+                    mechanism: *mechanism,
+                    credential: Some(c.clone()),
+                });
+            }
+        }
         out.extend(self.objects.to_records());
         // After the objects: applying one prunes by the partition's start.
         out.extend(self.producers.to_records());
@@ -386,6 +420,9 @@ impl MetadataImage {
 pub fn shard_of(node_id: i32) -> usize {
     node_id.rem_euclid(NODES_PER_BROKER) as usize
 }
+
+/// `(mechanism, iterations, salt, salted password)` of a SCRAM credential.
+pub type ScramUpsertion = (i8, i32, Vec<u8>, Vec<u8>);
 
 /// A change to the metadata, as submitted to the controller (and sent to
 /// the quorum's leader by the other controllers).
@@ -481,6 +518,14 @@ pub enum Command {
     AlterClientQuotas {
         entity: Vec<(String, Option<String>)>,
         ops: Vec<(String, Option<f64>)>,
+    },
+    /// AlterUserScramCredentials, one user (checked by the handler as
+    /// Kafka checks it): credentials `(mechanism, iterations, salt, salted
+    /// password)` to set, and mechanisms to delete (each must exist).
+    AlterScramCredentials {
+        user: String,
+        upsertions: Vec<ScramUpsertion>,
+        deletions: Vec<i8>,
     },
     /// A broker (re)starts: each of its shards becomes a live node with a
     /// new epoch; nodes of shards it no longer has are fenced.
@@ -769,6 +814,39 @@ fn plan_one(
                 })
                 .collect();
             Ok((Uuid::nil(), recs))
+        }
+        Command::AlterScramCredentials {
+            user,
+            upsertions,
+            deletions,
+        } => {
+            let have = image.scram.get(user);
+            if deletions
+                .iter()
+                .any(|m| !have.is_some_and(|h| h.contains_key(m)))
+            {
+                return Err(CommandError::new(
+                    ResponseError::ResourceNotFound,
+                    "Attempt to delete a user credential that does not exist",
+                ));
+            }
+            let deleted = deletions.iter().map(|m| Record::ScramCredentialChanged {
+                user: user.clone(),
+                mechanism: *m,
+                credential: None,
+            });
+            let set = upsertions.iter().map(|(m, iterations, salt, salted)| {
+                Record::ScramCredentialChanged {
+                    user: user.clone(),
+                    mechanism: *m,
+                    credential: Some(ScramCredential {
+                        iterations: *iterations,
+                        salt: salt.clone(),
+                        salted_password: salted.clone(),
+                    }),
+                }
+            });
+            Ok((Uuid::nil(), deleted.chain(set).collect()))
         }
         Command::PurgeObjects { ids } => {
             let ids: Vec<u64> = ids
@@ -1441,6 +1519,45 @@ mod tests {
         assert!(
             img.producers.partitions.is_empty(),
             "dropped with the topic"
+        );
+    }
+
+    #[test]
+    fn scram_credentials_are_set_deleted_and_kept_in_snapshots() {
+        let mut t = TopicTable::new(P2);
+        let set = |user: &str, mechanism: i8| Command::AlterScramCredentials {
+            user: user.into(),
+            upsertions: vec![(mechanism, 4096, b"salt".to_vec(), vec![9; 32])],
+            deletions: vec![],
+        };
+        let delete = |user: &str, mechanism: i8| Command::AlterScramCredentials {
+            user: user.into(),
+            upsertions: vec![],
+            deletions: vec![mechanism],
+        };
+        let r = t.apply(&[set("alice", 1), set("alice", 2), set("bob", 1)], false);
+        assert!(r.0.iter().all(|r| r.is_ok()));
+        let code = |r: &CommandResult| r.as_ref().map(|_| 0).unwrap_or_else(|e| e.code);
+        let r = t.apply(&[delete("bob", 2), delete("alice", 1)], false);
+        assert_eq!(
+            r.0.iter().map(code).collect::<Vec<_>>(),
+            vec![ResponseError::ResourceNotFound.code(), 0],
+            "only an existing credential is deleted"
+        );
+        let img = t.image();
+        assert_eq!(
+            img.scram["alice"].keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
+        let mut again = MetadataImage::default();
+        for r in img.to_records() {
+            again.apply(&r);
+        }
+        assert_eq!(again.scram, img.scram);
+        t.apply(&[delete("bob", 1)], false);
+        assert!(
+            !t.image().scram.contains_key("bob"),
+            "a user without credentials is gone"
         );
     }
 

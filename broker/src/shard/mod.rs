@@ -568,9 +568,12 @@ impl Shard {
             }
             RequestKind::DescribeUserScramCredentials(r) => {
                 ResponseKind::DescribeUserScramCredentials(
-                    handlers::auth::describe_user_scram_credentials(r),
+                    handlers::auth::describe_user_scram_credentials(&self.image().scram, r),
                 )
             }
+            RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+                handlers::auth::alter_user_scram_credentials(&self, r).await,
+            ),
             RequestKind::DescribeClientQuotas(r) => ResponseKind::DescribeClientQuotas(
                 handlers::quotas::describe_client_quotas(&self.image().quotas, r),
             ),

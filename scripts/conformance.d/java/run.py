@@ -18,6 +18,7 @@ Each check runs real commands with `java -cp` and checks their output:
                          MetadataQuorumCommand, FeatureCommand (describe,
                          a refused upgrade), DelegationTokenCommand (not
                          allowed on PLAINTEXT), ConfigCommand on users
+                         (SCRAM credentials set, shown, deleted)
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
@@ -364,6 +365,20 @@ def check_admin_commands(env: Env) -> None:
     # No SCRAM users and no quota for alice: nothing to show, and no error.
     out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", "alice")
     expect("Exception" not in out, f"ConfigCommand --entity-type users:\n{out}")
+    # SCRAM credentials (AlterUserScramCredentials, DescribeUserScramCredentials):
+    # set for a user, shown with their iterations, deleted.
+    user = unique("scram-user")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-name", user,
+                   "--add-config", "SCRAM-SHA-256=[iterations=8192,password=pw],SCRAM-SHA-512=[password=pw]")
+    expect(f"Completed updating config for user {user}" in out, f"SCRAM --alter:\n{out}")
+    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", user)
+    expect("SCRAM-SHA-256=iterations=8192" in out and "SCRAM-SHA-512=iterations=4096" in out,
+           f"SCRAM --describe:\n{out}")
+    out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-name", user,
+                   "--delete-config", "SCRAM-SHA-512")
+    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", user)
+    expect("SCRAM-SHA-256=iterations=8192" in out and "SCRAM-SHA-512" not in out,
+           f"SCRAM after --delete-config:\n{out}")
     # Client quotas (AlterClientQuotas, DescribeClientQuotas): set, shown,
     # deleted, for a client id and for the default user.
     client = unique("quota-client")
