@@ -13,6 +13,9 @@ Each check runs real commands with `java -cp` and checks their output:
                          (both partitions to the other node), verify
   cluster-reassign       the same on scripts/cluster (three processes): every
                          partition to another broker, verified, records kept
+  api-versions           Apache Kafka itself from these jars (single node, its
+                         defaults) beside us: every API version we advertise,
+                         it advertises too; prints what it has beyond us
   admin-commands         AclCommand (no authorizer: SECURITY_DISABLED, as
                          Kafka), LeaderElectionCommand, LogDirsCommand,
                          MetadataQuorumCommand, FeatureCommand (describe,
@@ -331,6 +334,76 @@ def check_cluster_reassign(env: Env) -> None:
         run("down")
 
 
+def free_port_pair() -> int:
+    import socket
+    for _ in range(200):
+        port = random.randrange(40000, 49000, 2)
+        ok = True
+        for q in (port, port + 1):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", q))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise CheckFailed("no free ports for Kafka")
+
+
+def check_api_versions_vs_kafka(env: Env) -> None:
+    """Apache Kafka itself (these jars, single node, KRaft, its defaults)
+    beside us: every API version we advertise, Kafka advertises too. Prints
+    what Kafka advertises that we do not (explained in the README)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "compat"))
+    import kwire
+    port = free_port_pair()
+    d = env.work / "kafka-apiversions"
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    props = d / "server.properties"
+    props.write_text("\n".join([
+        "process.roles=broker,controller", "node.id=1",
+        f"controller.quorum.bootstrap.servers=127.0.0.1:{port + 1}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={d / 'logs'}", "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1", ""]))
+    env.java("kafka.tools.StorageTool", "format", "--standalone", "-t",
+             "q1Sh-9_ISia_zwGINzRvyQ", "-c", str(props), timeout=120)
+    log = open(d / "kafka.log", "wb")
+    kafka = subprocess.Popen(["java", "-Xmx512m", *QUIET, "-cp", env.cp, "kafka.Kafka", str(props)],
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        theirs = None
+        deadline = time.monotonic() + 90
+        while theirs is None and time.monotonic() < deadline:
+            expect(kafka.poll() is None, f"Kafka exited; see {d / 'kafka.log'}")
+            try:
+                with kwire.Conn("127.0.0.1", port) as c:
+                    theirs = kwire.negotiate(c)
+            except OSError:
+                time.sleep(0.5)
+        expect(theirs is not None, "Kafka did not answer ApiVersions within 90 s")
+        host, p = env.bootstrap.split(",")[0].rsplit(":", 1)
+        with kwire.Conn(host, int(p)) as c:
+            ours = kwire.negotiate(c)
+    finally:
+        kafka.terminate()
+        try:
+            kafka.wait(30)
+        except subprocess.TimeoutExpired:
+            kafka.kill()
+    beyond = [f"{k}: ours {v}, Kafka {theirs.get(k)}" for k, v in sorted(ours.items())
+              if k not in theirs or v[1] > theirs[k][1] or v[0] < theirs[k][0]]
+    expect(not beyond, "we advertise what Kafka does not: " + "; ".join(beyond))
+    lacking = [f"{k} (Kafka {lo}-{hi}{', ours ' + str(ours[k][0]) + '-' + str(ours[k][1]) if k in ours else ''})"
+               for k, (lo, hi) in sorted(theirs.items()) if ours.get(k, (0, -1))[1] < hi]
+    print(f"  api-versions: Kafka advertises beyond us: {', '.join(lacking) or 'nothing'}", flush=True)
+
+
 def check_admin_commands(env: Env) -> None:
     t = unique("adm")
     create(env, t, 2)
@@ -615,6 +688,7 @@ CHECKS = {
     "get-offsets": check_get_offsets,
     "reassign-partitions": check_reassign_partitions,
     "cluster-reassign": check_cluster_reassign,
+    "api-versions": check_api_versions_vs_kafka,
     "admin-commands": check_admin_commands,
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
@@ -623,7 +697,7 @@ CHECKS = {
     "streams-eos": check_streams_eos,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
-         "streams-eos", "cluster-reassign"]
+         "streams-eos", "cluster-reassign", "api-versions"]
 
 
 def main() -> int:
