@@ -462,6 +462,7 @@ async fn run_shard(start: ShardStart) {
     };
     object_gc::start(&shard);
     retention::start(&shard);
+    broker::shard::idle::start(&shard);
     object_compaction::start(&shard);
     let stopping = shard.clone();
     glommio::spawn_local(async move {

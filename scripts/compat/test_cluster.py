@@ -16,6 +16,8 @@ and a broker of two shards) over one S3 object store (moto), started with
 * a broker cut off from the others by nftables (itself, or the quorum's
   leader) stops serving before it is fenced, and serves again with nothing
   lost once the network heals;
+* a fenced broker's partitions that are all in objects move to live
+  brokers at once; those with data only in its WAL wait for it;
 * five voters: two lost (the leader among them), metadata still commits;
   three lost, it does not; one back, it does again;
 * split roles: three controller-only processes and three broker-only ones
@@ -73,7 +75,10 @@ class Cluster:
 
     def run(self, *args: str, timeout: float = 180) -> str:
         env = dict(os.environ, BROKER_BIN=str(broker_bin()))
-        r = subprocess.run([sys.executable, str(CLUSTER), *args, "--dir", str(self.dir)],
+        # Broker flags (after `--`) come last.
+        cut = args.index("--") if "--" in args else len(args)
+        args = (*args[:cut], "--dir", str(self.dir), *args[cut:])
+        r = subprocess.run([sys.executable, str(CLUSTER), *args],
                            capture_output=True, text=True, timeout=timeout, env=env)
         assert r.returncode == 0, f"scripts/cluster {' '.join(args)}: {r.stdout}{r.stderr}"
         return r.stdout
@@ -406,12 +411,31 @@ def test_sigterm_drains_a_broker(cluster, figures, how):
 def wait_fenced(a: AdminClient, topic: str, timeout: float = 30) -> None:
     """Until every partition of `topic` has no leader (its broker fenced)."""
     deadline = time.monotonic() + timeout
+    leaders = {}
     while time.monotonic() < deadline:
         t = a.list_topics(timeout=5).topics.get(topic)
+        leaders = {i: q.leader for i, q in t.partitions.items()} if t else {}
         if t and all(q.leader == -1 for q in t.partitions.values()):
             return
         time.sleep(0.2)
-    raise AssertionError(f"{topic}: its broker was not fenced within {timeout:.0f} s")
+    raise AssertionError(f"{topic}: its broker was not fenced within {timeout:.0f} s "
+                         f"(leaders {leaders})")
+
+
+def wait_broker_fenced(cluster, victim: int, timeout: float = 30) -> None:
+    """Until another broker's view (its admin API) has every node of
+    `victim` fenced: the quorum's decision, not what the victim says."""
+    asker = next(b for b in range(3) if b != victim)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            nodes = [n for n in cluster.view(asker)["nodes"] if n["broker_id"] == victim]
+            if nodes and all(n["fenced"] for n in nodes):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"broker {victim} was not fenced within {timeout:.0f} s")
 
 
 def test_unclean_election_gives_up_a_lost_broker(cluster):
@@ -424,6 +448,13 @@ def test_unclean_election_gives_up_a_lost_broker(cluster):
     tps = [TopicPartition(topic, p) for p in range(2)]
     r = a.elect_leaders(ElectionType.UNCLEAN, tps).result(30)
     assert all(e is not None and "ELECTION_NOT_NEEDED" in str(e) for e in r.values()), r
+    # Records only in its WAL (not uploaded: 30 s on S3), so its partitions
+    # wait for it instead of moving on their own.
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "broker.address.family": "v4",
+                  "acks": "all"})
+    for i in range(10):
+        p.produce(topic, f"lost-{i}".encode(), partition=i % 2)
+    assert p.flush(30) == 0
     cluster.run("stop", "--id", str(victim), "--kill")
     # Fenced after the session timeout: its partitions wait for it.
     wait_fenced(a, topic)
@@ -540,10 +571,13 @@ def test_a_broker_cut_off_from_the_cluster(cluster, figures, which):
         cut = time.monotonic()
         cluster.run("cut", "--id", str(victim))
         try:
-            wait_fenced(admin(others), topic)
+            wait_broker_fenced(cluster, victim)
             fenced_after = time.monotonic() - cut
             last_ack = max(load.last_ack.values()) - cut
-            # Still running, it refuses writes (asked directly).
+            # Still running, it refuses writes (asked directly), and its
+            # metadata sends nobody back to it.
+            t = admin(f"127.0.0.1:{port}").list_topics(topic, timeout=5).topics[topic]
+            assert all(q.leader == -1 for q in t.partitions.values()), t.partitions
             with kwire.Conn("127.0.0.1", port) as c:
                 v = kwire.pick_version(kwire.negotiate(c), kwire.PRODUCE, 3, 9)
                 batch = kwire.record_batch([kwire.Record(b"k", b"zombie", [], 1_730_000_000_000)])
@@ -715,5 +749,69 @@ def test_five_voters(tmp_path, figures):
         figures.record(f"cluster: five voters, leader {leader} and voter {down[1]} killed -9: "
                        f"a topic created {created:.2f} s later; with a third voter gone no "
                        f"metadata change commits; with it back, they do again")
+    finally:
+        c.run("down")
+
+
+def test_a_fenced_brokers_clean_partitions_move_at_once(tmp_path, figures):
+    """Failover: when a broker is fenced, its partitions whose every
+    acknowledged record is in objects (idle a few seconds after an upload;
+    the broker said so in its heartbeats and writes none of them before the
+    leader has heard otherwise) move to live nodes at once; its partitions
+    with data only in its WAL wait for it (LEADER_NOT_AVAILABLE) and are
+    served again, with everything acknowledged, when it comes back. The
+    moved ones stay moved."""
+    c = Cluster(tmp_path / "failover")
+    c.run("up", "--base-port", str(c.base), "--store", "local", "--",
+          "--upload-interval-ms", "1000")
+    try:
+        victim = next(b for b in range(3) if b != c.leader())
+        nodes = [victim * 1000, victim * 1000 + 1]
+        idle, busy = f"idle-{uuid.uuid4().hex[:6]}", f"busy-{uuid.uuid4().hex[:6]}"
+        create(c.bootstrap, idle, 2, on_nodes=nodes)
+        create(c.bootstrap, busy, 2, on_nodes=nodes)
+        p = Producer({"bootstrap.servers": c.bootstrap, "broker.address.family": "v4",
+                      "acks": "all", "enable.idempotence": True})
+        for i in range(40):
+            p.produce(idle, f"before-{i}".encode(), partition=i % 2)
+        assert p.flush(30) == 0
+        others = c.bootstrap_without(victim)
+        a = admin(others)
+        with Load(c.bootstrap, busy, 2, pace_s=0.005) as load:
+            # Uploaded within a second, then offered after five idle scans.
+            time.sleep(9)
+            killed = time.monotonic()
+            c.run("stop", "--id", str(victim), "--kill")
+            moved_after = None
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                t = a.list_topics(timeout=5).topics
+                i, b = t.get(idle), t.get(busy)
+                if i and b and all(q.leader >= 0 and q.leader // 1000 != victim
+                                   for q in i.partitions.values()):
+                    moved_after = time.monotonic() - killed
+                    waiting = [q.leader for q in b.partitions.values()]
+                    break
+                time.sleep(0.1)
+            assert moved_after is not None, "the idle partitions did not move"
+            assert waiting == [-1, -1], f"partitions with unuploaded data moved: {waiting}"
+            # The moved partitions take writes from live brokers at once.
+            for i in range(10):
+                p.produce(idle, f"after-{i}".encode(), partition=i % 2)
+            assert p.flush(30) == 0
+            moved = wait_leaders(others, idle, 2)
+            restarted = time.monotonic()
+            c.run("start", "--id", str(victim))
+            load.wait_all_acked_since(restarted)
+            time.sleep(1)
+        assert wait_leaders(c.bootstrap, idle, 2) == moved, "a moved partition went back"
+        assert not load.failed, load.failed[:3]
+        read_back(c.bootstrap, busy, 2, load.acked)
+        read_back(c.bootstrap, idle, 2, {
+            q: [f"before-{i}".encode() for i in range(40) if i % 2 == q] +
+               [f"after-{i}".encode() for i in range(10) if i % 2 == q] for q in range(2)})
+        figures.record(f"cluster: broker {victim} kill -9: its 2 idle, uploaded partitions served "
+                       f"by live brokers {moved_after:.1f} s after the kill (session 9 s), its 2 "
+                       f"busy ones waited and came back with it; all records read back")
     finally:
         c.run("down")

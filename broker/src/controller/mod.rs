@@ -120,6 +120,9 @@ enum Request {
     },
     Heartbeat {
         broker_id: i32,
+        session: u64,
+        seq: u64,
+        clean: Vec<crate::clean::Offered>,
         reply: oneshot::Sender<rpc::RpcResponse>,
     },
 }
@@ -310,6 +313,10 @@ struct Liveness {
     /// The term this controller leads in, and since when.
     leading: Option<(u64, Instant)>,
     last_seen: HashMap<i32, Instant>,
+    /// Each broker's latest heartbeat in this term: its session, number,
+    /// and the partitions it said were clean (moved at once if it is
+    /// fenced). Cleared when the broker registers again.
+    clean: HashMap<i32, (u64, u64, Vec<crate::clean::Offered>)>,
 }
 
 struct Controller {
@@ -321,6 +328,8 @@ struct Controller {
     liveness: Liveness,
     /// Whether `liveness` said not to serve at the last tick (for the log).
     cut_off: bool,
+    /// Random per process: orders this broker's heartbeats across restarts.
+    session: u64,
     /// Version of the last image pushed to `settings.images`.
     pushed: u64,
 }
@@ -416,11 +425,13 @@ impl Controller {
             leader: None,
             liveness: Liveness::default(),
             cut_off: false,
+            session: rand_session(),
             pushed: 0,
         };
         if c.settings.broker {
             if c.settings.voters.is_some() {
                 crate::liveness::start(c.settings.session_timeout, c.settings.heartbeat_interval);
+                crate::clean::enable();
             }
             c.register().await?;
         } else {
@@ -540,6 +551,10 @@ impl Controller {
                     None => break,
                 },
                 _ = tick.tick(), if several => self.on_tick().await,
+                _ = crate::clean::KICK.notified(), if several && self.settings.broker => {
+                    // A write waits to take back a partition offered as clean.
+                    self.heartbeat().await;
+                }
                 changed = metrics.changed(), if several => {
                     if changed.is_err() {
                         break;
@@ -578,9 +593,24 @@ impl Controller {
             Request::Image { reply } => {
                 let _ = reply.send(self.image());
             }
-            Request::Heartbeat { broker_id, reply } => {
+            Request::Heartbeat {
+                broker_id,
+                session,
+                seq,
+                clean,
+                reply,
+            } => {
                 let answer = if self.is_leader() {
+                    self.liveness_for_term();
                     self.liveness.last_seen.insert(broker_id, Instant::now());
+                    let newer = self
+                        .liveness
+                        .clean
+                        .get(&broker_id)
+                        .is_none_or(|&(s, q, _)| s != session || q < seq);
+                    if newer {
+                        self.liveness.clean.insert(broker_id, (session, seq, clean));
+                    }
                     let image = self.image();
                     let fenced = image
                         .nodes
@@ -632,26 +662,7 @@ impl Controller {
         } else if !self.settings.broker {
             return;
         } else {
-            let req = rpc::RpcRequest::Heartbeat { broker_id: me };
-            match self.call_leader(&req, interval).await {
-                Some(rpc::RpcResponse::Heartbeat {
-                    fenced: false,
-                    version,
-                }) => {
-                    crate::liveness::renew(sent, timeout, interval, version);
-                }
-                Some(rpc::RpcResponse::Heartbeat { fenced: true, .. }) => {
-                    warn!(
-                        broker = me,
-                        "the quorum fenced this broker: registering again"
-                    );
-                    if let Err(e) = self.register().await {
-                        warn!("registering again failed: {e}");
-                    }
-                }
-                Some(other) => debug!("heartbeat answered {other:?}"),
-                None => {}
-            }
+            self.heartbeat().await;
         }
         let cut_off = crate::liveness::fenced(self.image().version);
         if cut_off != self.cut_off {
@@ -669,12 +680,64 @@ impl Controller {
         self.push_image();
     }
 
-    async fn fence_silent_brokers(&mut self) {
-        let (term, acked) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.current_term, m.millis_since_quorum_ack)
+    /// One heartbeat of this broker to the quorum's leader (the leader
+    /// itself needs none: its clean book is answered at once).
+    async fn heartbeat(&mut self) {
+        let me = self.settings.placement.broker_id;
+        let (timeout, interval) = (
+            self.settings.session_timeout,
+            self.settings.heartbeat_interval,
+        );
+        let sent = Instant::now();
+        let (seq, clean) = crate::clean::heartbeat();
+        if self.is_leader() {
+            crate::clean::answered(seq);
+            return;
+        }
+        let req = rpc::RpcRequest::Heartbeat {
+            broker_id: me,
+            session: self.session,
+            seq,
+            clean,
         };
+        match self.call_leader(&req, interval).await {
+            Some(rpc::RpcResponse::Heartbeat {
+                fenced: false,
+                version,
+            }) => {
+                crate::clean::answered(seq);
+                crate::liveness::renew(sent, timeout, interval, version);
+            }
+            Some(rpc::RpcResponse::Heartbeat { fenced: true, .. }) => {
+                warn!(
+                    broker = me,
+                    "the quorum fenced this broker: registering again"
+                );
+                if let Err(e) = self.register().await {
+                    warn!("registering again failed: {e}");
+                }
+            }
+            Some(other) => debug!("heartbeat answered {other:?}"),
+            None => {}
+        }
+    }
+
+    /// Starts this term's liveness record afresh when the term changed: a
+    /// new leader gives every broker a full session and trusts no clean
+    /// set it did not receive itself.
+    fn liveness_for_term(&mut self) {
+        let term = self.raft.metrics().borrow().current_term;
+        if self.liveness.leading.map(|(t, _)| t) != Some(term) {
+            self.liveness = Liveness {
+                leading: Some((term, Instant::now())),
+                last_seen: HashMap::new(),
+                clean: HashMap::new(),
+            };
+        }
+    }
+
+    async fn fence_silent_brokers(&mut self) {
+        let acked = self.raft.metrics().borrow().millis_since_quorum_ack;
         let now = Instant::now();
         // A leader the other voters no longer answer is the one cut off: it
         // fences nobody (its commit could not be acknowledged anyway).
@@ -685,12 +748,7 @@ impl Controller {
                     .session_timeout
                     .saturating_sub(self.settings.heartbeat_interval)
         });
-        if self.liveness.leading.map(|(t, _)| t) != Some(term) {
-            self.liveness = Liveness {
-                leading: Some((term, now)),
-                last_seen: HashMap::new(),
-            };
-        }
+        self.liveness_for_term();
         let since = self.liveness.leading.map_or(now, |(_, at)| at);
         if self.settings.broker {
             self.liveness
@@ -714,9 +772,24 @@ impl Controller {
                     silent_ms = now.duration_since(last).as_millis() as u64,
                     "broker stopped heartbeating: fencing it"
                 );
-                let r = self
-                    .submit(&[Command::FenceBroker { broker_id: b }], false, false)
-                    .await;
+                let movable = self
+                    .liveness
+                    .clean
+                    .remove(&b)
+                    .map(|(_, _, clean)| clean)
+                    .unwrap_or_default();
+                if !movable.is_empty() {
+                    info!(
+                        broker = b,
+                        partitions = movable.len(),
+                        "moving the fenced broker's clean partitions to live nodes"
+                    );
+                }
+                let cmd = Command::FenceBroker {
+                    broker_id: b,
+                    movable,
+                };
+                let r = self.submit(&[cmd], false, false).await;
                 if let Some(Err(e)) = r.results.first() {
                     warn!(broker = b, "fencing failed: {}", e.message);
                 }
@@ -793,7 +866,14 @@ impl Controller {
         Submitted::unavailable(cmds.len(), "no metadata quorum leader reachable")
     }
 
-    async fn plan_and_commit(&self, cmds: &[Command], dry_run: bool) -> Submitted {
+    async fn plan_and_commit(&mut self, cmds: &[Command], dry_run: bool) -> Submitted {
+        for c in cmds {
+            if let Command::RegisterBroker { broker_id, .. } = c {
+                // A broker (re)starting: what it said was clean before may
+                // not be any more.
+                self.liveness.clean.remove(broker_id);
+            }
+        }
         let image = self.image();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -828,6 +908,14 @@ impl Controller {
             }
         }
     }
+}
+
+/// A number that differs between two runs of this process.
+fn rand_session() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A broker-only process asks the voters, until the leader answers, to
@@ -929,9 +1017,21 @@ async fn serve(
                             }
                         }
                     }
-                    rpc::RpcRequest::Heartbeat { broker_id } => {
+                    rpc::RpcRequest::Heartbeat {
+                        broker_id,
+                        session,
+                        seq,
+                        clean,
+                    } => {
                         let (reply, rx) = oneshot::channel();
-                        match requests.send(Request::Heartbeat { broker_id, reply }).await {
+                        let req = Request::Heartbeat {
+                            broker_id,
+                            session,
+                            seq,
+                            clean,
+                            reply,
+                        };
+                        match requests.send(req).await {
                             Ok(()) => rx.await.unwrap_or_else(|_| {
                                 rpc::RpcResponse::Refused("controller stopped".into())
                             }),

@@ -39,9 +39,18 @@ pub enum RpcRequest {
         cmds: Vec<Command>,
         dry_run: bool,
     },
-    /// A broker is alive.
+    /// A broker is alive. `session` (random per process) and `seq` (per
+    /// heartbeat) order them; `clean`: the partitions it leads that are all
+    /// in objects and that it will not write before a later heartbeat
+    /// leaves them out (`crate::clean`), with their leader epochs.
     Heartbeat {
         broker_id: i32,
+        #[serde(default)]
+        session: u64,
+        #[serde(default)]
+        seq: u64,
+        #[serde(default)]
+        clean: Vec<(uuid::Uuid, i32, i32)>,
     },
     /// A broker-only process asks to follow the log as a learner.
     Join {
@@ -235,7 +244,7 @@ mod tests {
             let server = tokio::spawn(async move {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let req: RpcRequest = read_frame(&mut s).await.unwrap();
-                assert!(matches!(req, RpcRequest::Heartbeat { broker_id: 7 }));
+                assert!(matches!(req, RpcRequest::Heartbeat { broker_id: 7, .. }));
                 write_frame(
                     &mut s,
                     &RpcResponse::Heartbeat {
@@ -252,7 +261,12 @@ mod tests {
             let mut peer = Peer::new(1, addr.to_string());
             let got = peer
                 .call(
-                    &RpcRequest::Heartbeat { broker_id: 7 },
+                    &RpcRequest::Heartbeat {
+                        broker_id: 7,
+                        session: 1,
+                        seq: 1,
+                        clean: vec![],
+                    },
                     Duration::from_secs(5),
                 )
                 .await

@@ -56,15 +56,19 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             image = shard.image();
         }
     }
+    // Cut off from the quorum past its serving deadline, this broker
+    // answers from an image that may be stale: it does not send clients
+    // back to itself for partitions it no longer serves.
+    let cut_off = crate::liveness::fenced(image.version).then_some(cfg.broker_id);
     let topics = match wanted {
         None => image
             .topics
             .values()
-            .map(|t| topic_response(&image, t))
+            .map(|t| topic_response(&image, t, cut_off))
             .collect(),
         Some(wanted) => wanted
             .into_iter()
-            .map(|(name, id)| requested_topic(&image, name, id))
+            .map(|(name, id)| requested_topic(&image, name, id, cut_off))
             .collect(),
     };
     let mut resp = MetadataResponse::default();
@@ -90,13 +94,14 @@ fn requested_topic(
     image: &MetadataImage,
     name: Option<String>,
     id: uuid::Uuid,
+    cut_off: Option<i32>,
 ) -> MetadataResponseTopic {
     let found = match &name {
         Some(n) => image.topic(n),
         None => image.topic_by_id(&id),
     };
     if let Some(t) = found {
-        return topic_response(image, t);
+        return topic_response(image, t, cut_off);
     }
     let mut r = MetadataResponseTopic::default();
     r.name = name.as_deref().map(topic_name);
@@ -110,7 +115,13 @@ fn requested_topic(
     r
 }
 
-fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic {
+/// `cut_off`: this broker's id when it may not serve (its own partitions
+/// are then shown without a leader).
+fn topic_response(
+    image: &MetadataImage,
+    t: &TopicMeta,
+    cut_off: Option<i32>,
+) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(topic_name(&t.name));
     r.topic_id = t.id;
@@ -126,13 +137,15 @@ fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic
             mp.partition_index = p as i32;
             mp.leader_epoch = t.leader_epochs.get(p).copied().unwrap_or_default();
             mp.replica_nodes = vec![node];
-            if image.nodes.is_empty() || image.live_node(leader).is_some() {
+            let live = image.nodes.is_empty() || image.live_node(leader).is_some();
+            if live && cut_off != Some(leader.div_euclid(NODES_PER_BROKER)) {
                 mp.leader_id = node;
                 mp.isr_nodes = vec![node];
             } else {
-                // Its broker is fenced: the data it has not uploaded is in
-                // that broker's WAL only, so nobody serves the partition
-                // until it is back (clients retry).
+                // Its broker is fenced (or is this one, cut off): the data
+                // it has not uploaded is in that broker's WAL only, so
+                // nobody serves the partition until it is back (clients
+                // retry).
                 mp.error_code = ResponseError::LeaderNotAvailable.code();
                 mp.leader_id = BrokerId(-1);
             }

@@ -536,9 +536,14 @@ pub enum Command {
         base_port: u16,
         rack: Option<String>,
     },
-    /// A broker stopped heartbeating: every live node of it is fenced.
+    /// A broker stopped heartbeating: every live node of it is fenced, and
+    /// each `movable` partition (one it last said was clean: all in
+    /// objects, and it writes none without first telling the leader) that
+    /// it still leads at that leader epoch moves to a live node.
     FenceBroker {
         broker_id: i32,
+        #[serde(default)]
+        movable: Vec<(Uuid, i32, i32)>,
     },
     /// Unclean leader election (an operator's choice): a partition whose
     /// leader is fenced goes to the least loaded live node, from what is in
@@ -876,7 +881,10 @@ fn plan_one(
             }
             Ok((Uuid::nil(), records))
         }
-        Command::FenceBroker { broker_id } => Ok((Uuid::nil(), fence_broker(image, *broker_id))),
+        Command::FenceBroker { broker_id, movable } => Ok((
+            Uuid::nil(),
+            fence_broker(image, placement, *broker_id, movable),
+        )),
         Command::ElectUnclean {
             topic_id,
             partition,
@@ -1175,16 +1183,57 @@ fn leader_changed(t: &TopicMeta, partition: i32, to: i32) -> Record {
     }
 }
 
-/// The records that fence every live node of `broker_id`.
-fn fence_broker(image: &MetadataImage, broker_id: i32) -> Vec<Record> {
-    image
+/// The records that fence every live node of `broker_id`, then move each
+/// of `movable` it still leads at that epoch to the least loaded live node.
+fn fence_broker(
+    image: &MetadataImage,
+    placement: Placement,
+    broker_id: i32,
+    movable: &[(Uuid, i32, i32)],
+) -> Vec<Record> {
+    let mut records: Vec<Record> = image
         .live_nodes()
         .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) == broker_id)
         .map(|(&node_id, n)| Record::NodeFenced {
             node_id,
             epoch: n.epoch,
         })
-        .collect()
+        .collect();
+    if movable.is_empty() || records.is_empty() {
+        return records;
+    }
+    let mut after = image.clone();
+    for r in &records {
+        after.apply(r);
+    }
+    for &(topic_id, partition, epoch) in movable {
+        let Some(t) = after.topic_by_id(&topic_id).cloned() else {
+            continue;
+        };
+        let Ok(p) = usize::try_from(partition) else {
+            continue;
+        };
+        let still_there = t
+            .leader_nodes
+            .get(p)
+            .map(|n| n.div_euclid(NODES_PER_BROKER))
+            == Some(broker_id)
+            && t.leader_epochs.get(p) == Some(&epoch);
+        if !still_there {
+            continue;
+        }
+        let Some(to) = leaders(&after, placement, 1, None)
+            .first()
+            .copied()
+            .filter(|&n| after.live_node(n).is_some())
+        else {
+            break;
+        };
+        let moved = leader_changed(&t, partition, to);
+        after.apply(&moved);
+        records.push(moved);
+    }
+    records
 }
 
 fn create_topic(
@@ -1348,6 +1397,33 @@ mod tests {
     }
 
     #[test]
+    fn fencing_moves_only_the_clean_partitions_still_led_at_their_epoch() {
+        let mut t = TopicTable::new(P2);
+        register(&mut t, 0, 1, None);
+        register(&mut t, 1, 1, None);
+        let assign = Command::CreateTopic {
+            name: "f".into(),
+            partitions: 4,
+            configs: BTreeMap::new(),
+            assignment: Some(vec![1000, 1000, 1000, 0]),
+        };
+        assert!(t.apply(&[assign], false).0[0].is_ok());
+        let id = t.image().topic("f").unwrap().id;
+        let fence = Command::FenceBroker {
+            broker_id: 1,
+            // 0: clean; 1: offered at an older epoch; 2: not offered;
+            // 3: led by another broker.
+            movable: vec![(id, 0, 0), (id, 1, 7), (id, 3, 0)],
+        };
+        assert!(t.apply(&[fence], false).0[0].is_ok());
+        let img = t.image();
+        let f = img.topic("f").unwrap();
+        assert_eq!(f.leader_nodes, vec![0, 1000, 1000, 0]);
+        assert_eq!(f.leader_epochs, vec![1, 0, 0, 0]);
+        assert!(img.live_node(1000).is_none(), "fenced all the same");
+    }
+
+    #[test]
     fn partitions_spread_over_racks_then_brokers_then_shards() {
         let mut t = TopicTable::new(P2);
         register(&mut t, 0, 1, Some("a"));
@@ -1362,7 +1438,10 @@ mod tests {
         // Every node takes its turn: broker 2 (two shards) gets two of four.
         assert_eq!(leaders.iter().filter(|&&n| n >= 2000).count(), 2);
         // A fenced broker gets nothing; a client's assignment to it is refused.
-        let fence = Command::FenceBroker { broker_id: 1 };
+        let fence = Command::FenceBroker {
+            broker_id: 1,
+            movable: vec![],
+        };
         assert!(t.apply(&[fence], false).0[0].is_ok());
         t.apply(&[create("s", 6)], false);
         let leaders = &t.image().topic("s").unwrap().leader_nodes;

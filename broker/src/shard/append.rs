@@ -66,6 +66,11 @@ impl InFlight {
     }
 }
 
+/// How long an append waits for the quorum's leader to hear that a
+/// partition offered as clean is written again.
+const RETRACT_WAIT: Duration = Duration::from_secs(2);
+const RETRACT_POLL: Duration = Duration::from_micros(200);
+
 /// Why an append was not admitted at once.
 enum Refused {
     /// Wait for space, then try again.
@@ -159,6 +164,11 @@ impl Shard {
         if !self.admission.borrow().is_empty() || !self.has_room(&wal, count, bytes) {
             return Err(Refused::NoRoom);
         }
+        if crate::clean::claim(key) == crate::clean::Claim::Wait {
+            // Offered to the quorum as clean: waits in line until the
+            // leader has heard otherwise.
+            return Err(Refused::NoRoom);
+        }
         Ok(wal)
     }
 
@@ -178,22 +188,41 @@ impl Shard {
         self.next_ticket.set(ticket + 1);
         self.admission.borrow_mut().push_back(ticket);
         let deadline = Instant::now() + Duration::from_millis(self.config.wal_full_wait_ms);
+        let mut retracting = None;
         let result = loop {
             self.uploader.wake_for_space();
             let listener = self.space.listen();
             if self.admission.borrow().front() == Some(&ticket) {
-                match self.admit_first(key, count, bytes) {
-                    Ok(Some(wal)) => break Ok(wal),
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
+                if crate::clean::claim(key) == crate::clean::Claim::Wait {
+                    retracting.get_or_insert_with(Instant::now);
+                } else {
+                    retracting = None;
+                    match self.admit_first(key, count, bytes) {
+                        Ok(Some(wal)) => break Ok(wal),
+                        Ok(None) => {}
+                        Err(e) => break Err(e),
+                    }
                 }
             }
             let now = Instant::now();
+            if retracting.is_some_and(|since| now - since >= RETRACT_WAIT) {
+                // The quorum's leader does not answer: this broker is about
+                // to stop serving anyway.
+                warn!(shard = self.id, topic = %key.0, partition = key.1,
+                    "no answer from the quorum's leader to take back a clean partition");
+                break Err(ResponseError::NotLeaderOrFollower);
+            }
             if now >= deadline {
                 self.warn_full();
                 break Err(ResponseError::KafkaStorageError);
             }
-            let wait = (deadline - now).min(Duration::from_millis(100));
+            // The leader's answer comes from another thread: look again soon.
+            let step = if retracting.is_some() {
+                RETRACT_POLL
+            } else {
+                Duration::from_millis(100)
+            };
+            let wait = (deadline - now).min(step);
             futures_lite::future::or(listener, glommio::timer::sleep(wait)).await;
         };
         self.admission.borrow_mut().retain(|&t| t != ticket);

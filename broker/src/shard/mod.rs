@@ -20,6 +20,7 @@
 
 mod append;
 mod handover;
+pub mod idle;
 pub mod listener;
 mod producers;
 mod quotas;
