@@ -5,6 +5,7 @@
 //! Nothing here runs by itself; `main.rs` starts the shards.
 
 pub mod admin;
+pub mod background;
 pub mod clean;
 pub mod clock;
 pub mod config;

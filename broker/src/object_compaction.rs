@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use glommio::{Latency, Shares};
 use storage::batch::{parse_header, BatchHeader};
 use storage::object::format::{split_batches, verify_block, BatchRef, ObjectBuilder};
 use storage::object::keys;
@@ -168,18 +167,11 @@ pub fn start(shard: &Rc<Shard>) {
     if cfg.object_compaction_interval_ms == 0 && cfg.log_cleaner_backoff_ms == 0 {
         return;
     }
-    let tq = glommio::executor().create_task_queue(
-        Shares::Static(50),
-        Latency::NotImportant,
-        &format!("compaction-{}", shard.id),
-    );
     let budget = cfg.compaction_bytes_per_sec / cfg.shards.max(1) as u64;
     let task = run(Rc::downgrade(shard), TokenBucket::new(budget, 4 << 20));
-    match glommio::spawn_local_into(task, tq) {
-        Ok(t) => {
-            t.detach();
-        }
-        Err(e) => warn!(shard = shard.id, "cannot start object compaction: {e}"),
+    let name = format!("compaction-{}", shard.id);
+    if let Err(e) = crate::background::spawn(&name, 50, task) {
+        warn!(shard = shard.id, "cannot start object compaction: {e}");
     }
 }
 

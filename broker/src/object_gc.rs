@@ -19,7 +19,6 @@ use crate::clock::now_ms;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use glommio::{Latency, Shares};
 use storage::object::keys::{object_key, parse_object_key};
 use storage::object::ObjectInfo;
 use tracing::{info, warn};
@@ -79,17 +78,8 @@ pub fn start(shard: &Rc<Shard>) {
     if shard.id != 0 || shard.config.object_gc_interval_ms == 0 {
         return;
     }
-    let tq = glommio::executor().create_task_queue(
-        Shares::Static(100),
-        Latency::NotImportant,
-        "object-gc",
-    );
-    let task = run(Rc::downgrade(shard));
-    match glommio::spawn_local_into(task, tq) {
-        Ok(t) => {
-            t.detach();
-        }
-        Err(e) => warn!("cannot start the object garbage collector: {e}"),
+    if let Err(e) = crate::background::spawn("object-gc", 100, run(Rc::downgrade(shard))) {
+        warn!("cannot start the object garbage collector: {e}");
     }
 }
 

@@ -13,7 +13,6 @@ use crate::clock::now_ms;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use glommio::{Latency, Shares};
 use tracing::{info, warn};
 
 use crate::metadata::objects::PartitionObjects;
@@ -51,16 +50,9 @@ pub fn start(shard: &Rc<Shard>) {
     if shard.config.log_retention_check_interval_ms == 0 {
         return;
     }
-    let tq = glommio::executor().create_task_queue(
-        Shares::Static(100),
-        Latency::NotImportant,
-        &format!("retention-{}", shard.id),
-    );
-    match glommio::spawn_local_into(run(Rc::downgrade(shard)), tq) {
-        Ok(t) => {
-            t.detach();
-        }
-        Err(e) => warn!(shard = shard.id, "cannot start retention: {e}"),
+    let name = format!("retention-{}", shard.id);
+    if let Err(e) = crate::background::spawn(&name, 100, run(Rc::downgrade(shard))) {
+        warn!(shard = shard.id, "cannot start retention: {e}");
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
-use glommio::{Latency, Shares};
 use storage::log_cache::StoredBatch;
 use storage::object::format::{BatchRef, ObjectBuilder};
 use storage::object::keys;
@@ -187,24 +186,13 @@ impl Uploader {
 
 /// Starts the uploader of `shard` in its own task queue.
 pub fn start(shard: &Rc<Shard>) {
-    let weak = Rc::downgrade(shard);
-    let tq = glommio::executor().create_task_queue(
-        Shares::Static(200),
-        Latency::NotImportant,
-        &format!("uploads-{}", shard.id),
-    );
-    let task = run(weak);
-    match glommio::spawn_local_into(task, tq) {
-        Ok(t) => {
-            t.detach();
-        }
-        Err(e) => {
-            error!(
-                shard = shard.id,
-                "cannot start the uploader in its task queue: {e}"
-            );
-            glommio::spawn_local(run(Rc::downgrade(shard))).detach();
-        }
+    let name = format!("uploads-{}", shard.id);
+    if let Err(e) = crate::background::spawn(&name, 200, run(Rc::downgrade(shard))) {
+        error!(
+            shard = shard.id,
+            "cannot start the uploader in its task queue: {e}"
+        );
+        glommio::spawn_local(run(Rc::downgrade(shard))).detach();
     }
 }
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -47,31 +45,9 @@ from conftest import REPO_ROOT, broker_bin
 CLUSTER = REPO_ROOT / "scripts" / "cluster"
 
 
-def free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def pick_base(n: int = 3) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 29000, 10)
-        ports = [base + 100 * i + o for i in range(n) for o in (0, 1, 90)] + \
-                [base + 408 + i for i in range(n)] + [base + 420 + i for i in range(n)]
-        if all(free(p) for p in ports):
-            return base
-    raise RuntimeError("no free ports for the cluster")
-
-
 class Cluster:
-    def __init__(self, d: Path, n: int = 3):
+    def __init__(self, d: Path):
         self.dir = d
-        self.n = n
-        self.base = pick_base(n)
 
     def run(self, *args: str, timeout: float = 180) -> str:
         env = dict(os.environ, BROKER_BIN=str(broker_bin()))
@@ -120,7 +96,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
-        out = c.run("up", "--base-port", str(c.base), "--store", "s3")
+        out = c.run("up", "--base-port", "0", "--store", "s3")
     except AssertionError as e:
         pytest.fail(str(e), pytrace=False)
     assert "bootstrap=" in out
@@ -671,7 +647,7 @@ def test_broker_killed_and_restarted_under_load(cluster, figures):
 
 def test_split_roles(tmp_path):
     c = Cluster(tmp_path / "split")
-    c.run("up", "--base-port", str(c.base), "--store", "local", "--split")
+    c.run("up", "--base-port", "0", "--store", "local", "--split")
     try:
         topic = f"split-{uuid.uuid4().hex[:6]}"
         create(c.bootstrap, topic, 6)
@@ -699,8 +675,8 @@ def test_five_voters(tmp_path, figures):
     leader among them), stops committing without a majority (topic creation
     fails with a retriable error, records still flow to live partitions),
     and commits again once a third voter is back."""
-    c = Cluster(tmp_path / "five", n=5)
-    c.run("up", "--base-port", str(c.base), "--store", "local", "--brokers", "5",
+    c = Cluster(tmp_path / "five")
+    c.run("up", "--base-port", "0", "--store", "local", "--brokers", "5",
           "--shards", "1")
     try:
         leader = c.leader()
@@ -762,7 +738,7 @@ def test_a_fenced_brokers_clean_partitions_move_at_once(tmp_path, figures):
     served again, with everything acknowledged, when it comes back. The
     moved ones stay moved."""
     c = Cluster(tmp_path / "failover")
-    c.run("up", "--base-port", str(c.base), "--store", "local", "--",
+    c.run("up", "--base-port", "0", "--store", "local", "--",
           "--upload-interval-ms", "1000")
     try:
         victim = next(b for b in range(3) if b != c.leader())

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use glommio::{Latency, Shares};
 use tracing::warn;
 
 use super::Shard;
@@ -27,19 +26,12 @@ pub fn start(shard: &Rc<Shard>) {
     if !crate::clean::enabled() {
         return;
     }
-    let tq = glommio::executor().create_task_queue(
-        Shares::Static(100),
-        Latency::NotImportant,
-        &format!("idle-{}", shard.id),
-    );
-    match glommio::spawn_local_into(run(Rc::downgrade(shard)), tq) {
-        Ok(t) => {
-            t.detach();
-        }
-        Err(e) => warn!(
+    let name = format!("idle-{}", shard.id);
+    if let Err(e) = crate::background::spawn(&name, 100, run(Rc::downgrade(shard))) {
+        warn!(
             shard = shard.id,
             "cannot start the idle-partition scan: {e}"
-        ),
+        );
     }
 }
 

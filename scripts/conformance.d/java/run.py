@@ -265,34 +265,12 @@ def check_reassign_partitions(env: Env) -> None:
     expect(values == sorted(f"v{i}" for i in range(100)), "records after the move")
 
 
-def free_base() -> int:
-    """A base port for scripts/cluster whose every port is free."""
-    import socket
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(30000, 39000, 10)
-        ports = [base + 100 * i + o for i in range(3) for o in (0, 1, 90)] + \
-                [base + 408 + i for i in range(3)]
-        ok = True
-        for port in ports:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise CheckFailed("no free ports for a cluster")
-
-
 def check_cluster_reassign(env: Env) -> None:
     """ReassignPartitionsCommand on a cluster of three processes
     (scripts/cluster): every partition moves to another broker, --verify
     sees it done, and every record is there after the move."""
     cluster = Path(__file__).resolve().parents[2] / "cluster"
     d = env.work / "cluster"
-    base = free_base()
 
     def run(*args: str) -> str:
         r = subprocess.run([sys.executable, str(cluster), *args, "--dir", str(d)],
@@ -302,7 +280,7 @@ def check_cluster_reassign(env: Env) -> None:
 
     import shutil
     shutil.rmtree(d, ignore_errors=True)  # a fresh cluster: no metadata of another run
-    out = run("up", "--base-port", str(base), "--store", "local")
+    out = run("up", "--base-port", "0", "--store", "local")
     bootstrap = out.strip().rsplit("bootstrap=", 1)[-1]
     try:
         c = Env(bootstrap, "", "", env.work, env.quick)
@@ -438,34 +416,31 @@ def check_admin_commands(env: Env) -> None:
     # No SCRAM users and no quota for alice: nothing to show, and no error.
     out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", "alice")
     expect("Exception" not in out, f"ConfigCommand --entity-type users:\n{out}")
-    # SCRAM credentials (AlterUserScramCredentials, DescribeUserScramCredentials):
-    # set for a user, shown with their iterations, deleted.
-    user = unique("scram-user")
-    out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-name", user,
-                   "--add-config", "SCRAM-SHA-256=[iterations=8192,password=pw],SCRAM-SHA-512=[password=pw]")
-    expect(f"Completed updating config for user {user}" in out, f"SCRAM --alter:\n{out}")
-    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", user)
-    expect("SCRAM-SHA-256=iterations=8192" in out and "SCRAM-SHA-512=iterations=4096" in out,
-           f"SCRAM --describe:\n{out}")
-    out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-name", user,
-                   "--delete-config", "SCRAM-SHA-512")
-    out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-name", user)
-    expect("SCRAM-SHA-256=iterations=8192" in out and "SCRAM-SHA-512" not in out,
-           f"SCRAM after --delete-config:\n{out}")
-    # Client quotas (AlterClientQuotas, DescribeClientQuotas): set, shown,
-    # deleted, for a client id and for the default user.
+    def set_shown_deleted(what: str, entity: list[str], add: str, shown: list[str],
+                          delete: str, kept: str) -> None:
+        """ConfigCommand --alter --add-config, --describe shows `shown`;
+        --delete-config `delete`: gone from --describe, `kept` still there."""
+        out = env.tool(CONFIG, "--alter", *entity, "--add-config", add)
+        expect(f"Completed updating config for {entity[1][:-1]} {entity[3]}" in out,
+               f"{what} --alter:\n{out}")
+        out = env.tool(CONFIG, "--describe", *entity)
+        expect(all(x in out for x in shown), f"{what} --describe:\n{out}")
+        env.tool(CONFIG, "--alter", *entity, "--delete-config", delete)
+        out = env.tool(CONFIG, "--describe", *entity)
+        expect(delete not in out and kept in out, f"{what} after --delete-config:\n{out}")
+
+    # SCRAM credentials (AlterUserScramCredentials, DescribeUserScramCredentials).
+    set_shown_deleted("SCRAM", ["--entity-type", "users", "--entity-name", unique("scram-user")],
+                      "SCRAM-SHA-256=[iterations=8192,password=pw],SCRAM-SHA-512=[password=pw]",
+                      ["SCRAM-SHA-256=iterations=8192", "SCRAM-SHA-512=iterations=4096"],
+                      "SCRAM-SHA-512", "SCRAM-SHA-256=iterations=8192")
+    # Client quotas (AlterClientQuotas, DescribeClientQuotas), for a client
+    # id and for the default user.
     client = unique("quota-client")
-    out = env.tool(CONFIG, "--alter", "--entity-type", "clients", "--entity-name", client,
-                   "--add-config", "producer_byte_rate=1048576,consumer_byte_rate=2097152")
-    expect(f"Completed updating config for client {client}" in out, f"quota --alter:\n{out}")
-    out = env.tool(CONFIG, "--describe", "--entity-type", "clients", "--entity-name", client)
-    expect("producer_byte_rate=1048576.0" in out and "consumer_byte_rate=2097152.0" in out,
-           f"quota --describe:\n{out}")
-    out = env.tool(CONFIG, "--alter", "--entity-type", "clients", "--entity-name", client,
-                   "--delete-config", "producer_byte_rate")
-    out = env.tool(CONFIG, "--describe", "--entity-type", "clients", "--entity-name", client)
-    expect("producer_byte_rate" not in out and "consumer_byte_rate=2097152.0" in out,
-           f"quota after --delete-config:\n{out}")
+    set_shown_deleted("quota", ["--entity-type", "clients", "--entity-name", client],
+                      "producer_byte_rate=1048576,consumer_byte_rate=2097152",
+                      ["producer_byte_rate=1048576.0", "consumer_byte_rate=2097152.0"],
+                      "producer_byte_rate", "consumer_byte_rate=2097152.0")
     out = env.tool(CONFIG, "--alter", "--entity-type", "users", "--entity-default",
                    "--add-config", "request_percentage=12.5")
     out = env.tool(CONFIG, "--describe", "--entity-type", "users", "--entity-default")
