@@ -103,7 +103,7 @@ def cluster(tmp_path_factory):
     try:
         yield c
     finally:
-        c.run("down")
+        c.run("down", "--purge")
         for i in range(3):
             panics = [line for line in c.log(i).splitlines() if "panicked" in line]
             assert not panics, f"broker {i} panicked: {panics[:3]}"
@@ -667,7 +667,7 @@ def test_split_roles(tmp_path):
         assert not load.failed, load.failed[:3]
         read_back(c.bootstrap, topic, 6, load.acked)
     finally:
-        c.run("down")
+        c.run("down", "--purge")
 
 
 def test_five_voters(tmp_path, figures):
@@ -726,7 +726,7 @@ def test_five_voters(tmp_path, figures):
                        f"a topic created {created:.2f} s later; with a third voter gone no "
                        f"metadata change commits; with it back, they do again")
     finally:
-        c.run("down")
+        c.run("down", "--purge")
 
 
 def test_a_fenced_brokers_clean_partitions_move_at_once(tmp_path, figures):
@@ -790,4 +790,4 @@ def test_a_fenced_brokers_clean_partitions_move_at_once(tmp_path, figures):
                        f"by live brokers {moved_after:.1f} s after the kill (session 9 s), its 2 "
                        f"busy ones waited and came back with it; all records read back")
     finally:
-        c.run("down")
+        c.run("down", "--purge")

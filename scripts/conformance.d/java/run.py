@@ -309,7 +309,7 @@ def check_cluster_reassign(env: Env) -> None:
         values = sorted(v.decode() for _, v in read_topic(c, t, 3))
         expect(values == sorted(f"v{i}" for i in range(300)), "records after the move")
     finally:
-        run("down")
+        run("down", "--purge")
 
 
 def free_port_pair() -> int:
