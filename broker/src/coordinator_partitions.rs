@@ -88,12 +88,14 @@ impl CoordinatorPartitions {
     }
 
     /// Marks every led partition loading again (after WAL recovery) and
-    /// returns them.
+    /// returns them. Loads still running are superseded here, not when the
+    /// reload reaches their partition: one that finished in between would
+    /// serve the log as it was before recovery, and the reload would then
+    /// wipe what clients did meanwhile (a member that joined).
     pub fn reload(&self, image: &MetadataImage, node_id: i32) -> Vec<i32> {
         let led = self.led(image, node_id);
         for p in &led {
-            self.loaded.borrow_mut().remove(p);
-            self.loading.borrow_mut().insert(*p);
+            self.begin_load(*p);
         }
         led
     }
@@ -155,5 +157,36 @@ mod tests {
         c.begin_load(1);
         c.end_load(1, false);
         assert!(!c.is_loaded(1));
+    }
+
+    #[test]
+    fn a_reload_supersedes_loads_in_flight_at_once() {
+        use crate::controller::records::Record;
+        let mut image = MetadataImage::default();
+        let id = uuid::Uuid::from_u128(1);
+        image.apply(&Record::TopicCreated {
+            id,
+            name: "__t".into(),
+            configs: Default::default(),
+        });
+        image.apply(&Record::PartitionsAdded {
+            topic_id: id,
+            first: 0,
+            leaders: vec![0, 0],
+        });
+        let c = CoordinatorPartitions::new("__t");
+        assert_eq!(c.on_image(&image, 0).load, vec![0, 1]);
+        let before = [c.begin_load(0), c.begin_load(1)];
+        assert_eq!(c.reload(&image, 0), vec![0, 1]);
+        // Both earlier loads are stale now, before the reload replays
+        // either partition: neither may end as loaded.
+        assert!(before
+            .iter()
+            .enumerate()
+            .all(|(p, &t)| c.superseded(p as i32, t)));
+        assert_eq!(
+            c.check_loaded(1),
+            Err(ResponseError::CoordinatorLoadInProgress)
+        );
     }
 }

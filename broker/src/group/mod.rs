@@ -316,6 +316,11 @@ impl GroupCoordinator {
         let label = format!("{OFFSETS_TOPIC}-{p}");
         let replayed = shard
             .replay_log(key, &label, &superseded, |h, b| {
+                // Batches read before a newer load began are not applied:
+                // that load replays into the same groups.
+                if superseded() {
+                    return;
+                }
                 if h.is_control() {
                     if let Some(m) = storage::batch::end_txn_marker(&b) {
                         let offsets = pending.remove(&h.producer_id).unwrap_or_default();
@@ -349,6 +354,11 @@ impl GroupCoordinator {
             if !superseded() {
                 self.partitions.end_load(p, false);
             }
+            return;
+        }
+        if superseded() {
+            // A newer load of `p` began during the last read: it owns the
+            // partition's state now.
             return;
         }
         {

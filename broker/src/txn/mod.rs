@@ -219,6 +219,11 @@ impl TxnCoordinator {
             }
             return;
         }
+        if superseded() {
+            // A newer load of `p` began during the last read: it owns the
+            // partition's state now.
+            return;
+        }
         let count = found.len();
         {
             let mut txns = self.txns.borrow_mut();
