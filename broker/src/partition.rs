@@ -247,6 +247,7 @@ impl Partition {
             batch.bytes,
             Stamp {
                 base_offset,
+                leader_epoch: self.state.leader_epoch,
                 log_append_time,
             },
         );

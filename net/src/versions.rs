@@ -21,6 +21,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Metadata, 0, 12),
+    // KIP-320's truncation check: the epochs come from the metadata
+    // image (broker/src/metadata/epochs.rs). v0 and v1 are gone in Kafka 4.
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -45,6 +48,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ConsumerGroupDescribe, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    // The legacy form: replaces a topic's configs (librdkafka's
+    // rd_kafka_AlterConfigs, confluent-kafka's alter_configs).
+    (ApiKey::AlterConfigs, 0, 2),
     // v5+ may answer TRANSACTION_ABORTABLE (KIP-890), v6 is two-phase
     // commit (KIP-939): neither is implemented.
     (ApiKey::InitProducerId, 0, 4),

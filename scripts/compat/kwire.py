@@ -39,6 +39,7 @@ JOIN_GROUP = 11
 HEARTBEAT = 12
 DESCRIBE_GROUPS = 15
 INIT_PRODUCER_ID = 22
+OFFSET_FOR_LEADER_EPOCH = 23
 DESCRIBE_PRODUCERS = 61
 DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
@@ -49,6 +50,8 @@ NONE = 0
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 75
 UNSUPPORTED_VERSION = 35
 INVALID_RECORD = 87
 UNKNOWN_TOPIC_ID = 100
@@ -60,7 +63,8 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, DESCRIBE_GROUPS: 5,
                   INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
                   DESCRIBE_TRANSACTIONS: 0, LIST_TRANSACTIONS: 0,
-                  DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1}
+                  DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1,
+                  OFFSET_FOR_LEADER_EPOCH: 4}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -758,6 +762,46 @@ def parse_fetch(r: Reader, version: int) -> dict[tuple[str, int], FetchPartition
     return out
 
 
+def fetch_v12(conn: Conn, topic: str, partition: int, offset: int, last_fetched_epoch: int,
+              current_leader_epoch: int = -1) -> tuple[int, int, bytes | None, tuple[int, int] | None]:
+    """One partition at Fetch v12 (flexible, with last_fetched_epoch), no
+    wait: (error code, high watermark, records, diverging (epoch, end
+    offset) or None when the response leaves it out)."""
+    w = Writer().int32(-1).int32(0).int32(1).int32(1 << 20).int8(0).int32(0).int32(-1)
+    w.array_len(1, True).string(topic, True).array_len(1, True)
+    w.int32(partition).int32(current_leader_epoch).int64(offset).int32(last_fetched_epoch)
+    w.int64(-1).int32(1 << 20).tags(True)
+    w.tags(True)  # topic
+    w.array_len(0, True).string("", True).tags(True)  # forgotten topics, rack id
+    r = conn.request(FETCH, 12, w.getvalue())
+    r.int32(), r.int16(), r.int32()  # throttle, error, session id
+    result = None
+    for _ in range(r.array_len(True)):
+        r.string(True)
+        for _ in range(r.array_len(True)):
+            r.int32()
+            err, hw = r.int16(), r.int64()
+            r.int64(), r.int64()  # last stable offset, log start
+            for _ in range(max(r.array_len(True), 0)):
+                r.int64(), r.int64()
+                r.skip_tags(True)
+            r.int32()  # preferred read replica
+            records = r.bytes_(True)
+            tags = r.skip_tags(True)
+            diverging = None
+            if 0 in tags:
+                d = Reader(tags[0])
+                diverging = (d.int32(), d.int64())
+                d.skip_tags(True)
+                d.expect_end("DivergingEpoch")
+            result = (err, hw, records, diverging)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("Fetch v12 response")
+    assert result is not None, "no partition in the Fetch response"
+    return result
+
+
 def split_batches(records: bytes | None) -> list[bytes]:
     """Splits a records blob into whole v2 batches; a trailing partial batch
     (allowed by the protocol when size limits cut it) is dropped."""
@@ -826,6 +870,36 @@ def describe_producers(conn: Conn, topic: str, partition: int) -> tuple[int, lis
     r.expect_end("DescribeProducers v0 response")
     assert result is not None, "no partition in the DescribeProducers response"
     return result
+
+
+# --- OffsetForLeaderEpoch (v2..v4) --------------------------------------------
+
+def offset_for_leader_epoch(conn: Conn, version: int, topic: str,
+                            partitions: list[tuple[int, int, int]],
+                            replica_id: int = -1) -> list[tuple[int, int, int, int]]:
+    """`partitions` are (partition, current_leader_epoch, leader_epoch);
+    returns (error code, partition, leader_epoch, end_offset) for each."""
+    assert 2 <= version <= 4
+    flex = version >= 4
+    w = Writer()
+    if version >= 3:
+        w.int32(replica_id)
+    w.array_len(1, flex).string(topic, flex).array_len(len(partitions), flex)
+    for p, current, requested in partitions:
+        w.int32(p).int32(current).int32(requested).tags(flex)
+    w.tags(flex).tags(flex)
+    r = conn.request(OFFSET_FOR_LEADER_EPOCH, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    out = []
+    for _ in range(r.array_len(flex)):
+        r.string(flex)
+        for _ in range(r.array_len(flex)):
+            out.append((r.int16(), r.int32(), r.int32(), r.int64()))
+            r.skip_tags(flex)
+        r.skip_tags(flex)
+    r.skip_tags(flex)
+    r.expect_end(f"OffsetForLeaderEpoch v{version} response")
+    return out
 
 
 # --- OffsetCommit (v2..v8) and OffsetFetch (v1..v8) -----------------------------

@@ -15,7 +15,8 @@ partition, no reassignment in progress):
   AlterUserScramCredentials sets and deletes credentials, checked per user
   as Kafka checks them, kept across a restart; delegation tokens: not
   allowed on a PLAINTEXT listener;
-* DescribeClientQuotas: no quotas, filters checked as Kafka checks them.
+* DescribeClientQuotas: no quotas, filters checked as Kafka checks them;
+* AlterConfigs (legacy): a topic's configs replaced.
 """
 from __future__ import annotations
 
@@ -175,6 +176,58 @@ def test_broker_configs_are_read_only(broker, kp_admin):
     (configs,) = res["broker"].values()
     assert configs["advertised.listeners"]["read_only"] is True, configs
     assert configs["broker.id"]["read_only"] is True, configs
+
+
+def test_legacy_alter_configs_replaces_a_topics_configs(broker, kp_admin):
+    """AlterConfigs, the legacy form that librdkafka's alter_configs still
+    sends, replaces a topic's configs as Kafka does: what the request
+    leaves out goes back to its default. validate_only changes nothing;
+    an unknown config or a bad value is INVALID_CONFIG, an unknown topic
+    UNKNOWN_TOPIC_OR_PARTITION."""
+    import warnings
+    from confluent_kafka.admin import ConfigResource, ConfigSource
+    from kafka.admin import ConfigResource as KConfigResource, ConfigResourceType
+    name = f"legacy-cfg-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, name, 1)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    keys = ("retention.ms", "cleanup.policy", "max.message.bytes")
+
+    def described() -> dict:
+        res = ConfigResource("topic", name)
+        got = admin.describe_configs([res])[res].result(20)
+        return {k: (got[k].value, got[k].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+                for k in keys}
+
+    def alter(configs: dict, topic: str = name, validate_only: bool = False) -> None:
+        res = ConfigResource("topic", topic, set_config=configs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            admin.alter_configs([res], validate_only=validate_only)[res].result(20)
+
+    defaults = described()
+    assert not any(dynamic for _, dynamic in defaults.values()), defaults
+    alter({"retention.ms": "3600000", "cleanup.policy": "compact"})
+    got = described()
+    assert got["retention.ms"] == ("3600000", True) and got["cleanup.policy"] == ("compact", True)
+    # Left out: back to the default.
+    alter({"max.message.bytes": "100000"})
+    got = described()
+    assert got == {**defaults, "max.message.bytes": ("100000", True)}, got
+    alter({"retention.ms": "5"}, validate_only=True)
+    assert described() == got
+    for configs, topic, code in (({"no.such.config": "1"}, name, KafkaError.INVALID_CONFIG),
+                                 ({"retention.ms": "soon"}, name, KafkaError.INVALID_CONFIG),
+                                 ({"retention.ms": "1"}, f"{name}-none",
+                                  KafkaError.UNKNOWN_TOPIC_OR_PART)):
+        with pytest.raises(KafkaException) as e:
+            alter(configs, topic)
+        assert e.value.args[0].code() == code, (configs, e.value)
+    assert described() == got
+    # kafka-python, made to send AlterConfigs rather than the incremental form.
+    r = kp_admin.alter_configs([KConfigResource(ConfigResourceType.TOPIC, name,
+                                                configs={"retention.ms": "7200000"})],
+                               incremental=False)
+    assert "7200000" == described()["retention.ms"][0], r
 
 
 def test_features_are_reported_and_fixed(broker, kp_admin):

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTP
 
+import kwire
 from test_idempotence import create_topic
 
 BROKER_PARAMS = {"shards": 2, "broker_id": 0, "args": ["--upload-interval-ms", "200"]}
@@ -118,6 +119,97 @@ def test_a_partition_moves_under_load_and_back(broker, figures):
     broker.kill9()
     broker.restart()
     assert read_partition(broker.bootstrap, topic, 0) == values
+    admin.close()
+
+
+def first_offset_read(bootstrap: str, tp: TopicPartition) -> int:
+    """The offset of the first record a consumer assigned `tp` reads."""
+    c = Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4",
+                  "group.id": f"ep-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.assign([tp])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = c.poll(1.0)
+            if m is not None and m.error() is None:
+                return m.offset()
+        raise AssertionError(f"nothing read from {tp}")
+    finally:
+        c.close()
+
+
+def test_leader_epochs_follow_moves(broker):
+    """Each move starts a leader epoch where the objects end. Batches carry
+    the epoch they were written in, OffsetForLeaderEpoch says where each
+    epoch ends (as Kafka's leader-epoch cache does), Fetch reports a
+    diverging epoch, and librdkafka's truncation check (KIP-320) uses it."""
+    topic = f"epochs-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic, 1)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    home = leader_of(admin, topic, 0)
+    other = next(n for n in broker.expected_nodes if n != home)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+
+    def write(n: int) -> None:
+        for i in range(n):
+            p.produce(topic, value=b"v-%d" % i, partition=0)
+        assert p.flush(30) == 0
+
+    write(30)
+    move(admin, topic, 0, other)
+    write(20)
+    move(admin, topic, 0, home)
+    write(10)
+    with kwire.Conn(broker.host, broker.ports[home % 1000]) as c:
+        for v in (2, 3, 4):
+            got = kwire.offset_for_leader_epoch(c, v, topic, [(0, 2, e) for e in (0, 1, 2, 3)])
+            assert got == [(0, 0, 0, 30), (0, 0, 1, 50), (0, 0, 2, 60), (0, 0, -1, -1)], (v, got)
+        # A stale or future current epoch, as Kafka checks it; -1 skips it.
+        got = kwire.offset_for_leader_epoch(c, 4, topic, [(0, 1, 0), (0, 3, 0), (0, -1, 1)])
+        assert got == [(kwire.FENCED_LEADER_EPOCH, 0, -1, -1),
+                       (kwire.UNKNOWN_LEADER_EPOCH, 0, -1, -1), (0, 0, 1, 50)], got
+        got = kwire.offset_for_leader_epoch(c, 4, topic, [(7, -1, 0)])
+        assert got == [(kwire.UNKNOWN_TOPIC_OR_PARTITION, 7, -1, -1)], got
+        # Fetch v12+ checks the epoch of the last batch read, as Kafka does:
+        # at offset 40 after a batch of epoch 0 (which ended at 30), the
+        # answer is no records and where to truncate to.
+        err, hw, records, diverging = kwire.fetch_v12(c, topic, 0, 40, last_fetched_epoch=0)
+        assert (err, hw, diverging) == (0, 60, (0, 30)), (err, hw, diverging)
+        assert not records
+        err, _, records, diverging = kwire.fetch_v12(c, topic, 0, 40, last_fetched_epoch=1)
+        assert (err, diverging) == (0, None) and records, (err, diverging)
+        assert kwire.fetch_v12(c, topic, 0, 60, last_fetched_epoch=2)[3] is None
+    with kwire.Conn(broker.host, broker.ports[other % 1000]) as c:
+        got = kwire.offset_for_leader_epoch(c, 4, topic, [(0, -1, 0)])
+        assert got == [(kwire.NOT_LEADER_OR_FOLLOWER, 0, -1, -1)], got
+    # Every record carries the epoch it was written in.
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": f"ep-{uuid.uuid4().hex[:6]}", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, 0, 0)])
+    epochs = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = c.poll(1.0)
+        if m is None:
+            continue
+        if m.error():
+            break
+        epochs.append(m.leader_epoch())
+    c.close()
+    assert epochs == [0] * 30 + [1] * 20 + [2] * 10, epochs
+    # A position at epoch 0 past that epoch's end is a truncated log to
+    # librdkafka: it goes back to where the broker says epoch 0 ends. One
+    # within it, or within epoch 1, is read from where it is.
+    assert first_offset_read(broker.bootstrap, TopicPartition(topic, 0, 25, leader_epoch=0)) == 25
+    assert first_offset_read(broker.bootstrap, TopicPartition(topic, 0, 35, leader_epoch=1)) == 35
+    assert first_offset_read(broker.bootstrap, TopicPartition(topic, 0, 35, leader_epoch=0)) == 30
+    # The history survives kill -9 (it is in the metadata log and snapshots).
+    broker.kill9()
+    broker.restart()
+    with kwire.Conn(broker.host, broker.ports[home % 1000]) as c:
+        got = kwire.offset_for_leader_epoch(c, 4, topic, [(0, 2, e) for e in (0, 1, 2)])
+        assert got == [(0, 0, 0, 30), (0, 0, 1, 50), (0, 0, 2, 60)], got
     admin.close()
 
 

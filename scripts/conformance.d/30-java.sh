@@ -23,7 +23,8 @@ if [[ ! -f "${STAMP}" ]]; then
   touch "${STAMP}"
 fi
 mkdir -p "${WORK}/classes"
-javac -d "${WORK}/classes" -cp "${LIB}/*" "${HERE}/java/WordCount.java"
+javac -d "${WORK}/classes" -cp "${LIB}/*" "${HERE}/java/WordCount.java" \
+  "${HERE}/java/EpochCheck.java"
 
 export CONF_PORT="${CONF_PORT:-29292}"
 start_broker --transaction-abort-check-interval-ms 1000

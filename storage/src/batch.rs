@@ -268,14 +268,18 @@ fn check_counts(h: &BatchHeader) -> Result<(), BatchError> {
 pub struct Stamp {
     /// Offset of the first record.
     pub base_offset: i64,
+    /// The leader epoch the batch is appended at (outside the CRC, as the
+    /// base offset): what OffsetForLeaderEpoch and consumers' truncation
+    /// checks (KIP-320) read back.
+    pub leader_epoch: i32,
     /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`:
     /// the batch's timestamp type and max timestamp are set and the CRC is
     /// computed again.
     pub log_append_time: Option<i64>,
 }
 
-/// Stamps `batch`: base offset (outside the CRC, so the CRC stays valid)
-/// and, for LogAppendTime topics, the timestamp fields (the CRC is
+/// Stamps `batch`: base offset and partition leader epoch (outside the
+/// CRC, so the CRC stays valid) and, for LogAppendTime topics, the timestamp fields (the CRC is
 /// recomputed). An owned batch is stamped in place; a shared one (a view of
 /// a buffer others read) is copied first.
 pub fn stamp(batch: BatchBytes, stamp: Stamp) -> Bytes {
@@ -284,6 +288,7 @@ pub fn stamp(batch: BatchBytes, stamp: Stamp) -> Bytes {
         BatchBytes::Shared(b) => BytesMut::from(&b[..]),
     };
     b[0..8].copy_from_slice(&stamp.base_offset.to_be_bytes());
+    b[12..16].copy_from_slice(&stamp.leader_epoch.to_be_bytes());
     if let Some(now) = stamp.log_append_time {
         let attributes = i16::from_be_bytes([b[21], b[22]]) | 0x8;
         b[21..23].copy_from_slice(&attributes.to_be_bytes());
@@ -594,6 +599,7 @@ pub(crate) mod tests {
                 batch,
                 Stamp {
                     base_offset: 1234,
+                    leader_epoch: 5,
                     log_append_time: None,
                 },
             )
@@ -610,6 +616,7 @@ pub(crate) mod tests {
         for r in [shared, in_place] {
             let v = validate_batches(&r, 1 << 20).unwrap();
             assert_eq!(v[0].header.base_offset, 1234);
+            assert_eq!(v[0].header.partition_leader_epoch, 5);
             assert_eq!(v[0].header.last_offset(), 1237);
         }
     }
@@ -639,6 +646,7 @@ pub(crate) mod tests {
         let b = make_batch(2, 10, b"v");
         let st = Stamp {
             base_offset: 7,
+            leader_epoch: 2,
             log_append_time: Some(99_000),
         };
         for batch in [

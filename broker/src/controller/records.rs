@@ -32,6 +32,7 @@ pub mod kind {
     pub const CLIENT_QUOTA_CHANGED: u16 = 10;
     pub const BROKER_RACK: u16 = 11;
     pub const SCRAM_CREDENTIAL_CHANGED: u16 = 12;
+    pub const LEADER_EPOCH_STARTS: u16 = 13;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -182,6 +183,15 @@ pub enum Record {
         mechanism: i8,
         credential: Option<ScramCredential>,
     },
+    /// The first offset of each leader epoch after 0 of a partition
+    /// (`metadata/epochs.rs`), replacing what the image had. Written in
+    /// snapshots only: in the log, each `PartitionLeaderChanged` notes the
+    /// start of its epoch.
+    LeaderEpochStarts {
+        topic_id: Uuid,
+        partition: i32,
+        starts: Vec<(i32, i64)>,
+    },
 }
 
 /// A salted SCRAM credential (AlterUserScramCredentials). Its `Debug` shows
@@ -298,6 +308,7 @@ impl Record {
             Record::PartitionCleaned { .. } => kind::PARTITION_CLEANED,
             Record::ClientQuotaChanged { .. } => kind::CLIENT_QUOTA_CHANGED,
             Record::ScramCredentialChanged { .. } => kind::SCRAM_CREDENTIAL_CHANGED,
+            Record::LeaderEpochStarts { .. } => kind::LEADER_EPOCH_STARTS,
         }
     }
 
@@ -352,6 +363,19 @@ impl Record {
                 out.put_i32(*partition);
                 out.put_i32(*leader);
                 out.put_i32(*leader_epoch);
+            }
+            Record::LeaderEpochStarts {
+                topic_id,
+                partition,
+                starts,
+            } => {
+                put_uuid(out, topic_id);
+                out.put_i32(*partition);
+                out.put_u32(starts.len() as u32);
+                for (epoch, start) in starts {
+                    out.put_i32(*epoch);
+                    out.put_i64(*start);
+                }
             }
             Record::TopicConfigChanged {
                 topic_id,
@@ -635,6 +659,22 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             leader: r.i32()?,
             leader_epoch: r.i32()?,
         },
+        kind::LEADER_EPOCH_STARTS => {
+            let topic_id = r.uuid()?;
+            let partition = r.i32()?;
+            let n = r.u32()? as usize;
+            if n > r.buf.len() / 12 {
+                return Err(r.invalid("epoch count exceeds the record"));
+            }
+            let starts = (0..n)
+                .map(|_| Ok((r.i32()?, r.i64()?)))
+                .collect::<Result<_, RecordError>>()?;
+            Record::LeaderEpochStarts {
+                topic_id,
+                partition,
+                starts,
+            }
+        }
         kind::TOPIC_CONFIG_CHANGED => {
             let topic_id = r.uuid()?;
             let name = r.string()?;
@@ -964,6 +1004,14 @@ impl fmt::Display for Record {
                 f,
                 "PartitionLeaderChanged topic={topic_id} partition={partition} leader={leader} epoch={leader_epoch}"
             ),
+            Record::LeaderEpochStarts {
+                topic_id,
+                partition,
+                starts,
+            } => write!(
+                f,
+                "LeaderEpochStarts topic={topic_id} partition={partition} starts={starts:?}"
+            ),
             Record::TopicConfigChanged {
                 topic_id,
                 name,
@@ -1140,6 +1188,11 @@ pub(crate) mod tests {
                 leader: 1,
                 leader_epoch: 3,
             },
+            Record::LeaderEpochStarts {
+                topic_id: id,
+                partition: 2,
+                starts: vec![(1, 10), (3, 250)],
+            },
             Record::TopicConfigChanged {
                 topic_id: id,
                 name: "retention.ms".into(),
@@ -1254,7 +1307,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 20, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 21, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

@@ -1,6 +1,8 @@
 //! DescribeConfigs for topics and brokers: every config of the resource with
 //! its value, its source and its type, not only the ones set explicitly.
-//! IncrementalAlterConfigs for topics: committed through the controller.
+//! IncrementalAlterConfigs for topics, and the legacy AlterConfigs (which
+//! replaces a topic's whole set of configs): committed through the
+//! controller.
 //!
 //! Runs on any shard; reads the metadata image and the broker config, and
 //! goes to shard 0 (through `Control`) only to change topic configs.
@@ -10,6 +12,7 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
+    alter_configs_request, alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse,
 };
@@ -83,38 +86,121 @@ fn alter_command(
     }))
 }
 
-pub async fn incremental_alter_configs(
+/// One resource of a legacy AlterConfigs request as a command (`None`:
+/// nothing to change), checked as Kafka checks it: each name once, every
+/// value given. An empty set on a broker changes nothing (its configs are
+/// static); a topic's configs are replaced.
+fn replace_command(
+    res: &alter_configs_request::AlterConfigsResource,
+) -> Result<Option<Command>, CommandError> {
+    if res.resource_type == RESOURCE_BROKER && res.configs.is_empty() {
+        return Ok(None);
+    }
+    if res.resource_type != RESOURCE_TOPIC {
+        return Err(CommandError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "only topic configs can be altered (resource type {}); broker configs are static",
+                res.resource_type
+            ),
+        ));
+    }
+    let mut configs: Vec<(String, String)> = Vec::with_capacity(res.configs.len());
+    for c in &res.configs {
+        if configs.iter().any(|(k, _)| k == c.name.as_str()) {
+            return Err(CommandError::new(
+                ResponseError::InvalidRequest,
+                format!("Error due to duplicate config keys: {}", c.name.as_str()),
+            ));
+        }
+        let Some(v) = &c.value else {
+            return Err(CommandError::new(
+                ResponseError::InvalidRequest,
+                format!(
+                    "Null value not supported for topic configs: {}",
+                    c.name.as_str()
+                ),
+            ));
+        };
+        configs.push((c.name.to_string(), v.to_string()));
+    }
+    Ok(Some(Command::ReplaceTopicConfigs {
+        name: res.resource_name.to_string(),
+        configs,
+    }))
+}
+
+/// Submits the planned commands (those that are `Ok(Some)`) in one batch
+/// and gives each resource its result, in order.
+async fn submit_planned(
     shard: &std::rc::Rc<Shard>,
-    req: IncrementalAlterConfigsRequest,
-) -> IncrementalAlterConfigsResponse {
-    let planned: Vec<Result<Option<Command>, CommandError>> =
-        req.resources.iter().map(alter_command).collect();
+    planned: Vec<Result<Option<Command>, CommandError>>,
+    validate_only: bool,
+) -> Vec<Result<(), CommandError>> {
     let checked = planned
         .iter()
         .filter_map(|p| p.clone().transpose())
         .collect();
     let mut submitted = shard
         .control()
-        .submit_checked(checked, req.validate_only)
+        .submit_checked(checked, validate_only)
         .await
         .into_iter();
-    let results: Vec<Result<(), CommandError>> = planned
+    planned
         .into_iter()
         .map(|p| match p {
             Ok(None) => Ok(()),
             _ => submitted.next().map_or(Ok(()), |r| r.map(|_| ())),
         })
-        .collect();
+        .collect()
+}
+
+pub async fn alter_configs(
+    shard: &std::rc::Rc<Shard>,
+    req: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let planned = req.resources.iter().map(replace_command).collect();
+    let results = submit_planned(shard, planned, req.validate_only).await;
+    let mut resp = AlterConfigsResponse::default();
+    for (res, result) in req.resources.iter().zip(results) {
+        let (code, message) = error_fields(result);
+        resp.responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message),
+        );
+    }
+    resp
+}
+
+/// A resource's error code and message (none on success).
+fn error_fields(
+    result: Result<(), CommandError>,
+) -> (i16, Option<kafka_protocol::protocol::StrBytes>) {
+    match result {
+        Ok(()) => (0, None),
+        Err(e) => (e.code, Some(str_bytes(&e.message))),
+    }
+}
+
+pub async fn incremental_alter_configs(
+    shard: &std::rc::Rc<Shard>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let planned = req.resources.iter().map(alter_command).collect();
+    let results = submit_planned(shard, planned, req.validate_only).await;
     let mut resp = IncrementalAlterConfigsResponse::default();
     for (res, result) in req.resources.iter().zip(results) {
-        let mut r = AlterConfigsResourceResponse::default();
-        r.resource_type = res.resource_type;
-        r.resource_name = res.resource_name.clone();
-        if let Err(e) = result {
-            r.error_code = e.code;
-            r.error_message = Some(str_bytes(&e.message));
-        }
-        resp.responses.push(r);
+        let (code, message) = error_fields(result);
+        resp.responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message),
+        );
     }
     resp
 }

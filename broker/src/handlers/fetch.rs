@@ -1,7 +1,8 @@
 //! Fetch: reads whole batches through each partition (log cache, then
 //! objects), honouring `max_bytes`, per-partition limits, leader epochs,
 //! `isolation_level` (read_committed stops at the last stable offset and
-//! lists the aborted transactions of what it returns) and the
+//! lists the aborted transactions of what it returns), KIP-320's divergence
+//! check (`last_fetched_epoch`) and the
 //! `max_wait_ms`/`min_bytes` long poll, which only appends to the
 //! requested partitions wake.
 //!
@@ -10,19 +11,21 @@
 //! await their GETs.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use event_listener::EventListener;
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint,
+    PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
 use super::{find_topic, leader_hint, locate, str_bytes};
-use crate::metadata::TopicMeta;
+use crate::metadata::{MetadataImage, TopicMeta};
 use crate::shard::{PartitionKey, ReadError, Shard};
 use net::Spliced;
 
@@ -99,6 +102,47 @@ fn check_epoch(meta: &TopicMeta, p: &FetchPartition) -> Result<(), ResponseError
     }
 }
 
+/// Kafka's divergence check for a fetch that names the epoch of the last
+/// batch it read (`last_fetched_epoch`, v12+): if that epoch ended before
+/// the fetch offset, or the log has no such epoch, the answer carries no
+/// records but the epoch and offset the client must truncate to.
+fn diverged(
+    shard: &Shard,
+    image: &MetadataImage,
+    meta: Option<&Arc<TopicMeta>>,
+    key: PartitionKey,
+    p: &FetchPartition,
+) -> Option<PartitionData> {
+    let epoch = meta?.leader_epochs.get(p.partition as usize).copied()?;
+    let (log_start, log_end, hw) = shard
+        .partitions
+        .borrow()
+        .get(&key)
+        .filter(|part| part.state.serves_reads())
+        .map(|part| {
+            (
+                part.state.log_start,
+                part.state.log_end,
+                part.state.high_watermark,
+            )
+        })?;
+    let history = image.epoch_starts.get(&key).cloned().unwrap_or_default();
+    let (found, end) = history.end_offset_for(p.last_fetched_epoch, epoch, log_end);
+    if found >= p.last_fetched_epoch && end >= p.fetch_offset {
+        return None;
+    }
+    let mut d = error_data(p.partition, ResponseError::UnknownServerError);
+    d.error_code = 0;
+    d.high_watermark = hw;
+    d.last_stable_offset = shard.last_stable_offset(key).map_or(hw, |l| l.min(hw));
+    d.log_start_offset = log_start;
+    d.diverging_epoch = EpochEndOffset::default()
+        .with_epoch(found)
+        .with_end_offset(end);
+    d.records = Some(Bytes::new());
+    Some(d)
+}
+
 fn error_data(index: i32, code: ResponseError) -> PartitionData {
     let mut d = PartitionData::default();
     d.partition_index = index;
@@ -168,6 +212,15 @@ async fn read_all(
                     continue;
                 }
             };
+            if version >= 12 && p.last_fetched_epoch >= 0 {
+                if let Some(d) = diverged(shard, &image, meta, key, p) {
+                    // Answered at once, as an error is: the client must
+                    // truncate before it fetches again.
+                    errors = true;
+                    out.push(d);
+                    continue;
+                }
+            }
             let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
             let read = if read_committed {
                 shard

@@ -69,12 +69,10 @@ pub async fn handle(
                 out.push(r);
                 continue;
             };
-            if version >= 4 {
-                r.leader_epoch = meta
-                    .and_then(|m| m.leader_epochs.get(p.partition_index as usize))
-                    .copied()
-                    .unwrap_or_default();
-            }
+            let epoch = meta
+                .and_then(|m| m.leader_epochs.get(p.partition_index as usize))
+                .copied()
+                .unwrap_or_default();
             let found: Result<Option<(i64, i64)>, ReadError> = match p.timestamp {
                 EARLIEST => Ok(Some((-1, log_start))),
                 EARLIEST_LOCAL if version >= 8 => Ok(Some((-1, log_start))),
@@ -94,6 +92,18 @@ pub async fn handle(
                 Ok(Some((ts, offset))) => {
                     r.timestamp = ts;
                     r.offset = offset;
+                    // The epoch the offset was written in (the leader's
+                    // for the log end), as Kafka answers from its cache.
+                    if version >= 4 {
+                        r.leader_epoch = if offset >= high_watermark {
+                            epoch
+                        } else {
+                            image
+                                .epoch_starts
+                                .get(&key)
+                                .map_or(0, |h| h.epoch_at(offset, epoch))
+                        };
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => r.error_code = e.code().code(),

@@ -10,6 +10,7 @@ pub mod delete_records;
 pub mod features;
 pub mod fetch;
 pub mod groups;
+pub mod leader_epoch;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;

@@ -22,9 +22,11 @@ use crate::controller::records::{
 use crate::quota::{self, ClientQuotas};
 use crate::topic_config;
 
+pub mod epochs;
 pub mod objects;
 pub mod producers;
 
+use epochs::EpochHistory;
 use objects::{ObjectMeta, ObjectsImage};
 use producers::ProducersImage;
 
@@ -77,6 +79,9 @@ pub struct MetadataImage {
     /// SCRAM credentials (AlterUserScramCredentials): user -> mechanism ->
     /// credential. Kept as Kafka keeps them; this broker speaks no SASL.
     pub scram: BTreeMap<String, BTreeMap<i8, ScramCredential>>,
+    /// The first offset of each leader epoch after 0, per partition that
+    /// has changed leader (`epochs.rs`).
+    pub epoch_starts: imbl::OrdMap<(Uuid, i32), EpochHistory>,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -119,6 +124,14 @@ impl MetadataImage {
                 }
                 self.objects.drop_topic(*id);
                 self.producers.drop_topic(*id);
+                let gone: Vec<_> = self
+                    .epoch_starts
+                    .range((*id, i32::MIN)..=(*id, i32::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in gone {
+                    self.epoch_starts.remove(&k);
+                }
             }
             Record::PartitionsAdded {
                 topic_id,
@@ -140,16 +153,47 @@ impl MetadataImage {
                 partition,
                 leader,
                 leader_epoch,
-            } => self.update_topic(topic_id, rec, |t| {
-                let Some(p) = usize::try_from(*partition).ok().filter(|&p| p < t.leaders.len())
-                else {
-                    warn!(topic = %t.name, partition, "leader change for an unknown partition");
-                    return;
-                };
-                t.leaders[p] = shard_of(*leader);
-                t.leader_nodes[p] = *leader;
-                t.leader_epochs[p] = *leader_epoch;
-            }),
+            } => {
+                // The new leader's log starts where the objects end (a
+                // partition moves only once its data is all there).
+                let start = self
+                    .objects
+                    .partition(*topic_id, *partition)
+                    .and_then(|o| o.end())
+                    .unwrap_or(0);
+                let mut known = false;
+                self.update_topic(topic_id, rec, |t| {
+                    let Some(p) = usize::try_from(*partition)
+                        .ok()
+                        .filter(|&p| p < t.leaders.len())
+                    else {
+                        warn!(topic = %t.name, partition, "leader change for an unknown partition");
+                        return;
+                    };
+                    t.leaders[p] = shard_of(*leader);
+                    t.leader_nodes[p] = *leader;
+                    t.leader_epochs[p] = *leader_epoch;
+                    known = true;
+                });
+                if known {
+                    self.epoch_starts
+                        .entry((*topic_id, *partition))
+                        .or_default()
+                        .started(*leader_epoch, start);
+                }
+            }
+            Record::LeaderEpochStarts {
+                topic_id,
+                partition,
+                starts,
+            } => {
+                if self.has_partition(*topic_id, *partition) {
+                    self.epoch_starts.insert(
+                        (*topic_id, *partition),
+                        EpochHistory::from_entries(starts.clone()),
+                    );
+                }
+            }
             Record::TopicConfigChanged {
                 topic_id,
                 name,
@@ -382,6 +426,15 @@ impl MetadataImage {
                         leader_epoch: epoch,
                     });
                 }
+                // After the leader change, which (before the objects are
+                // back) would note a wrong start for its epoch.
+                if let Some(h) = self.epoch_starts.get(&(t.id, p as i32)) {
+                    out.push(Record::LeaderEpochStarts {
+                        topic_id: t.id,
+                        partition: p as i32,
+                        starts: h.entries().to_vec(),
+                    });
+                }
             }
         }
         if self.next_producer_id > 0 {
@@ -447,6 +500,12 @@ pub enum Command {
     AlterTopicConfigs {
         name: String,
         changes: Vec<(String, Option<String>)>,
+    },
+    /// Replaces every config set on the topic by `configs` (the legacy
+    /// AlterConfigs): the ones left out go back to their defaults.
+    ReplaceTopicConfigs {
+        name: String,
+        configs: Vec<(String, String)>,
     },
     /// Hands `count` object ids to `node_id` (the image then names them in
     /// `objects.reservations`).
@@ -672,28 +731,20 @@ fn plan_one(
             count,
             assignment,
         } => create_partitions(image, placement, name, *count, assignment.as_deref()),
-        Command::AlterTopicConfigs { name, changes } => {
+        Command::AlterTopicConfigs { name, changes } => alter_topic_configs(image, name, changes),
+        Command::ReplaceTopicConfigs { name, configs } => {
             let meta = existing(image, name)?;
-            let mut recs = Vec::with_capacity(changes.len());
-            for (k, v) in changes {
-                match v {
-                    Some(v) => topic_config::validate(k, v)
-                        .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?,
-                    None if topic_config::lookup(k).is_none() => {
-                        return Err(CommandError::new(
-                            ResponseError::InvalidConfig,
-                            format!("unknown topic config {k}"),
-                        ))
-                    }
-                    None => {}
-                }
-                recs.push(Record::TopicConfigChanged {
-                    topic_id: meta.id,
-                    name: k.clone(),
-                    value: v.clone(),
-                });
-            }
-            Ok((meta.id, recs))
+            let mut changes: Vec<(String, Option<String>)> = configs
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect();
+            changes.extend(
+                meta.configs
+                    .keys()
+                    .filter(|k| !configs.iter().any(|(c, _)| c == *k))
+                    .map(|k| (k.clone(), None)),
+            );
+            alter_topic_configs(image, name, &changes)
         }
         Command::ReserveObjectIds { node_id, count } => {
             if !(1..=1_000_000).contains(count) {
@@ -1016,6 +1067,35 @@ fn move_partition(
         ));
     }
     Ok((topic_id, vec![leader_changed(t, partition, to_node)]))
+}
+
+/// Sets (`Some`) or removes (`None`) configs of topic `name`, each checked.
+fn alter_topic_configs(
+    image: &MetadataImage,
+    name: &str,
+    changes: &[(String, Option<String>)],
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    let meta = existing(image, name)?;
+    let mut recs = Vec::with_capacity(changes.len());
+    for (k, v) in changes {
+        match v {
+            Some(v) => topic_config::validate(k, v)
+                .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?,
+            None if topic_config::lookup(k).is_none() => {
+                return Err(CommandError::new(
+                    ResponseError::InvalidConfig,
+                    format!("unknown topic config {k}"),
+                ))
+            }
+            None => {}
+        }
+        recs.push(Record::TopicConfigChanged {
+            topic_id: meta.id,
+            name: k.clone(),
+            value: v.clone(),
+        });
+    }
+    Ok((meta.id, recs))
 }
 
 fn existing<'a>(image: &'a MetadataImage, name: &str) -> Result<&'a Arc<TopicMeta>, CommandError> {
@@ -1726,6 +1806,61 @@ mod tests {
         assert_eq!(rebuilt.topics, img.topics);
         assert_eq!(rebuilt.ids, img.ids);
         assert_eq!(rebuilt.topic("a").unwrap().configs["retention.ms"], "10");
+    }
+
+    #[test]
+    fn each_leader_epoch_starts_where_the_objects_end() {
+        let mut img = MetadataImage::default();
+        let id = Uuid::from_u128(7);
+        img.apply(&Record::TopicCreated {
+            id,
+            name: "a".into(),
+            configs: BTreeMap::new(),
+        });
+        img.apply(&Record::PartitionsAdded {
+            topic_id: id,
+            first: 0,
+            leaders: vec![0, 0],
+        });
+        let commit = |img: &mut MetadataImage, object_id, start_offset, end_offset| {
+            img.apply(&Record::ObjectCommitted {
+                object_id,
+                node_id: 0,
+                size: 10,
+                ranges: vec![ObjectRange {
+                    topic_id: id,
+                    partition: 1,
+                    start_offset,
+                    end_offset,
+                    max_timestamp: 1,
+                    bytes: 10,
+                }],
+            })
+        };
+        let moved = |leader, leader_epoch| Record::PartitionLeaderChanged {
+            topic_id: id,
+            partition: 1,
+            leader,
+            leader_epoch,
+        };
+        commit(&mut img, 1, 0, 100);
+        img.apply(&moved(1, 1));
+        commit(&mut img, 2, 100, 250);
+        img.apply(&moved(0, 2));
+        let h = img.epoch_starts[&(id, 1)].clone();
+        assert_eq!(h.entries(), &[(1, 100), (2, 250)]);
+        assert_eq!(h.end_offset_for(1, 2, 300), (1, 250));
+        assert_eq!(h.end_offset_for(0, 2, 300), (0, 100));
+        assert!(!img.epoch_starts.contains_key(&(id, 0)));
+        // A snapshot keeps it, although its leader change is replayed
+        // before the objects.
+        let mut rebuilt = MetadataImage::default();
+        for r in img.to_records() {
+            rebuilt.apply(&r);
+        }
+        assert_eq!(rebuilt.epoch_starts, img.epoch_starts);
+        rebuilt.apply(&Record::TopicDeleted { id });
+        assert!(rebuilt.epoch_starts.is_empty());
     }
 
     #[test]

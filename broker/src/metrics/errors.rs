@@ -32,6 +32,11 @@ pub fn for_each_error(resp: &ResponseKind, mut f: impl FnMut(i16)) {
             .iter()
             .flat_map(|t| &t.partitions)
             .for_each(|p| e(p.error_code)),
+        ResponseKind::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| e(p.error_code)),
         ResponseKind::Metadata(r) => r.topics.iter().for_each(|t| e(t.error_code)),
         ResponseKind::OffsetCommit(r) => r
             .topics

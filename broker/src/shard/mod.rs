@@ -510,6 +510,9 @@ impl Shard {
             RequestKind::Metadata(r) => {
                 ResponseKind::Metadata(handlers::metadata::handle(&self, r, v).await)
             }
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(handlers::leader_epoch::handle(&self, r))
+            }
             RequestKind::DescribeCluster(r) => {
                 ResponseKind::DescribeCluster(handlers::metadata::describe_cluster(&self, r))
             }
@@ -657,6 +660,9 @@ impl Shard {
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,
             ),
+            RequestKind::AlterConfigs(r) => {
+                ResponseKind::AlterConfigs(handlers::configs::alter_configs(&self, r).await)
+            }
             other => {
                 // The codec only lets through APIs listed in net::versions.
                 warn!("no handler for {other:?}");

@@ -11,6 +11,10 @@ Each check runs real commands with `java -cp` and checks their output:
                          earliest-local, latest-tiered
   reassign-partitions    ReassignPartitionsCommand: list, generate, execute
                          (both partitions to the other node), verify
+  leader-epochs          the Java consumer on a partition moved to another
+                         node: each record's leader epoch, and its
+                         truncation check (LogTruncationException at the
+                         offset where epoch 0 ended; reset there)
   cluster-reassign       the same on scripts/cluster (three processes): every
                          partition to another broker, verified, records kept
   api-versions           Apache Kafka itself from these jars (single node, its
@@ -263,6 +267,22 @@ def check_reassign_partitions(env: Env) -> None:
     execute_and_verify(env, t, {p: 1 - leader for p, leader in leaders.items()})
     values = sorted(v.decode() for _, v in read_topic(env, t, 2))
     expect(values == sorted(f"v{i}" for i in range(100)), "records after the move")
+
+
+def check_leader_epochs(env: Env) -> None:
+    """A partition moved to the other node is at leader epoch 1: the Java
+    consumer sees each record's epoch, and its truncation check (KIP-320,
+    OffsetsForLeaderEpoch) finds where epoch 0 ended."""
+    t = unique("ep")
+    create(env, t, 1)
+    produce_lines(env, t, [f"a{i}" for i in range(30)], partitions=1)
+    desc = env.tool(TOPIC, "--describe", "--topic", t)
+    leader = int(re.findall(r"Partition: 0\s+Leader: (\d+)", desc)[0])
+    execute_and_verify(env, t, {0: 1 - leader})
+    produce_lines(env, t, [f"b{i}" for i in range(20)], partitions=1)
+    out = env.java("EpochCheck", env.bootstrap, t, "35")
+    want = ["epochs 0:30 1:20", "truncation 30 0", "reset-to 30", "first 35"]
+    expect(out.split("\n")[:4] == want, f"EpochCheck printed:\n{out}\nwanted:\n" + "\n".join(want))
 
 
 def check_cluster_reassign(env: Env) -> None:
@@ -662,6 +682,7 @@ CHECKS = {
     "consumer-group-command": check_consumer_group_command,
     "get-offsets": check_get_offsets,
     "reassign-partitions": check_reassign_partitions,
+    "leader-epochs": check_leader_epochs,
     "cluster-reassign": check_cluster_reassign,
     "api-versions": check_api_versions_vs_kafka,
     "admin-commands": check_admin_commands,
@@ -672,7 +693,7 @@ CHECKS = {
     "streams-eos": check_streams_eos,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
-         "streams-eos", "cluster-reassign", "api-versions"]
+         "streams-eos", "cluster-reassign", "api-versions", "leader-epochs"]
 
 
 def main() -> int:
