@@ -79,6 +79,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AlterReplicaLogDirs, 1, 2),
+    // Through the controller: a fenced broker leaves the registry.
+    (ApiKey::UnregisterBroker, 0, 0),
     // Answered as Kafka answers them on a PLAINTEXT listener
     // (broker/src/handlers/auth.rs: SCRAM credentials are kept, as Kafka
     // keeps them, though there is no SASL to use them), and with fixed

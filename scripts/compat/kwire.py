@@ -40,6 +40,7 @@ HEARTBEAT = 12
 DESCRIBE_GROUPS = 15
 INIT_PRODUCER_ID = 22
 OFFSET_FOR_LEADER_EPOCH = 23
+UNREGISTER_BROKER = 64
 DESCRIBE_PRODUCERS = 61
 DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
@@ -51,6 +52,8 @@ CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 FENCED_LEADER_EPOCH = 74
+INVALID_REQUEST = 42
+BROKER_ID_NOT_REGISTERED = 102
 UNKNOWN_LEADER_EPOCH = 75
 UNSUPPORTED_VERSION = 35
 INVALID_RECORD = 87
@@ -64,7 +67,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
                   DESCRIBE_TRANSACTIONS: 0, LIST_TRANSACTIONS: 0,
                   DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1,
-                  OFFSET_FOR_LEADER_EPOCH: 4}
+                  OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -870,6 +873,18 @@ def describe_producers(conn: Conn, topic: str, partition: int) -> tuple[int, lis
     r.expect_end("DescribeProducers v0 response")
     assert result is not None, "no partition in the DescribeProducers response"
     return result
+
+
+# --- UnregisterBroker (v0) -----------------------------------------------------
+
+def unregister_broker(conn: Conn, broker_id: int) -> tuple[int, str | None]:
+    """(error code, error message)."""
+    r = conn.request(UNREGISTER_BROKER, 0, Writer().int32(broker_id).tags(True).getvalue())
+    r.int32()  # throttle_time_ms
+    out = (r.int16(), r.string(True))
+    r.skip_tags(True)
+    r.expect_end("UnregisterBroker v0 response")
+    return out
 
 
 # --- OffsetForLeaderEpoch (v2..v4) --------------------------------------------

@@ -16,7 +16,8 @@ partition, no reassignment in progress):
   as Kafka checks them, kept across a restart; delegation tokens: not
   allowed on a PLAINTEXT listener;
 * DescribeClientQuotas: no quotas, filters checked as Kafka checks them;
-* AlterConfigs (legacy): a topic's configs replaced.
+* AlterConfigs (legacy): a topic's configs replaced;
+* UnregisterBroker: an unknown or live broker refused.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, A
 import kafka.errors
 from kafka import KafkaAdminClient
 
+import kwire
 from kwire import DESCRIBE_CLIENT_QUOTAS, Conn, Writer
 from test_idempotence import create_topic
 
@@ -228,6 +230,22 @@ def test_legacy_alter_configs_replaces_a_topics_configs(broker, kp_admin):
                                                 configs={"retention.ms": "7200000"})],
                                incremental=False)
     assert "7200000" == described()["retention.ms"][0], r
+
+
+def test_unregister_broker_refuses_a_live_or_unknown_broker(broker):
+    """UnregisterBroker: an id never registered is BROKER_ID_NOT_REGISTERED,
+    as in Kafka; this broker, live, is refused (INVALID_REQUEST: it would
+    not register again while it runs). Unregistering a fenced broker is
+    test_cluster's test_unclean_election_gives_up_a_lost_broker."""
+    host, port = broker.bootstrap.split(",")[0].split(":")
+    with kwire.Conn(host, int(port)) as c:
+        err, msg = kwire.unregister_broker(c, 77)
+        assert err == kwire.BROKER_ID_NOT_REGISTERED and "77" in msg, (err, msg)
+        err, msg = kwire.unregister_broker(c, 0)
+        assert err == kwire.INVALID_REQUEST and "is live" in msg, (err, msg)
+    # Still registered and serving.
+    assert Producer({"bootstrap.servers": broker.bootstrap,
+                     "broker.address.family": "v4"}).list_topics(timeout=10).brokers
 
 
 def test_features_are_reported_and_fixed(broker, kp_admin):

@@ -372,7 +372,8 @@ impl Controller {
             })?),
             None => None,
         };
-        let raft = Raft::new(s.raft_id, Arc::new(config), rpc::Network, log, sm)
+        let network = rpc::Network::new(s.voters.as_deref().unwrap_or_default());
+        let raft = Raft::new(s.raft_id, Arc::new(config), network, log, sm)
             .await
             .map_err(raft_err)?;
         if let Some(listener) = listener {
@@ -397,6 +398,10 @@ impl Controller {
             if let Err(e) = raft.initialize(members).await {
                 debug!("quorum initialisation: {e}");
             }
+        }
+        if let Some(voters) = &s.voters {
+            let m = raft.metrics().borrow().membership_config.clone();
+            check_membership(voters, m.membership());
         }
         let single = s.voters.is_none();
         raft.wait(Some(if single {
@@ -916,6 +921,38 @@ fn rand_session() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Says clearly in the log where `controller_quorum_voters` and the
+/// quorum's recorded membership differ: a voter at another address is
+/// called at the configured one (`rpc::Network`), but the set of voters is
+/// the quorum's own (it changes only through the quorum).
+fn check_membership(voters: &[(u64, String)], membership: &openraft::Membership<u64, BasicNode>) {
+    let recorded: BTreeMap<u64, &BasicNode> = membership.nodes().map(|(id, n)| (*id, n)).collect();
+    if recorded.is_empty() {
+        return; // a new quorum: formed from the configured list
+    }
+    for (id, addr) in voters {
+        if let Some(n) = recorded.get(id).filter(|n| &n.addr != addr) {
+            warn!(
+                voter = id,
+                recorded = %n.addr,
+                configured = %addr,
+                "this voter's quorum address changed since the quorum formed: calling it at \
+                 the configured one"
+            );
+        }
+    }
+    let configured: std::collections::BTreeSet<u64> = voters.iter().map(|(id, _)| *id).collect();
+    let members: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    if configured != members {
+        warn!(
+            configured = ?configured,
+            quorum = ?members,
+            "controller_quorum_voters names other voters than the quorum has: the quorum keeps \
+             its own (voters are not added or removed by editing the configuration)"
+        );
+    }
 }
 
 /// A broker-only process asks the voters, until the leader answers, to

@@ -33,6 +33,7 @@ pub mod kind {
     pub const BROKER_RACK: u16 = 11;
     pub const SCRAM_CREDENTIAL_CHANGED: u16 = 12;
     pub const LEADER_EPOCH_STARTS: u16 = 13;
+    pub const NODE_UNREGISTERED: u16 = 14;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -192,6 +193,10 @@ pub enum Record {
         partition: i32,
         starts: Vec<(i32, i64)>,
     },
+    /// A node leaves the registry (UnregisterBroker).
+    NodeUnregistered {
+        node_id: i32,
+    },
 }
 
 /// A salted SCRAM credential (AlterUserScramCredentials). Its `Debug` shows
@@ -309,6 +314,7 @@ impl Record {
             Record::ClientQuotaChanged { .. } => kind::CLIENT_QUOTA_CHANGED,
             Record::ScramCredentialChanged { .. } => kind::SCRAM_CREDENTIAL_CHANGED,
             Record::LeaderEpochStarts { .. } => kind::LEADER_EPOCH_STARTS,
+            Record::NodeUnregistered { .. } => kind::NODE_UNREGISTERED,
         }
     }
 
@@ -364,6 +370,7 @@ impl Record {
                 out.put_i32(*leader);
                 out.put_i32(*leader_epoch);
             }
+            Record::NodeUnregistered { node_id } => out.put_i32(*node_id),
             Record::LeaderEpochStarts {
                 topic_id,
                 partition,
@@ -659,6 +666,7 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             leader: r.i32()?,
             leader_epoch: r.i32()?,
         },
+        kind::NODE_UNREGISTERED => Record::NodeUnregistered { node_id: r.i32()? },
         kind::LEADER_EPOCH_STARTS => {
             let topic_id = r.uuid()?;
             let partition = r.i32()?;
@@ -1004,6 +1012,7 @@ impl fmt::Display for Record {
                 f,
                 "PartitionLeaderChanged topic={topic_id} partition={partition} leader={leader} epoch={leader_epoch}"
             ),
+            Record::NodeUnregistered { node_id } => write!(f, "NodeUnregistered node={node_id}"),
             Record::LeaderEpochStarts {
                 topic_id,
                 partition,
@@ -1193,6 +1202,7 @@ pub(crate) mod tests {
                 partition: 2,
                 starts: vec![(1, 10), (3, 250)],
             },
+            Record::NodeUnregistered { node_id: 2001 },
             Record::TopicConfigChanged {
                 topic_id: id,
                 name: "retention.ms".into(),
@@ -1307,7 +1317,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 21, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 22, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

@@ -8,6 +8,8 @@
 //! thread's tokio runtime, never on a shard. A frame above `MAX_FRAME`, or
 //! one that does not parse, closes the connection.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
@@ -170,14 +172,36 @@ fn unexpected(what: &str, got: &RpcResponse) -> std::io::Error {
     std::io::Error::other(format!("answer to {what} was {got:?}"))
 }
 
-/// Raft's client side: one `Peer` per target.
-pub struct Network;
+/// Raft's client side: one `Peer` per target. A voter is reached at the
+/// address `controller_quorum_voters` gives it now, not the one the
+/// quorum's membership recorded when the quorum was formed: voters may
+/// move to other ports across a restart (every process given the new
+/// list). A learner is reached where it said it listens when it joined.
+pub struct Network {
+    voters: Arc<HashMap<u64, String>>,
+}
+
+impl Network {
+    pub fn new(voters: &[(u64, String)]) -> Self {
+        Network {
+            voters: Arc::new(voters.iter().cloned().collect()),
+        }
+    }
+
+    /// The address to call `target` at.
+    pub fn addr_of(&self, target: u64, node: &BasicNode) -> String {
+        self.voters
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone())
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        Peer::new(target, node.addr.clone())
+        Peer::new(target, self.addr_of(target, node))
     }
 }
 
@@ -231,6 +255,18 @@ impl RaftNetwork<TypeConfig> for Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn voters_are_called_at_their_configured_address() {
+        let n = Network::new(&[(1, "127.0.0.1:2000".into())]);
+        let recorded = BasicNode::new("127.0.0.1:1000");
+        assert_eq!(n.addr_of(1, &recorded), "127.0.0.1:2000");
+        // A learner: where it joined from.
+        assert_eq!(
+            n.addr_of(7, &BasicNode::new("127.0.0.1:1007")),
+            "127.0.0.1:1007"
+        );
+    }
 
     #[test]
     fn frames_round_trip_and_oversized_ones_are_refused() {

@@ -15,7 +15,9 @@
 //! * ListConfigResources: topics and nodes (v1), client-metrics
 //!   subscriptions (none);
 //! * DescribeQuorum: the Raft quorum that keeps the metadata;
-//! * AlterReplicaLogDirs: one log directory per node, so only no-op moves.
+//! * AlterReplicaLogDirs: one log directory per node, so only no-op moves;
+//! * UnregisterBroker: a fenced broker's nodes leave the registry (through
+//!   the controller).
 //!
 //! Runs on the shard that received the request; reads its metadata image
 //! and partitions only.
@@ -50,12 +52,12 @@ use kafka_protocol::messages::{
     DescribeQuorumResponse, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
     ElectLeadersRequest, ElectLeadersResponse, ListConfigResourcesRequest,
     ListConfigResourcesResponse, ListPartitionReassignmentsRequest,
-    ListPartitionReassignmentsResponse,
+    ListPartitionReassignmentsResponse, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name};
-use crate::metadata::TopicMeta;
+use crate::metadata::{Command, TopicMeta};
 use crate::shard::Shard;
 
 const NO_AUTHORIZER: &str = "No Authorizer is configured.";
@@ -649,6 +651,28 @@ pub fn alter_replica_log_dirs(
                     .with_partitions(partitions),
             );
         }
+    }
+    resp
+}
+
+/// UnregisterBroker: committed by the controller, which refuses a broker
+/// it does not know (BROKER_ID_NOT_REGISTERED) or one still live.
+pub async fn unregister_broker(
+    shard: &Rc<Shard>,
+    req: UnregisterBrokerRequest,
+) -> UnregisterBrokerResponse {
+    let broker_id = req.broker_id.0;
+    let cmd = Command::UnregisterBroker { broker_id };
+    let result = shard.control().submit(vec![cmd], false).await.pop();
+    let mut resp = UnregisterBrokerResponse::default().with_error_message(None);
+    match result {
+        Some(Ok(_)) => tracing::info!(broker = broker_id, "broker unregistered"),
+        Some(Err(e)) => {
+            tracing::info!(broker = broker_id, "broker not unregistered: {}", e.message);
+            resp.error_code = e.code;
+            resp.error_message = Some(str_bytes(&e.message));
+        }
+        None => resp.error_code = ResponseError::UnknownServerError.code(),
     }
     resp
 }

@@ -229,6 +229,17 @@ impl MetadataImage {
                     self.racks.insert(*broker_id, rack.clone());
                 }
             }
+            Record::NodeUnregistered { node_id } => {
+                self.nodes.remove(node_id);
+                let broker = node_id.div_euclid(NODES_PER_BROKER);
+                if !self
+                    .nodes
+                    .keys()
+                    .any(|id| id.div_euclid(NODES_PER_BROKER) == broker)
+                {
+                    self.racks.remove(&broker);
+                }
+            }
             Record::NodeFenced { node_id, epoch } => {
                 if let Some(n) = self.nodes.get_mut(node_id) {
                     if n.epoch == *epoch {
@@ -604,6 +615,12 @@ pub enum Command {
         #[serde(default)]
         movable: Vec<(Uuid, i32, i32)>,
     },
+    /// An operator removes a broker that is gone for good (Kafka's
+    /// UnregisterBroker): its nodes leave the registry. Refused while any
+    /// of them is live.
+    UnregisterBroker {
+        broker_id: i32,
+    },
     /// Unclean leader election (an operator's choice): a partition whose
     /// leader is fenced goes to the least loaded live node, from what is in
     /// objects; what its old leader had not uploaded is given up.
@@ -932,6 +949,7 @@ fn plan_one(
             }
             Ok((Uuid::nil(), records))
         }
+        Command::UnregisterBroker { broker_id } => unregister_broker(image, *broker_id),
         Command::FenceBroker { broker_id, movable } => Ok((
             Uuid::nil(),
             fence_broker(image, placement, *broker_id, movable),
@@ -1216,6 +1234,44 @@ fn register_broker(
     registered.chain(gone).collect()
 }
 
+/// Removes every node of `broker_id` from the registry, as Kafka's
+/// controller does on UnregisterBroker. Unlike Kafka, a broker with a live
+/// node is refused: a Kafka broker registers again at its next heartbeat,
+/// but a broker that leads the quorum (or runs alone) sends none and would
+/// stay unlisted while it serves. Its partitions keep it as their leader
+/// and wait, as for a fenced broker, until it registers again (or an
+/// unclean election moves them).
+fn unregister_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+) -> Result<(Uuid, Vec<Record>), CommandError> {
+    let nodes: Vec<(&i32, &NodeMeta)> = image
+        .nodes
+        .iter()
+        .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) == broker_id)
+        .collect();
+    if nodes.is_empty() {
+        return Err(CommandError::new(
+            ResponseError::BrokerIdNotRegistered,
+            format!("Broker ID {broker_id} is not currently registered"),
+        ));
+    }
+    if nodes.iter().any(|(_, n)| !n.fenced) {
+        return Err(CommandError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "broker {broker_id} is live: stop it and let the quorum fence it before \
+                 unregistering it"
+            ),
+        ));
+    }
+    let records = nodes
+        .iter()
+        .map(|(&node_id, _)| Record::NodeUnregistered { node_id })
+        .collect();
+    Ok((Uuid::nil(), records))
+}
+
 fn elect_unclean(
     image: &MetadataImage,
     placement: Placement,
@@ -1474,6 +1530,42 @@ mod tests {
             rack: rack.map(str::to_string),
         };
         assert!(t.apply(&[cmd], false).0[0].is_ok());
+    }
+
+    #[test]
+    fn only_a_fenced_broker_is_unregistered() {
+        let mut t = TopicTable::new(P2);
+        register(&mut t, 0, 1, None);
+        register(&mut t, 1, 2, Some("r1"));
+        let unregister = |b| Command::UnregisterBroker { broker_id: b };
+        let code = |t: &mut TopicTable, b| t.apply(&[unregister(b)], false).0[0].clone().err();
+        assert_eq!(
+            code(&mut t, 7).map(|e| e.code),
+            Some(ResponseError::BrokerIdNotRegistered.code())
+        );
+        assert_eq!(
+            code(&mut t, 1).map(|e| e.code),
+            Some(ResponseError::InvalidRequest.code()),
+            "broker 1 is live"
+        );
+        let fence = Command::FenceBroker {
+            broker_id: 1,
+            movable: vec![],
+        };
+        assert!(t.apply(&[fence], false).0[0].is_ok());
+        let (r, recs) = t.apply(&[unregister(1)], false);
+        assert!(r[0].is_ok());
+        assert_eq!(recs.len(), 2, "both of its nodes");
+        let img = t.image();
+        assert!(img.nodes.keys().all(|&n| n < NODES_PER_BROKER));
+        assert!(!img.racks.contains_key(&1));
+        assert_eq!(
+            code(&mut t, 1).map(|e| e.code),
+            Some(ResponseError::BrokerIdNotRegistered.code())
+        );
+        // It may come back: registering makes its nodes live again.
+        register(&mut t, 1, 2, None);
+        assert!(t.image().live_node(1001).is_some());
     }
 
     #[test]

@@ -660,6 +660,9 @@ impl Shard {
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,
             ),
+            RequestKind::UnregisterBroker(r) => {
+                ResponseKind::UnregisterBroker(handlers::admin::unregister_broker(&self, r).await)
+            }
             RequestKind::AlterConfigs(r) => {
                 ResponseKind::AlterConfigs(handlers::configs::alter_configs(&self, r).await)
             }

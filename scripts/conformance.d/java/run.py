@@ -25,7 +25,9 @@ Each check runs real commands with `java -cp` and checks their output:
                          MetadataQuorumCommand, FeatureCommand (describe,
                          a refused upgrade), DelegationTokenCommand (not
                          allowed on PLAINTEXT), ConfigCommand on users
-                         (SCRAM credentials set, shown, deleted)
+                         (SCRAM credentials set, shown, deleted),
+                         ClusterTool (cluster-id, list-endpoints,
+                         unregister: unknown, live)
   transactions-command   TransactionsCommand: list, describe,
                          describe-producers, find-hanging, abort
   verifiable-clients     VerifiableProducer (acks=all; the Java client's
@@ -428,6 +430,21 @@ def check_admin_commands(env: Env) -> None:
                      r"\s+FinalizedVersionLevel: 1", out) is not None, f"FeatureCommand describe:\n{out}")
     out = env.tool(features, "upgrade", "--feature", "group.version=2", check=False)
     expect("Could not upgrade group.version to 2" in out, f"FeatureCommand upgrade:\n{out}")
+    # ClusterTool (kafka-cluster): the cluster id, the endpoints, and
+    # unregister (UnregisterBroker): an unknown broker, then this one,
+    # which is live.
+    cluster_tool = "org.apache.kafka.tools.ClusterTool"
+    out = env.java(cluster_tool, "cluster-id", "--bootstrap-server", env.bootstrap)
+    expect(re.search(r"Cluster ID: \S+", out) is not None, f"ClusterTool cluster-id:\n{out}")
+    out = env.java(cluster_tool, "list-endpoints", "--bootstrap-server", env.bootstrap)
+    expect(re.search(r"^0\s+127\.0\.0\.1\s+\d+", out, re.M) is not None,
+           f"ClusterTool list-endpoints:\n{out}")
+    out = env.java(cluster_tool, "unregister", "--bootstrap-server", env.bootstrap, "--id", "77",
+                   check=False)
+    expect("BrokerIdNotRegisteredException" in out, f"ClusterTool unregister --id 77:\n{out[-800:]}")
+    out = env.java(cluster_tool, "unregister", "--bootstrap-server", env.bootstrap, "--id", "0",
+                   check=False)
+    expect("is live" in out, f"ClusterTool unregister --id 0:\n{out[-800:]}")
     props = env.work / "empty.properties"
     props.write_text("")
     out = env.java("org.apache.kafka.tools.DelegationTokenCommand", "--bootstrap-server", env.bootstrap,
