@@ -14,13 +14,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Produce v10/v11 and Fetch v12+/v16 carry KIP-951's leader hints on
     // NOT_LEADER_OR_FOLLOWER; Produce v13 and Fetch v13+ name topics by id;
     // Produce v12 is v11 for clients without transaction.version 2 (not
-    // advertised). Fetch v15 (replica state) and v17 (directory id) only
-    // matter to followers. ListOffsets v8/v9 add KIP-1005's timestamps, v10
+    // advertised). Fetch v15 (replica state), v17 (directory id) and v18
+    // (the replica's high watermark) only matter to followers. ListOffsets v8/v9 add KIP-1005's timestamps, v10
     // a timeout for tiered reads (none here).
     (ApiKey::Produce, 3, 13),
-    (ApiKey::Fetch, 4, 17),
+    (ApiKey::Fetch, 4, 18),
     (ApiKey::ListOffsets, 1, 10),
-    (ApiKey::Metadata, 0, 12),
+    // v13 adds a top-level error code (KIP-1102's REBOOTSTRAP_REQUIRED,
+    // which nothing here needs: always 0).
+    (ApiKey::Metadata, 0, 13),
     // KIP-320's truncation check: the epochs come from the metadata
     // image (broker/src/metadata/epochs.rs). v0 and v1 are gone in Kafka 4.
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
@@ -30,7 +32,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DescribeCluster, 0, 1),
+    // v1 checks the endpoint type, v2 lists fenced nodes when asked.
+    (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -40,7 +43,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 9),
     (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DescribeGroups, 0, 5),
+    // v6 (KIP-1043): GROUP_ID_NOT_FOUND, with a message, for no classic group.
+    (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
     // KIP-848 consumer groups (broker/src/group/consumer.rs); v1 adds
     // client-chosen member ids and regex subscriptions.
@@ -63,7 +67,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
-    (ApiKey::ListTransactions, 0, 1),
+    // v2 filters by a transactional id regular expression (KIP-1152).
+    (ApiKey::ListTransactions, 0, 2),
     // Sent by admin clients (abortTransaction) to a partition's leader.
     (ApiKey::WriteTxnMarkers, 1, 1),
     // Answered as Kafka answers them here (broker/src/handlers/admin.rs):
@@ -72,7 +77,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::ElectLeaders, 0, 2),
-    (ApiKey::AlterPartitionReassignments, 0, 0),
+    // v1: allow_replication_factor_change (KIP-860).
+    (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::DescribeLogDirs, 1, 4),

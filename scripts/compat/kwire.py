@@ -41,6 +41,7 @@ DESCRIBE_GROUPS = 15
 INIT_PRODUCER_ID = 22
 OFFSET_FOR_LEADER_EPOCH = 23
 UNREGISTER_BROKER = 64
+ALTER_PARTITION_REASSIGNMENTS = 45
 DESCRIBE_PRODUCERS = 61
 DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
@@ -67,7 +68,8 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   INIT_PRODUCER_ID: 2, DESCRIBE_PRODUCERS: 0, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
                   DESCRIBE_TRANSACTIONS: 0, LIST_TRANSACTIONS: 0,
                   DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1,
-                  OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0}
+                  OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0, DESCRIBE_CLUSTER: 0,
+                  ALTER_PARTITION_REASSIGNMENTS: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -542,6 +544,10 @@ def parse_metadata(r: Reader, version: int) -> MetadataResponse:
         topics[name or str(topic_id)] = tm
     if 8 <= version <= 10:
         r.int32()  # cluster_authorized_operations
+    if version >= 13:
+        err = r.int16()
+        if err:
+            raise DecodeError(f"Metadata v{version}: top-level error {err}")
     r.skip_tags(flex)
     r.expect_end(f"Metadata v{version} response")
     return MetadataResponse(brokers, controller_id, cluster_id, topics)
@@ -872,6 +878,115 @@ def describe_producers(conn: Conn, topic: str, partition: int) -> tuple[int, lis
     r.skip_tags(True)
     r.expect_end("DescribeProducers v0 response")
     assert result is not None, "no partition in the DescribeProducers response"
+    return result
+
+
+# --- DescribeGroups (v5, v6), DescribeCluster (v0..v2), ListTransactions (v2),
+# --- AlterPartitionReassignments (v0, v1) -----------------------------------------
+
+def describe_groups(conn: Conn, version: int, groups: list[str]
+                    ) -> list[tuple[int, str | None, str, str]]:
+    """(error code, error message (v6), group id, state) of each group."""
+    assert version in (5, 6)
+    w = Writer().array_len(len(groups), True)
+    for g in groups:
+        w.string(g, True)
+    w.bool(False).tags(True)
+    r = conn.request(DESCRIBE_GROUPS, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    out = []
+    for _ in range(r.array_len(True)):
+        err = r.int16()
+        msg = r.string(True) if version >= 6 else None
+        gid, state = r.string(True), r.string(True)
+        r.string(True), r.string(True)  # protocol type, protocol data
+        for _ in range(r.array_len(True)):
+            r.string(True), r.string(True), r.string(True), r.string(True)
+            r.bytes_(True), r.bytes_(True)
+            r.skip_tags(True)
+        r.int32()  # authorized operations
+        r.skip_tags(True)
+        out.append((err, msg, gid, state))
+    r.skip_tags(True)
+    r.expect_end(f"DescribeGroups v{version} response")
+    return out
+
+
+def describe_cluster(conn: Conn, version: int, endpoint_type: int = 1,
+                     include_fenced: bool = False
+                     ) -> tuple[int, str | None, list[tuple[int, str, int, bool]]]:
+    """(error code, error message, [(node id, host, port, fenced)])."""
+    w = Writer().bool(False)
+    if version >= 1:
+        w.int8(endpoint_type)
+    if version >= 2:
+        w.bool(include_fenced)
+    r = conn.request(DESCRIBE_CLUSTER, version, w.tags(True).getvalue())
+    r.int32()  # throttle_time_ms
+    err, msg = r.int16(), r.string(True)
+    if version >= 1:
+        r.int8()  # endpoint type
+    r.string(True), r.int32()  # cluster id, controller id
+    brokers = []
+    for _ in range(r.array_len(True)):
+        node, host, port = r.int32(), r.string(True), r.int32()
+        r.string(True)  # rack
+        fenced = r.bool() if version >= 2 else False
+        r.skip_tags(True)
+        brokers.append((node, host, port, fenced))
+    r.int32()  # cluster authorized operations
+    r.skip_tags(True)
+    r.expect_end(f"DescribeCluster v{version} response")
+    return err, msg, brokers
+
+
+def list_transactions_v2(conn: Conn, pattern: str | None) -> tuple[int, list[str]]:
+    """(error code, transactional ids) matching `pattern` (v2)."""
+    w = Writer().array_len(0, True).array_len(0, True).int64(-1).string(pattern, True).tags(True)
+    r = conn.request(LIST_TRANSACTIONS, 2, w.getvalue())
+    r.int32()  # throttle_time_ms
+    err = r.int16()
+    for _ in range(r.array_len(True)):
+        r.string(True)
+    ids = []
+    for _ in range(r.array_len(True)):
+        ids.append(r.string(True))
+        r.int64(), r.string(True)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("ListTransactions v2 response")
+    return err, sorted(ids)
+
+
+def alter_partition_reassignment(conn: Conn, version: int, topic: str, partition: int,
+                                 replicas: list[int], allow_factor_change: bool = True
+                                 ) -> tuple[int, str | None]:
+    """(error code, message) of moving one partition to `replicas`."""
+    w = Writer().int32(30000)
+    if version >= 1:
+        w.bool(allow_factor_change)
+    w.array_len(1, True).string(topic, True).array_len(1, True).int32(partition)
+    w.array_len(len(replicas), True)
+    for n in replicas:
+        w.int32(n)
+    w.tags(True).tags(True).tags(True)
+    r = conn.request(ALTER_PARTITION_REASSIGNMENTS, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    if version >= 1:
+        assert r.bool() == allow_factor_change, "the response echoes the option"
+    top, _ = r.int16(), r.string(True)
+    assert top == 0, f"AlterPartitionReassignments top-level error {top}"
+    result = None
+    for _ in range(r.array_len(True)):
+        r.string(True)
+        for _ in range(r.array_len(True)):
+            r.int32()
+            result = (r.int16(), r.string(True))
+            r.skip_tags(True)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end(f"AlterPartitionReassignments v{version} response")
+    assert result is not None
     return result
 
 

@@ -21,6 +21,7 @@ partition, no reassignment in progress):
 """
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -246,6 +247,74 @@ def test_unregister_broker_refuses_a_live_or_unknown_broker(broker):
     # Still registered and serving.
     assert Producer({"bootstrap.servers": broker.bootstrap,
                      "broker.address.family": "v4"}).list_topics(timeout=10).brokers
+
+
+def test_api_versions_kafka_4_added(broker, topic):
+    """The versions Kafka 4.x added that we advertise, answered as Kafka
+    answers them: Metadata v13 (a top-level error code), DescribeGroups v6
+    (GROUP_ID_NOT_FOUND with a message, KIP-1043), DescribeCluster v1/v2
+    (endpoint types; fenced nodes on request), ListTransactions v2 (a
+    transactional id pattern, KIP-1152), AlterPartitionReassignments v1
+    (allow_replication_factor_change, KIP-860)."""
+    from confluent_kafka import Consumer, TopicPartition
+    u = uuid.uuid4().hex[:8]
+    classic, modern = f"classic-{u}", f"modern-{u}"
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": classic})
+    c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    c.close()
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": modern, "group.protocol": "consumer"})
+    c.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not c.assignment() and time.monotonic() < deadline:
+        c.poll(0.2)
+    assert c.assignment(), "the consumer-protocol member got no assignment"
+    for i in "ab":
+        p = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                      "transactional.id": f"tx-{i}-{u}"})
+        p.init_transactions(20)
+    ports = [int(hp.split(":")[1]) for hp in broker.bootstrap.split(",")]
+
+    def describe(version: int, group: str) -> tuple:
+        """DescribeGroups of `group` at its coordinator."""
+        with kwire.Conn("127.0.0.1", ports[0]) as k:
+            err, node = kwire.find_coordinator(k, group)
+            assert err == 0, err
+        with kwire.Conn("127.0.0.1", ports[node % 1000]) as k:
+            (got,) = kwire.describe_groups(k, version, [group])
+            return got
+
+    # A group that is not there, or not a classic one: v6 says so.
+    got = describe(6, classic)
+    assert got[0] == 0 and got[3] == "Empty", got
+    assert describe(6, f"none-{u}")[:2] == (69, f"Group none-{u} not found.")
+    assert describe(5, f"none-{u}")[::3] == (0, "Dead")
+    assert describe(6, modern) == (69, f"Group {modern} is not a classic group.", modern, "Dead")
+    assert describe(5, modern)[::3] == (0, "Dead")
+    with kwire.Conn("127.0.0.1", ports[0]) as k:
+        assert topic in kwire.metadata(k, 13, [topic]).topics
+        # DescribeCluster: every node a broker endpoint; none fenced here.
+        err, _, nodes = kwire.describe_cluster(k, 2, include_fenced=True)
+        assert err == 0 and [(n, f) for n, _, _, f in nodes] == \
+            [(n, False) for n in sorted(broker.expected_nodes)], nodes
+        assert kwire.describe_cluster(k, 1, endpoint_type=2)[0] == 114  # MISMATCHED_ENDPOINT_TYPE
+        assert kwire.describe_cluster(k, 1, endpoint_type=7)[0] == 115  # UNSUPPORTED_ENDPOINT_TYPE
+        # KIP-860: the one replica may not become two when the client forbids it.
+        assert kwire.alter_partition_reassignment(k, 1, topic, 0, [0, 1], False)[0] == 38
+        assert kwire.alter_partition_reassignment(k, 1, topic, 0, [0, 1], True)[0] == 39
+        assert kwire.list_transactions_v2(k, "(")[0] == 128  # INVALID_REGULAR_EXPRESSION
+    # Transactions are listed by their coordinators: ask every node.
+    listed = []
+    for port in ports:
+        with kwire.Conn("127.0.0.1", port) as k:
+            err, ids = kwire.list_transactions_v2(k, f"tx-a-{u}|tx-.-{u}x")
+            assert err == 0
+            listed += ids
+            # Whole ids: a pattern matching a part of one finds nothing.
+            assert kwire.list_transactions_v2(k, f"tx-a")[1] == []
+    c.close()
+    assert listed == [f"tx-a-{u}"], listed
 
 
 def test_features_are_reported_and_fixed(broker, kp_admin):

@@ -453,11 +453,19 @@ def test_unclean_election_gives_up_a_lost_broker(cluster):
     asker = next(b for b in range(3) if b != victim)
     live = next(b for b in range(3) if b != victim and b != asker)
     with kwire.Conn("127.0.0.1", cluster.state["brokers"][asker]["ports"][0]) as c:
+        # DescribeCluster v2 lists the fenced nodes only when asked.
+        def victims(include_fenced: bool) -> list[tuple[int, bool]]:
+            err, _, nodes = kwire.describe_cluster(c, 2, include_fenced=include_fenced)
+            assert err == 0
+            return [(n, f) for n, _, _, f in nodes if n // 1000 == victim]
+        assert victims(False) == []
+        assert victims(True) == [(victim * 1000, True), (victim * 1000 + 1, True)]
         err, msg = kwire.unregister_broker(c, live)
         assert err == kwire.INVALID_REQUEST and "is live" in (msg or ""), (err, msg)
         assert kwire.unregister_broker(c, 77)[0] == kwire.BROKER_ID_NOT_REGISTERED
         assert kwire.unregister_broker(c, victim) == (0, None)
         assert kwire.unregister_broker(c, victim)[0] == kwire.BROKER_ID_NOT_REGISTERED
+        assert victims(True) == []
     assert not [n for n in cluster.view(asker)["nodes"] if n["broker_id"] == victim]
     # Back with its WAL, the old broker registers again but does not take
     # the partitions back (nor bring its old tail): their new leaders keep

@@ -95,6 +95,10 @@ pub struct GroupSummary {
     pub protocol_type: String,
     pub protocol: String,
     pub members: Vec<MemberSummary>,
+    /// Why there is no classic group of that id (none, or a consumer
+    /// group): DescribeGroups v6+ answers GROUP_ID_NOT_FOUND with it, older
+    /// versions a Dead group.
+    pub missing: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1188,11 +1192,17 @@ impl GroupCoordinator {
         // A consumer group is not a classic group: DescribeGroups before v6
         // shows it as Dead, as Kafka does.
         let Some(g) = groups.get(group_id).filter(|g| g.consumer.is_none()) else {
+            let missing = if groups.contains_key(group_id) {
+                format!("Group {group_id} is not a classic group.")
+            } else {
+                format!("Group {group_id} not found.")
+            };
             return Ok(GroupSummary {
                 state: GroupState::Dead,
                 protocol_type: String::new(),
                 protocol: String::new(),
                 members: Vec::new(),
+                missing: Some(missing),
             });
         };
         let stable = g.state == GroupState::Stable;
@@ -1226,6 +1236,7 @@ impl GroupCoordinator {
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             protocol: if stable { protocol } else { String::new() },
             members,
+            missing: None,
         })
     }
 

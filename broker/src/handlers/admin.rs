@@ -189,12 +189,27 @@ pub async fn elect_leaders(
 pub async fn alter_partition_reassignments(
     shard: &Rc<Shard>,
     req: AlterPartitionReassignmentsRequest,
+    version: i16,
 ) -> AlterPartitionReassignmentsResponse {
     let mut resp = AlterPartitionReassignmentsResponse::default();
+    // v1 (KIP-860): a client may forbid changing a partition's replication
+    // factor, which is 1 here.
+    let fixed_factor = version >= 1 && !req.allow_replication_factor_change;
+    resp.allow_replication_factor_change = req.allow_replication_factor_change;
     for t in req.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            let outcome = reassign(shard, &t.name, p.partition_index, p.replicas.as_deref()).await;
+            let outcome = match p.replicas.as_deref() {
+                Some(r) if fixed_factor && r.len() != 1 => Err((
+                    ResponseError::InvalidReplicationFactor,
+                    format!(
+                        "The replication factor is changed from 1 to {} but \
+                         allowReplicationFactorChange is false",
+                        r.len()
+                    ),
+                )),
+                replicas => reassign(shard, &t.name, p.partition_index, replicas).await,
+            };
             let mut out =
                 ReassignablePartitionResponse::default().with_partition_index(p.partition_index);
             if let Err((e, msg)) = outcome {

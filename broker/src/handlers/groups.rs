@@ -692,6 +692,12 @@ pub fn describe_groups(
                     d.error_code = e.code();
                     d.group_state = str_bytes("");
                 }
+                Ok(s) if version >= 6 && s.missing.is_some() => {
+                    // KIP-1043: v6 says the group is not there.
+                    d.error_code = ResponseError::GroupIdNotFound.code();
+                    d.error_message = s.missing.as_deref().map(str_bytes);
+                    d.group_state = str_bytes(s.state.name());
+                }
                 Ok(s) => {
                     d.group_state = str_bytes(s.state.name());
                     d.protocol_type = str_bytes(&s.protocol_type);

@@ -186,14 +186,39 @@ pub fn is_internal(name: &str) -> bool {
     name == crate::group::OFFSETS_TOPIC || name == crate::txn::TXN_TOPIC
 }
 
-pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+/// DescribeCluster: the live brokers' nodes (v2: the fenced ones too when
+/// asked, marked). Every process answers as a broker endpoint: asking one
+/// for controllers is MISMATCHED_ENDPOINT_TYPE, as Kafka's brokers answer.
+pub fn describe_cluster(
+    shard: &Shard,
+    req: DescribeClusterRequest,
+    version: i16,
+) -> DescribeClusterResponse {
     let cfg = &shard.config;
     let mut resp = DescribeClusterResponse::default();
     resp.cluster_id = str_bytes(&cfg.cluster_id);
     resp.controller_id = BrokerId(cfg.node_id(0));
     resp.cluster_authorized_operations = AUTH_OPS_OMITTED;
     resp.endpoint_type = 1;
-    resp.brokers = live_nodes(shard, &shard.image())
+    if version >= 1 && req.endpoint_type != 1 {
+        let (code, message) = if req.endpoint_type == 2 {
+            (
+                ResponseError::MismatchedEndpointType,
+                "The request was sent to an endpoint of type BROKER, but we wanted an endpoint \
+                 of type CONTROLLER",
+            )
+        } else {
+            (
+                ResponseError::UnsupportedEndpointType,
+                "Unsupported endpoint type",
+            )
+        };
+        resp.error_code = code.code();
+        resp.error_message = Some(str_bytes(message));
+        return resp;
+    }
+    let image = shard.image();
+    let mut brokers: Vec<DescribeClusterBroker> = live_nodes(shard, &image)
         .into_iter()
         .map(|(node, host, port, rack)| {
             let mut b = DescribeClusterBroker::default();
@@ -204,5 +229,21 @@ pub fn describe_cluster(shard: &Shard, _req: DescribeClusterRequest) -> Describe
             b
         })
         .collect();
+    if version >= 2 && req.include_fenced_brokers {
+        for (&id, n) in image.nodes.iter().filter(|(_, n)| n.fenced) {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(id);
+            b.host = str_bytes(&n.host);
+            b.port = i32::from(n.port);
+            b.rack = image
+                .racks
+                .get(&id.div_euclid(NODES_PER_BROKER))
+                .map(|r| str_bytes(r));
+            b.is_fenced = true;
+            brokers.push(b);
+        }
+        brokers.sort_by_key(|b| b.broker_id.0);
+    }
+    resp.brokers = brokers;
     resp
 }

@@ -466,6 +466,19 @@ pub fn list_transactions(
     if !unknown.is_empty() && known.is_empty() {
         return resp;
     }
+    // v2 (KIP-1152): transactional ids matching a regular expression
+    // (whole ids, RE2 syntax, as Kafka matches them).
+    let pattern = match req.transactional_id_pattern.as_deref() {
+        Some(p) if version >= 2 && !p.is_empty() => match crate::group::consumer::compile(p) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                resp.error_code = ResponseError::InvalidRegularExpression.code();
+                tracing::debug!("ListTransactions: bad transactional id pattern {p:?}: {e}");
+                return resp;
+            }
+        },
+        _ => None,
+    };
     let pids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
     let min_duration = if version >= 1 {
         req.duration_filter
@@ -476,6 +489,7 @@ pub fn list_transactions(
         .txns
         .list(&known, &pids, min_duration)
         .into_iter()
+        .filter(|(id, _, _)| pattern.as_ref().is_none_or(|re| re.is_match(id)))
         .map(|(id, pid, state)| {
             ListedTxn::default()
                 .with_transactional_id(TransactionalId(str_bytes(&id)))

@@ -514,7 +514,7 @@ impl Shard {
                 ResponseKind::OffsetForLeaderEpoch(handlers::leader_epoch::handle(&self, r))
             }
             RequestKind::DescribeCluster(r) => {
-                ResponseKind::DescribeCluster(handlers::metadata::describe_cluster(&self, r))
+                ResponseKind::DescribeCluster(handlers::metadata::describe_cluster(&self, r, v))
             }
             RequestKind::CreateTopics(r) => {
                 ResponseKind::CreateTopics(handlers::topics::create_topics(&self, r, v).await)
@@ -636,7 +636,7 @@ impl Shard {
             }
             RequestKind::AlterPartitionReassignments(r) => {
                 ResponseKind::AlterPartitionReassignments(
-                    handlers::admin::alter_partition_reassignments(&self, r).await,
+                    handlers::admin::alter_partition_reassignments(&self, r, v).await,
                 )
             }
             RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
