@@ -103,6 +103,7 @@ run_kafka_peer() {
     for preset in $PRESETS; do
       echo "bench: ${preset} against Apache Kafka ${KAFKA_VERSION_PEER} (${mode})" >&2
       fresh_kafka "${mode}" || { STATUS=1; continue; }
+      settle_disk
       json="$OUT/${mode}-${preset}.json"
       if ! "$PERF" run "$preset" --bootstrap "127.0.0.1:${KAFKA_PORT}" --label "${mode} ${preset}" -q \
           --json "$json" --plot "$OUT/${mode}-${preset}.png" "${EXTRA[@]}" \
@@ -118,10 +119,11 @@ run_kafka_peer() {
   rm -f "${OUT}/producer-performance.txt"
   echo "bench: Kafka's ProducerPerformance against each" >&2
   fresh_broker
+  settle_disk
   producer_performance "${LABEL}" "${BOOTSTRAP}"
   stop_broker
   for mode in kafka kafka-fsync; do
-    fresh_kafka "${mode}" && producer_performance "${mode}" "127.0.0.1:${KAFKA_PORT}"
+    fresh_kafka "${mode}" && settle_disk && producer_performance "${mode}" "127.0.0.1:${KAFKA_PORT}"
   done
   stop_kafka
   echo

@@ -25,7 +25,10 @@ from kafka import TopicPartition as KTP
 import kwire
 from test_idempotence import create_topic
 
-BROKER_PARAMS = {"shards": 2, "broker_id": 0, "args": ["--upload-interval-ms", "200"]}
+# Snapshots every 20 metadata entries: the restarts here load the
+# metadata (epoch histories among it) from a snapshot, not only the log.
+BROKER_PARAMS = {"shards": 2, "broker_id": 0,
+                 "args": ["--upload-interval-ms", "200", "--metadata-snapshot-entries", "20"]}
 
 
 def leader_of(admin: KafkaAdminClient, topic: str, partition: int) -> int:
@@ -180,6 +183,8 @@ def test_leader_epochs_follow_moves(broker):
         err, _, records, diverging = kwire.fetch_v12(c, topic, 0, 40, last_fetched_epoch=1)
         assert (err, diverging) == (0, None) and records, (err, diverging)
         assert kwire.fetch_v12(c, topic, 0, 60, last_fetched_epoch=2)[3] is None
+        # An epoch the log never had: no end to truncate to.
+        assert kwire.fetch_v12(c, topic, 0, 40, last_fetched_epoch=9)[0] == 1  # OFFSET_OUT_OF_RANGE
     with kwire.Conn(broker.host, broker.ports[other % 1000]) as c:
         got = kwire.offset_for_leader_epoch(c, 4, topic, [(0, -1, 0)])
         assert got == [(kwire.NOT_LEADER_OR_FOLLOWER, 0, -1, -1)], got
@@ -207,6 +212,9 @@ def test_leader_epochs_follow_moves(broker):
     # The history survives kill -9 (it is in the metadata log and snapshots).
     broker.kill9()
     broker.restart()
+    snaps = list((broker.data_dir / "metadata").glob("snapshot-*.snap"))
+    assert snaps, "no metadata snapshot was written"
+
     with kwire.Conn(broker.host, broker.ports[home % 1000]) as c:
         got = kwire.offset_for_leader_epoch(c, 4, topic, [(0, 2, e) for e in (0, 1, 2)])
         assert got == [(0, 0, 0, 30), (0, 0, 1, 50), (0, 0, 2, 60)], got

@@ -118,10 +118,7 @@ impl SnapshotFile {
     }
 
     pub fn image(&self) -> MetadataImage {
-        let mut image = MetadataImage::default();
-        for r in &self.records {
-            image.apply(r);
-        }
+        let mut image = MetadataImage::from_snapshot(&self.records);
         image.version = self.last_applied.map_or(0, |l| l.index);
         image
     }

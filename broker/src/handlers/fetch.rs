@@ -25,6 +25,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId
 use kafka_protocol::ResponseError;
 
 use super::{find_topic, leader_hint, locate, str_bytes};
+use crate::metadata::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 use crate::metadata::{MetadataImage, TopicMeta};
 use crate::shard::{PartitionKey, ReadError, Shard};
 use net::Spliced;
@@ -104,8 +105,9 @@ fn check_epoch(meta: &TopicMeta, p: &FetchPartition) -> Result<(), ResponseError
 
 /// Kafka's divergence check for a fetch that names the epoch of the last
 /// batch it read (`last_fetched_epoch`, v12+): if that epoch ended before
-/// the fetch offset, or the log has no such epoch, the answer carries no
-/// records but the epoch and offset the client must truncate to.
+/// the fetch offset, or the log knows only an earlier epoch, the answer
+/// carries no records but the epoch and offset the client must truncate
+/// to; if the log knows no end for it, OFFSET_OUT_OF_RANGE.
 fn diverged(
     shard: &Shard,
     image: &MetadataImage,
@@ -126,8 +128,12 @@ fn diverged(
                 part.state.high_watermark,
             )
         })?;
-    let history = image.epoch_starts.get(&key).cloned().unwrap_or_default();
-    let (found, end) = history.end_offset_for(p.last_fetched_epoch, epoch, log_end);
+    let (found, end) = image.epoch_end(key, p.last_fetched_epoch, epoch, log_end);
+    if found == UNDEFINED_EPOCH || end == UNDEFINED_OFFSET || p.fetch_offset < log_start {
+        // As Kafka: no end for that epoch (or a fetch below the log) is
+        // an offset out of range, not a divergence.
+        return Some(error_data(p.partition, ResponseError::OffsetOutOfRange));
+    }
     if found >= p.last_fetched_epoch && end >= p.fetch_offset {
         return None;
     }

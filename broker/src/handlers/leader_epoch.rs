@@ -87,6 +87,5 @@ fn answer(
         .filter(|p| p.state.serves_reads())
         .map(|p| p.state.log_end)
         .ok_or(ResponseError::NotLeaderOrFollower)?;
-    let history = image.epoch_starts.get(&key).cloned().unwrap_or_default();
-    Ok(history.end_offset_for(requested, epoch, log_end))
+    Ok(image.epoch_end(key, requested, epoch, log_end))
 }

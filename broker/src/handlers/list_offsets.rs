@@ -98,10 +98,7 @@ pub async fn handle(
                         r.leader_epoch = if offset >= high_watermark {
                             epoch
                         } else {
-                            image
-                                .epoch_starts
-                                .get(&key)
-                                .map_or(0, |h| h.epoch_at(offset, epoch))
+                            image.epoch_at(key, offset, epoch)
                         };
                     }
                 }

@@ -10,6 +10,10 @@
 //! epoch's first offset when it applies the leader change, and every node
 //! computes the same history. Epoch 0 starts at offset 0 and is not stored.
 //!
+//! A snapshot carries each history as a LeaderEpochStarts record; one from
+//! before histories were kept leaves them unknown, which
+//! `MetadataImage::epoch_end` answers without reporting a truncation.
+//!
 //! Pure: part of the metadata image, applied by the controller and read by
 //! every shard. At most `MAX_ENTRIES` epochs per partition are kept.
 

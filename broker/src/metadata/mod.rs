@@ -394,6 +394,67 @@ impl MetadataImage {
         f(Arc::make_mut(meta));
     }
 
+    /// The image a snapshot's records describe. A partition's epoch
+    /// history comes from its LeaderEpochStarts record alone: replayed
+    /// before the objects, its leader change cannot say where its epoch
+    /// started, and a snapshot written before histories were kept has none
+    /// (the history is then unknown: `epoch_end`).
+    pub fn from_snapshot(records: &[Record]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        let mut kept = std::collections::HashSet::new();
+        for r in records {
+            image.apply(r);
+            if let Record::LeaderEpochStarts {
+                topic_id,
+                partition,
+                ..
+            } = r
+            {
+                kept.insert((*topic_id, *partition));
+            }
+        }
+        let guessed: Vec<(Uuid, i32)> = image
+            .epoch_starts
+            .keys()
+            .filter(|k| !kept.contains(k))
+            .copied()
+            .collect();
+        for k in guessed {
+            image.epoch_starts.remove(&k);
+        }
+        image
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer for `requested`: `(epoch, end
+    /// offset)`, where `current` is the partition's leader epoch and
+    /// `log_end` its log end. A partition past epoch 0 whose history is
+    /// unknown (metadata from before histories were kept) answers every
+    /// epoch up to the current one with the log end: its data was never
+    /// truncated by a leader change this broker knows of.
+    pub fn epoch_end(
+        &self,
+        key: (Uuid, i32),
+        requested: i32,
+        current: i32,
+        log_end: i64,
+    ) -> (i32, i64) {
+        match self.epoch_starts.get(&key) {
+            Some(h) => h.end_offset_for(requested, current, log_end),
+            None if current == 0 => EpochHistory::default().end_offset_for(requested, 0, log_end),
+            None if (0..=current).contains(&requested) => (requested, log_end),
+            None => (epochs::UNDEFINED_EPOCH, epochs::UNDEFINED_OFFSET),
+        }
+    }
+
+    /// The epoch `offset` of the partition was written in (-1: unknown).
+    pub fn epoch_at(&self, key: (Uuid, i32), offset: i64, current: i32) -> i32 {
+        match self.epoch_starts.get(&key) {
+            Some(h) => h.epoch_at(offset, current),
+            None if current == 0 => 0,
+            None => epochs::UNDEFINED_EPOCH,
+        }
+    }
+
     /// The records that rebuild this image from an empty one (a snapshot).
     pub fn to_records(&self) -> Vec<Record> {
         let mut out = Vec::new();
@@ -1946,13 +2007,61 @@ mod tests {
         assert!(!img.epoch_starts.contains_key(&(id, 0)));
         // A snapshot keeps it, although its leader change is replayed
         // before the objects.
-        let mut rebuilt = MetadataImage::default();
-        for r in img.to_records() {
-            rebuilt.apply(&r);
-        }
+        let mut rebuilt = MetadataImage::from_snapshot(&img.to_records());
         assert_eq!(rebuilt.epoch_starts, img.epoch_starts);
         rebuilt.apply(&Record::TopicDeleted { id });
         assert!(rebuilt.epoch_starts.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_without_epoch_histories_leaves_them_unknown() {
+        // As a broker before histories wrote it: the leader change (epoch
+        // 3) comes before the objects, and no LeaderEpochStarts follows.
+        let id = Uuid::from_u128(9);
+        let records = vec![
+            Record::TopicCreated {
+                id,
+                name: "old".into(),
+                configs: BTreeMap::new(),
+            },
+            Record::PartitionsAdded {
+                topic_id: id,
+                first: 0,
+                leaders: vec![0],
+            },
+            Record::PartitionLeaderChanged {
+                topic_id: id,
+                partition: 0,
+                leader: 1,
+                leader_epoch: 3,
+            },
+            Record::ObjectCommitted {
+                object_id: 1,
+                node_id: 0,
+                size: 10,
+                ranges: vec![ObjectRange {
+                    topic_id: id,
+                    partition: 0,
+                    start_offset: 0,
+                    end_offset: 500,
+                    max_timestamp: 1,
+                    bytes: 10,
+                }],
+            },
+        ];
+        let img = MetadataImage::from_snapshot(&records);
+        assert!(img.epoch_starts.is_empty(), "no start guessed for epoch 3");
+        // No truncation is reported for any epoch up to the current one.
+        assert_eq!(img.epoch_end((id, 0), 1, 3, 700), (1, 700));
+        assert_eq!(img.epoch_end((id, 0), 3, 3, 700), (3, 700));
+        assert_eq!(img.epoch_end((id, 0), 4, 3, 700), (-1, -1));
+        assert_eq!(img.epoch_at((id, 0), 10, 3), -1);
+        // A plain image replay (the log) still notes where epoch 3 began.
+        let mut replayed = MetadataImage::default();
+        for r in &records {
+            replayed.apply(r);
+        }
+        assert_eq!(replayed.epoch_starts[&(id, 0)].entries(), &[(3, 0)]);
     }
 
     #[test]
