@@ -100,9 +100,14 @@ def committed(bootstrap: str, topic: str, group: str) -> list[int]:
 def leaders(broker, topic: str) -> dict[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
+        # kafka-python asks DescribeCluster v2 for fenced nodes too: those
+        # of shards this broker no longer has are listed, marked fenced.
         cluster = admin.describe_cluster()
-        nodes = sorted(b.get("node_id", b.get("broker_id")) for b in cluster["brokers"])
-        assert nodes == sorted(broker.expected_nodes), f"Metadata lists {nodes}"
+        brokers = cluster["brokers"]
+        live = sorted(b.get("node_id", b.get("broker_id")) for b in brokers if not b.get("is_fenced"))
+        assert live == sorted(broker.expected_nodes), f"DescribeCluster lists {live} live"
+        fenced = {b["broker_id"] for b in brokers if b.get("is_fenced")}
+        assert not fenced & set(broker.expected_nodes), f"live nodes shown fenced: {fenced}"
         parts = admin.describe_topic_partitions([topic])["topics"][0]["partitions"]
         return {p["partition_index"]: p["leader_id"] for p in parts}
     finally:

@@ -11,7 +11,6 @@ the file."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -235,8 +234,11 @@ def test_starts_do_not_hang(tmp_path):
         except OSError:
             return False
 
-    # Below the ephemeral port range (32768+), like the fixture's ports.
-    base = 20000 + (os.getpid() * 7) % 12000
+    # Free ports below the ephemeral range (32768+), as the fixture picks
+    # them: a port some other program holds made start 0 exit once.
+    from conftest import _pick_base_port
+    import random
+    base = _pick_base_port(3, random.Random())
     for i in range(40):
         data = tmp_path / f"d{i}"
         log = open(tmp_path / "broker.log", "ab")
