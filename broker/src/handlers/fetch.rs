@@ -24,7 +24,7 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::{find_topic, leader_hint, locate, str_bytes};
+use super::{check_leader_epoch, find_topic, leader_hint, locate, str_bytes};
 use crate::metadata::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 use crate::metadata::{MetadataImage, TopicMeta};
 use crate::shard::{PartitionKey, ReadError, Shard};
@@ -86,21 +86,6 @@ fn listen(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<EventListener>
         }
     }
     out
-}
-
-/// Checks `current_leader_epoch` as Kafka does.
-fn check_epoch(meta: &TopicMeta, p: &FetchPartition) -> Result<(), ResponseError> {
-    let Some(&epoch) = usize::try_from(p.partition)
-        .ok()
-        .and_then(|i| meta.leader_epochs.get(i))
-    else {
-        return Ok(());
-    };
-    match p.current_leader_epoch {
-        e if e < 0 || e == epoch => Ok(()),
-        e if e < epoch => Err(ResponseError::FencedLeaderEpoch),
-        _ => Err(ResponseError::UnknownLeaderEpoch),
-    }
 }
 
 /// Kafka's divergence check for a fetch that names the epoch of the last
@@ -185,7 +170,9 @@ async fn read_all(
         let mut out = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
             let located: Result<PartitionKey, ResponseError> = locate(shard, meta, p.partition)
-                .and_then(|k| meta.map_or(Ok(()), |m| check_epoch(m, p)).map(|_| k));
+                .and_then(|k| {
+                    check_leader_epoch(meta, p.partition, p.current_leader_epoch).map(|_| k)
+                });
             let key = match located {
                 Ok(key) => key,
                 Err(e) => {

@@ -14,7 +14,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{find_topic, locate};
+use super::{check_leader_epoch, find_topic, locate};
 use crate::metadata::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 use crate::metadata::{MetadataImage, TopicMeta};
 use crate::shard::Shard;
@@ -71,15 +71,7 @@ fn answer(
     requested: i32,
 ) -> Result<(i32, i64), ResponseError> {
     let key = locate(shard, meta, partition)?;
-    let epoch = meta
-        .and_then(|m| m.leader_epochs.get(partition as usize))
-        .copied()
-        .unwrap_or(0);
-    match current_leader_epoch {
-        e if e < 0 || e == epoch => {}
-        e if e < epoch => return Err(ResponseError::FencedLeaderEpoch),
-        _ => return Err(ResponseError::UnknownLeaderEpoch),
-    }
+    let epoch = check_leader_epoch(meta, partition, current_leader_epoch)?;
     let log_end = shard
         .partitions
         .borrow()

@@ -72,6 +72,24 @@ pub fn locate(
     Ok((topic.id, partition))
 }
 
+/// Checks a request's `current_leader_epoch` against the partition's, as
+/// Kafka does (-1: not checked); returns the partition's leader epoch.
+pub fn check_leader_epoch(
+    topic: Option<&Arc<TopicMeta>>,
+    partition: i32,
+    current: i32,
+) -> Result<i32, ResponseError> {
+    let epoch = topic
+        .and_then(|t| t.leader_epochs.get(usize::try_from(partition).ok()?))
+        .copied()
+        .unwrap_or(0);
+    match current {
+        e if e < 0 || e == epoch => Ok(epoch),
+        e if e < epoch => Err(ResponseError::FencedLeaderEpoch),
+        _ => Err(ResponseError::UnknownLeaderEpoch),
+    }
+}
+
 /// Where a partition's leader is: what a NOT_LEADER_OR_FOLLOWER answer
 /// carries from Produce v10 and Fetch v12/v16 on (KIP-951), so the client
 /// goes there without a Metadata round trip.
