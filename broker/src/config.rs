@@ -254,6 +254,21 @@ pub struct Config {
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how
     /// often coordinators look for transactions past their timeout.
     pub transaction_abort_check_interval_ms: u64,
+    /// `sasl.enabled.mechanisms`, comma-separated: PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512. Empty (the default): the client listeners are
+    /// PLAINTEXT. Otherwise they are SASL_PLAINTEXT: every connection
+    /// authenticates with one of these before any other request.
+    pub sasl_enabled_mechanisms: String,
+    /// PLAIN's users, one `user:password` per line (Kafka's JAAS
+    /// `user_NAME="password"` entries). Read once at startup.
+    pub sasl_plain_users_file: Option<PathBuf>,
+    /// The user (in `sasl_plain_users_file`) brokers authenticate as, with
+    /// PLAIN, when they call each other (transaction markers,
+    /// reassignments). Needed when SASL is enabled.
+    pub sasl_inter_broker_user: Option<String>,
+    /// `sasl_plain_users_file` as read at startup.
+    #[serde(skip)]
+    pub sasl_plain_users: Option<std::sync::Arc<crate::sasl::PlainUsers>>,
 }
 
 impl Default for Config {
@@ -340,6 +355,10 @@ impl Default for Config {
             transaction_max_timeout_ms: 900_000,
             transaction_state_partitions: 50,
             transaction_abort_check_interval_ms: 10_000,
+            sasl_enabled_mechanisms: String::new(),
+            sasl_plain_users_file: None,
+            sasl_inter_broker_user: None,
+            sasl_plain_users: None,
         }
     }
 }
@@ -516,6 +535,12 @@ pub struct Flags {
     pub transaction_state_partitions: Option<i32>,
     #[arg(long, env = "BROKER_TRANSACTION_ABORT_CHECK_INTERVAL_MS")]
     pub transaction_abort_check_interval_ms: Option<u64>,
+    #[arg(long, env = "BROKER_SASL_ENABLED_MECHANISMS")]
+    pub sasl_enabled_mechanisms: Option<String>,
+    #[arg(long, env = "BROKER_SASL_PLAIN_USERS_FILE")]
+    pub sasl_plain_users_file: Option<PathBuf>,
+    #[arg(long, env = "BROKER_SASL_INTER_BROKER_USER")]
+    pub sasl_inter_broker_user: Option<String>,
 }
 
 /// Subcommands: tools that inspect a data directory without serving.
@@ -703,7 +728,8 @@ impl Config {
             transactional_id_expiration_ms,
             transaction_max_timeout_ms,
             transaction_state_partitions,
-            transaction_abort_check_interval_ms
+            transaction_abort_check_interval_ms,
+            sasl_enabled_mechanisms
         );
         macro_rules! over_opt {
             ($($f:ident),*) => { $( if flags.$f.is_some() { cfg.$f = flags.$f; } )* };
@@ -720,7 +746,9 @@ impl Config {
             s3_secret_access_key,
             controller_quorum_voters,
             controller_listen,
-            rack
+            rack,
+            sasl_plain_users_file,
+            sasl_inter_broker_user
         );
         if flags.wal_path.is_some() {
             cfg.wal_path = flags.wal_path;
@@ -738,7 +766,52 @@ impl Config {
         cfg.upload_bytes.get_or_insert(d.upload_bytes);
         cfg.upload_interval_ms.get_or_insert(d.upload_interval_ms);
         cfg.validate()?;
+        cfg.load_sasl_users()?;
         Ok(cfg)
+    }
+
+    /// The enabled SASL mechanisms (empty: PLAINTEXT listeners).
+    pub fn sasl_mechanisms(&self) -> Vec<String> {
+        self.sasl_enabled_mechanisms
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The inter-broker user and its password, when SASL is enabled
+    /// (`validate` and `load_sasl_users` have checked they exist).
+    pub fn inter_broker_credentials(&self) -> Option<(String, String)> {
+        let user = self.sasl_inter_broker_user.clone()?;
+        let password = self.sasl_plain_users.as_ref()?.password(&user)?.to_string();
+        Some((user, password))
+    }
+
+    /// Reads PLAIN's users file, once, on the main thread.
+    fn load_sasl_users(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.sasl_plain_users_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "cannot read sasl_plain_users_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let users = crate::sasl::PlainUsers::parse(&text).map_err(|e| {
+            ConfigError::Invalid(format!("sasl_plain_users_file {}: {e}", path.display()))
+        })?;
+        if let Some(user) = &self.sasl_inter_broker_user {
+            if users.password(user).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "sasl_inter_broker_user {user} is not in sasl_plain_users_file {}",
+                    path.display()
+                )));
+            }
+        }
+        self.sasl_plain_users = Some(std::sync::Arc::new(users));
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -893,6 +966,31 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "transaction_state_partitions must be in 1..=100000".into(),
             ));
+        }
+        let mechanisms = self.sasl_mechanisms();
+        if let Some(m) = mechanisms
+            .iter()
+            .find(|m| !crate::sasl::MECHANISMS.contains(&m.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "sasl_enabled_mechanisms: {m} is not one of {}",
+                crate::sasl::MECHANISMS.join(", ")
+            )));
+        }
+        if !mechanisms.is_empty() {
+            // Brokers call each other on the client listeners, so they
+            // must authenticate too: with PLAIN, as a user of the file.
+            if !mechanisms.iter().any(|m| m == crate::sasl::PLAIN)
+                || self.sasl_plain_users_file.is_none()
+                || self.sasl_inter_broker_user.is_none()
+            {
+                return Err(ConfigError::Invalid(
+                    "with sasl_enabled_mechanisms set, PLAIN must be among them, and \
+                     sasl_plain_users_file and sasl_inter_broker_user must be set: brokers \
+                     authenticate to each other with PLAIN as that user"
+                        .into(),
+                ));
+            }
         }
         if self.upload_interval_ms() == 0 || self.s3_max_attempts == 0 {
             return Err(ConfigError::Invalid(

@@ -29,6 +29,7 @@ pub mod producer_state;
 pub mod quota;
 pub mod reshard;
 pub mod retention;
+pub mod sasl;
 pub mod shard;
 pub mod shutdown;
 pub mod topic_config;

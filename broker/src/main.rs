@@ -38,6 +38,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some((user, password)) = cfg.inter_broker_credentials() {
+        broker::peer::set_credentials(user, password);
+    }
     let logs = tracing_subscriber::fmt()
         // openraft narrates every election at info; keep its warnings only
         // unless log_level names it.
@@ -107,6 +110,8 @@ fn main() {
         shards = cfg.shards,
         base_port = cfg.base_port,
         data_dir = %cfg.data_dir.display(),
+        listeners = if cfg.sasl_mechanisms().is_empty() { "PLAINTEXT" } else { "SASL_PLAINTEXT" },
+        sasl_mechanisms = %cfg.sasl_enabled_mechanisms,
         "starting broker {}",
         cfg.broker_id
     );

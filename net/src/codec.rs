@@ -34,6 +34,8 @@ pub struct Request {
     /// have the buffer back to itself (`Bytes::try_into_mut`): Produce
     /// stamps offsets into the batches where they arrived.
     pub frame: Bytes,
+    /// The user the connection authenticated as (SASL), if it did.
+    pub principal: Option<std::rc::Rc<str>>,
 }
 
 /// Where a request's time went before its handler ran.
@@ -140,6 +142,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         timing: Timing::default(),
         throttle: std::time::Duration::ZERO,
         frame: whole,
+        principal: None,
     })
 }
 

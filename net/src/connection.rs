@@ -41,6 +41,7 @@ use crate::codec::{
     decode_request, encode_reply, encode_response, DecodeError, Reply, Request, Stages,
 };
 use crate::frame::{read_frame_timed, FrameError};
+use crate::sasl::SaslExchange;
 use crate::versions::api_versions_response;
 
 /// Requests decoded but not yet answered, per connection.
@@ -85,6 +86,17 @@ pub trait Service: 'static {
     /// A response has been written: where the request's time went (for
     /// latency metrics). Not called for requests that get no response.
     fn written(&self, _api: ApiKey, _stages: &Stages) {}
+
+    /// The SASL mechanisms a connection must authenticate with before
+    /// anything else (a SASL_PLAINTEXT listener); empty for PLAINTEXT.
+    fn sasl_mechanisms(&self) -> Rc<[String]> {
+        Rc::from([])
+    }
+
+    /// A new exchange of `mechanism`, one of `sasl_mechanisms`.
+    fn sasl_start(&self, _mechanism: &str) -> Option<Box<dyn SaslExchange>> {
+        None
+    }
 }
 
 /// What a connection's answers hold: encoded responses not yet written, and
@@ -152,9 +164,34 @@ pub async fn serve_connection<S, T>(
     S: Service,
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (reader, writer) = futures_lite::io::split(stream);
+    let (reader, mut writer) = futures_lite::io::split(stream);
     // Shared by every request of the connection: no copy per request.
     let peer_name: Rc<str> = Rc::from(peer.as_str());
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let idle = settings.idle_timeout;
+    let mechanisms = service.sasl_mechanisms();
+    let principal: Option<Rc<str>> = if mechanisms.is_empty() {
+        None
+    } else {
+        // The whole exchange has one idle period, so a client cannot keep
+        // an unauthenticated connection open by sending ApiVersions.
+        let deadline = Instant::now() + idle;
+        let user = crate::sasl::authenticate(
+            &mut reader,
+            &mut writer,
+            &service,
+            &mechanisms,
+            || deadline,
+            &peer,
+        )
+        .await;
+        let Some(user) = user else {
+            let _ = writer.close().await;
+            return;
+        };
+        debug!(%peer, %user, "authenticated");
+        Some(Rc::from(user.as_str()))
+    };
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(MAX_IN_FLIGHT);
     let backlog = Rc::new(Backlog::default());
     let writer_task = glommio::spawn_local(write_responses(
@@ -164,8 +201,6 @@ pub async fn serve_connection<S, T>(
         backlog.clone(),
         service.clone(),
     ));
-    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let idle = settings.idle_timeout;
     // The idle clock restarts with every complete request; waiting for a
     // free in-flight slot does not restart it, so a peer that never reads
     // its responses is closed too.
@@ -203,6 +238,7 @@ pub async fn serve_connection<S, T>(
                 request.timing.frame_read = frame_read;
                 request.timing.decode = decoding.elapsed();
                 request.peer = peer_name.clone();
+                request.principal.clone_from(&principal);
                 if before(idle_deadline, backlog.admit(request.api_key))
                     .await
                     .is_none()
@@ -266,7 +302,7 @@ pub async fn serve_connection<S, T>(
 
 /// Runs `fut` until `deadline`; `None` if the deadline came first (and `fut`
 /// is dropped).
-async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+pub(crate) async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     let timer = async {
         glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
         None

@@ -3,12 +3,14 @@
 //! connection loop that runs on a shard.
 //!
 //! `frame`, `codec`, `versions` and `limits` are sans-IO and testable with a byte
-//! buffer; only `connection` touches a socket. Knows nothing about storage.
+//! buffer; only `connection` and `sasl` (the authentication before it) touch
+//! a socket. Knows nothing about storage.
 
 pub mod codec;
 pub mod connection;
 pub mod frame;
 pub mod limits;
+pub mod sasl;
 pub mod versions;
 
 pub use codec::{
@@ -18,3 +20,4 @@ pub use codec::{
 pub use connection::{serve_connection, ConnectionSettings, Service};
 pub use kafka_protocol;
 pub use limits::{ConnectionLimits, ConnectionPermit, Refusal};
+pub use sasl::{SaslExchange, SaslStep};

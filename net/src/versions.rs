@@ -87,9 +87,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterReplicaLogDirs, 1, 2),
     // Through the controller: a fenced broker leaves the registry.
     (ApiKey::UnregisterBroker, 0, 0),
-    // Answered as Kafka answers them on a PLAINTEXT listener
-    // (broker/src/handlers/auth.rs: SCRAM credentials are kept, as Kafka
-    // keeps them, though there is no SASL to use them), and with fixed
+    // Delegation tokens answered as Kafka answers them without a token
+    // secret (broker/src/handlers/auth.rs); SCRAM credentials kept in the
+    // metadata and used by SASL/SCRAM (broker/src/sasl.rs); fixed
     // feature levels (FEATURES, broker/src/handlers/features.rs). Client
     // quotas are kept and byte rates enforced (broker/src/handlers/quotas.rs,
     // quota.rs).
@@ -100,6 +100,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
+    // SASL on a SASL_PLAINTEXT listener (net/src/sasl.rs, before any other
+    // request); on a PLAINTEXT one, or once authenticated, ILLEGAL_SASL_STATE
+    // as in Kafka.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::UpdateFeatures, 0, 2),
 ];

@@ -14,7 +14,8 @@ partition, no reassignment in progress):
 * DescribeUserScramCredentials: no users at first;
   AlterUserScramCredentials sets and deletes credentials, checked per user
   as Kafka checks them, kept across a restart; delegation tokens: not
-  allowed on a PLAINTEXT listener;
+  allowed on a PLAINTEXT listener, nor are SaslHandshake and
+  SaslAuthenticate (ILLEGAL_SASL_STATE);
 * DescribeClientQuotas: no quotas, filters checked as Kafka checks them;
 * AlterConfigs (legacy): a topic's configs replaced;
 * UnregisterBroker: an unknown or live broker refused.
@@ -334,7 +335,9 @@ def test_features_are_reported_and_fixed(broker, kp_admin):
 
 def test_scram_users_and_delegation_tokens_as_kafka_on_plaintext(broker, kp_admin):
     """No SCRAM users: a named user is RESOURCE_NOT_FOUND, listing all gives
-    none. Delegation tokens are not allowed on a PLAINTEXT listener."""
+    none. Delegation tokens are not allowed on a PLAINTEXT listener, and
+    SaslHandshake/SaslAuthenticate there are ILLEGAL_SASL_STATE, as Kafka
+    answers them (test_sasl.py has the SASL_PLAINTEXT listener)."""
     assert kp_admin.describe_user_scram_credentials() == {}
     got = kp_admin.describe_user_scram_credentials(["alice"])
     assert "does not exist" in (got["alice"]["error"] or ""), got
@@ -352,6 +355,13 @@ def test_scram_users_and_delegation_tokens_as_kafka_on_plaintext(broker, kp_admi
         for api, body in ((41, describe), (40, expire)):
             r = c.request(api, 1, body)
             assert r.int16() == 64  # DELEGATION_TOKEN_REQUEST_NOT_ALLOWED
+        r = c.request(kwire.SASL_HANDSHAKE, 1, Writer().string("PLAIN").getvalue())
+        assert r.int16() == 34  # ILLEGAL_SASL_STATE
+        r = c.request(kwire.SASL_AUTHENTICATE, 2, Writer().bytes_(b"\0a\0b", compact=True)
+                      .tags(True).getvalue())
+        assert r.int16() == 34
+        # Still served: the connection stays open, as in Kafka.
+        assert kwire.metadata(c, 1, []).brokers
 
 
 def test_client_quotas_none_and_filters_checked(broker):
@@ -380,8 +390,8 @@ def test_client_quotas_none_and_filters_checked(broker):
 
 
 def test_scram_credentials_altered_described_and_kept_across_a_restart(broker):
-    """AlterUserScramCredentials as Kafka answers it (this broker speaks no
-    SASL, but keeps credentials in its metadata as Kafka does): set for two
+    """AlterUserScramCredentials as Kafka answers it (credentials are kept in
+    the metadata, as Kafka keeps them, for SASL/SCRAM): set for two
     mechanisms, described with their iterations, each user checked on its
     own (too few iterations, deleting what does not exist), deleted, and
     still there after a kill -9 restart."""

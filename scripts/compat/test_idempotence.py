@@ -37,8 +37,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def create_topic(broker, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+def create_topic(broker, name: str, partitions: int, conf: dict | None = None) -> None:
+    """`conf`: the admin client's whole configuration (a SASL one, say)."""
+    admin = AdminClient(conf or {"bootstrap.servers": broker.bootstrap,
+                                 "broker.address.family": "v4"})
     admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
                         operation_timeout=30)[name].result(timeout=30)
     deadline = time.monotonic() + 15

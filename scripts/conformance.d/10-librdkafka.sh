@@ -54,6 +54,10 @@ NOAUTOCREATE_ONLY="0107 0111"
 # sub-test's topic while its consumer is still open, which now and then
 # hits the same librdkafka destroy hang.
 RETRY_ONCE="${LIBRDKAFKA_RETRY_ONCE-0098}"
+# Tests that need SASL (0135: credentials set at run time, after a failed
+# authentication): their broker has SASL_PLAINTEXT listeners, and
+# test.conf authenticates with PLAIN.
+SASL_TESTS="0135"
 
 say() { echo "[librdkafka] $*"; }
 
@@ -220,11 +224,22 @@ run_scenario() {
   [[ "${scen}" == noautocreate ]] && auto=false
   log="${WORK}/logs/${tag}.log"
 
-  if ! start_test_broker --num-partitions 4 --auto-create-topics "${auto}"; then
+  local flags=(--num-partitions 4 --auto-create-topics "${auto}") sasl=""
+  if [[ " ${SASL_TESTS} " == *" ${num} "* ]]; then
+    sasl=1
+    printf 'admin:admin-secret\nbroker:broker-secret\n' >"${WORK}/sasl-users"
+    flags+=(--sasl-enabled-mechanisms PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+      --sasl-plain-users-file "${WORK}/sasl-users" --sasl-inter-broker-user broker)
+  fi
+  if ! start_test_broker "${flags[@]}"; then
     R_STATUS=failed R_NAMES="${num}" R_DETAIL="the broker did not start (${WORK}/broker-start.log)"
     return 0
   fi
   sed "s/@BOOTSTRAP@/${BOOTSTRAP}/" "${DATA}/test.conf.in" >"${WORK}/test.conf"
+  if [[ -n "${sasl}" ]]; then
+    printf '%s\n' security.protocol=SASL_PLAINTEXT sasl.mechanism=PLAIN \
+      sasl.username=admin sasl.password=admin-secret >>"${WORK}/test.conf"
+  fi
   local env=(TESTS="${num}" TEST_MODE=bare TEST_SCENARIO="${scen}"
     TEST_KAFKA_VERSION="${KAFKA_VERSION_CLAIM}"
     RDKAFKA_TEST_CONF="${WORK}/test.conf" RDKAFKA_GITVER="$(basename "${SRC}")"

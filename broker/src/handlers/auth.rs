@@ -1,10 +1,11 @@
-//! Delegation tokens and SCRAM credentials, answered as Kafka answers them
-//! on a PLAINTEXT listener: a token request is not allowed over an
-//! unauthenticated channel (DELEGATION_TOKEN_REQUEST_NOT_ALLOWED). SCRAM
-//! credentials are checked as Kafka checks them and kept in the metadata
-//! (AlterUserScramCredentials, DescribeUserScramCredentials), as Kafka keeps
-//! them whatever its listeners; this broker speaks no SASL, so nothing
-//! authenticates with them yet.
+//! Delegation tokens, SCRAM credentials, and SASL requests that come
+//! outside an exchange, answered as Kafka answers them. A token request is
+//! not allowed over an unauthenticated channel
+//! (DELEGATION_TOKEN_REQUEST_NOT_ALLOWED) and, over a SASL one, finds token
+//! authentication disabled (no token secret). SCRAM credentials are checked
+//! as Kafka checks them and kept in the metadata (AlterUserScramCredentials,
+//! DescribeUserScramCredentials); SASL/SCRAM authenticates with them
+//! (`crate::sasl`).
 //!
 //! Runs on the shard that received the request; its only state is the
 //! metadata image, its only I/O the controller's commit.
@@ -20,7 +21,8 @@ use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
     CreateDelegationTokenRequest, CreateDelegationTokenResponse, DescribeDelegationTokenResponse,
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
-    ExpireDelegationTokenResponse, RenewDelegationTokenResponse,
+    ExpireDelegationTokenResponse, RenewDelegationTokenResponse, SaslAuthenticateResponse,
+    SaslHandshakeResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -35,13 +37,25 @@ const MECHANISMS: [i8; 2] = [1, 2];
 const MIN_ITERATIONS: i32 = 4096;
 const MAX_ITERATIONS: i32 = 16384;
 
-const NOT_ALLOWED: ResponseError = ResponseError::DelegationTokenRequestNotAllowed;
+/// Kafka's answer to a delegation-token request: not allowed over an
+/// unauthenticated (PLAINTEXT) connection; over a SASL one, disabled, as
+/// Kafka without `delegation.token.secret.key` answers.
+fn token_error(principal: Option<&str>) -> i16 {
+    match principal {
+        None => ResponseError::DelegationTokenRequestNotAllowed.code(),
+        Some(_) => ResponseError::DelegationTokenAuthDisabled.code(),
+    }
+}
 
-pub fn create_delegation_token(req: CreateDelegationTokenRequest) -> CreateDelegationTokenResponse {
+pub fn create_delegation_token(
+    req: CreateDelegationTokenRequest,
+    principal: Option<&str>,
+) -> CreateDelegationTokenResponse {
     let mut resp = CreateDelegationTokenResponse::default();
-    resp.error_code = NOT_ALLOWED.code();
+    resp.error_code = token_error(principal);
     // Kafka names the owner (the request's, else the requester: ANONYMOUS
     // on a PLAINTEXT listener) even when it refuses.
+    let requester = str_bytes(principal.unwrap_or("ANONYMOUS"));
     match req.owner_principal_name.filter(|n| !n.is_empty()) {
         Some(name) => {
             resp.principal_type = req
@@ -51,29 +65,47 @@ pub fn create_delegation_token(req: CreateDelegationTokenRequest) -> CreateDeleg
         }
         None => {
             resp.principal_type = str_bytes("User");
-            resp.principal_name = str_bytes("ANONYMOUS");
+            resp.principal_name = requester.clone();
         }
     }
     resp.token_requester_principal_type = str_bytes("User");
-    resp.token_requester_principal_name = str_bytes("ANONYMOUS");
+    resp.token_requester_principal_name = requester;
     resp
 }
 
-pub fn renew_delegation_token() -> RenewDelegationTokenResponse {
+pub fn renew_delegation_token(principal: Option<&str>) -> RenewDelegationTokenResponse {
     let mut resp = RenewDelegationTokenResponse::default();
-    resp.error_code = NOT_ALLOWED.code();
+    resp.error_code = token_error(principal);
     resp
 }
 
-pub fn expire_delegation_token() -> ExpireDelegationTokenResponse {
+pub fn expire_delegation_token(principal: Option<&str>) -> ExpireDelegationTokenResponse {
     let mut resp = ExpireDelegationTokenResponse::default();
-    resp.error_code = NOT_ALLOWED.code();
+    resp.error_code = token_error(principal);
     resp
 }
 
-pub fn describe_delegation_token() -> DescribeDelegationTokenResponse {
+pub fn describe_delegation_token(principal: Option<&str>) -> DescribeDelegationTokenResponse {
     let mut resp = DescribeDelegationTokenResponse::default();
-    resp.error_code = NOT_ALLOWED.code();
+    resp.error_code = token_error(principal);
+    resp
+}
+
+/// SaslHandshake outside an exchange: on a PLAINTEXT connection, or on a
+/// SASL one that has authenticated already (no re-authentication, as
+/// Kafka with `connections.max.reauth.ms` 0).
+pub fn sasl_handshake_out_of_place() -> SaslHandshakeResponse {
+    let mut resp = SaslHandshakeResponse::default();
+    resp.error_code = ResponseError::IllegalSaslState.code();
+    resp
+}
+
+pub fn sasl_authenticate_out_of_place() -> SaslAuthenticateResponse {
+    let mut resp = SaslAuthenticateResponse::default();
+    resp.error_code = ResponseError::IllegalSaslState.code();
+    resp.error_message = Some(str_bytes(
+        "SaslAuthenticate outside a SASL exchange on this connection",
+    ));
     resp
 }
 

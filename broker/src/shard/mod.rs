@@ -55,6 +55,7 @@ use crate::metadata::MetadataImage;
 use crate::metrics::report::ShardReport;
 use crate::metrics::ShardMetrics;
 use crate::partition::{Lifecycle, Partition, PartitionState};
+use crate::sasl;
 use crate::txn::TxnCoordinator;
 use crate::uploader::Uploader;
 
@@ -558,18 +559,24 @@ impl Shard {
             RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
                 handlers::consumer_groups::describe(&self, r, v),
             ),
-            RequestKind::CreateDelegationToken(r) => {
-                ResponseKind::CreateDelegationToken(handlers::auth::create_delegation_token(r))
+            RequestKind::CreateDelegationToken(r) => ResponseKind::CreateDelegationToken(
+                handlers::auth::create_delegation_token(r, req.principal.as_deref()),
+            ),
+            RequestKind::SaslHandshake(_) => {
+                ResponseKind::SaslHandshake(handlers::auth::sasl_handshake_out_of_place())
             }
-            RequestKind::RenewDelegationToken(_) => {
-                ResponseKind::RenewDelegationToken(handlers::auth::renew_delegation_token())
+            RequestKind::SaslAuthenticate(_) => {
+                ResponseKind::SaslAuthenticate(handlers::auth::sasl_authenticate_out_of_place())
             }
-            RequestKind::ExpireDelegationToken(_) => {
-                ResponseKind::ExpireDelegationToken(handlers::auth::expire_delegation_token())
-            }
-            RequestKind::DescribeDelegationToken(_) => {
-                ResponseKind::DescribeDelegationToken(handlers::auth::describe_delegation_token())
-            }
+            RequestKind::RenewDelegationToken(_) => ResponseKind::RenewDelegationToken(
+                handlers::auth::renew_delegation_token(req.principal.as_deref()),
+            ),
+            RequestKind::ExpireDelegationToken(_) => ResponseKind::ExpireDelegationToken(
+                handlers::auth::expire_delegation_token(req.principal.as_deref()),
+            ),
+            RequestKind::DescribeDelegationToken(_) => ResponseKind::DescribeDelegationToken(
+                handlers::auth::describe_delegation_token(req.principal.as_deref()),
+            ),
             RequestKind::DescribeUserScramCredentials(r) => {
                 ResponseKind::DescribeUserScramCredentials(
                     handlers::auth::describe_user_scram_credentials(&self.image().scram, r),
@@ -774,6 +781,25 @@ impl Service for Shard {
 
     fn written(&self, api: ApiKey, stages: &net::Stages) {
         self.metrics.written(api, stages);
+    }
+
+    fn sasl_mechanisms(&self) -> Rc<[String]> {
+        Rc::from(self.config.sasl_mechanisms())
+    }
+
+    fn sasl_start(&self, mechanism: &str) -> Option<Box<dyn net::SaslExchange>> {
+        if mechanism == sasl::PLAIN {
+            let users = self.config.sasl_plain_users.clone()?;
+            return Some(Box::new(sasl::Plain::new(users)));
+        }
+        let (hash, id) = (sasl::ScramHash::of(mechanism)?, sasl::scram_id(mechanism)?);
+        // The credentials as of the exchange's start, as Kafka's
+        // credential cache is read once per exchange.
+        let image = self.image();
+        Some(Box::new(sasl::Scram::new(
+            hash,
+            Box::new(move |user| image.scram.get(user)?.get(&id).cloned()),
+        )))
     }
 }
 

@@ -42,6 +42,11 @@ Each check runs real commands with `java -cp` and checks their output:
                          back read_committed: output equals input
   streams-eos            Kafka Streams word count, exactly_once_v2: the
                          final counts are exact
+  sasl                   our broker with SASL_PLAINTEXT listeners:
+                         ConfigCommand (PLAIN) sets a user's SCRAM
+                         credentials, VerifiableProducer (SCRAM-SHA-512)
+                         and VerifiableConsumer (SCRAM-SHA-256) move every
+                         record, a wrong password is refused
 
 Usage: run.py BOOTSTRAP LIBDIR CLASSES WORKDIR [--quick] [CHECK...]
 Prints `PASS name`, `FAIL name: why` or `SKIP name: why` per check, then
@@ -574,6 +579,87 @@ def check_verifiable_clients(env: Env) -> None:
     expect(total >= n, f"VerifiableConsumer consumed {total} of {n}")
 
 
+def check_sasl(env: Env) -> None:
+    """Our broker started with SASL_PLAINTEXT listeners (PLAIN from a users
+    file, SCRAM from the metadata): ConfigCommand, authenticated with PLAIN,
+    gives a user SCRAM-SHA-256 and SCRAM-SHA-512 credentials (the Java
+    client salts and hashes them); VerifiableProducer writes as that user
+    with SCRAM-SHA-512, VerifiableConsumer reads with SCRAM-SHA-256, every
+    acknowledged record once; a wrong password fails with Kafka's
+    SaslAuthenticationException."""
+    exe = os.environ.get("BROKER_BIN") or str(Path(__file__).resolve().parents[3]
+                                               / "target/release/broker")
+    d = env.work / "sasl"
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    (d / "users").write_text("admin:admin-pw\nbroker:broker-pw\n")
+    port = free_port_pair()
+    log = open(d / "broker.log", "w")
+    proc = subprocess.Popen([exe, "--data-dir", str(d / "data"), "--base-port", str(port),
+                             "--shards", "2", "--listen-host", "127.0.0.1",
+                             "--wal-size-bytes", str(256 << 20),
+                             "--sasl-enabled-mechanisms", "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+                             "--sasl-plain-users-file", str(d / "users"),
+                             "--sasl-inter-broker-user", "broker"],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def props(name: str, mechanism: str, user: str, password: str) -> str:
+        module = ("plain.PlainLoginModule" if mechanism == "PLAIN"
+                  else "scram.ScramLoginModule")
+        f = d / f"{name}.properties"
+        f.write_text("security.protocol=SASL_PLAINTEXT\n"
+                     f"sasl.mechanism={mechanism}\n"
+                     f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
+                     f'username="{user}" password="{password}";\n')
+        return str(f)
+
+    try:
+        import socket
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port + 1), timeout=0.5).close()
+                break
+            except OSError:
+                expect(time.monotonic() < deadline and proc.poll() is None,
+                       f"SASL broker did not start: {(d / 'broker.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        c = Env(f"127.0.0.1:{port},127.0.0.1:{port + 1}", "", "", env.work, env.quick)
+        c.cp = env.cp
+        admin = props("admin", "PLAIN", "admin", "admin-pw")
+        c.tool(CONFIG, "--command-config", admin, "--alter", "--entity-type", "users",
+               "--entity-name", "jane", "--add-config",
+               "SCRAM-SHA-256=[iterations=8192,password=jane-pw],SCRAM-SHA-512=[password=jane-pw]")
+        t, g = unique("sasl"), unique("sasl-group")
+        c.tool(TOPIC, "--command-config", admin, "--create", "--topic", t, "--partitions", "2")
+        n = 2000
+        out = c.tool("org.apache.kafka.tools.VerifiableProducer", "--topic", t,
+                     "--max-messages", str(n), "--acks", "-1", "--producer.config",
+                     props("p", "SCRAM-SHA-512", "jane", "jane-pw"), timeout=180)
+        acked = {json.loads(ln)["value"] for ln in out.splitlines() if ln.startswith("{")
+                 and json.loads(ln).get("name") == "producer_send_success"}
+        expect(len(acked) == n, f"{len(acked)} of {n} acknowledged with SCRAM-SHA-512")
+        out = c.tool("org.apache.kafka.tools.VerifiableConsumer", "--topic", t, "--group-id", g,
+                     "--reset-policy", "earliest", "--max-messages", str(n),
+                     "--consumer.config", props("c", "SCRAM-SHA-256", "jane", "jane-pw"),
+                     timeout=180)
+        total = sum(json.loads(ln).get("count", 0) for ln in out.splitlines()
+                    if ln.startswith("{") and json.loads(ln).get("name") == "records_consumed")
+        expect(total == n, f"VerifiableConsumer with SCRAM-SHA-256 consumed {total} of {n}")
+        out = c.tool(TOPIC, "--command-config", props("bad", "SCRAM-SHA-256", "jane", "wrong"),
+                     "--list", check=False, timeout=60)
+        expect("SaslAuthenticationException" in out and "invalid credentials" in out,
+               f"a wrong password:\n{out[-1500:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 def check_consumer_protocol(env: Env) -> None:
     t, g = unique("kip848"), unique("kip848-group")
     create(env, t, 4)
@@ -708,9 +794,10 @@ CHECKS = {
     "consumer-protocol": check_consumer_protocol,
     "transactional-copier": check_transactional_copier,
     "streams-eos": check_streams_eos,
+    "sasl": check_sasl,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
-         "streams-eos", "cluster-reassign", "api-versions", "leader-epochs"]
+         "streams-eos", "cluster-reassign", "api-versions", "leader-epochs", "sasl"]
 
 
 def main() -> int:
