@@ -505,7 +505,7 @@ mod tests {
 
     #[test]
     fn response_has_size_prefix_and_correlation_id() {
-        let body = ResponseKind::ApiVersions(crate::versions::api_versions_response(0));
+        let body = ResponseKind::ApiVersions(crate::versions::api_versions_response(0, 3));
         let out = encode_response(ApiKey::ApiVersions, 3, 42, &body).unwrap();
         assert_eq!(
             i32::from_be_bytes(out[0..4].try_into().unwrap()) as usize,

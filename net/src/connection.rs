@@ -265,6 +265,7 @@ pub async fn serve_connection<S, T>(
                 glommio::spawn_local(async move {
                     let body = ResponseKind::ApiVersions(api_versions_response(
                         kafka_protocol::ResponseError::UnsupportedVersion.code(),
+                        0,
                     ));
                     match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
                         Ok(bytes) => Outcome::Respond(vec![bytes], None, Duration::ZERO),

@@ -126,6 +126,7 @@ where
             }) => {
                 let body = ResponseKind::ApiVersions(api_versions_response(
                     ResponseError::UnsupportedVersion.code(),
+                    0,
                 ));
                 let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).ok()?;
                 send(writer, vec![bytes]).await?;

@@ -26,7 +26,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // KIP-320's truncation check: the epochs come from the metadata
     // image (broker/src/metadata/epochs.rs). v0 and v1 are gone in Kafka 4.
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::ApiVersions, 0, 3),
+    // v4 (KAFKA-17011): supported features whose lowest level is 0 are
+    // listed; below v4 they are left out, as Kafka leaves them out.
+    (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DeleteRecords, 0, 2),
@@ -34,7 +36,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     // v1 checks the endpoint type, v2 lists fenced nodes when asked.
     (ApiKey::DescribeCluster, 0, 2),
-    (ApiKey::FindCoordinator, 0, 4),
+    // v5 may answer TRANSACTION_ABORTABLE (never needed here); v6 knows
+    // the share key type, refused as Kafka refuses it without share groups.
+    (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
@@ -130,7 +134,7 @@ pub fn is_supported(api: ApiKey, version: i16) -> bool {
 
 /// The ApiVersions response listing every supported range, with `error_code`
 /// (0, or `UNSUPPORTED_VERSION` when answering a version we do not know).
-pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
+pub fn api_versions_response(error_code: i16, version: i16) -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
         .map(|&(k, lo, hi)| {
@@ -140,8 +144,11 @@ pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
                 .with_max_version(hi)
         })
         .collect();
+    // Older clients fail to parse a supported range starting at 0
+    // (KAFKA-17011): before v4 such a feature is left out, as in Kafka.
     let supported = FEATURES
         .iter()
+        .filter(|&&(_, lo, _, _)| version >= 4 || lo > 0)
         .map(|&(name, lo, hi, _)| {
             SupportedFeatureKey::default()
                 .with_name(name.to_string().into())
@@ -183,6 +190,21 @@ mod tests {
     }
 
     #[test]
+    fn features_starting_at_level_0_only_from_v4() {
+        let names = |v| {
+            api_versions_response(0, v)
+                .supported_features
+                .iter()
+                .map(|f| (f.name.to_string(), f.min_version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(4), vec![("group.version".to_string(), 0)]);
+        assert!(names(3).is_empty());
+        // Finalized levels are listed whatever the version.
+        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 1);
+    }
+
+    #[test]
     fn ranges() {
         assert!(is_supported(ApiKey::Produce, 13));
         assert!(!is_supported(ApiKey::Produce, 2));
@@ -193,6 +215,6 @@ mod tests {
         assert!(is_supported(ApiKey::OffsetCommit, 9));
         assert!(!is_supported(ApiKey::OffsetCommit, 10));
         assert!(!is_supported(ApiKey::OffsetFetch, 10));
-        assert_eq!(api_versions_response(0).api_keys.len(), SUPPORTED.len());
+        assert_eq!(api_versions_response(0, 3).api_keys.len(), SUPPORTED.len());
     }
 }

@@ -1139,6 +1139,26 @@ def find_coordinator(conn: Conn, group: str, key_type: int = 0) -> tuple[int, in
     return err, node
 
 
+def find_coordinators(conn: Conn, version: int, keys: list[str], key_type: int
+                      ) -> list[tuple[str, int, int, str | None]]:
+    """FindCoordinator v4+ (batched): (key, node id, error code, message)."""
+    w = Writer().int8(key_type).array_len(len(keys), compact=True)
+    for k in keys:
+        w.string(k, compact=True)
+    r = conn.request(FIND_COORDINATOR, version, w.tags(True).getvalue())
+    r.int32()  # throttle_time_ms
+    out = []
+    for _ in range(r.array_len(compact=True)):
+        key, node = r.string(True), r.int32()
+        r.string(True)  # host
+        r.int32()  # port
+        out.append((key, node, r.int16(), r.string(True)))
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end(f"FindCoordinator v{version} response")
+    return out
+
+
 # --- DescribeTransactions (v0) and ListTransactions (v0) -------------------------
 
 @dataclass

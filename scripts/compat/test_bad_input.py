@@ -142,6 +142,31 @@ def test_api_versions_v3_omits_default_tagged_fields(fresh_broker):
     assert not sent_defaults, f"ApiVersions v3 sends default-valued tagged fields {sent_defaults}"
 
 
+def supported_features(tags: dict[int, bytes]) -> dict[str, tuple[int, int]]:
+    """ApiVersions v3+'s tagged SupportedFeatures (tag 0): name -> range."""
+    if 0 not in tags:
+        return {}
+    r = kwire.Reader(tags[0])
+    out = {}
+    for _ in range(r.array_len(compact=True)):
+        name = r.string(compact=True)
+        out[name] = (r.int16(), r.int16())
+        r.skip_tags(True)
+    return out
+
+
+def test_api_versions_v4_lists_features_starting_at_level_0(fresh_broker):
+    """KAFKA-17011, as Kafka: a supported feature whose lowest level is 0
+    (group.version 0-1) is listed from v4 on, and left out before, where
+    older clients fail to parse it. Its finalized level is listed in both."""
+    with connect(fresh_broker) as c:
+        v3, v4 = kwire.api_versions(c, 3), kwire.api_versions(c, 4)
+    assert v4.api_keys[kwire.API_VERSIONS] == (0, 4)
+    assert supported_features(v4.tags) == {"group.version": (0, 1)}
+    assert supported_features(v3.tags) == {}
+    assert 2 in v3.tags and 2 in v4.tags  # FinalizedFeatures
+
+
 def test_unknown_tagged_fields_are_skipped(fresh_broker):
     unknown = kwire.Writer().uvarint(2).uvarint(90).uvarint(3).raw(b"abc").uvarint(91).uvarint(0).getvalue()
     with connect(fresh_broker) as c:

@@ -49,6 +49,7 @@ use crate::txn::TXN_TOPIC;
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
+const KEY_TYPE_SHARE: i8 = 2;
 
 /// Operations a group allows when the client asks (no ACLs yet: all of
 /// READ, DELETE, DESCRIBE).
@@ -160,6 +161,14 @@ async fn locate_coordinator(
                 ));
             }
             TXN_TOPIC
+        }
+        // Kafka without a share coordinator (share groups off) answers
+        // the share key type (2, FindCoordinator v6) so too.
+        KEY_TYPE_SHARE => {
+            return Err((
+                ResponseError::InvalidRequest,
+                "share groups are not enabled: no share coordinator".into(),
+            ))
         }
         other => {
             return Err((

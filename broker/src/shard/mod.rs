@@ -487,7 +487,7 @@ impl Shard {
         let client = || handlers::groups::Client::of(&req.header, &req.peer);
         let resp = match req.body {
             RequestKind::ApiVersions(_) => {
-                ResponseKind::ApiVersions(net::versions::api_versions_response(0))
+                ResponseKind::ApiVersions(net::versions::api_versions_response(0, v))
             }
             RequestKind::Produce(r) => {
                 // Nothing but the handler may hold views of the frame (the
