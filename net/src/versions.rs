@@ -59,17 +59,19 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // The legacy form: replaces a topic's configs (librdkafka's
     // rd_kafka_AlterConfigs, confluent-kafka's alter_configs).
     (ApiKey::AlterConfigs, 0, 2),
-    // v5+ may answer TRANSACTION_ABORTABLE (KIP-890), v6 is two-phase
-    // commit (KIP-939): neither is implemented.
-    (ApiKey::InitProducerId, 0, 4),
+    // KIP-890 part 1: InitProducerId 5, AddPartitionsToTxn 5,
+    // AddOffsetsToTxn 4, EndTxn 4 and TxnOffsetCommit 4 only let the client
+    // accept TRANSACTION_ABORTABLE (answered by an AddPartitionsToTxn v5
+    // verification of a partition outside the transaction). Part 2
+    // (transaction.version 2, not advertised): EndTxn 5, TxnOffsetCommit
+    // 5, Produce 12's implicit adds; InitProducerId 6 is two-phase commit
+    // (KIP-939). AddPartitionsToTxn v4+ is the batched form brokers use.
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeProducers, 0, 0),
-    // Transactions as before KIP-890's second phase (transaction.version
-    // 2 is not advertised): AddPartitionsToTxn v4 is the batched form
-    // brokers use, v5 and EndTxn/TxnOffsetCommit v4+ belong to it.
-    (ApiKey::AddPartitionsToTxn, 0, 4),
-    (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 3),
-    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     // v2 filters by a transactional id regular expression (KIP-1152).
     (ApiKey::ListTransactions, 0, 2),
@@ -208,8 +210,10 @@ mod tests {
     fn ranges() {
         assert!(is_supported(ApiKey::Produce, 13));
         assert!(!is_supported(ApiKey::Produce, 2));
-        assert!(is_supported(ApiKey::InitProducerId, 4));
-        assert!(!is_supported(ApiKey::InitProducerId, 5));
+        assert!(is_supported(ApiKey::InitProducerId, 5));
+        assert!(!is_supported(ApiKey::InitProducerId, 6));
+        // Transactions v2 (KIP-890 part 2) is not implemented.
+        assert!(!is_supported(ApiKey::EndTxn, 5));
         assert!(is_supported(ApiKey::JoinGroup, 4));
         // OffsetCommit v9 / OffsetFetch v9 belong to the KIP-848 protocol.
         assert!(is_supported(ApiKey::OffsetCommit, 9));

@@ -290,6 +290,47 @@ def test_kill9_inside_and_during_commit_is_all_or_nothing(broker):
     assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(everything)
 
 
+def add_partitions(c: kwire.Conn, version: int, txn_id: str, pid: int, epoch: int,
+                   topic: str, partition: int, verify_only: bool = False) -> int:
+    """AddPartitionsToTxn (v3: the client form; v4+: the batched form with
+    VerifyOnly): the partition's error code."""
+    w = kwire.Writer()
+    if version >= 4:
+        w.array_len(1, compact=True).string(txn_id, compact=True).int64(pid).int16(epoch)
+        w.bool(verify_only)
+    else:
+        w.string(txn_id, compact=True).int64(pid).int16(epoch)
+    w.array_len(1, compact=True).string(topic, compact=True)
+    w.array_len(1, compact=True).int32(partition).tags(True)
+    if version >= 4:
+        w.tags(True)
+    r = c.request(kwire.ADD_PARTITIONS_TO_TXN, version, w.tags(True).getvalue())
+    r.int32()  # throttle_time_ms
+    if version >= 4:
+        assert r.int16() == 0
+        assert r.array_len(compact=True) == 1 and r.string(compact=True) == txn_id
+    assert r.array_len(compact=True) == 1 and r.string(compact=True) == topic
+    assert r.array_len(compact=True) == 1 and r.int32() == partition
+    return r.int16()
+
+
+def test_verify_only_answers_as_kafka_per_version(broker):
+    """AddPartitionsToTxn with VerifyOnly (KIP-890 part 1): a partition
+    outside the transaction is INVALID_TXN_STATE at v4 and
+    TRANSACTION_ABORTABLE from v5, as Kafka's coordinator answers; once
+    added, it verifies."""
+    topic, txn_id = unique("verify"), unique("verify-tx")
+    create_topic(broker, topic, 1)
+    with kwire.Conn(broker.host, coordinator_port(broker, txn_id)) as c:
+        err, pid, epoch = kwire.init_producer_id(c, 5, txn_id)
+        assert err == 0, err
+        assert add_partitions(c, 4, txn_id, pid, epoch, topic, 0, verify_only=True) == 48
+        assert add_partitions(c, 5, txn_id, pid, epoch, topic, 0, verify_only=True) == 120
+        assert add_partitions(c, 3, txn_id, pid, epoch, topic, 0) == 0
+        for v in (4, 5):
+            assert add_partitions(c, v, txn_id, pid, epoch, topic, 0, verify_only=True) == 0
+
+
 def _try_commit(p: Producer) -> None:
     try:
         p.commit_transaction(20)

@@ -174,6 +174,9 @@ async fn add_one(
     let outcome = if verify_only {
         match shard.txns.verify(id, producer.0, producer.1, &partitions) {
             Ok(true) => Ok(()),
+            // KIP-890: from v5 a partition outside the transaction is
+            // TRANSACTION_ABORTABLE, as Kafka's coordinator answers it.
+            Ok(false) if version >= 5 => Err(ResponseError::TransactionAbortable),
             Ok(false) => Err(ResponseError::InvalidTxnState),
             Err(e) => Err(e),
         }
