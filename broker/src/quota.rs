@@ -25,8 +25,9 @@ const REQUEST_PERCENTAGE: &str = "request_percentage";
 const CONTROLLER_MUTATION_RATE: &str = "controller_mutation_rate";
 const CONNECTION_CREATION_RATE: &str = "connection_creation_rate";
 
-/// The principal of every request: there is no authentication, so every
-/// connection is Kafka's `ANONYMOUS` user, as on a PLAINTEXT listener.
+/// The user of a connection that has not authenticated (a PLAINTEXT
+/// listener), as Kafka names it; a SASL connection's user is the one it
+/// authenticated as.
 pub const ANONYMOUS: &str = "ANONYMOUS";
 
 /// A quota entity: entity type -> name (`None`: the type's default), sorted
@@ -355,6 +356,14 @@ impl Throttle {
         (ms.ceil() as u64).min(MAX_THROTTLE_MS)
     }
 
+    /// Takes back `bytes` recorded against `key` (a response that was not
+    /// sent as measured), as Kafka's `unrecordQuotaSensor`.
+    pub fn unrecord(&mut self, key: &SensorKey, now_ms: u64, bytes: usize) {
+        if let Some(sensor) = self.sensors.get_mut(key) {
+            sensor.record(now_ms, -(bytes as f64));
+        }
+    }
+
     fn evict(&mut self, now_ms: u64) {
         let span = SAMPLES as u64 * WINDOW_MS;
         self.sensors.retain(|_, s| s.last_ms + span > now_ms);
@@ -562,6 +571,15 @@ mod tests {
         for i in 0..100 {
             assert_eq!(t.record(&key, 200_000.0, i * 100, 10_000), 0);
         }
+        // A throttled Fetch sent empty: its bytes are taken back, and what
+        // was delivered alone is measured (Kafka's unrecordQuotaSensor), so
+        // a consumer that only ever gets empty answers gets through once
+        // the rate allows.
+        let mut t = Throttle::default();
+        assert_eq!(t.record(&key, 20_000.0, 0, 150_000), 0);
+        assert!(t.record(&key, 20_000.0, 100, 100_000) > 0);
+        t.unrecord(&key, 100, 100_000);
+        assert_eq!(t.record(&key, 20_000.0, 200, 50_000), 0);
     }
 
     #[test]

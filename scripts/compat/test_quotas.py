@@ -3,7 +3,8 @@ flexible: neither confluent-kafka nor kafka-python has these calls; the
 Java ConfigCommand runs them in scripts/conformance), kept across a
 kill -9 and restart, and producer_byte_rate / consumer_byte_rate enforced on a real
 confluent-kafka producer and consumer: a client over its quota is held to
-it (throttle_time_ms and a muted connection), others are not.
+it (throttle_time_ms and a muted connection), others are not. A throttled
+Fetch is answered without records, as Kafka answers it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer
 
+import kwire
 from kwire import ALTER_CLIENT_QUOTAS, DESCRIBE_CLIENT_QUOTAS, Conn, Writer
 from test_idempotence import create_topic
 
@@ -28,8 +30,9 @@ def _conn(broker) -> Conn:
 
 
 def alter(broker, entity: list[tuple[str, str | None]], ops: list[tuple[str, float | None]],
-          validate_only: bool = False) -> tuple[int, str | None]:
-    """One entry; op value None removes the key. Returns (error, message)."""
+          validate_only: bool = False, conn: Conn | None = None) -> tuple[int, str | None]:
+    """One entry; op value None removes the key. Returns (error, message).
+    `conn`: a connection to use (an authenticated one), else a new one."""
     w = Writer().array_len(1, compact=True).array_len(len(entity), compact=True)
     for t, n in entity:
         w.string(t, compact=True).string(n, compact=True).tags(True)
@@ -37,8 +40,11 @@ def alter(broker, entity: list[tuple[str, str | None]], ops: list[tuple[str, flo
     for key, value in ops:
         w.string(key, compact=True).float64(value or 0.0).bool(value is None).tags(True)
     body = w.tags(True).bool(validate_only).tags(True).getvalue()
-    with _conn(broker) as c:
-        r = c.request(ALTER_CLIENT_QUOTAS, 1, body)
+    if conn is not None:
+        r = conn.request(ALTER_CLIENT_QUOTAS, 1, body)
+    else:
+        with _conn(broker) as c:
+            r = c.request(ALTER_CLIENT_QUOTAS, 1, body)
     r.int32()  # throttle
     assert r.array_len(compact=True) == 1
     code = r.int16()
@@ -110,13 +116,15 @@ def test_alter_describe_and_restart(broker):
     assert describe(broker, []) == {}
 
 
-def _produce(broker, topic: str, client_id: str, total: int) -> tuple[float, int]:
-    """Sends `total` bytes in 10 KB records; returns (seconds, max throttle ms)."""
+def _produce(broker, topic: str, client_id: str, total: int,
+             conf: dict | None = None) -> tuple[float, int]:
+    """Sends `total` bytes in 10 KB records; returns (seconds, max throttle
+    ms). `conf`: more client settings (SASL ones, say)."""
     throttles = []
     p = Producer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
                   "client.id": client_id, "linger.ms": 5, "batch.size": 64 * 1024,
                   "statistics.interval.ms": 500,
-                  "stats_cb": lambda s: throttles.append(s)})
+                  "stats_cb": lambda s: throttles.append(s), **(conf or {})})
     value = b"q" * 10_000
     started = time.monotonic()
     for _ in range(total // len(value)):
@@ -181,6 +189,29 @@ def test_consumer_byte_rate_is_enforced(broker, figures):
         c.close()
         assert got >= total, f"{client_id} read {got} of {total} bytes"
         return took
+
+    # Raw Fetch v11 as "raw-consumer", over a quota of its own: until the
+    # quota is used up, records come; then the response carries a throttle
+    # time and, as in Kafka, no records (its bytes do not count), and the
+    # partition's high watermark is still there.
+    assert alter(broker, [("client-id", "raw-consumer")],
+                 [("consumer_byte_rate", float(bound))]) == (0, None)
+    host, port = broker.bootstrap.split(",")[0].split(":")
+    throttled = None
+    with Conn(host, int(port)) as c:
+        for corr in range(1, 40):
+            c.send(kwire.encode_request(kwire.FETCH, 11, corr, kwire.fetch_body(11, topic, 0, 0, 0),
+                                        client_id="raw-consumer"))
+            r = c.recv_response(kwire.FETCH, 11, corr)
+            throttle = kwire.Reader(r.data, r.pos).int32()
+            part = kwire.parse_fetch(r, 11)[(topic, 0)]
+            assert part.error_code == 0 and part.high_watermark > 0
+            if throttle > 0:
+                throttled = (corr, throttle, part.records)
+                break
+            assert part.records, f"fetch {corr}: no records and no throttle"
+    assert throttled is not None, "raw-consumer was never throttled"
+    assert throttled[2] in (b"", None), f"a throttled fetch carried {len(throttled[2])} bytes"
 
     fast = consume("fast-consumer")
     slow = consume("slow-consumer")

@@ -723,20 +723,16 @@ impl Service for Shard {
             let read_throttle = request.throttle;
             let fetch_client =
                 quotas::fetch_measured(&self.image.borrow().quotas, api).then(|| {
-                    request
-                        .header
-                        .client_id
-                        .as_deref()
-                        .unwrap_or("")
-                        .to_string()
+                    let client_id = request.header.client_id.as_deref().unwrap_or("");
+                    (request.principal.clone(), client_id.to_string())
                 });
             let mut resp = self.clone().dispatch(request).await;
             if let Some(reply) = resp.as_mut() {
                 let mut throttle = read_throttle;
-                if let Some(client_id) = &fetch_client {
+                if let Some((user, client_id)) = &fetch_client {
                     throttle = throttle.max(self.quota_sensors.fetch_answered(
                         &self.image().quotas,
-                        client_id,
+                        (user.as_deref(), client_id),
                         reply,
                     ));
                 }
@@ -774,7 +770,10 @@ impl Service for Shard {
         let image = self.image.borrow();
         self.quota_sensors.produce_read(
             &image.quotas,
-            request.header.client_id.as_deref().unwrap_or(""),
+            (
+                request.principal.as_deref(),
+                request.header.client_id.as_deref().unwrap_or(""),
+            ),
             request.frame.len(),
         )
     }

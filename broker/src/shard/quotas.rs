@@ -5,8 +5,10 @@
 //! bytes of its response against `consumer_byte_rate`; fetches of a
 //! connection run one at a time, so muting after the response is enough.
 //! Either way the response carries `throttle_time_ms` (KIP-219) and the
-//! client's rate falls to its quota on average. Throttled fetch responses
-//! keep their records (Kafka sends them empty); the mute holds the rate.
+//! client's rate falls to its quota on average. A Fetch over its quota is
+//! answered without its records, and its bytes are taken back from the
+//! sensor, as Kafka answers it (`getThrottledResponse`): what a throttled
+//! consumer receives is what its quota allows.
 //!
 //! Runs on the shard serving the request; owns the shard's sensors. Costs
 //! nothing while no quota is set. Never awaits.
@@ -55,28 +57,57 @@ fn fetch_bytes(reply: &Reply) -> usize {
     inline.saturating_sub(reply.spliced.len() * net::codec::PLACEHOLDER_LEN) + spliced
 }
 
+/// A throttled Fetch's answer: every partition as it was (high watermark,
+/// log start, errors) but with no records, so the consumer fetches the
+/// same offsets again once the throttle passes.
+fn strip_records(reply: &mut Reply) {
+    let ResponseKind::Fetch(resp) = &mut reply.body else {
+        return;
+    };
+    for p in resp.responses.iter_mut().flat_map(|t| &mut t.partitions) {
+        if p.records.is_some() {
+            p.records = Some(bytes::Bytes::new());
+        }
+    }
+    reply.spliced.clear();
+}
+
 fn ms_i32(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
 impl QuotaSensors {
+    /// Records `bytes` of `user` (the SASL principal, else Kafka's
+    /// ANONYMOUS) and `client_id`: the throttle, and the sensor recorded.
     fn record(
         &self,
         sensors: &RefCell<Throttle>,
         quotas: &ClientQuotas,
         key: &str,
-        client_id: &str,
+        (user, client_id): (Option<&str>, &str),
         bytes: usize,
-    ) -> Duration {
-        let Some((bound, sensor)) = quotas.resolve(quota::ANONYMOUS, client_id, key) else {
-            return Duration::ZERO;
+    ) -> (Duration, Option<quota::SensorKey>) {
+        let user = user.unwrap_or(quota::ANONYMOUS);
+        let Some((bound, sensor)) = quotas.resolve(user, client_id, key) else {
+            return (Duration::ZERO, None);
         };
-        let now_ms = self.base.elapsed().as_millis() as u64;
-        Duration::from_millis(sensors.borrow_mut().record(&sensor, bound, now_ms, bytes))
+        let now_ms = self.now_ms();
+        let ms = sensors.borrow_mut().record(&sensor, bound, now_ms, bytes);
+        (Duration::from_millis(ms), Some(sensor))
     }
 
-    /// A Produce request of `bytes` from `client_id` was read: its throttle.
-    pub fn produce_read(&self, quotas: &ClientQuotas, client_id: &str, bytes: usize) -> Duration {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// A Produce request of `bytes` from `client` (user, client id) was
+    /// read: its throttle.
+    pub fn produce_read(
+        &self,
+        quotas: &ClientQuotas,
+        client: (Option<&str>, &str),
+        bytes: usize,
+    ) -> Duration {
         if quotas.is_empty() {
             return Duration::ZERO;
         }
@@ -84,31 +115,40 @@ impl QuotaSensors {
             &self.produce,
             quotas,
             quota::PRODUCER_BYTE_RATE,
-            client_id,
+            client,
             bytes,
         )
+        .0
     }
 
-    /// A Fetch of `client_id` is answered with `reply`: measures it and, if
-    /// the client is over its quota, mutes the connection after it.
+    /// A Fetch of `client` (user, client id) is answered with `reply`:
+    /// measures it and, if the client is over its quota, takes its records
+    /// out (and their bytes back from the sensor) and mutes the connection
+    /// after it.
     pub fn fetch_answered(
         &self,
         quotas: &ClientQuotas,
-        client_id: &str,
+        client: (Option<&str>, &str),
         reply: &mut Reply,
     ) -> Duration {
         if quotas.is_empty() {
             return Duration::ZERO;
         }
         let bytes = fetch_bytes(reply);
-        let d = self.record(
+        let (d, sensor) = self.record(
             &self.fetch,
             quotas,
             quota::CONSUMER_BYTE_RATE,
-            client_id,
+            client,
             bytes,
         );
         if !d.is_zero() {
+            if let Some(sensor) = sensor {
+                self.fetch
+                    .borrow_mut()
+                    .unrecord(&sensor, self.now_ms(), bytes);
+            }
+            strip_records(reply);
             reply.mute = reply.mute.max(d);
         }
         d
