@@ -65,6 +65,7 @@ pub fn nodes(image: &MetadataImage, reports: &[ShardReport]) -> Value {
                     "port": n.port,
                     "epoch": n.epoch,
                     "fenced": n.fenced,
+                    "shutting_down": n.shutting_down,
                     "serving": serving.get(id).copied(),
                 })
             })

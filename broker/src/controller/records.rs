@@ -34,6 +34,7 @@ pub mod kind {
     pub const SCRAM_CREDENTIAL_CHANGED: u16 = 12;
     pub const LEADER_EPOCH_STARTS: u16 = 13;
     pub const NODE_UNREGISTERED: u16 = 14;
+    pub const NODE_SHUTTING_DOWN: u16 = 15;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -197,6 +198,13 @@ pub enum Record {
     NodeUnregistered {
         node_id: i32,
     },
+    /// The node of this epoch is shutting down (its broker got SIGTERM,
+    /// Kafka's controlled shutdown): it still serves, but nothing is placed
+    /// on it. Registering again clears it.
+    NodeShuttingDown {
+        node_id: i32,
+        epoch: i64,
+    },
 }
 
 /// A salted SCRAM credential (AlterUserScramCredentials). Its `Debug` shows
@@ -315,6 +323,7 @@ impl Record {
             Record::ScramCredentialChanged { .. } => kind::SCRAM_CREDENTIAL_CHANGED,
             Record::LeaderEpochStarts { .. } => kind::LEADER_EPOCH_STARTS,
             Record::NodeUnregistered { .. } => kind::NODE_UNREGISTERED,
+            Record::NodeShuttingDown { .. } => kind::NODE_SHUTTING_DOWN,
         }
     }
 
@@ -410,7 +419,7 @@ impl Record {
                 put_str(out, host);
                 out.put_u16(*port);
             }
-            Record::NodeFenced { node_id, epoch } => {
+            Record::NodeFenced { node_id, epoch } | Record::NodeShuttingDown { node_id, epoch } => {
                 out.put_i32(*node_id);
                 out.put_i64(*epoch);
             }
@@ -667,6 +676,10 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
             leader_epoch: r.i32()?,
         },
         kind::NODE_UNREGISTERED => Record::NodeUnregistered { node_id: r.i32()? },
+        kind::NODE_SHUTTING_DOWN => Record::NodeShuttingDown {
+            node_id: r.i32()?,
+            epoch: r.i64()?,
+        },
         kind::LEADER_EPOCH_STARTS => {
             let topic_id = r.uuid()?;
             let partition = r.i32()?;
@@ -1013,6 +1026,9 @@ impl fmt::Display for Record {
                 "PartitionLeaderChanged topic={topic_id} partition={partition} leader={leader} epoch={leader_epoch}"
             ),
             Record::NodeUnregistered { node_id } => write!(f, "NodeUnregistered node={node_id}"),
+            Record::NodeShuttingDown { node_id, epoch } => {
+                write!(f, "NodeShuttingDown node={node_id} epoch={epoch}")
+            }
             Record::LeaderEpochStarts {
                 topic_id,
                 partition,
@@ -1203,6 +1219,10 @@ pub(crate) mod tests {
                 starts: vec![(1, 10), (3, 250)],
             },
             Record::NodeUnregistered { node_id: 2001 },
+            Record::NodeShuttingDown {
+                node_id: 2001,
+                epoch: 4,
+            },
             Record::TopicConfigChanged {
                 topic_id: id,
                 name: "retention.ms".into(),
@@ -1317,7 +1337,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 22, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 23, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

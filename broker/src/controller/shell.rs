@@ -110,7 +110,11 @@ fn render_image(out: &mut String, image: &MetadataImage) {
     let _ = writeln!(out, "== image (version {})", image.version);
     let _ = writeln!(out, "nodes:");
     for (id, n) in &image.nodes {
-        let fenced = if n.fenced { " FENCED" } else { "" };
+        let fenced = match (n.fenced, n.shutting_down) {
+            (true, _) => " FENCED",
+            (false, true) => " SHUTTING-DOWN",
+            (false, false) => "",
+        };
         let _ = writeln!(
             out,
             "  node {id} epoch {} {}:{}{fenced}",

@@ -52,6 +52,9 @@ pub struct NodeMeta {
     pub host: String,
     pub port: u16,
     pub fenced: bool,
+    /// Its broker is shutting down (controlled shutdown): it serves until
+    /// it exits, but no partition is placed or moved onto it.
+    pub shutting_down: bool,
 }
 
 /// An immutable snapshot of the cluster's metadata.
@@ -219,6 +222,7 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         fenced: false,
+                        shutting_down: false,
                     },
                 );
             }
@@ -244,6 +248,13 @@ impl MetadataImage {
                 if let Some(n) = self.nodes.get_mut(node_id) {
                     if n.epoch == *epoch {
                         n.fenced = true;
+                    }
+                }
+            }
+            Record::NodeShuttingDown { node_id, epoch } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    if n.epoch == *epoch {
+                        n.shutting_down = true;
                     }
                 }
             }
@@ -379,6 +390,12 @@ impl MetadataImage {
         self.nodes.iter().filter(|(_, n)| !n.fenced)
     }
 
+    /// Live nodes that partitions may be placed or moved onto: not of a
+    /// broker that is shutting down.
+    pub fn placement_nodes(&self) -> impl Iterator<Item = (&i32, &NodeMeta)> {
+        self.live_nodes().filter(|(_, n)| !n.shutting_down)
+    }
+
     pub fn leader_of(&self, topic: Uuid, partition: i32) -> Option<i32> {
         let t = self.topic_by_id(&topic)?;
         t.leader_nodes
@@ -467,6 +484,12 @@ impl MetadataImage {
             });
             if n.fenced {
                 out.push(Record::NodeFenced {
+                    node_id,
+                    epoch: n.epoch,
+                });
+            }
+            if n.shutting_down {
+                out.push(Record::NodeShuttingDown {
                     node_id,
                     epoch: n.epoch,
                 });
@@ -675,6 +698,13 @@ pub enum Command {
         broker_id: i32,
         #[serde(default)]
         movable: Vec<(Uuid, i32, i32)>,
+    },
+    /// A broker begins a graceful shutdown (SIGTERM): its live nodes are
+    /// marked, so drains (its own and other brokers') and new partitions
+    /// go elsewhere, as Kafka's controlled shutdown keeps leaders off a
+    /// stopping broker.
+    BeginShutdown {
+        broker_id: i32,
     },
     /// An operator removes a broker that is gone for good (Kafka's
     /// UnregisterBroker): its nodes leave the registry. Refused while any
@@ -1011,6 +1041,19 @@ fn plan_one(
             Ok((Uuid::nil(), records))
         }
         Command::UnregisterBroker { broker_id } => unregister_broker(image, *broker_id),
+        Command::BeginShutdown { broker_id } => {
+            let records = image
+                .live_nodes()
+                .filter(|(&id, n)| {
+                    id.div_euclid(NODES_PER_BROKER) == *broker_id && !n.shutting_down
+                })
+                .map(|(&node_id, n)| Record::NodeShuttingDown {
+                    node_id,
+                    epoch: n.epoch,
+                })
+                .collect();
+            Ok((Uuid::nil(), records))
+        }
         Command::FenceBroker { broker_id, movable } => Ok((
             Uuid::nil(),
             fence_broker(image, placement, *broker_id, movable),
@@ -1127,6 +1170,12 @@ fn move_partition(
             format!("node {to_node} is not a live node"),
         ));
     }
+    if image.nodes.get(&to_node).is_some_and(|n| n.shutting_down) {
+        return Err(CommandError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!("node {to_node} is shutting down"),
+        ));
+    }
     if t.leader_nodes[p] == to_node {
         return Ok((topic_id, Vec::new()));
     }
@@ -1201,7 +1250,11 @@ fn leaders(
     if let Some(a) = assignment {
         return a.to_vec();
     }
-    let mut nodes: Vec<i32> = image.live_nodes().map(|(&id, _)| id).collect();
+    // Brokers shutting down get nothing while any other is live.
+    let mut nodes: Vec<i32> = image.placement_nodes().map(|(&id, _)| id).collect();
+    if nodes.is_empty() {
+        nodes = image.live_nodes().map(|(&id, _)| id).collect();
+    }
     if nodes.is_empty() {
         nodes = (0..placement.shards.max(1))
             .map(|s| placement.node_id(s))
@@ -1627,6 +1680,55 @@ mod tests {
         // It may come back: registering makes its nodes live again.
         register(&mut t, 1, 2, None);
         assert!(t.image().live_node(1001).is_some());
+    }
+
+    #[test]
+    fn a_broker_shutting_down_gets_no_partition() {
+        let mut t = TopicTable::new(P2);
+        register(&mut t, 0, 1, None);
+        register(&mut t, 1, 2, None);
+        register(&mut t, 2, 1, None);
+        let shut = |b| Command::BeginShutdown { broker_id: b };
+        let (r, recs) = t.apply(&[shut(1)], false);
+        assert!(r[0].is_ok());
+        assert_eq!(recs.len(), 2, "both of its nodes");
+        assert!(t.apply(&[shut(1)], false).1.is_empty(), "marked once");
+        // Still live (it serves until it exits), but no placement.
+        let img = t.image();
+        assert!(img.live_node(1001).is_some());
+        assert!(img
+            .placement_nodes()
+            .all(|(&n, _)| n / NODES_PER_BROKER != 1));
+        // A snapshot keeps the mark.
+        let again = MetadataImage::from_snapshot(&img.to_records());
+        assert!(again.nodes[&1000].shutting_down && !again.nodes[&0].shutting_down);
+        // New partitions and moves go elsewhere.
+        t.apply(&[create("s", 6)], false);
+        let leaders = t.image().topic("s").unwrap().leader_nodes.clone();
+        assert!(
+            leaders.iter().all(|&n| n / NODES_PER_BROKER != 1),
+            "{leaders:?}"
+        );
+        let id = t.image().topic("s").unwrap().id;
+        let mv = Command::MovePartition {
+            topic_id: id,
+            partition: 0,
+            to_node: 1001,
+            uploaded_end: 0,
+        };
+        let refused = t.apply(&[mv], false).0[0].clone().unwrap_err();
+        assert!(
+            refused.message.contains("shutting down"),
+            "{}",
+            refused.message
+        );
+        // When every broker is stopping, partitions still get a leader.
+        t.apply(&[shut(0), shut(2)], false);
+        t.apply(&[create("all", 2)], false);
+        assert_eq!(t.image().topic("all").unwrap().leader_nodes.len(), 2);
+        // Registering again (a restart) clears the mark.
+        register(&mut t, 1, 2, None);
+        assert!(!t.image().nodes[&1000].shutting_down);
     }
 
     #[test]

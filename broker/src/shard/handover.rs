@@ -117,16 +117,39 @@ impl Shard {
         }
     }
 
-    /// Graceful drain (SIGTERM with other brokers live): moves every
-    /// partition this shard leads to nodes of other live brokers, the least
-    /// loaded first, after one upload and in one metadata commit. Returns how
-    /// many moved; with no other broker live, none (the caller just uploads).
+    /// Graceful drain (SIGTERM with other brokers live): marks this broker
+    /// as shutting down (so no broker drains onto it, and it drains onto no
+    /// broker that is stopping too), then moves every partition this shard
+    /// leads to nodes of other live brokers, the least loaded first, after
+    /// one upload and in one metadata commit. Returns how many moved; with
+    /// no other broker to take them, none (the caller just uploads).
     pub async fn drain(self: &Rc<Self>) -> usize {
         let started = Instant::now();
-        let image = self.image();
         let me = self.config.broker_id;
+        let others = |image: &crate::metadata::MetadataImage| {
+            image
+                .live_nodes()
+                .any(|(&id, _)| id.div_euclid(NODES_PER_BROKER) != me)
+        };
+        if !others(&self.image()) {
+            return 0;
+        }
+        let marked = self
+            .control()
+            .submit(vec![Command::BeginShutdown { broker_id: me }], false)
+            .await;
+        if let Some(Err(e)) = marked.first() {
+            warn!(
+                shard = self.id,
+                "drain: shutdown not recorded: {}", e.message
+            );
+        }
+        // The marks of brokers stopping at the same time that are already
+        // committed; a later one is caught by the controller, which refuses
+        // a move onto a broker that is shutting down.
+        let image = self.image();
         let mut load: Vec<(usize, i32)> = image
-            .live_nodes()
+            .placement_nodes()
             .filter(|(&id, _)| id.div_euclid(NODES_PER_BROKER) != me)
             .map(|(&id, _)| {
                 let led = image
@@ -182,7 +205,12 @@ impl Shard {
         let results = self.control().submit(cmds, false).await;
         let moved = results.iter().filter(|r| r.is_ok()).count();
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-            warn!(shard = self.id, "drain: a move was refused: {}", e.message);
+            // Harmless: the partition stays and its data is uploaded here.
+            // Expected when the other brokers are stopping too.
+            info!(
+                shard = self.id,
+                "drain: a move was refused ({}); what did not move is uploaded here", e.message
+            );
         }
         // What did not move takes writes again until the process exits.
         for p in self.partitions.borrow_mut().values_mut() {
