@@ -108,7 +108,7 @@ async fn exchange<Req: Encodable, Resp: Decodable>(
 fn check(code: i16) -> Result<(), ResponseError> {
     match code {
         0 => Ok(()),
-        c => Err(ResponseError::try_from_code(c).unwrap_or(ResponseError::UnknownServerError)),
+        c => Err(crate::handlers::error_from_code(c)),
     }
 }
 

@@ -34,15 +34,13 @@ use bytes::Bytes;
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
-use kafka_protocol::messages::{ApiKey, ResponseKind};
+use kafka_protocol::messages::ApiKey;
 use tracing::{debug, warn};
 
-use crate::codec::{
-    decode_request, encode_reply, encode_response, DecodeError, Reply, Request, Stages,
-};
+use crate::codec::{decode_request, encode_reply, DecodeError, Reply, Request, Stages};
 use crate::frame::{read_frame_timed, FrameError};
 use crate::sasl::SaslExchange;
-use crate::versions::api_versions_response;
+use crate::versions::unsupported_api_versions;
 
 /// Requests decoded but not yet answered, per connection.
 const MAX_IN_FLIGHT: usize = 128;
@@ -181,7 +179,7 @@ pub async fn serve_connection<S, T>(
             &mut writer,
             &service,
             &mechanisms,
-            || deadline,
+            deadline,
             &peer,
         )
         .await;
@@ -263,11 +261,7 @@ pub async fn serve_connection<S, T>(
             }) => {
                 debug!(%peer, version, "ApiVersions with an unsupported version: answering v0");
                 glommio::spawn_local(async move {
-                    let body = ResponseKind::ApiVersions(api_versions_response(
-                        kafka_protocol::ResponseError::UnsupportedVersion.code(),
-                        0,
-                    ));
-                    match encode_response(ApiKey::ApiVersions, 0, correlation_id, &body) {
+                    match unsupported_api_versions(correlation_id) {
                         Ok(bytes) => Outcome::Respond(vec![bytes], None, Duration::ZERO),
                         Err(_) => Outcome::Close,
                     }

@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use crate::codec::{decode_request, encode_reply, encode_response, DecodeError};
 use crate::frame::read_frame_timed;
-use crate::versions::api_versions_response;
+use crate::versions::unsupported_api_versions;
 use crate::Service;
 
 /// The largest frame read before a client has authenticated (Kafka's
@@ -69,7 +69,7 @@ pub async fn authenticate<S, R, W>(
     writer: &mut W,
     service: &Rc<S>,
     mechanisms: &[String],
-    idle_deadline: impl Fn() -> Instant,
+    deadline: Instant,
     peer: &str,
 ) -> Option<String>
 where
@@ -79,11 +79,9 @@ where
 {
     let mut state = State::Start;
     loop {
-        let read = crate::connection::before(
-            idle_deadline(),
-            read_frame_timed(reader, MAX_UNAUTHENTICATED),
-        )
-        .await;
+        let read =
+            crate::connection::before(deadline, read_frame_timed(reader, MAX_UNAUTHENTICATED))
+                .await;
         let frame = match read {
             None => {
                 debug!(%peer, "closing connection: not authenticated in time");
@@ -99,23 +97,18 @@ where
         if let State::Raw(exchange) = &mut state {
             // KIP-43's v0 exchange: a token in, a token out, no headers; a
             // failure closes the connection, there is no error to send.
-            return match exchange.step(&frame) {
-                Ok(step) => {
-                    let (token, user) = match step {
-                        SaslStep::Challenge(t) => (t, None),
-                        SaslStep::Done { token, user } => (token, Some(user)),
-                    };
+            match exchange.step(&frame) {
+                Ok(SaslStep::Challenge(token)) => send(writer, vec![raw_token(&token)]).await?,
+                Ok(SaslStep::Done { token, user }) => {
                     send(writer, vec![raw_token(&token)]).await?;
-                    match user {
-                        Some(user) => Some(user),
-                        None => continue,
-                    }
+                    return Some(user);
                 }
                 Err(reason) => {
                     info!(%peer, "SASL authentication refused: {reason}");
-                    None
+                    return None;
                 }
-            };
+            }
+            continue;
         }
         let request = match decode_request(frame) {
             Ok(r) => r,
@@ -124,12 +117,7 @@ where
                 correlation_id,
                 ..
             }) => {
-                let body = ResponseKind::ApiVersions(api_versions_response(
-                    ResponseError::UnsupportedVersion.code(),
-                    0,
-                ));
-                let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).ok()?;
-                send(writer, vec![bytes]).await?;
+                send(writer, vec![unsupported_api_versions(correlation_id).ok()?]).await?;
                 continue;
             }
             Err(e) => {

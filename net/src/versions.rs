@@ -175,6 +175,19 @@ pub fn api_versions_response(error_code: i16, version: i16) -> ApiVersionsRespon
         .with_finalized_features(finalized)
 }
 
+/// The answer to an ApiVersions request of a version we do not serve: a
+/// v0 response with UNSUPPORTED_VERSION and the ranges we do serve
+/// (KIP-511), so the client retries with one of them.
+pub fn unsupported_api_versions(
+    correlation_id: i32,
+) -> Result<bytes::Bytes, crate::codec::EncodeError> {
+    let body = kafka_protocol::messages::ResponseKind::ApiVersions(api_versions_response(
+        kafka_protocol::ResponseError::UnsupportedVersion.code(),
+        0,
+    ));
+    crate::codec::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -714,6 +714,18 @@ def test_split_roles(tmp_path):
         c.run("down", "--purge")
 
 
+def fill(bootstrap: str, topic: str, partitions: int, n: int, prefix: str) -> dict[int, list[bytes]]:
+    """Creates `topic` and writes `n` records round-robin over its
+    partitions, acks=all; returns what each partition must hold."""
+    create(bootstrap, topic, partitions)
+    p = Producer({"bootstrap.servers": bootstrap, "broker.address.family": "v4", "acks": "all"})
+    for i in range(n):
+        p.produce(topic, f"{prefix}-{i}".encode(), partition=i % partitions)
+    assert p.flush(30) == 0
+    return {q: [f"{prefix}-{i}".encode() for i in range(n) if i % partitions == q]
+            for q in range(partitions)}
+
+
 def test_voters_move_to_other_ports(tmp_path, figures):
     """The whole cluster restarts on other ports, every process given the
     new voter list: the quorum forms again and serves what it had. (Voters
@@ -723,12 +735,7 @@ def test_voters_move_to_other_ports(tmp_path, figures):
     c.run("up", "--base-port", "0", "--store", "local")
     try:
         topic = f"moved-{uuid.uuid4().hex[:6]}"
-        create(c.bootstrap, topic, 3)
-        p = Producer({"bootstrap.servers": c.bootstrap, "broker.address.family": "v4",
-                      "acks": "all"})
-        for i in range(30):
-            p.produce(topic, f"r-{i}".encode(), partition=i % 3)
-        assert p.flush(30) == 0
+        expect = fill(c.bootstrap, topic, 3, 30, "r")
         old = c.state["base"]
         c.run("down")
         t0 = time.monotonic()
@@ -736,8 +743,7 @@ def test_voters_move_to_other_ports(tmp_path, figures):
         elapsed = time.monotonic() - t0
         assert c.state["base"] != old, "the same ports were picked again"
         create(c.bootstrap, f"after-{uuid.uuid4().hex[:6]}", 1)
-        read_back(c.bootstrap, topic, 3,
-                  {q: [f"r-{i}".encode() for i in range(30) if i % 3 == q] for q in range(3)})
+        read_back(c.bootstrap, topic, 3, expect)
         assert "quorum address changed" in c.log(0)
         figures.record(f"cluster: restarted with every port moved, serving {elapsed:.1f} s after "
                        f"`up` began; 30 records read back")
@@ -755,12 +761,7 @@ def test_whole_cluster_sigterm_loses_nothing(tmp_path, figures):
     c.run("up", "--base-port", "0", "--store", "local")
     try:
         topic = f"whole-{uuid.uuid4().hex[:6]}"
-        create(c.bootstrap, topic, 6)
-        p = Producer({"bootstrap.servers": c.bootstrap, "broker.address.family": "v4",
-                      "acks": "all"})
-        for i in range(600):
-            p.produce(topic, f"w-{i}".encode(), partition=i % 6)
-        assert p.flush(30) == 0
+        expect = fill(c.bootstrap, topic, 6, 600, "w")
         t0 = time.monotonic()
         c.run("down")
         took = time.monotonic() - t0
@@ -768,8 +769,7 @@ def test_whole_cluster_sigterm_loses_nothing(tmp_path, figures):
                     for m in re.findall(r"drained: partitions handed to other brokers.*?moved=(\d+)",
                                         c.log(b)))
         c.run("up", "--base-port", "0", "--store", "local", timeout=120)
-        read_back(c.bootstrap, topic, 6,
-                  {q: [f"w-{i}".encode() for i in range(600) if i % 6 == q] for q in range(6)})
+        read_back(c.bootstrap, topic, 6, expect)
         figures.record(f"cluster: every broker SIGTERMed at once: down in {took:.1f} s, "
                        f"{moved} partitions drained onto another broker; all 600 records "
                        f"read back after up")

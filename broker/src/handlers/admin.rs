@@ -351,7 +351,7 @@ async fn reassign_on(
     match code {
         0 => Ok(()),
         c => Err((
-            ResponseError::try_from_code(c).unwrap_or(ResponseError::UnknownServerError),
+            super::error_from_code(c),
             format!("{topic}-{partition}: its leader {leader} did not move it"),
         )),
     }

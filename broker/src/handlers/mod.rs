@@ -31,6 +31,13 @@ use crate::shard::{PartitionKey, Shard};
 /// Authorized-operations value when the client did not ask for them.
 pub const AUTH_OPS_OMITTED: i32 = i32::MIN;
 
+/// The error a peer or the controller answered with: Kafka's, or
+/// UNKNOWN_SERVER_ERROR for a code this crate does not know.
+pub fn error_from_code(code: i16) -> kafka_protocol::ResponseError {
+    kafka_protocol::ResponseError::try_from_code(code)
+        .unwrap_or(kafka_protocol::ResponseError::UnknownServerError)
+}
+
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }

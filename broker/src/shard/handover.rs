@@ -110,8 +110,7 @@ impl Shard {
             Some(Ok(_)) => Ok(end),
             Some(Err(e)) => {
                 warn!("move refused by the controller: {}", e.message);
-                Err(ResponseError::try_from_code(e.code)
-                    .unwrap_or(ResponseError::UnknownServerError))
+                Err(crate::handlers::error_from_code(e.code))
             }
             None => Err(ResponseError::UnknownServerError),
         }
@@ -126,12 +125,11 @@ impl Shard {
     pub async fn drain(self: &Rc<Self>) -> usize {
         let started = Instant::now();
         let me = self.config.broker_id;
-        let others = |image: &crate::metadata::MetadataImage| {
-            image
-                .live_nodes()
-                .any(|(&id, _)| id.div_euclid(NODES_PER_BROKER) != me)
-        };
-        if !others(&self.image()) {
+        let others = self
+            .image()
+            .live_nodes()
+            .any(|(&id, _)| id.div_euclid(NODES_PER_BROKER) != me);
+        if !others {
             return 0;
         }
         let marked = self

@@ -75,10 +75,7 @@ async fn call(
                 .map(|p| p.error_code);
             match code {
                 Some(0) => Ok(()),
-                Some(c) => {
-                    Err(ResponseError::try_from_code(c)
-                        .unwrap_or(ResponseError::UnknownServerError))
-                }
+                Some(c) => Err(crate::handlers::error_from_code(c)),
                 None if name.is_none() => Err(ResponseError::UnknownTopicOrPartition),
                 None => Err(ResponseError::UnknownServerError),
             }

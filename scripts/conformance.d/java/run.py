@@ -339,6 +339,15 @@ def check_cluster_reassign(env: Env) -> None:
         run("down", "--purge")
 
 
+def stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port_pair() -> int:
     import socket
     for _ in range(200):
@@ -396,11 +405,7 @@ def check_api_versions_vs_kafka(env: Env) -> None:
         with kwire.Conn(host, int(p)) as c:
             ours = kwire.negotiate(c)
     finally:
-        kafka.terminate()
-        try:
-            kafka.wait(30)
-        except subprocess.TimeoutExpired:
-            kafka.kill()
+        stop(kafka, 30)
     beyond = [f"{k}: ours {v}, Kafka {theirs.get(k)}" for k, v in sorted(ours.items())
               if k not in theirs or v[1] > theirs[k][1] or v[0] < theirs[k][0]]
     expect(not beyond, "we advertise what Kafka does not: " + "; ".join(beyond))
@@ -652,11 +657,7 @@ def check_sasl(env: Env) -> None:
         expect("SaslAuthenticationException" in out and "invalid credentials" in out,
                f"a wrong password:\n{out[-1500:]}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 60)
         log.close()
 
 
