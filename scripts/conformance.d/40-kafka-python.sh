@@ -43,7 +43,7 @@ VERSION="${KAFKA_PYTHON_VERSION:-3.0.12}"
 export CONF_PORT="${CONF_PORT:-29392}"
 PER_TEST_TIMEOUT="${KAFKA_PYTHON_TIMEOUT:-120}"
 REQUIREMENTS=(
-  pytest==9.2.0 pytest-mock==3.17.0 pytest-timeout==2.4.0 pytest-rerunfailures==16.7
+  pytest==9.2.0 pytest-mock==3.17.0 pytest-timeout==2.4.0
   lz4==4.4.5 python-snappy==0.7.3 zstandard==0.25.0 crc32c==2.9.post0
 )
 

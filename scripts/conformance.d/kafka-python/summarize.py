@@ -2,8 +2,7 @@
 
     summarize.py JUNIT_XML PYTEST_LOG
 
-Prints one line per failing test (name: first line of its error), one per
-test that pytest-rerunfailures ran again (conftest.py's CLIENT_RACES), the
+Prints one line per failing test (name: first line of its error), the
 skip reasons with counts, and last a line
     RESULT PASSED FAILED SKIPPED name...
 Names are MODULE::TEST with MODULE the file's name without test_ and
@@ -89,18 +88,6 @@ def from_log(path):
     return results
 
 
-def reruns(path):
-    """Test name -> how often pytest -v logged it as RERUN."""
-    counts = collections.Counter()
-    if os.path.exists(path):
-        with open(path, errors="replace") as f:
-            for line in f:
-                m = re.match(r"^(\S+\.py)::(\S+) RERUN", line)
-                if m:
-                    counts[short(m.group(1), m.group(2))] += 1
-    return counts
-
-
 def main():
     junit, log = sys.argv[1], sys.argv[2]
     if os.path.exists(junit) and os.path.getsize(junit) > 0:
@@ -112,9 +99,6 @@ def main():
     failing = [n for n, (s, _) in results.items() if s == "failed"]
     for n in failing:
         print(f"FAIL {n}: {results[n][1]}")
-    for n, k in reruns(log).items():
-        print(f"RERUN x{k} {n} (a known kafka-python race; see conformance.d/kafka-python/conftest.py)"
-              f", finally {results.get(n, ('unknown',))[0]}")
     skips = collections.Counter(d for s, d in results.values() if s == "skipped")
     for reason, k in skips.most_common():
         print(f"SKIP x{k}: {reason}")
