@@ -16,10 +16,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Produce v12 is v11 for clients without transaction.version 2 (not
     // advertised). Fetch v15 (replica state), v17 (directory id) and v18
     // (the replica's high watermark) only matter to followers. ListOffsets v8/v9 add KIP-1005's timestamps, v10
-    // a timeout for tiered reads (none here).
+    // a timeout for tiered reads (none here), v11 KIP-1023's earliest
+    // pending upload (-1, as Kafka without remote storage).
     (ApiKey::Produce, 3, 13),
     (ApiKey::Fetch, 4, 18),
-    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::ListOffsets, 1, 11),
     // v13 adds a top-level error code (KIP-1102's REBOOTSTRAP_REQUIRED,
     // which nothing here needs: always 0).
     (ApiKey::Metadata, 0, 13),
@@ -43,9 +44,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    // v9 carries KIP-848 member epochs (checked against consumer groups).
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
+    // v9 carries KIP-848 member epochs (checked against consumer groups);
+    // v10 names topics by id (UNKNOWN_TOPIC_ID for an id we do not know).
+    (ApiKey::OffsetCommit, 2, 10),
+    (ApiKey::OffsetFetch, 1, 10),
     (ApiKey::ListGroups, 0, 5),
     // v6 (KIP-1043): GROUP_ID_NOT_FOUND, with a message, for no classic group.
     (ApiKey::DescribeGroups, 0, 6),
@@ -87,7 +89,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
-    (ApiKey::DescribeLogDirs, 1, 4),
+    // v5 adds is_cordoned (KIP-1066): never, here.
+    (ApiKey::DescribeLogDirs, 1, 5),
     (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AlterReplicaLogDirs, 1, 2),
@@ -228,10 +231,10 @@ mod tests {
         // Transactions v2 (KIP-890 part 2) is not implemented.
         assert!(!is_supported(ApiKey::EndTxn, 5));
         assert!(is_supported(ApiKey::JoinGroup, 4));
-        // OffsetCommit v9 / OffsetFetch v9 belong to the KIP-848 protocol.
-        assert!(is_supported(ApiKey::OffsetCommit, 9));
-        assert!(!is_supported(ApiKey::OffsetCommit, 10));
-        assert!(!is_supported(ApiKey::OffsetFetch, 10));
+        // OffsetCommit / OffsetFetch v10 name topics by id.
+        assert!(is_supported(ApiKey::OffsetCommit, 10));
+        assert!(!is_supported(ApiKey::OffsetCommit, 11));
+        assert!(is_supported(ApiKey::OffsetFetch, 10));
         assert_eq!(api_versions_response(0, 3).api_keys.len(), SUPPORTED.len());
     }
 }

@@ -73,7 +73,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1,
                   OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0, DESCRIBE_CLUSTER: 0,
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
-                  ADD_PARTITIONS_TO_TXN: 3}
+                  ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1040,17 +1040,24 @@ def offset_for_leader_epoch(conn: Conn, version: int, topic: str,
 
 def offset_commit(conn: Conn, version: int, group: str, topic: str, partition: int, offset: int,
                   metadata: str | None, leader_epoch: int = -1, generation: int = -1,
-                  member: str = "") -> int:
+                  member: str = "", topic_id: uuid.UUID | None = None) -> int:
     """Commits one offset outside any group generation; returns the
-    partition's error code. `metadata` is sent as given (None: null)."""
-    assert 2 <= version <= 8
+    partition's error code. `metadata` is sent as given (None: null). From
+    v10 the topic is named by `topic_id`, and the answer must carry it."""
+    assert 2 <= version <= 10
+    assert version < 10 or topic_id is not None, "v10 names the topic by id"
     flex = version >= 8
     w = Writer().string(group, flex).int32(generation).string(member, flex)
     if version >= 7:
         w.string(None, flex)  # group_instance_id
     if 2 <= version <= 4:
         w.int64(-1)  # retention_time_ms: the broker's default
-    w.array_len(1, flex).string(topic, flex).array_len(1, flex)
+    w.array_len(1, flex)
+    if version >= 10:
+        w.uuid(topic_id)
+    else:
+        w.string(topic, flex)
+    w.array_len(1, flex)
     w.int32(partition).int64(offset)
     if version >= 6:
         w.int32(leader_epoch)
@@ -1061,7 +1068,11 @@ def offset_commit(conn: Conn, version: int, group: str, topic: str, partition: i
         r.int32()  # throttle_time_ms
     errors = []
     for _ in range(max(r.array_len(flex), 0)):
-        r.string(flex)
+        if version >= 10:
+            got = r.uuid()
+            assert got == topic_id, f"OffsetCommit v10 answered topic id {got}, asked {topic_id}"
+        else:
+            r.string(flex)
         for _ in range(max(r.array_len(flex), 0)):
             r.int32()
             errors.append(r.int16())
@@ -1081,16 +1092,26 @@ class FetchedOffset:
     metadata_raw: bytes | None  # exactly the bytes on the wire; None: null
 
 
-def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: int) -> FetchedOffset:
-    """Fetches one committed offset, keeping the metadata as raw bytes."""
-    assert 1 <= version <= 8
+def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: int,
+                 topic_id: uuid.UUID | None = None) -> FetchedOffset:
+    """Fetches one committed offset, keeping the metadata as raw bytes. From
+    v10 the topic is named by `topic_id`, and the answer must carry it."""
+    assert 1 <= version <= 10
+    assert version < 10 or topic_id is not None, "v10 names the topic by id"
     flex = version >= 6
     w = Writer()
     if version >= 8:
         w.array_len(1, flex).string(group, flex)
+        if version >= 9:
+            w.string(None, flex).int32(-1)  # member_id, member_epoch: not a member
     else:
         w.string(group, flex)
-    w.array_len(1, flex).string(topic, flex).array_len(1, flex).int32(partition).tags(flex)
+    w.array_len(1, flex)
+    if version >= 10:
+        w.uuid(topic_id)
+    else:
+        w.string(topic, flex)
+    w.array_len(1, flex).int32(partition).tags(flex)
     if version >= 8:
         w.tags(flex)  # end of the group
     if version >= 7:
@@ -1105,7 +1126,11 @@ def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: in
         if version >= 8:
             r.string(flex)
         for _ in range(max(r.array_len(flex), 0)):
-            r.string(flex)
+            if version >= 10:
+                got = r.uuid()
+                assert got == topic_id, f"OffsetFetch v10 answered topic id {got}, asked {topic_id}"
+            else:
+                r.string(flex)
             for _ in range(max(r.array_len(flex), 0)):
                 r.int32()
                 offset = r.int64()
@@ -1125,6 +1150,32 @@ def offset_fetch(conn: Conn, version: int, group: str, topic: str, partition: in
     if found is None or (group_error and not found.error_code):
         return FetchedOffset(group_error, -1, None, None)
     return found
+
+
+def list_offsets(conn: Conn, version: int, topic: str, partition: int, timestamp: int
+                 ) -> tuple[int, int, int, int]:
+    """ListOffsets (v6+) of one partition at a timestamp or a special value
+    (-1 latest, -2 earliest, ... -6 earliest pending upload); returns
+    (error code, timestamp, offset, leader epoch)."""
+    assert 6 <= version <= 11
+    w = Writer().int32(-1).int8(0)  # replica_id: a consumer; read_uncommitted
+    w.array_len(1, True).string(topic, True).array_len(1, True)
+    w.int32(partition).int32(-1).int64(timestamp).tags(True).tags(True)
+    if version >= 10:
+        w.int32(30000)  # timeout_ms
+    w.tags(True)
+    r = conn.request(LIST_OFFSETS, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    assert r.array_len(True) == 1
+    assert r.string(True) == topic
+    assert r.array_len(True) == 1
+    assert r.int32() == partition
+    got = (r.int16(), r.int64(), r.int64(), r.int32())
+    r.skip_tags(True)
+    r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end(f"ListOffsets v{version} response")
+    return got
 
 
 def find_coordinator(conn: Conn, group: str, key_type: int = 0) -> tuple[int, int]:

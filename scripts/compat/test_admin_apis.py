@@ -325,6 +325,25 @@ def test_api_versions_kafka_4_added(broker, topic):
     assert listed == [f"tx-a-{u}"], listed
 
 
+def test_list_offsets_v11_and_describe_log_dirs_v5(broker, topic, kp_admin):
+    """ListOffsets v11 (KIP-1023): the earliest offset pending upload to
+    tiered storage is answered as Kafka answers it for a log without remote
+    storage, offset -1 with timestamp and epoch -1 (objects here are the log,
+    not a tier); before v11, -6 is no special value. DescribeLogDirs v5
+    (KIP-1066): no directory is cordoned."""
+    ports = [int(hp.split(":")[1]) for hp in broker.bootstrap.split(",")]
+    leader = {p["partition_index"]: p["leader_id"]
+              for p in kp_admin.describe_topic_partitions([topic])["topics"][0]["partitions"]}
+    with kwire.Conn("127.0.0.1", ports[leader[0] % 1000]) as k:
+        assert kwire.list_offsets(k, 11, topic, 0, -6) == (0, -1, -1, -1)
+        err, _, end, _ = kwire.list_offsets(k, 11, topic, 0, -1)
+        assert err == 0 and end > 0, end
+        assert kwire.list_offsets(k, 11, topic, 0, -2)[:3] == (0, -1, 0)
+        assert kwire.list_offsets(k, 9, topic, 0, -5) == (0, -1, -1, -1)
+    dirs = [d for b in kp_admin.describe_log_dirs() for d in b["log_dirs"]]
+    assert dirs and all(d.get("is_cordoned") is False for d in dirs), dirs
+
+
 def test_features_are_reported_and_fixed(broker, kp_admin):
     """ApiVersions reports group.version (KIP-848) finalized at 1;
     UpdateFeatures confirms that level and refuses any other, or an unknown

@@ -1,6 +1,6 @@
 """Offset commit metadata comes back exactly as committed (issue 15,
-defect 4), for every OffsetCommit version (2..8) against every OffsetFetch
-version (1..8), from memory, after a kill -9 (replayed from the WAL) and
+defect 4), for every OffsetCommit version (2..10) against every
+OffsetFetch version (1..10; v10 names the topic by id), from memory, after a kill -9 (replayed from the WAL) and
 from objects (replayed from object storage).
 
 What the issue saw: kafka-python 3.0.12 commits OffsetAndMetadata(40,
@@ -35,8 +35,8 @@ BROKER_PARAMS = {"shards": 2, "broker_id": 0,
                  "args": ["--offsets-topic-partitions", "5", "--upload-interval-ms", "200"]}
 
 COORDINATOR_LOAD_IN_PROGRESS = 14
-COMMIT_VERSIONS = range(2, 9)
-FETCH_VERSIONS = range(1, 9)
+COMMIT_VERSIONS = range(2, 11)
+FETCH_VERSIONS = range(1, 11)
 # (what is committed, what must come back): a null is stored as "" (Kafka's
 # OffsetAndMetadata.NoMetadata).
 METADATA = [
@@ -61,11 +61,20 @@ class Coordinators:
     def __init__(self, broker) -> None:
         self.broker = broker
         self.conns: dict[int, kwire.Conn] = {}
+        self.ids: dict[str, uuid.UUID] = {}
 
     def conn(self, node: int) -> kwire.Conn:
         if node not in self.conns:
             self.conns[node] = kwire.Conn(self.broker.host, self.broker.port_of_node(node))
         return self.conns[node]
+
+    def topic_id(self, topic: str) -> uuid.UUID:
+        if topic not in self.ids:
+            md = kwire.metadata(self.conn(self.broker.node_id(0)), 12, [topic])
+            tid = md.topics[topic].topic_id
+            assert tid is not None and tid.int != 0, f"{topic} has no id: {md.topics[topic]}"
+            self.ids[topic] = tid
+        return self.ids[topic]
 
     def of(self, group: str) -> kwire.Conn:
         deadline = time.monotonic() + 20
@@ -86,7 +95,8 @@ def fetch_when_loaded(coords: Coordinators, version: int, group: str, topic: str
                       ) -> kwire.FetchedOffset:
     deadline = time.monotonic() + 30
     while True:
-        got = kwire.offset_fetch(coords.of(group), version, group, topic, 0)
+        got = kwire.offset_fetch(coords.of(group), version, group, topic, 0,
+                                 topic_id=coords.topic_id(topic))
         if got.error_code != COORDINATOR_LOAD_IN_PROGRESS:
             return got
         assert time.monotonic() < deadline, f"{group} still loading"
@@ -114,7 +124,7 @@ def commit_all(coords: Coordinators, topic: str, tag: str) -> dict[str, tuple[in
             group = f"meta-{tag}-v{cv}-{i}-{uuid.uuid4().hex[:6]}"
             offset = 40 + i
             err = kwire.offset_commit(coords.of(group), cv, group, topic, 0, offset, meta,
-                                      leader_epoch=7)
+                                      leader_epoch=7, topic_id=coords.topic_id(topic))
             assert err == kwire.NONE, f"commit v{cv} of {meta!r:.40}: error {err}"
             committed[group] = (cv, offset, want)
     return committed
@@ -139,6 +149,30 @@ def test_every_commit_and_fetch_version_pair_keeps_metadata_exact(fresh_broker):
     try:
         check_all(coords, topic, old, "replayed from objects")
         check_all(coords, topic, new, "replayed after kill -9")
+    finally:
+        coords.close()
+
+
+def test_v10_unknown_topic_id_gets_unknown_topic_id(broker):
+    """OffsetCommit and OffsetFetch v10 name topics by id. An id no topic
+    has gets UNKNOWN_TOPIC_ID for its partition, as Kafka answers, and the
+    answer carries the id asked for; the group's other state is untouched."""
+    topic = f"tid-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic)
+    coords = Coordinators(broker)
+    try:
+        group = f"tid-{uuid.uuid4().hex[:8]}"
+        stranger = uuid.uuid4()
+        conn = coords.of(group)
+        assert kwire.offset_commit(conn, 10, group, "", 0, 5, None,
+                                   topic_id=stranger) == kwire.UNKNOWN_TOPIC_ID
+        got = fetch_when_loaded(coords, 10, group, topic)
+        assert (got.error_code, got.offset) == (kwire.NONE, -1), got
+        got = kwire.offset_fetch(conn, 10, group, "", 0, topic_id=stranger)
+        assert (got.error_code, got.offset) == (kwire.UNKNOWN_TOPIC_ID, -1), got
+        assert kwire.offset_commit(conn, 10, group, topic, 0, 9, None,
+                                   topic_id=coords.topic_id(topic)) == kwire.NONE
+        assert kwire.offset_fetch(conn, 9, group, topic, 0).offset == 9
     finally:
         coords.close()
 

@@ -38,6 +38,7 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::ResponseError;
+use uuid::Uuid;
 
 use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
 use crate::group::records::OffsetValue;
@@ -371,22 +372,34 @@ pub async fn offset_commit(
     version: i16,
 ) -> OffsetCommitResponse {
     let now = now_ms();
-    let wanted = req
-        .topics
-        .iter()
-        .map(|t| {
-            let parts = t.partitions.iter().map(|p| {
-                let epoch = if version >= 6 {
-                    p.committed_leader_epoch
-                } else {
-                    -1
-                };
-                let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
-                (p.partition_index, value)
-            });
-            (t.name.to_string(), parts.collect())
-        })
-        .collect();
+    let image = shard.image();
+    let mut wanted = Vec::new();
+    // v10 names topics by id: an id we do not know gets UNKNOWN_TOPIC_ID
+    // for each of its partitions, as Kafka answers.
+    let mut unknown_ids = Vec::new();
+    for t in &req.topics {
+        let name = if version >= 10 {
+            match image.topic_by_id(&t.topic_id) {
+                Some(topic) => topic.name.clone(),
+                None => {
+                    unknown_ids.push((t.topic_id, t.partitions.iter().map(|p| p.partition_index)));
+                    continue;
+                }
+            }
+        } else {
+            t.name.to_string()
+        };
+        let parts = t.partitions.iter().map(|p| {
+            let epoch = if version >= 6 {
+                p.committed_leader_epoch
+            } else {
+                -1
+            };
+            let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
+            (p.partition_index, value)
+        });
+        wanted.push((name, parts.collect()));
+    }
     let instance_id = if version >= 7 {
         req.group_instance_id.as_ref().map(|s| s.to_string())
     } else {
@@ -398,23 +411,37 @@ pub async fn offset_commit(
         req.generation_id_or_member_epoch,
     );
     let answered = commit_offsets(shard, &req.group_id, member, wanted, None).await;
+    let answer = |parts: Vec<(i32, i16)>| -> Vec<OffsetCommitResponsePartition> {
+        parts
+            .into_iter()
+            .map(|(index, err)| {
+                OffsetCommitResponsePartition::default()
+                    .with_partition_index(index)
+                    .with_error_code(err)
+            })
+            .collect()
+    };
     let mut resp = OffsetCommitResponse::default();
     resp.topics = answered
         .into_iter()
         .map(|(name, parts)| {
-            let partitions = parts
-                .into_iter()
-                .map(|(index, err)| {
-                    OffsetCommitResponsePartition::default()
-                        .with_partition_index(index)
-                        .with_error_code(err)
-                })
-                .collect();
-            OffsetCommitResponseTopic::default()
-                .with_name(topic_name(&name))
-                .with_partitions(partitions)
+            let mut topic = OffsetCommitResponseTopic::default().with_partitions(answer(parts));
+            if version >= 10 {
+                topic.topic_id = image.topic(&name).map_or(Uuid::nil(), |t| t.id);
+            } else {
+                topic.name = topic_name(&name);
+            }
+            topic
         })
         .collect();
+    let unknown = ResponseError::UnknownTopicId.code();
+    resp.topics
+        .extend(unknown_ids.into_iter().map(|(id, parts)| {
+            let parts = parts.map(|index| (index, unknown)).collect();
+            OffsetCommitResponseTopic::default()
+                .with_topic_id(id)
+                .with_partitions(answer(parts))
+        }));
     resp
 }
 
@@ -508,14 +535,26 @@ pub fn offset_fetch(
     let mut resp = OffsetFetchResponse::default();
     let stable = version >= 7 && req.require_stable;
     if version >= 8 {
+        let image = shard.image();
         resp.groups = req
             .groups
             .into_iter()
             .map(|g| {
+                // v10 names topics by id; ids we do not know are answered
+                // with UNKNOWN_TOPIC_ID per partition, as Kafka does.
+                let mut unknown_ids = Vec::new();
                 let wanted = g.topics.map(|ts| {
-                    ts.into_iter()
-                        .map(|t| (t.name.to_string(), t.partition_indexes))
-                        .collect()
+                    let mut wanted = Vec::new();
+                    for t in ts {
+                        if version < 10 {
+                            wanted.push((t.name.to_string(), t.partition_indexes));
+                        } else if let Some(topic) = image.topic_by_id(&t.topic_id) {
+                            wanted.push((topic.name.clone(), t.partition_indexes));
+                        } else {
+                            unknown_ids.push((t.topic_id, t.partition_indexes));
+                        }
+                    }
+                    wanted
                 });
                 let member = g.member_id.as_ref().map_or("", |m| m.as_str());
                 let r = if version >= 9 {
@@ -534,24 +573,43 @@ pub fn offset_fetch(
                         out.topics = topics
                             .into_iter()
                             .map(|(name, parts)| {
-                                OffsetFetchResponseTopics::default()
-                                    .with_name(topic_name(&name))
-                                    .with_partitions(
-                                        parts
-                                            .into_iter()
-                                            .map(|(p, c)| {
-                                                let mut out = v8_partition(p, c);
-                                                if stable && unstable(shard, &group_id, &name, p) {
-                                                    out.committed_offset = -1;
-                                                    out.error_code =
-                                                        ResponseError::UnstableOffsetCommit.code();
-                                                }
-                                                out
-                                            })
-                                            .collect(),
-                                    )
+                                let mut topic = OffsetFetchResponseTopics::default();
+                                if version >= 10 {
+                                    // Kafka answers the nil id for a name it
+                                    // no longer knows.
+                                    topic.topic_id =
+                                        image.topic(&name).map_or(Uuid::nil(), |t| t.id);
+                                } else {
+                                    topic.name = topic_name(&name);
+                                }
+                                topic.with_partitions(
+                                    parts
+                                        .into_iter()
+                                        .map(|(p, c)| {
+                                            let mut out = v8_partition(p, c);
+                                            if stable && unstable(shard, &group_id, &name, p) {
+                                                out.committed_offset = -1;
+                                                out.error_code =
+                                                    ResponseError::UnstableOffsetCommit.code();
+                                            }
+                                            out
+                                        })
+                                        .collect(),
+                                )
                             })
                             .collect();
+                        let unknown = ResponseError::UnknownTopicId.code();
+                        out.topics
+                            .extend(unknown_ids.into_iter().map(|(id, parts)| {
+                                let parts = parts.into_iter().map(|p| {
+                                    let mut part = v8_partition(p, None);
+                                    part.error_code = unknown;
+                                    part
+                                });
+                                OffsetFetchResponseTopics::default()
+                                    .with_topic_id(id)
+                                    .with_partitions(parts.collect())
+                            }));
                     }
                 }
                 out

@@ -1,5 +1,6 @@
 //! ListOffsets: earliest, latest, by timestamp and max timestamp (and
-//! KIP-1005's earliest-local and latest-tiered, v8 and v9), answered
+//! KIP-1005's earliest-local and latest-tiered, v8 and v9, and KIP-1023's
+//! earliest-pending-upload, v11), answered
 //! through this shard's partitions (log cache and objects). Under
 //! `read_committed` the latest offset is the last stable offset, and a
 //! timestamp lookup finds nothing at or past it.
@@ -31,6 +32,11 @@ const EARLIEST_LOCAL: i64 = -4;
 /// KIP-1005: the last offset in tiered storage; Kafka answers -1 without
 /// remote log storage, and objects here are the log, not a tier of it.
 const LATEST_TIERED: i64 = -5;
+/// KIP-1023: the first offset not yet in tiered storage. Kafka answers -1
+/// (timestamp -1, epoch -1) for a log without remote storage
+/// (UnifiedLog.fetchEarliestPendingUploadOffset); as for LATEST_TIERED,
+/// objects here are the log itself.
+const EARLIEST_PENDING_UPLOAD: i64 = -6;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -77,6 +83,7 @@ pub async fn handle(
                 EARLIEST => Ok(Some((-1, log_start))),
                 EARLIEST_LOCAL if version >= 8 => Ok(Some((-1, log_start))),
                 LATEST_TIERED if version >= 9 => Ok(None),
+                EARLIEST_PENDING_UPLOAD if version >= 11 => Ok(None),
                 LATEST => Ok(Some((-1, high_watermark))),
                 MAX_TIMESTAMP => shard.max_timestamp(key).await,
                 ts => shard
