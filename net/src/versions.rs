@@ -28,8 +28,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // image (broker/src/metadata/epochs.rs). v0 and v1 are gone in Kafka 4.
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     // v4 (KAFKA-17011): supported features whose lowest level is 0 are
-    // listed; below v4 they are left out, as Kafka leaves them out.
-    (ApiKey::ApiVersions, 0, 4),
+    // listed; below v4 they are left out, as Kafka leaves them out. v5
+    // (KIP-1242): the client may name the cluster and node it expects.
+    (ApiKey::ApiVersions, 0, 5),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DeleteRecords, 0, 2),

@@ -410,11 +410,15 @@ class Conn:
 
 # --- ApiVersions --------------------------------------------------------------
 
-def api_versions_body(version: int) -> bytes:
+def api_versions_body(version: int, cluster_id: str | None = None, node_id: int = -1) -> bytes:
+    """From v5 (KIP-1242) the client may name the cluster and node it means
+    to reach (None and -1 while bootstrapping)."""
     if version < 3:
         return b""
-    return (Writer().string("kwire", compact=True).string("0.1", compact=True)
-            .tags(True).getvalue())
+    w = Writer().string("kwire", compact=True).string("0.1", compact=True)
+    if version >= 5:
+        w.string(cluster_id, compact=True).int32(node_id)
+    return w.tags(True).getvalue()
 
 
 @dataclass
@@ -440,8 +444,10 @@ def parse_api_versions(r: Reader, version: int) -> ApiVersionsResponse:
     return ApiVersionsResponse(error, keys, throttle, tags)
 
 
-def api_versions(conn: Conn, version: int = 3) -> ApiVersionsResponse:
-    return parse_api_versions(conn.request(API_VERSIONS, version, api_versions_body(version)), version)
+def api_versions(conn: Conn, version: int = 3, cluster_id: str | None = None,
+                 node_id: int = -1) -> ApiVersionsResponse:
+    body = api_versions_body(version, cluster_id, node_id)
+    return parse_api_versions(conn.request(API_VERSIONS, version, body), version)
 
 
 def pick_version(versions: dict[int, tuple[int, int]], api_key: int, lo: int, hi: int) -> int:

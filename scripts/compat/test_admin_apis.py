@@ -344,6 +344,29 @@ def test_list_offsets_v11_and_describe_log_dirs_v5(broker, topic, kp_admin):
     assert dirs and all(d.get("is_cordoned") is False for d in dirs), dirs
 
 
+def test_api_versions_v5_checks_the_cluster_and_node(broker, kp_admin):
+    """ApiVersions v5 (KIP-1242): a client that names the cluster and node
+    it means to reach gets the versions when both are this node's,
+    REBOOTSTRAP_REQUIRED (129) with no versions when either is not, and
+    INVALID_REQUEST (42) when it names only one; unnamed (bootstrapping)
+    is served. Node ids are per shard, so each port checks its own."""
+    nodes = sorted(broker.expected_nodes)
+    with kwire.Conn(broker.host, broker.port_of_node(nodes[0])) as k:
+        cluster = kwire.metadata(k, 12, []).cluster_id
+    assert cluster and len(nodes) > 1
+    for node in nodes:
+        with kwire.Conn(broker.host, broker.port_of_node(node)) as k:
+            ok = kwire.api_versions(k, 5, cluster, node)
+            assert ok.error_code == 0 and ok.api_keys[kwire.API_VERSIONS] == (0, 5), ok
+            assert kwire.api_versions(k, 5).error_code == 0
+            for c, n, want in [(cluster, node + 1, 129), ("not-" + cluster, node, 129),
+                               (cluster, -1, 42), (None, node, 42)]:
+                got = kwire.api_versions(k, 5, c, n)
+                assert (got.error_code, got.api_keys) == (want, {}), (c, n, got)
+            # The connection stays open and served after a refusal.
+            assert kwire.api_versions(k, 4).error_code == 0
+
+
 def test_features_are_reported_and_fixed(broker, kp_admin):
     """ApiVersions reports group.version (KIP-848) finalized at 1;
     UpdateFeatures confirms that level and refuses any other, or an unknown

@@ -161,7 +161,7 @@ def test_api_versions_v4_lists_features_starting_at_level_0(fresh_broker):
     older clients fail to parse it. Its finalized level is listed in both."""
     with connect(fresh_broker) as c:
         v3, v4 = kwire.api_versions(c, 3), kwire.api_versions(c, 4)
-    assert v4.api_keys[kwire.API_VERSIONS] == (0, 4)
+    assert v4.api_keys[kwire.API_VERSIONS] == (0, 5)
     assert supported_features(v4.tags) == {"group.version": (0, 1)}
     assert supported_features(v3.tags) == {}
     assert 2 in v3.tags and 2 in v4.tags  # FinalizedFeatures

@@ -3,6 +3,7 @@
 //! for a partition led elsewhere gets `NOT_LEADER_OR_FOLLOWER`.
 
 pub mod admin;
+pub mod api_versions;
 pub mod auth;
 pub mod configs;
 pub mod consumer_groups;

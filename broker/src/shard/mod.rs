@@ -486,9 +486,9 @@ impl Shard {
         // host as strings; every other request allocates none.
         let client = || handlers::groups::Client::of(&req.header, &req.peer);
         let resp = match req.body {
-            RequestKind::ApiVersions(_) => {
-                ResponseKind::ApiVersions(net::versions::api_versions_response(0, v))
-            }
+            RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(
+                handlers::api_versions::handle(&r, v, &self.config.cluster_id, self.node_id()),
+            ),
             RequestKind::Produce(r) => {
                 // Nothing but the handler may hold views of the frame (the
                 // header's client id is one): it stamps offsets into it.
