@@ -52,7 +52,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     // v6 (KIP-1043): GROUP_ID_NOT_FOUND, with a message, for no classic group.
     (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::DeleteGroups, 0, 2),
+    // v3 adds an error message, which Kafka 4.4 sets only for streams
+    // groups' topology errors (none here): null.
+    (ApiKey::DeleteGroups, 0, 3),
     // KIP-848 consumer groups (broker/src/group/consumer.rs); v1 adds
     // client-chosen member ids and regex subscriptions.
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),

@@ -50,6 +50,7 @@ ALTER_CLIENT_QUOTAS = 49
 SASL_HANDSHAKE = 17
 ADD_PARTITIONS_TO_TXN = 24
 SASL_AUTHENTICATE = 36
+DELETE_GROUPS = 42
 
 NONE = 0
 CORRUPT_MESSAGE = 2
@@ -73,7 +74,8 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   DESCRIBE_CLIENT_QUOTAS: 1, ALTER_CLIENT_QUOTAS: 1,
                   OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0, DESCRIBE_CLUSTER: 0,
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
-                  ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6}
+                  ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
+                  DELETE_GROUPS: 2}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1182,6 +1184,27 @@ def list_offsets(conn: Conn, version: int, topic: str, partition: int, timestamp
     r.skip_tags(True)
     r.expect_end(f"ListOffsets v{version} response")
     return got
+
+
+def delete_groups(conn: Conn, version: int, groups: list[str]
+                  ) -> list[tuple[str, int, str | None]]:
+    """DeleteGroups (v2+): (group, error code, error message) per group; the
+    message is on the wire from v3 (None before)."""
+    assert 2 <= version <= 3
+    w = Writer().array_len(len(groups), True)
+    for g in groups:
+        w.string(g, True)
+    r = conn.request(DELETE_GROUPS, version, w.tags(True).getvalue())
+    r.int32()  # throttle_time_ms
+    out = []
+    for _ in range(max(r.array_len(True), 0)):
+        group, err = r.string(True), r.int16()
+        msg = r.string(True) if version >= 3 else None
+        r.skip_tags(True)
+        out.append((group, err, msg))
+    r.skip_tags(True)
+    r.expect_end(f"DeleteGroups v{version} response")
+    return out
 
 
 def find_coordinator(conn: Conn, group: str, key_type: int = 0) -> tuple[int, int]:

@@ -367,6 +367,38 @@ def test_api_versions_v5_checks_the_cluster_and_node(broker, kp_admin):
             assert kwire.api_versions(k, 4).error_code == 0
 
 
+def test_delete_groups_v3(broker, topic):
+    """DeleteGroups v3 adds an error message, which Kafka 4.4 fills only for
+    streams groups' topology errors: here it is null, for a deletion and a
+    refusal alike, and the codes are v2's."""
+    from confluent_kafka import Consumer, TopicPartition
+    u = uuid.uuid4().hex[:8]
+    done, busy, none = f"del-{u}", f"busy-{u}", f"none-{u}"
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                  "group.id": done})
+    c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    c.close()
+    live = Consumer({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4",
+                     "group.id": busy})
+    live.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not live.assignment() and time.monotonic() < deadline:
+        live.poll(0.2)
+    assert live.assignment()
+    try:
+        ports = [int(hp.split(":")[1]) for hp in broker.bootstrap.split(",")]
+        for group, want in [(done, 0), (busy, 68), (none, 69)]:  # NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND
+            with kwire.Conn("127.0.0.1", ports[0]) as k:
+                err, node = kwire.find_coordinator(k, group)
+                assert err == 0
+            with kwire.Conn("127.0.0.1", ports[node % 1000]) as k:
+                assert kwire.delete_groups(k, 3, [group]) == [(group, want, None)]
+                if want:
+                    assert kwire.delete_groups(k, 2, [group]) == [(group, want, None)]
+    finally:
+        live.close()
+
+
 def test_features_are_reported_and_fixed(broker, kp_admin):
     """ApiVersions reports group.version (KIP-848) finalized at 1;
     UpdateFeatures confirms that level and refuses any other, or an unknown
