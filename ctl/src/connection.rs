@@ -108,7 +108,8 @@ impl Connection {
             ),
         };
         let &(min, max) = self.versions.get(&R::KEY).ok_or_else(unsupported)?;
-        pick_version(R::VERSIONS.min, R::VERSIONS.max, min, max).ok_or_else(unsupported)
+        pick_version(R::VERSIONS.min, ours_max(R::KEY, R::VERSIONS.max), min, max)
+            .ok_or_else(unsupported)
     }
 
     /// Sends `req` at the negotiated version and waits for the response.
@@ -153,6 +154,16 @@ impl Connection {
         let mut buf = vec![0u8; len];
         self.stream.read_exact(&mut buf).map_err(io)?;
         Ok(Bytes::from(buf))
+    }
+}
+
+/// The highest version of `key` this tool speaks: the codec's, except where
+/// a newer version changes what the tool would have to send. OffsetCommit
+/// and OffsetFetch v10 name topics by id, and the tool names them by name.
+fn ours_max(key: i16, codec_max: i16) -> i16 {
+    match ApiKey::try_from(key) {
+        Ok(ApiKey::OffsetCommit | ApiKey::OffsetFetch) => codec_max.min(9),
+        _ => codec_max,
     }
 }
 
@@ -243,6 +254,22 @@ mod tests {
         assert_eq!(pick_version(4, 18, 4, 17), Some(17));
         assert_eq!(pick_version(2, 7, 0, 1), None);
         assert_eq!(pick_version(0, 0, 0, 0), Some(0));
+    }
+
+    #[test]
+    fn offsets_stay_on_topic_names() {
+        use kafka_protocol::messages::{OffsetCommitRequest, OffsetFetchRequest};
+        use kafka_protocol::protocol::Message;
+        let key = |k: ApiKey| k as i16;
+        assert_eq!(
+            ours_max(key(ApiKey::OffsetFetch), OffsetFetchRequest::VERSIONS.max),
+            9
+        );
+        assert_eq!(
+            ours_max(key(ApiKey::OffsetCommit), OffsetCommitRequest::VERSIONS.max),
+            9
+        );
+        assert_eq!(ours_max(key(ApiKey::Metadata), 13), 13);
     }
 
     #[test]
