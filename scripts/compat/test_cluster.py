@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kwire
@@ -361,15 +361,25 @@ def test_sigterm_drains_a_broker(cluster, figures, how):
                 assert r.status == 202, r.status
         a = admin(others)
         moved_after = None
+        timeouts = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            t = a.list_topics(timeout=5).topics.get(topic)
+            # librdkafka's metadata call can time out while the client
+            # still counts the stopping broker's nodes as up (CI saw one
+            # 5 s timeout with no slow request logged by either broker
+            # left); the 30 s deadline still bounds the drain.
+            try:
+                t = a.list_topics(timeout=5).topics.get(topic)
+            except KafkaException as e:
+                timeouts += 1
+                print(f"list_topics during the drain: {e}")
+                continue
             if t and all(p.leader >= 0 and p.leader // 1000 != victim for p in t.partitions.values()):
                 moved_after = time.monotonic() - t0
                 break
             time.sleep(0.05)
         time.sleep(3)
-    assert moved_after is not None, "partitions still on the drained broker"
+    assert moved_after is not None, f"partitions still on the drained broker ({timeouts} timeouts)"
     assert not load.failed, load.failed[:3]
     for i, g in enumerate(groups):
         c = Consumer({"bootstrap.servers": others, "broker.address.family": "v4", "group.id": g})
