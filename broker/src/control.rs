@@ -6,7 +6,8 @@
 //!
 //! It also carries a transaction coordinator's markers to the shard leading
 //! a partition of the transaction (what Kafka's WriteTxnMarkers request
-//! does between brokers), partition hand-overs (reassignments) to the
+//! does between brokers), a partition leader's implicit add of a partition
+//! to a transaction (transactions v2) to the coordinating shard, partition hand-overs (reassignments) to the
 //! leading shard, quorum queries to shard 0, shard reports (metrics, admin
 //! API) to shard 0, and their answers back.
 //!
@@ -61,6 +62,14 @@ pub enum MeshMsg {
         id: u64,
         results: Vec<Result<(), ResponseError>>,
     },
+    /// A partition leader (or group coordinator) asks the coordinating
+    /// shard to add partitions to a transaction (transactions v2).
+    AddToTxn { id: u64, add: TxnAdd },
+    /// The coordinating shard answers an `AddToTxn`.
+    AddedToTxn {
+        id: u64,
+        result: Result<(), ResponseError>,
+    },
     /// A shard asks the leading shard to hand a partition over.
     HandOver {
         id: u64,
@@ -94,6 +103,19 @@ pub type MarkerResults = Vec<Result<(), ResponseError>>;
 /// Writes markers to partitions this shard leads.
 pub type WriteMarkers = Box<dyn Fn(Vec<MarkerReq>) -> LocalBoxFuture<MarkerResults>>;
 
+/// An implicit add: transactional id, producer id and epoch, and the
+/// `(topic, partition)`s the transaction now writes to.
+#[derive(Debug, Clone)]
+pub struct TxnAdd {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub partitions: Vec<(String, i32)>,
+}
+
+/// Adds partitions to a transaction this shard coordinates.
+pub type AddToTxn = Box<dyn Fn(TxnAdd) -> LocalBoxFuture<Result<(), ResponseError>>>;
+
 /// Hands a partition this shard leads over to a node.
 pub type HandOver = Box<dyn Fn(PartitionKey, i32) -> LocalBoxFuture<Result<(), ResponseError>>>;
 
@@ -104,6 +126,7 @@ pub type Report = Box<dyn Fn() -> Option<ShardReport>>;
 pub struct ShardHooks {
     pub install: InstallImage,
     pub write_markers: WriteMarkers,
+    pub add_to_txn: AddToTxn,
     pub hand_over: HandOver,
     pub report: Report,
 }
@@ -120,6 +143,7 @@ pub struct Control {
     applied_changed: Event,
     hooks: ShardHooks,
     markers_pending: RefCell<HashMap<u64, oneshot::Sender<MarkerResults>>>,
+    add_pending: RefCell<HashMap<u64, oneshot::Sender<Result<(), ResponseError>>>>,
     quorum_pending: RefCell<HashMap<u64, oneshot::Sender<Option<QuorumState>>>>,
     hand_over_pending: RefCell<HashMap<u64, oneshot::Sender<Result<(), ResponseError>>>>,
     report_pending: RefCell<HashMap<u64, oneshot::Sender<Option<Box<ShardReport>>>>>,
@@ -146,6 +170,7 @@ impl Control {
             applied_changed: Event::new(),
             hooks,
             markers_pending: RefCell::new(HashMap::new()),
+            add_pending: RefCell::new(HashMap::new()),
             quorum_pending: RefCell::new(HashMap::new()),
             hand_over_pending: RefCell::new(HashMap::new()),
             report_pending: RefCell::new(HashMap::new()),
@@ -198,6 +223,19 @@ impl Control {
             MeshMsg::MarkersWritten { id, results } => {
                 if let Some(tx) = self.markers_pending.borrow_mut().remove(&id) {
                     let _ = tx.send(results);
+                }
+            }
+            MeshMsg::AddToTxn { id, add } => {
+                let c = self.clone();
+                glommio::spawn_local(async move {
+                    let result = (c.hooks.add_to_txn)(add).await;
+                    c.send(peer, MeshMsg::AddedToTxn { id, result }).await;
+                })
+                .detach();
+            }
+            MeshMsg::AddedToTxn { id, result } => {
+                if let Some(tx) = self.add_pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(result);
                 }
             }
             MeshMsg::HandOver { id, key, to_node } => {
@@ -318,6 +356,18 @@ impl Control {
         self.send(peer, MeshMsg::WriteMarkers { id, markers }).await;
         rx.await
             .unwrap_or_else(|_| vec![Err(ResponseError::NotLeaderOrFollower); n])
+    }
+
+    /// Has shard `peer`, which coordinates the transaction, add partitions
+    /// to it.
+    pub async fn add_to_txn(&self, peer: usize, add: TxnAdd) -> Result<(), ResponseError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.add_pending.borrow_mut().insert(id, tx);
+        self.send(peer, MeshMsg::AddToTxn { id, add }).await;
+        rx.await
+            .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
     }
 
     async fn send(&self, peer: usize, msg: MeshMsg) {

@@ -312,6 +312,14 @@ impl ProducerStateTable {
         self.apply(&info, h.base_offset)
     }
 
+    /// Whether producer `producer_id` at `epoch` has a transaction open
+    /// here (its batches need no new add to the transaction).
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|e| e.epoch == epoch && e.txn_first_offset.is_some())
+    }
+
     /// First offset of the oldest open transaction.
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.ongoing.keys().next().copied()

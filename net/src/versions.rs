@@ -13,8 +13,8 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Produce v10/v11 and Fetch v12+/v16 carry KIP-951's leader hints on
     // NOT_LEADER_OR_FOLLOWER; Produce v13 and Fetch v13+ name topics by id;
-    // Produce v12 is v11 for clients without transaction.version 2 (not
-    // advertised). Fetch v15 (replica state), v17 (directory id) and v18
+    // Produce v12+ adds a transactional batch's partition to its
+    // transaction (transactions v2). Fetch v15 (replica state), v17 (directory id) and v18
     // (the replica's high watermark) only matter to followers. ListOffsets v8/v9 add KIP-1005's timestamps, v10
     // a timeout for tiered reads (none here), v11 KIP-1023's earliest
     // pending upload (-1, as Kafka without remote storage).
@@ -68,15 +68,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // AddOffsetsToTxn 4, EndTxn 4 and TxnOffsetCommit 4 only let the client
     // accept TRANSACTION_ABORTABLE (answered by an AddPartitionsToTxn v5
     // verification of a partition outside the transaction). Part 2
-    // (transaction.version 2, not advertised): EndTxn 5, TxnOffsetCommit
-    // 5, Produce 12's implicit adds; InitProducerId 6 is two-phase commit
+    // (transaction.version 2, broker/src/txn/implicit.rs): EndTxn 5 bumps
+    // the epoch at every end, TxnOffsetCommit 5 and Produce 12 add their
+    // partitions themselves. InitProducerId 6 is two-phase commit
     // (KIP-939). AddPartitionsToTxn v4+ is the batched form brokers use.
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
-    (ApiKey::EndTxn, 0, 4),
-    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
     (ApiKey::DescribeTransactions, 0, 0),
     // v2 filters by a transactional id regular expression (KIP-1152).
     (ApiKey::ListTransactions, 0, 2),
@@ -126,7 +127,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// implements exactly these, and UpdateFeatures can only confirm them.
 ///
 /// * `group.version` 1: KIP-848 consumer groups (ConsumerGroupHeartbeat).
-pub const FEATURES: &[(&str, i16, i16, i16)] = &[("group.version", 0, 1, 1)];
+/// * `transaction.version` 2: transactions v2 (KIP-890 part 2), which
+///   clients use only when it is finalized at 2.
+pub const FEATURES: &[(&str, i16, i16, i16)] =
+    &[("group.version", 0, 1, 1), ("transaction.version", 0, 2, 2)];
 
 /// The supported range of `api`, if the broker serves it at all.
 pub fn supported_range(api: ApiKey) -> Option<(i16, i16)> {
@@ -219,10 +223,16 @@ mod tests {
                 .map(|f| (f.name.to_string(), f.min_version))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(4), vec![("group.version".to_string(), 0)]);
+        assert_eq!(
+            names(4),
+            vec![
+                ("group.version".to_string(), 0),
+                ("transaction.version".to_string(), 0)
+            ]
+        );
         assert!(names(3).is_empty());
         // Finalized levels are listed whatever the version.
-        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 1);
+        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 2);
     }
 
     #[test]
@@ -231,8 +241,9 @@ mod tests {
         assert!(!is_supported(ApiKey::Produce, 2));
         assert!(is_supported(ApiKey::InitProducerId, 5));
         assert!(!is_supported(ApiKey::InitProducerId, 6));
-        // Transactions v2 (KIP-890 part 2) is not implemented.
-        assert!(!is_supported(ApiKey::EndTxn, 5));
+        // Transactions v2 (KIP-890 part 2).
+        assert!(is_supported(ApiKey::EndTxn, 5));
+        assert!(!is_supported(ApiKey::EndTxn, 6));
         assert!(is_supported(ApiKey::JoinGroup, 4));
         // OffsetCommit / OffsetFetch v10 name topics by id.
         assert!(is_supported(ApiKey::OffsetCommit, 10));

@@ -49,6 +49,8 @@ DESCRIBE_CLIENT_QUOTAS = 48
 ALTER_CLIENT_QUOTAS = 49
 SASL_HANDSHAKE = 17
 ADD_PARTITIONS_TO_TXN = 24
+END_TXN = 26
+TXN_OFFSET_COMMIT = 28
 SASL_AUTHENTICATE = 36
 DELETE_GROUPS = 42
 
@@ -75,7 +77,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0, DESCRIBE_CLUSTER: 0,
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
-                  DELETE_GROUPS: 2}
+                  DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -444,6 +446,21 @@ def parse_api_versions(r: Reader, version: int) -> ApiVersionsResponse:
     tags = r.skip_tags(flex)
     r.expect_end(f"ApiVersions v{version} response")
     return ApiVersionsResponse(error, keys, throttle, tags)
+
+
+def finalized_features(resp: ApiVersionsResponse) -> dict[str, tuple[int, int]]:
+    """The finalized feature levels (tag 2 of a v3+ answer): name ->
+    (min, max)."""
+    if 2 not in resp.tags:
+        return {}
+    r = Reader(resp.tags[2])
+    out = {}
+    for _ in range(r.array_len(True)):
+        name = r.string(True)
+        hi, lo = r.int16(), r.int16()
+        r.skip_tags(True)
+        out[name] = (lo, hi)
+    return out
 
 
 def api_versions(conn: Conn, version: int = 3, cluster_id: str | None = None,
@@ -1251,6 +1268,45 @@ class TxnDescription:
     producer_epoch: int
     timeout_ms: int
     partitions: list[tuple[str, int]]
+
+
+def end_txn(conn: Conn, version: int, transactional_id: str, producer_id: int, epoch: int,
+            commit: bool) -> tuple[int, int, int]:
+    """(error code, producer id, epoch); the id and epoch are in the answer
+    from v5 (transactions v2), else (-1, -1)."""
+    assert 0 <= version <= 5
+    flex = version >= 3
+    w = Writer().string(transactional_id, flex).int64(producer_id).int16(epoch).bool(commit)
+    r = conn.request(END_TXN, version, w.tags(flex).getvalue())
+    r.int32()  # throttle_time_ms
+    err = r.int16()
+    pid, ep = (r.int64(), r.int16()) if version >= 5 else (-1, -1)
+    r.skip_tags(flex)
+    r.expect_end(f"EndTxn v{version} response")
+    return err, pid, ep
+
+
+def txn_offset_commit(conn: Conn, version: int, transactional_id: str, group: str,
+                      producer_id: int, epoch: int, topic: str, partition: int,
+                      offset: int) -> int:
+    """TxnOffsetCommit of one offset (v3+, not a group member): the
+    partition's error code."""
+    assert 3 <= version <= 5
+    w = Writer().string(transactional_id, True).string(group, True)
+    w.int64(producer_id).int16(epoch).int32(-1).string("", True).string(None, True)
+    w.array_len(1, True).string(topic, True).array_len(1, True)
+    w.int32(partition).int64(offset).int32(-1).string(None, True).tags(True)
+    w.tags(True).tags(True)
+    r = conn.request(TXN_OFFSET_COMMIT, version, w.getvalue())
+    r.int32()  # throttle_time_ms
+    assert r.array_len(True) == 1 and r.string(True) == topic
+    assert r.array_len(True) == 1 and r.int32() == partition
+    err = r.int16()
+    r.skip_tags(True)
+    r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end(f"TxnOffsetCommit v{version} response")
+    return err
 
 
 def describe_transaction(conn: Conn, transactional_id: str) -> TxnDescription:

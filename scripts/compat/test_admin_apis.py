@@ -10,7 +10,8 @@ partition, no reassignment in progress):
 * ListPartitionReassignments: none;
 * ElectLeaders: ELECTION_NOT_NEEDED, UNKNOWN_TOPIC_OR_PARTITION;
 * DescribeAcls/CreateAcls: SECURITY_DISABLED;
-* ApiVersions features and UpdateFeatures: group.version fixed at 1;
+* ApiVersions features and UpdateFeatures: group.version fixed at 1,
+  transaction.version at 2;
 * DescribeUserScramCredentials: no users at first;
   AlterUserScramCredentials sets and deletes credentials, checked per user
   as Kafka checks them, kept across a restart; delegation tokens: not
@@ -400,14 +401,20 @@ def test_delete_groups_v3(broker, topic):
 
 
 def test_features_are_reported_and_fixed(broker, kp_admin):
-    """ApiVersions reports group.version (KIP-848) finalized at 1;
-    UpdateFeatures confirms that level and refuses any other, or an unknown
-    feature, with INVALID_UPDATE_VERSION."""
-    f = kp_admin.describe_features()["group.version"]
+    """ApiVersions reports group.version (KIP-848) finalized at 1 and
+    transaction.version (KIP-890 part 2) at 2; UpdateFeatures confirms those
+    levels and refuses any other, or an unknown feature, with
+    INVALID_UPDATE_VERSION."""
+    features = kp_admin.describe_features()
+    f = features["group.version"]
     assert (f["supported"], f["finalized"], f["finalized_epoch"]) == ((0, 1), (1, 1), 0), f
+    f = features["transaction.version"]
+    assert (f["supported"], f["finalized"]) == ((0, 2), (2, 2)), f
     assert kp_admin.update_features({"group.version": 1}) == {"group.version": "OK"}
+    assert kp_admin.update_features({"transaction.version": 2}) == {"transaction.version": "OK"}
     # UpdateFeatures v2 answers a refusal at the top level.
     for update, why in (({"group.version": 2}, "supports levels 0 to 1"),
+                        ({"transaction.version": 1}, "fixed at level 2"),
                         ({"no.such.version": 1}, "does not support the given feature"),
                         ({"group.version": ("SAFE_DOWNGRADE", 0)}, "cannot be removed")):
         with pytest.raises(kafka.errors.InvalidUpdateVersionError, match=why):

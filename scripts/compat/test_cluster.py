@@ -12,7 +12,8 @@ and a broker of two shards) over one S3 object store (moto), started with
   lost or duplicated. The recovery time is printed;
 * a partition with 64 MiB not uploaded moves to another broker under load
   in under 2 s; SIGTERM drains a broker leading 100 partitions in under 5 s;
-  transactions commit and abort across brokers;
+  transactions commit and abort across brokers (v1 with librdkafka, v2 on
+  the wire);
 * a broker cut off from the others by nftables (itself, or the quorum's
   leader) stops serving before it is fenced, and serves again with nothing
   lost once the network heals;
@@ -296,6 +297,57 @@ def test_transactions_across_brokers(cluster):
     c.close()
     assert [tp.offset for tp in got] == [7] * 6, got
     read_back(cluster.bootstrap, topic, 6, committed)
+
+
+def test_transactions_v2_across_brokers(cluster):
+    """Transactions v2 (KIP-890 part 2) as a Java 4 client sends them, byte
+    by byte (kwire): partition leaders on every broker add their partitions
+    to a transaction coordinated on one of them (AddPartitionsToTxn v5
+    between brokers), the group coordinator adds its offsets partition, and
+    EndTxn v5's markers, at the bumped epoch, reach every broker. Commit,
+    abort, commit: read_committed sees exactly the committed rounds."""
+    topic = f"tv2-{uuid.uuid4().hex[:6]}"
+    txn_id, group = f"tv2-tx-{uuid.uuid4().hex[:6]}", f"tv2-g-{uuid.uuid4().hex[:6]}"
+    create(cluster.bootstrap, topic, 6)
+    leaders = wait_leaders(cluster.bootstrap, topic, 6)
+    assert {n // 1000 for n in leaders.values()} == {0, 1, 2}, leaders
+
+    def port(node: int) -> int:
+        return cluster.state["brokers"][node // 1000]["ports"][node % 1000]
+
+    def coordinator(key: str, key_type: int) -> int:
+        deadline = time.monotonic() + 30
+        with kwire.Conn("127.0.0.1", port(leaders[0])) as c:
+            while True:
+                err, node = kwire.find_coordinator(c, key, key_type=key_type)
+                if err == 0:
+                    return node
+                assert time.monotonic() < deadline, f"FindCoordinator error {err}"
+                time.sleep(0.2)
+
+    coord, gcoord = port(coordinator(txn_id, 1)), port(coordinator(group, 0))
+    with kwire.Conn("127.0.0.1", coord) as c:
+        err, pid, epoch = kwire.init_producer_id(c, 5, txn_id)
+        assert (err, epoch) == (0, 0)
+    committed: dict[int, list[bytes]] = {i: [] for i in range(6)}
+    for round_, commit in enumerate([True, False, True]):
+        for part, node in leaders.items():
+            value = f"r{round_}-{part}".encode()
+            batch = kwire.record_batch([kwire.Record(None, value)], producer_id=pid,
+                                       producer_epoch=round_, base_sequence=0, attributes=0x10)
+            body = kwire.produce_body(12, -1, 10000, {topic: {part: batch}}, transactional_id=txn_id)
+            with kwire.Conn("127.0.0.1", port(node)) as c:
+                r = kwire.parse_produce(c.request(kwire.PRODUCE, 12, body), 12)[(topic, part)]
+                assert r.error_code == 0, (round_, part, r)
+            if commit:
+                committed[part].append(value)
+        with kwire.Conn("127.0.0.1", gcoord) as g:
+            assert kwire.txn_offset_commit(g, 5, txn_id, group, pid, round_, topic, 0, round_) == 0
+        with kwire.Conn("127.0.0.1", coord) as c:
+            assert kwire.end_txn(c, 5, txn_id, pid, round_, commit) == (0, pid, round_ + 1)
+    read_back(cluster.bootstrap, topic, 6, committed)
+    with kwire.Conn("127.0.0.1", gcoord) as g:
+        assert kwire.offset_fetch(g, 7, group, topic, 0).offset == 2
 
 
 def test_a_partition_moves_across_brokers_under_load(cluster, figures):

@@ -10,7 +10,11 @@ client, over two shards so that markers also cross to the other shard:
 * a second producer with the same transactional id fences the first;
 * kill -9 inside a transaction, and during its commit: after the restart
   each transaction is visible as a whole or not at all;
-* DescribeTransactions and ListTransactions show the coordinator's state.
+* DescribeTransactions and ListTransactions show the coordinator's state;
+* transactions v2 (KIP-890 part 2) on the wire: Produce v12 and
+  TxnOffsetCommit v5 add their partitions themselves, EndTxn v5 bumps the
+  epoch at every end, and a retried end or a late batch is answered as
+  Kafka answers it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 import kwire
-from test_idempotence import create_topic
+from test_idempotence import create_topic, leader_port
 
 BROKER_PARAMS = {"shards": 2, "broker_id": 0, "args": [
     "--transaction-abort-check-interval-ms", "300",
@@ -90,11 +94,13 @@ def produce_round(p: Producer, topic: str, tag: str, n: int) -> list[str]:
     return values
 
 
-def coordinator_port(broker, txn_id: str) -> int:
+def coordinator_port(broker, key: str, key_type: int = 1) -> int:
+    """The port of the coordinator of a transactional id (or, with
+    key_type 0, of a group)."""
     with kwire.Conn(broker.host, broker.ports[0]) as c:
         deadline = time.monotonic() + 15
         while True:
-            err, node = kwire.find_coordinator(c, txn_id, key_type=1)
+            err, node = kwire.find_coordinator(c, key, key_type=key_type)
             if err == 0:
                 return broker.port_of_node(node)
             assert time.monotonic() < deadline, f"FindCoordinator error {err}"
@@ -336,3 +342,76 @@ def _try_commit(p: Producer) -> None:
         p.commit_transaction(20)
     except KafkaException:
         pass
+
+
+TRANSACTIONAL = 0x10  # the record batch attribute
+
+
+def produce_v12(broker, topic: str, partition: int, txn_id: str, pid: int, epoch: int,
+                seq: int, values: list[str]) -> int:
+    """A transactional batch sent as a transactions v2 client sends it:
+    Produce v12 with no AddPartitionsToTxn before it. Its error code."""
+    batch = kwire.record_batch([kwire.Record(None, v.encode()) for v in values],
+                               producer_id=pid, producer_epoch=epoch, base_sequence=seq,
+                               attributes=TRANSACTIONAL)
+    with kwire.Conn(broker.host, leader_port(broker, topic, partition)) as c:
+        body = kwire.produce_body(12, -1, 10000, {topic: {partition: batch}},
+                                  transactional_id=txn_id)
+        return kwire.parse_produce(c.request(kwire.PRODUCE, 12, body), 12)[(topic, partition)].error_code
+
+
+def test_transactions_v2_on_the_wire(broker):
+    """What a Java 4 client with transaction.version 2 sends, byte by byte:
+    no AddPartitionsToTxn or AddOffsetsToTxn; the partition leaders (on both
+    shards) and the group coordinator add their partitions; EndTxn v5
+    answers the bumped epoch; a retried end is answered as done; a late
+    batch of the old epoch is fenced; read_committed sees exactly the
+    committed transaction."""
+    topic, txn_id, group = unique("tv2"), unique("tv2-tx"), unique("tv2-group")
+    create_topic(broker, topic, PARTITIONS)
+    with kwire.Conn(broker.host, broker.ports[0]) as c:
+        features = kwire.finalized_features(kwire.api_versions(c, 3))
+        assert features.get("transaction.version") == (2, 2), features
+    coord = coordinator_port(broker, txn_id)
+    with kwire.Conn(broker.host, coord) as c:
+        err, pid, epoch = kwire.init_producer_id(c, 5, txn_id)
+        assert (err, epoch) == (0, 0)
+
+    # Round 1, committed: every partition, one of them twice.
+    committed = [f"one-{p}" for p in range(PARTITIONS)] + ["one-0b"]
+    for p in range(PARTITIONS):
+        assert produce_v12(broker, topic, p, txn_id, pid, 0, 0, [f"one-{p}"]) == 0
+    assert produce_v12(broker, topic, 0, txn_id, pid, 0, 1, ["one-0b"]) == 0
+    with kwire.Conn(broker.host, coordinator_port(broker, group, key_type=0)) as g:
+        assert kwire.txn_offset_commit(g, 5, txn_id, group, pid, 0, topic, 0, 42) == 0
+    with kwire.Conn(broker.host, coord) as c:
+        d = kwire.describe_transaction(c, txn_id)
+        assert d.state == "Ongoing", d
+        assert {(topic, p) for p in range(PARTITIONS)} <= set(d.partitions), d
+        assert any(t == "__consumer_offsets" for t, _ in d.partitions), d
+        assert kwire.end_txn(c, 5, txn_id, pid, 0, True) == (0, pid, 1)
+        # The client's retry of that end (its answer was lost): done.
+        assert kwire.end_txn(c, 5, txn_id, pid, 0, True) == (0, pid, 1)
+        # ... but not as the opposite end.
+        assert kwire.end_txn(c, 5, txn_id, pid, 0, False)[0] == 48  # INVALID_TXN_STATE
+    with kwire.Conn(broker.host, coordinator_port(broker, group, key_type=0)) as g:
+        deadline = time.monotonic() + 15
+        while (got := kwire.offset_fetch(g, 7, group, topic, 0)).offset != 42:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+
+    # A late batch of the ended transaction's epoch is fenced.
+    assert produce_v12(broker, topic, 1, txn_id, pid, 0, 1, ["late"]) == kwire.INVALID_PRODUCER_EPOCH
+
+    # Round 2 at the bumped epoch, sequences from 0, aborted.
+    assert produce_v12(broker, topic, 0, txn_id, pid, 1, 0, ["two-0"]) == 0
+    assert produce_v12(broker, topic, 2, txn_id, pid, 1, 0, ["two-2"]) == 0
+    with kwire.Conn(broker.host, coord) as c:
+        # Two epochs back is no retry.
+        assert kwire.end_txn(c, 5, txn_id, pid, 0, False)[0] == 90  # PRODUCER_FENCED
+        assert kwire.end_txn(c, 5, txn_id, pid, 1, False) == (0, pid, 2)
+        d = kwire.describe_transaction(c, txn_id)
+        assert (d.state, d.producer_epoch) == ("CompleteAbort", 2), d
+
+    assert sorted(read_all(broker, topic, "read_committed")) == sorted(committed)
+    assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(committed + ["two-0", "two-2"])

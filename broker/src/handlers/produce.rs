@@ -30,6 +30,8 @@ use crate::metadata::TopicMeta;
 use crate::producer_state::Origin;
 use crate::shard::{DurableAppend, Shard};
 use crate::topic_config;
+use crate::txn::implicit::{self, Place};
+use std::collections::BTreeMap;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -39,6 +41,12 @@ pub async fn handle(
 ) -> Option<ResponseKind> {
     let image = shard.image();
     let acks = req.acks;
+    // Transactions v2: Produce v12+ adds its partitions to the transaction.
+    let txn_id = req
+        .transactional_id
+        .as_ref()
+        .filter(|t| version >= 12 && !t.is_empty())
+        .map(|t| t.to_string());
     // First what the response needs, owned, and each partition's records;
     // then every other view of the frame is dropped.
     let mut shapes = Vec::with_capacity(req.topic_data.len());
@@ -55,25 +63,34 @@ pub async fn handle(
     }
     drop(req);
     let mut payloads = own_records(frame, records).into_iter();
-    // Appends are issued for every partition first and awaited together, so
-    // all partitions of a request share one WAL flush.
-    let mut pending = Vec::new();
+    let mut checked = Vec::new();
     for (_, _, meta, indexes) in &shapes {
         for &index in indexes {
             let payload = payloads.next().flatten();
-            let started = if version >= 13 && meta.is_none() {
+            checked.push(if version >= 13 && meta.is_none() {
                 Err((ResponseError::UnknownTopicId, String::new()))
             } else if matches!(acks, -1..=1) {
-                start_partition(shard, meta.as_ref(), index, payload)
+                check_partition(shard, meta.as_ref(), index, payload)
             } else {
                 Err((
                     ResponseError::InvalidRequiredAcks,
                     format!("acks={acks} is not one of -1, 0, 1"),
                 ))
-            };
-            pending.push(finish_partition(shard, started));
+            });
         }
     }
+    // Held until every append below is issued, so that the producer's next
+    // request cannot overtake this one.
+    let _place = match &txn_id {
+        Some(id) => add_to_transaction(shard, id, &mut checked).await,
+        None => None,
+    };
+    // Appends are issued for every partition first and awaited together, so
+    // all partitions of a request share one WAL flush.
+    let pending: Vec<_> = checked
+        .into_iter()
+        .map(|c| finish_partition(shard, c.and_then(|c| append_checked(shard, c))))
+        .collect();
     let mut results = futures::future::join_all(pending).await.into_iter();
     if acks == 0 {
         return None;
@@ -184,13 +201,33 @@ fn own_records(frame: Bytes, records: Vec<Option<Bytes>>) -> Vec<Option<BatchByt
         .collect()
 }
 
-/// Validates a partition's records and appends them (offsets assigned now).
-fn start_partition(
+/// A partition's records, validated and ready to append.
+struct Checked {
+    topic: Arc<TopicMeta>,
+    partition: i32,
+    key: crate::shard::PartitionKey,
+    batches: Vec<ValidatedBatch>,
+    log_append_time: Option<i64>,
+    carried: Carried,
+}
+
+impl Checked {
+    /// The producer of its transactional batches, if any.
+    fn transactional_producer(&self) -> Option<(i64, i16)> {
+        self.batches
+            .iter()
+            .find(|b| b.header.is_transactional())
+            .map(|b| (b.header.producer_id, b.header.producer_epoch))
+    }
+}
+
+/// Validates a partition's records.
+fn check_partition(
     shard: &Rc<Shard>,
     topic: Option<&Arc<TopicMeta>>,
     partition: i32,
     records: Option<BatchBytes>,
-) -> Started {
+) -> Result<Checked, PartitionError> {
     let key = locate(shard, topic, partition).map_err(|e| (e, String::new()))?;
     let topic = topic.expect("located topics exist");
     let Some(records) = records else {
@@ -211,8 +248,6 @@ fn start_partition(
         (batch_error_code(&e), e.to_string())
     })?;
     let log_append_time = topic_config::uses_log_append_time(&topic.configs).then(now_ms);
-    // Appends at once when there is room, keeping the order of requests;
-    // otherwise waits its turn for space.
     if let Some(why) = refused_from_clients(&batches) {
         return Err((ResponseError::InvalidRecord, why.into()));
     }
@@ -234,11 +269,90 @@ fn start_partition(
             .map(|b| u64::try_from(b.header.records_count).unwrap_or(0))
             .sum(),
     );
-    let durable = match shard.try_append(key, batches, log_append_time, Origin::Client) {
+    Ok(Checked {
+        topic: topic.clone(),
+        partition,
+        key,
+        batches,
+        log_append_time,
+        carried,
+    })
+}
+
+/// Appends checked records (offsets assigned now): at once when there is
+/// room, keeping the order of requests; otherwise it waits its turn for
+/// space.
+fn append_checked(shard: &Rc<Shard>, c: Checked) -> Started {
+    let durable = match shard.try_append(c.key, c.batches, c.log_append_time, Origin::Client) {
         Ok(now) => now,
         Err(waiting) => waiting,
     };
-    Ok((durable, log_append_time, carried))
+    Ok((durable, c.log_append_time, c.carried))
+}
+
+/// Whether producer `(id, epoch)` has a transaction open in the partition.
+fn in_transaction(shard: &Shard, key: crate::shard::PartitionKey, producer: (i64, i16)) -> bool {
+    shard
+        .partitions
+        .borrow()
+        .get(&key)
+        .is_some_and(|p| p.producers.in_transaction(producer.0, producer.1))
+}
+
+/// Transactions v2: adds to the transaction every partition whose first
+/// transactional batch of this transaction this is, before anything is
+/// appended (Kafka's implicit add, KIP-890 part 2). A partition whose add
+/// fails gets the error. Returns the request's place in its producer's
+/// line when it had to wait, to be held until its appends are issued.
+async fn add_to_transaction(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    checked: &mut [Result<Checked, PartitionError>],
+) -> Option<Place> {
+    let producer = checked
+        .iter()
+        .flatten()
+        .find_map(Checked::transactional_producer)?;
+    let needs_add = |checked: &[Result<Checked, PartitionError>], i: usize| {
+        checked[i].as_ref().is_ok_and(|c| {
+            c.transactional_producer()
+                .is_some_and(|p| !in_transaction(shard, c.key, p))
+        })
+    };
+    let any = (0..checked.len()).any(|i| needs_add(checked, i));
+    if !any && !shard.producer_lines.is_waiting(producer.0) {
+        return None;
+    }
+    let place = shard.producer_lines.join(producer.0).await;
+    // Requests ahead in the line may have opened the transaction here.
+    let mut by_producer: BTreeMap<(i64, i16), Vec<usize>> = BTreeMap::new();
+    for i in 0..checked.len() {
+        if needs_add(checked, i) {
+            if let Ok(c) = &checked[i] {
+                let p = c.transactional_producer().expect("checked above");
+                by_producer.entry(p).or_default().push(i);
+            }
+        }
+    }
+    for ((producer_id, epoch), indexes) in by_producer {
+        let partitions = indexes
+            .iter()
+            .filter_map(|&i| checked[i].as_ref().ok())
+            .map(|c| (c.topic.name.clone(), c.partition))
+            .collect();
+        if let Err(e) = implicit::add(shard, transactional_id, producer_id, epoch, partitions).await
+        {
+            let answer = implicit::for_produce(e);
+            debug!(
+                transactional_id,
+                producer_id, "implicit add to the transaction failed: {e:?}, answering {answer:?}"
+            );
+            for i in indexes {
+                checked[i] = Err((answer, String::new()));
+            }
+        }
+    }
+    Some(place)
 }
 
 /// Batches only the broker itself may write (Kafka's `LogValidator`

@@ -181,9 +181,11 @@ async fn add_one(
             Err(e) => Err(e),
         }
     } else {
+        // v4+ is the brokers' form: an implicit add of transactions v2
+        // (Kafka takes its client to be on transaction version 2).
         shard
             .txns
-            .add_partitions(id, producer.0, producer.1, &partitions)
+            .add_partitions(id, producer.0, producer.1, &partitions, version >= 4)
             .await
     };
     let err = outcome.err().map(|e| fenced_as(e, version, 2));
@@ -259,6 +261,7 @@ pub async fn add_offsets_to_txn(
             req.producer_id.0,
             req.producer_epoch,
             &[partition],
+            false,
         )
         .await
     {
@@ -267,19 +270,28 @@ pub async fn add_offsets_to_txn(
     resp
 }
 
+/// EndTxn; from v5 (transactions v2) every end bumps the epoch, and the
+/// answer carries the producer id and epoch to carry on with.
 pub async fn end_txn(shard: &Rc<Shard>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
-    let mut resp = EndTxnResponse::default();
-    if let Err(e) = shard
+    let mut resp = EndTxnResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    match shard
         .txns
         .end_txn(
             &req.transactional_id,
             req.producer_id.0,
             req.producer_epoch,
             req.committed,
+            version >= 5,
         )
         .await
     {
-        resp.error_code = fenced_as(e, version, 2).code();
+        Ok((producer_id, epoch)) => {
+            resp.producer_id = ProducerId(producer_id);
+            resp.producer_epoch = epoch;
+        }
+        Err(e) => resp.error_code = fenced_as(e, version, 2).code(),
     }
     resp
 }
@@ -317,14 +329,32 @@ pub async fn txn_offset_commit(
     };
     let producer = (req.producer_id.0, req.producer_epoch);
     let member = (member.as_str(), instance.as_deref(), generation);
-    let answered = commit_offsets(
-        shard,
-        &req.group_id,
-        member,
-        wanted,
-        Some((producer, version)),
-    )
-    .await;
+    // v5 (transactions v2) adds the group's offsets partition to the
+    // transaction itself, as AddOffsetsToTxn did.
+    let added = if version >= 5 {
+        add_offsets_partition(shard, &req.transactional_id, &req.group_id, producer).await
+    } else {
+        Ok(())
+    };
+    let answered = match added {
+        Ok(()) => {
+            commit_offsets(
+                shard,
+                &req.group_id,
+                member,
+                wanted,
+                Some((producer, version)),
+            )
+            .await
+        }
+        Err(e) => {
+            let code = txn_offset_commit_error(e).code();
+            wanted
+                .into_iter()
+                .map(|(name, parts)| (name, parts.into_iter().map(|(i, _)| (i, code)).collect()))
+                .collect()
+        }
+    };
     let mut resp = TxnOffsetCommitResponse::default();
     resp.topics = answered
         .into_iter()
@@ -344,6 +374,39 @@ pub async fn txn_offset_commit(
         })
         .collect();
     resp
+}
+
+/// The implicit add of TxnOffsetCommit v5+: the group's `__consumer_offsets`
+/// partition joins the transaction.
+async fn add_offsets_partition(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    group_id: &str,
+    (producer_id, epoch): (i64, i16),
+) -> Result<(), ResponseError> {
+    if shard.image().topic(OFFSETS_TOPIC).is_none() {
+        create_internal_topic(shard, OFFSETS_TOPIC).await;
+    }
+    let n = shard
+        .image()
+        .topic(OFFSETS_TOPIC)
+        .map(|t| t.leaders.len() as i32)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let partition = (OFFSETS_TOPIC.to_string(), partition_for(group_id, n));
+    crate::txn::implicit::add(shard, transactional_id, producer_id, epoch, vec![partition]).await
+}
+
+/// What TxnOffsetCommit answers when its implicit add failed, as Kafka's
+/// group coordinator normalises it: the transaction coordinator being away
+/// is COORDINATOR_NOT_AVAILABLE, which the client retries.
+fn txn_offset_commit_error(e: ResponseError) -> ResponseError {
+    match e {
+        ResponseError::NetworkException
+        | ResponseError::CoordinatorLoadInProgress
+        | ResponseError::NotCoordinator
+        | ResponseError::RequestTimedOut => ResponseError::CoordinatorNotAvailable,
+        e => e,
+    }
 }
 
 /// WriteTxnMarkers: markers for partitions this shard leads (from an

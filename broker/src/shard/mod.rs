@@ -48,7 +48,7 @@ use storage::wal::WalSlice;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::{Control, HandOver, Report, ShardHooks, WriteMarkers};
+use crate::control::{AddToTxn, Control, HandOver, Report, ShardHooks, WriteMarkers};
 use crate::group::GroupCoordinator;
 use crate::handlers;
 use crate::metadata::MetadataImage;
@@ -56,6 +56,7 @@ use crate::metrics::report::ShardReport;
 use crate::metrics::ShardMetrics;
 use crate::partition::{Lifecycle, Partition, PartitionState};
 use crate::sasl;
+use crate::txn::implicit::ProducerLines;
 use crate::txn::TxnCoordinator;
 use crate::uploader::Uploader;
 
@@ -84,6 +85,9 @@ pub struct Shard {
     /// The transactional ids whose `__transaction_state` partition this
     /// shard leads.
     pub txns: TxnCoordinator,
+    /// Produce requests waiting for a transactions v2 implicit add, in
+    /// order per producer (`txn::implicit`).
+    pub producer_lines: Rc<ProducerLines>,
     /// This shard's WAL slice (set before the listener starts).
     wal: RefCell<Option<WalSlice>>,
     /// Set when a WAL write or flush failed: appends answer
@@ -139,6 +143,7 @@ impl Shard {
             id,
             groups: GroupCoordinator::new(me.clone(), &config),
             txns: TxnCoordinator::new(me.clone(), &config),
+            producer_lines: Rc::new(ProducerLines::default()),
             uploader: Uploader::new(&config),
             metrics: ShardMetrics::new(),
             serving: Cell::new(false),
@@ -191,6 +196,27 @@ impl Shard {
             })
         });
         let weak = Rc::downgrade(self);
+        let add_to_txn: AddToTxn = Box::new(move |add| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(shard) => {
+                        shard
+                            .txns
+                            .add_partitions(
+                                &add.transactional_id,
+                                add.producer_id,
+                                add.epoch,
+                                &add.partitions,
+                                true,
+                            )
+                            .await
+                    }
+                    None => Err(kafka_protocol::ResponseError::NotCoordinator),
+                }
+            })
+        });
+        let weak = Rc::downgrade(self);
         let hand_over: HandOver = Box::new(move |key, to_node| {
             let weak = weak.clone();
             Box::pin(async move {
@@ -205,6 +231,7 @@ impl Shard {
         ShardHooks {
             install,
             write_markers,
+            add_to_txn,
             hand_over,
             report,
         }

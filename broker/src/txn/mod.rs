@@ -16,6 +16,7 @@
 //! committed transaction as soon as the producer does. Never holds a
 //! `RefCell` borrow across an `.await`.
 
+pub mod implicit;
 pub mod records;
 mod remote;
 pub mod state;
@@ -60,6 +61,8 @@ pub struct TxnCoordinator {
     /// Ids with a state write or markers in flight: their other requests
     /// get CONCURRENT_TRANSACTIONS (clients retry it).
     busy: RefCell<HashSet<String>>,
+    /// Notified whenever an id stops being busy (implicit adds wait for it).
+    released: event_listener::Event,
     /// `__transaction_state` partitions this shard leads, and which of
     /// them it has replayed.
     partitions: CoordinatorPartitions,
@@ -82,13 +85,44 @@ impl Busy {
             id: id.to_string(),
         })
     }
+
+    /// Takes `id` once it is free, waiting at most `patience` (then
+    /// CONCURRENT_TRANSACTIONS).
+    async fn wait_take(
+        shard: &Rc<Shard>,
+        id: &str,
+        patience: Duration,
+    ) -> Result<Busy, ResponseError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let listener = shard.txns.released.listen();
+            if let Ok(busy) = Busy::take(shard, id) {
+                return Ok(busy);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            let timer = async {
+                glommio::timer::sleep(left).await;
+            };
+            futures_lite::future::or(listener, timer).await;
+        }
+    }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
         self.shard.txns.busy.borrow_mut().remove(&self.id);
+        self.shard.txns.released.notify(usize::MAX);
     }
 }
+
+/// How long an implicit add (transactions v2) waits for its id to be free
+/// before it answers CONCURRENT_TRANSACTIONS, which the client retries.
+/// Concurrent adds of one transaction (its produce requests to several
+/// partitions) each hold the id only for one state write.
+const IMPLICIT_ADD_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Where a transactional id is coordinated, as a request finds it.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +140,7 @@ impl TxnCoordinator {
             check_interval_ms: config.transaction_abort_check_interval_ms.max(1),
             txns: RefCell::new(HashMap::new()),
             busy: RefCell::new(HashSet::new()),
+            released: event_listener::Event::new(),
             partitions: CoordinatorPartitions::new(TXN_TOPIC),
             timer_started: Cell::new(false),
         }
@@ -313,20 +348,35 @@ impl TxnCoordinator {
     }
 
     /// AddPartitionsToTxn (and AddOffsetsToTxn, with the group's
-    /// `__consumer_offsets` partition).
+    /// `__consumer_offsets` partition). `implicit`: a transactions v2 add,
+    /// sent by a partition leader or group coordinator for the client; it
+    /// waits for the id to be free rather than refusing at once.
     pub async fn add_partitions(
         &self,
         id: &str,
         producer_id: i64,
         epoch: i16,
         partitions: &[(String, i32)],
+        implicit: bool,
     ) -> Result<(), ResponseError> {
         let shard = self.shard()?;
         let route = self.route(id)?;
-        let _busy = Busy::take(&shard, id)?;
+        let _busy = if implicit {
+            Busy::wait_take(&shard, id, IMPLICIT_ADD_PATIENCE).await?
+        } else {
+            Busy::take(&shard, id)?
+        };
+        // The partition may have moved while this waited.
+        let route = if implicit { self.route(id)? } else { route };
         let current = self.txns.borrow().get(id).cloned();
-        let next =
-            state::add_partitions(current.as_ref(), producer_id, epoch, partitions, now_ms())?;
+        let next = state::add_partitions(
+            current.as_ref(),
+            producer_id,
+            epoch,
+            partitions,
+            now_ms(),
+            implicit,
+        )?;
         if let Some(m) = next {
             self.store(&shard, route, id, Some(m)).await?;
         }
@@ -357,23 +407,40 @@ impl TxnCoordinator {
     }
 
     /// EndTxn: writes the markers and stores the completion before it
-    /// answers.
+    /// answers. `tv2`: EndTxn v5+, which bumps the epoch. Answers the
+    /// producer id and epoch the client carries on with.
     pub async fn end_txn(
         &self,
         id: &str,
         producer_id: i64,
         epoch: i16,
         commit: bool,
-    ) -> Result<(), ResponseError> {
+        tv2: bool,
+    ) -> Result<(i64, i16), ResponseError> {
         let shard = self.shard()?;
         let route = self.route(id)?;
         let busy = Busy::take(&shard, id)?;
         let current = self.txns.borrow().get(id).cloned();
-        match state::end_txn(current.as_ref(), producer_id, epoch, commit, now_ms())? {
-            EndDecision::AlreadyDone => Ok(()),
+        let fresh = match &current {
+            Some(m) if tv2 && state::end_needs_fresh_id(m) => shard.new_producer_id().await?,
+            _ => -1,
+        };
+        match state::end_txn(
+            current.as_ref(),
+            producer_id,
+            epoch,
+            commit,
+            now_ms(),
+            tv2,
+            fresh,
+        )? {
+            EndDecision::AlreadyDone => current
+                .map(|m| (m.producer_id, m.epoch))
+                .ok_or(ResponseError::InvalidProducerIdMapping),
             EndDecision::Prepare(m) => {
                 self.store(&shard, route, id, Some(m.clone())).await?;
-                self.finish(&shard, busy, route, id, m).await
+                let done = self.finish(&shard, busy, route, id, m).await?;
+                Ok((done.producer_id, done.epoch))
             }
         }
     }
@@ -388,7 +455,7 @@ impl TxnCoordinator {
         route: Route,
         id: &str,
         prepared: TxnMeta,
-    ) -> Result<(), ResponseError> {
+    ) -> Result<TxnMeta, ResponseError> {
         let commit = prepared.state == TxnState::PrepareCommit;
         let image = shard.image();
         let markers: Vec<MarkerReq> = prepared
@@ -407,14 +474,14 @@ impl TxnCoordinator {
             .collect();
         write_markers(shard, id, markers).await?;
         let done = state::complete(&prepared, now_ms());
-        self.store(shard, route, id, Some(done)).await?;
+        self.store(shard, route, id, Some(done.clone())).await?;
         debug!(
             transactional_id = id,
             producer_id = prepared.producer_id,
             "transaction {}",
             if commit { "committed" } else { "aborted" }
         );
-        Ok(())
+        Ok(done)
     }
 
     /// DescribeTransactions: the id's state, or why it cannot be shown.

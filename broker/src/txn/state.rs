@@ -4,6 +4,13 @@
 //! InitProducerId, AddPartitionsToTxn/AddOffsetsToTxn, EndTxn and a timeout
 //! move it.
 //!
+//! Transactions v2 (KIP-890 part 2, `transaction.version` 2): a client that
+//! ends its transactions with EndTxn v5 has its epoch bumped by every end, so
+//! the markers carry an epoch its next transaction's batches do not. A
+//! retried end is recognised by the epoch one below the stored one, and an
+//! epoch that would overflow rotates the producer id as the transaction
+//! completes.
+//!
 //! Pure: no I/O, time is a parameter. Each transition returns the new
 //! metadata that the coordinator (`txn::TxnCoordinator`) must make durable
 //! in `__transaction_state` before it takes effect, or the Kafka error the
@@ -71,6 +78,15 @@ pub struct TxnMeta {
     pub partitions: BTreeSet<(String, i32)>,
     pub start_ms: i64,
     pub update_ms: i64,
+    /// The client uses transactions v2 (EndTxn v5, implicit adds): each end
+    /// bumps the epoch.
+    pub tv2: bool,
+    /// The producer id before the last rotation (v2: the epoch ran out at
+    /// an end), so that a retry of that end is still recognised. -1: none.
+    pub prev_producer_id: i64,
+    /// v2, while an end whose epoch ran out is prepared: the producer id the
+    /// transaction completes with. -1: none.
+    pub next_producer_id: i64,
 }
 
 /// What an InitProducerId decided.
@@ -86,6 +102,13 @@ pub enum InitDecision {
 
 /// Epoch after which a producer gets a new id (Kafka: `Short.MaxValue - 1`).
 const MAX_EPOCH: i16 = i16::MAX - 1;
+
+/// Whether a v2 end of `m`'s open transaction must rotate its producer id
+/// (the bumped epoch would pass `MAX_EPOCH`): the coordinator then passes a
+/// fresh one to `end_txn`.
+pub fn end_needs_fresh_id(m: &TxnMeta) -> bool {
+    m.state == TxnState::Ongoing && m.epoch >= MAX_EPOCH
+}
 
 /// InitProducerId for a transactional id. `expected` is the KIP-360
 /// `(producer id, epoch)` the client sends (-1, -1 when it has none);
@@ -111,6 +134,9 @@ pub fn init_producer_id(
             partitions: BTreeSet::new(),
             start_ms: -1,
             update_ms: now,
+            tv2: false,
+            prev_producer_id: -1,
+            next_producer_id: -1,
         }));
     };
     if expected.0 >= 0 {
@@ -174,12 +200,16 @@ fn check_owner(m: &TxnMeta, producer_id: i64, epoch: i16) -> Result<(), Response
 
 /// AddPartitionsToTxn / AddOffsetsToTxn: `None` when every partition is
 /// already part of the open transaction (nothing to store).
+///
+/// `tv2`: an implicit add (a partition leader's or group coordinator's, for
+/// a Produce v12+ or TxnOffsetCommit v5+ of a transactions v2 client).
 pub fn add_partitions(
     current: Option<&TxnMeta>,
     producer_id: i64,
     epoch: i16,
     partitions: &[(String, i32)],
     now: i64,
+    tv2: bool,
 ) -> Result<Option<TxnMeta>, ResponseError> {
     let m = current.ok_or(ResponseError::InvalidProducerIdMapping)?;
     check_owner(m, producer_id, epoch)?;
@@ -187,6 +217,7 @@ pub fn add_partitions(
         return Ok(None);
     }
     let mut next = m.clone();
+    next.tv2 = tv2;
     if m.state != TxnState::Ongoing {
         next.partitions.clear();
         next.start_ms = now;
@@ -207,31 +238,90 @@ pub enum EndDecision {
     AlreadyDone,
 }
 
+/// EndTxn. `tv2`: the request is EndTxn v5+ (the end bumps the epoch);
+/// `fresh_id`: the producer id to rotate to when `end_needs_fresh_id` (else
+/// -1).
 pub fn end_txn(
     current: Option<&TxnMeta>,
     producer_id: i64,
     epoch: i16,
     commit: bool,
     now: i64,
+    tv2: bool,
+    fresh_id: i64,
 ) -> Result<EndDecision, ResponseError> {
     let m = current.ok_or(ResponseError::InvalidProducerIdMapping)?;
-    check_owner(m, producer_id, epoch)?;
-    match (m.state, commit) {
-        (TxnState::Ongoing, _) => {
-            let mut next = m.clone();
-            next.state = if commit {
-                TxnState::PrepareCommit
-            } else {
-                TxnState::PrepareAbort
-            };
-            next.update_ms = now;
-            Ok(EndDecision::Prepare(next))
+    let retry = if tv2 {
+        check_v2_end(m, producer_id, epoch)?
+    } else {
+        check_owner(m, producer_id, epoch)?;
+        false
+    };
+    let prepare = || {
+        let mut next = m.clone();
+        next.state = if commit {
+            TxnState::PrepareCommit
+        } else {
+            TxnState::PrepareAbort
+        };
+        next.tv2 = tv2;
+        if tv2 {
+            // The markers carry the bumped epoch (at most i16::MAX: an
+            // epoch past MAX_EPOCH rotates the producer id as it completes).
+            next.last_epoch = m.epoch;
+            next.epoch = m.epoch.saturating_add(1);
+            if m.epoch >= MAX_EPOCH {
+                next.next_producer_id = fresh_id;
+            }
         }
-        (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
+        next.update_ms = now;
+        EndDecision::Prepare(next)
+    };
+    match (m.state, commit) {
+        (TxnState::Ongoing, _) => Ok(prepare()),
+        (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) if !tv2 || retry => {
             Ok(EndDecision::AlreadyDone)
+        }
+        // v2: an abort with nothing open still ends the transaction and
+        // bumps the epoch (a client whose every produce failed before
+        // reaching a partition aborts this way).
+        (TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort, false)
+            if tv2 && !retry =>
+        {
+            Ok(prepare())
+        }
+        (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+            Err(ResponseError::ConcurrentTransactions)
         }
         _ => Err(ResponseError::InvalidTxnState),
     }
+}
+
+/// Kafka's checks of a transactions v2 EndTxn: the current epoch starts an
+/// end, the epoch one below retries one that bumped it, and the last epoch
+/// of the previous producer id retries one that rotated it. Whether it is
+/// such a retry.
+fn check_v2_end(m: &TxnMeta, producer_id: i64, epoch: i16) -> Result<bool, ResponseError> {
+    let retry_of_bump =
+        m.tv2 && producer_id == m.producer_id && i32::from(m.epoch) == i32::from(epoch) + 1;
+    let retry_of_rotation = m.tv2
+        && m.prev_producer_id >= 0
+        && producer_id == m.prev_producer_id
+        && epoch >= MAX_EPOCH
+        && m.epoch == 0;
+    if producer_id != m.producer_id && !retry_of_rotation {
+        return Err(ResponseError::InvalidProducerIdMapping);
+    }
+    let retry = retry_of_bump || retry_of_rotation;
+    let valid = match m.state {
+        TxnState::Empty | TxnState::Ongoing => epoch == m.epoch,
+        TxnState::PrepareCommit | TxnState::PrepareAbort => retry,
+        TxnState::CompleteCommit | TxnState::CompleteAbort => retry || epoch == m.epoch,
+    };
+    if !valid {
+        return Err(ResponseError::ProducerFenced);
+    }
+    Ok(retry)
 }
 
 /// The metadata once every marker of a prepared transaction is written.
@@ -243,6 +333,14 @@ pub fn complete(m: &TxnMeta, now: i64) -> TxnMeta {
     };
     next.partitions.clear();
     next.update_ms = now;
+    if m.next_producer_id >= 0 {
+        // A v2 end ran out of epochs: the producer carries on under a new id.
+        next.prev_producer_id = m.producer_id;
+        next.producer_id = m.next_producer_id;
+        next.next_producer_id = -1;
+        next.epoch = 0;
+        next.last_epoch = -1;
+    }
     next
 }
 
@@ -254,6 +352,13 @@ pub fn timed_out(m: &TxnMeta, now: i64) -> Option<TxnMeta> {
     }
     let mut next = fence(m, now);
     next.state = TxnState::PrepareAbort;
+    if m.tv2 {
+        // As Kafka's v2 abort after its fence: bumped once more, so that
+        // the fenced producer's retried end (one epoch below) is not taken
+        // for a retry of this abort.
+        next.last_epoch = next.epoch;
+        next.epoch = next.epoch.saturating_add(1);
+    }
     Some(next)
 }
 
@@ -291,7 +396,7 @@ mod tests {
         assert_eq!((m2.producer_id, m2.epoch), (7, 1));
         // The old epoch is fenced.
         assert_eq!(
-            add_partitions(Some(&m2), 7, 0, &parts(&[("t", 0)]), 3),
+            add_partitions(Some(&m2), 7, 0, &parts(&[("t", 0)]), 3, false),
             Err(ResponseError::ProducerFenced)
         );
         let mut old = m2.clone();
@@ -314,10 +419,10 @@ mod tests {
     fn commit_runs_through_prepare_to_complete_and_a_retry_succeeds() {
         let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
         assert_eq!(
-            end_txn(Some(&m), 7, 0, true, 2),
+            end_txn(Some(&m), 7, 0, true, 2, false, -1),
             Err(ResponseError::InvalidTxnState)
         );
-        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0), ("t", 1)]), 10)
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0), ("t", 1)]), 10, false)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -326,16 +431,16 @@ mod tests {
         );
         // Adding what is already there stores nothing.
         assert_eq!(
-            add_partitions(Some(&m), 7, 0, &parts(&[("t", 1)]), 11),
+            add_partitions(Some(&m), 7, 0, &parts(&[("t", 1)]), 11, false),
             Ok(None)
         );
-        let EndDecision::Prepare(p) = end_txn(Some(&m), 7, 0, true, 12).unwrap() else {
+        let EndDecision::Prepare(p) = end_txn(Some(&m), 7, 0, true, 12, false, -1).unwrap() else {
             panic!("expected Prepare")
         };
         assert_eq!(p.state, TxnState::PrepareCommit);
         // While markers are written, everything else waits.
         assert_eq!(
-            add_partitions(Some(&p), 7, 0, &parts(&[("t", 2)]), 13),
+            add_partitions(Some(&p), 7, 0, &parts(&[("t", 2)]), 13, false),
             Err(ResponseError::ConcurrentTransactions)
         );
         assert_eq!(
@@ -345,15 +450,15 @@ mod tests {
         let c = complete(&p, 14);
         assert_eq!((c.state, c.partitions.len()), (TxnState::CompleteCommit, 0));
         assert_eq!(
-            end_txn(Some(&c), 7, 0, true, 15),
+            end_txn(Some(&c), 7, 0, true, 15, false, -1),
             Ok(EndDecision::AlreadyDone)
         );
         assert_eq!(
-            end_txn(Some(&c), 7, 0, false, 15),
+            end_txn(Some(&c), 7, 0, false, 15, false, -1),
             Err(ResponseError::InvalidTxnState)
         );
         // The next transaction starts afresh.
-        let n = add_partitions(Some(&c), 7, 0, &parts(&[("u", 0)]), 20)
+        let n = add_partitions(Some(&c), 7, 0, &parts(&[("u", 0)]), 20, false)
             .unwrap()
             .unwrap();
         assert_eq!(n.partitions.len(), 1);
@@ -363,7 +468,7 @@ mod tests {
     #[test]
     fn a_second_producer_aborts_the_open_transaction_and_fences_the_first() {
         let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
-        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2)
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2, false)
             .unwrap()
             .unwrap();
         let Ok(InitDecision::AbortFirst(a)) =
@@ -376,7 +481,7 @@ mod tests {
             (1, 0, TxnState::PrepareAbort)
         );
         assert_eq!(
-            end_txn(Some(&a), 7, 0, true, 4),
+            end_txn(Some(&a), 7, 0, true, 4, false, -1),
             Err(ResponseError::ProducerFenced)
         );
         let done = complete(&a, 5);
@@ -387,7 +492,7 @@ mod tests {
     #[test]
     fn kip360_recovery_needs_the_current_or_fenced_epoch() {
         let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
-        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2)
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2, false)
             .unwrap()
             .unwrap();
         let aborted = complete(&timed_out(&m, 60_002).unwrap(), 60_003);
@@ -416,7 +521,7 @@ mod tests {
     fn timeouts_and_expiry() {
         let m = ready(init_producer_id(None, 1000, MAX, (-1, -1), 0, 7));
         assert!(timed_out(&m, 10_000).is_none(), "no open transaction");
-        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 100)
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 100, false)
             .unwrap()
             .unwrap();
         assert!(timed_out(&m, 1099).is_none());
@@ -435,16 +540,148 @@ mod tests {
     fn requests_from_another_producer_id_are_refused() {
         let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
         assert_eq!(
-            add_partitions(Some(&m), 8, 0, &parts(&[("t", 0)]), 2),
+            add_partitions(Some(&m), 8, 0, &parts(&[("t", 0)]), 2, false),
             Err(ResponseError::InvalidProducerIdMapping)
         );
         assert_eq!(
-            add_partitions(None, 7, 0, &parts(&[("t", 0)]), 2),
+            add_partitions(None, 7, 0, &parts(&[("t", 0)]), 2, false),
             Err(ResponseError::InvalidProducerIdMapping)
         );
         assert_eq!(
-            end_txn(Some(&m), 8, 0, true, 2),
+            end_txn(Some(&m), 8, 0, true, 2, false, -1),
             Err(ResponseError::InvalidProducerIdMapping)
+        );
+    }
+
+    /// Transactions v2: every end bumps the epoch; a retry one epoch below
+    /// is answered as done; the old epoch is fenced once the next
+    /// transaction starts.
+    #[test]
+    fn v2_ends_bump_the_epoch_and_retries_are_recognised() {
+        let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2, true)
+            .unwrap()
+            .unwrap();
+        assert!(m.tv2);
+        let EndDecision::Prepare(p) = end_txn(Some(&m), 7, 0, true, 3, true, -1).unwrap() else {
+            panic!("expected Prepare")
+        };
+        assert_eq!(
+            (p.state, p.epoch, p.last_epoch),
+            (TxnState::PrepareCommit, 1, 0)
+        );
+        // A retry while the markers are written waits.
+        assert_eq!(
+            end_txn(Some(&p), 7, 0, true, 4, true, -1),
+            Err(ResponseError::ConcurrentTransactions)
+        );
+        let c = complete(&p, 5);
+        assert_eq!((c.producer_id, c.epoch), (7, 1));
+        // A retry with the old epoch is done; the opposite result is not.
+        assert_eq!(
+            end_txn(Some(&c), 7, 0, true, 6, true, -1),
+            Ok(EndDecision::AlreadyDone)
+        );
+        assert_eq!(
+            end_txn(Some(&c), 7, 0, false, 6, true, -1),
+            Err(ResponseError::InvalidTxnState)
+        );
+        // The old epoch may not add to the next transaction; the new one may.
+        assert_eq!(
+            add_partitions(Some(&c), 7, 0, &parts(&[("t", 0)]), 7, true),
+            Err(ResponseError::ProducerFenced)
+        );
+        let n = add_partitions(Some(&c), 7, 1, &parts(&[("t", 0)]), 7, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.state, n.epoch), (TxnState::Ongoing, 1));
+        // Two epochs below is no retry: fenced.
+        assert_eq!(
+            end_txn(Some(&n), 7, 0, true, 8, true, -1),
+            Err(ResponseError::ProducerFenced)
+        );
+        let EndDecision::Prepare(a) = end_txn(Some(&n), 7, 1, false, 8, true, -1).unwrap() else {
+            panic!("expected Prepare")
+        };
+        assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 2));
+    }
+
+    #[test]
+    fn a_v2_abort_with_nothing_open_bumps_the_epoch() {
+        let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
+        // Commit of nothing is refused, as in Kafka.
+        assert_eq!(
+            end_txn(Some(&m), 7, 0, true, 2, true, -1),
+            Err(ResponseError::InvalidTxnState)
+        );
+        let EndDecision::Prepare(a) = end_txn(Some(&m), 7, 0, false, 2, true, -1).unwrap() else {
+            panic!("expected Prepare")
+        };
+        assert_eq!(
+            (a.state, a.epoch, a.partitions.len()),
+            (TxnState::PrepareAbort, 1, 0)
+        );
+        let done = complete(&a, 3);
+        // Its retry is done; a new abort at the new epoch bumps again.
+        assert_eq!(
+            end_txn(Some(&done), 7, 0, false, 4, true, -1),
+            Ok(EndDecision::AlreadyDone)
+        );
+        let EndDecision::Prepare(again) = end_txn(Some(&done), 7, 1, false, 4, true, -1).unwrap()
+        else {
+            panic!("expected Prepare")
+        };
+        assert_eq!(again.epoch, 2);
+        // v1 keeps refusing it.
+        assert_eq!(
+            end_txn(Some(&m), 7, 0, false, 2, false, -1),
+            Err(ResponseError::InvalidTxnState)
+        );
+    }
+
+    #[test]
+    fn a_v2_end_that_runs_out_of_epochs_rotates_the_producer_id() {
+        let m = ready(init_producer_id(None, 60_000, MAX, (-1, -1), 1, 7));
+        let mut m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 2, true)
+            .unwrap()
+            .unwrap();
+        m.epoch = MAX_EPOCH;
+        assert!(end_needs_fresh_id(&m));
+        let EndDecision::Prepare(p) = end_txn(Some(&m), 7, MAX_EPOCH, true, 3, true, 99).unwrap()
+        else {
+            panic!("expected Prepare")
+        };
+        // The markers carry the last epoch of the old id.
+        assert_eq!(
+            (p.producer_id, p.epoch, p.next_producer_id),
+            (7, i16::MAX, 99)
+        );
+        let c = complete(&p, 4);
+        assert_eq!((c.producer_id, c.epoch, c.prev_producer_id), (99, 0, 7));
+        // The retry under the old id is recognised.
+        assert_eq!(
+            end_txn(Some(&c), 7, MAX_EPOCH, true, 5, true, -1),
+            Ok(EndDecision::AlreadyDone)
+        );
+        assert_eq!(
+            end_txn(Some(&c), 7, 3, true, 5, true, -1),
+            Err(ResponseError::InvalidProducerIdMapping)
+        );
+    }
+
+    #[test]
+    fn a_v2_timeout_fences_the_producer_past_its_retry_epoch() {
+        let m = ready(init_producer_id(None, 1000, MAX, (-1, -1), 0, 7));
+        let m = add_partitions(Some(&m), 7, 0, &parts(&[("t", 0)]), 100, true)
+            .unwrap()
+            .unwrap();
+        let a = timed_out(&m, 1100).unwrap();
+        assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 2));
+        let done = complete(&a, 1200);
+        // The producer's own abort (epoch 0) is not a retry of this one.
+        assert_eq!(
+            end_txn(Some(&done), 7, 0, false, 1300, true, -1),
+            Err(ResponseError::ProducerFenced)
         );
     }
 }

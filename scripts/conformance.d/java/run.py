@@ -438,6 +438,8 @@ def check_admin_commands(env: Env) -> None:
     out = env.tool(features, "describe")
     expect(re.search(r"Feature: group.version\s+SupportedMinVersion: 0\s+SupportedMaxVersion: 1"
                      r"\s+FinalizedVersionLevel: 1", out) is not None, f"FeatureCommand describe:\n{out}")
+    expect(re.search(r"Feature: transaction.version\s+SupportedMinVersion: 0\s+SupportedMaxVersion: 2"
+                     r"\s+FinalizedVersionLevel: 2", out) is not None, f"FeatureCommand describe:\n{out}")
     out = env.tool(features, "upgrade", "--feature", "group.version=2", check=False)
     expect("Could not upgrade group.version to 2" in out, f"FeatureCommand upgrade:\n{out}")
     # ClusterTool (kafka-cluster): the cluster id, the endpoints, and
@@ -745,6 +747,17 @@ def check_transactional_copier(env: Env) -> None:
             proc.kill()
             raise CheckFailed("TransactionalMessageCopier timed out")
         expect(proc.returncode == 0, f"copier exited {proc.returncode}:\n{out[-1500:]}")
+    # The broker finalizes transaction.version 2, so the Java client uses
+    # transactions v2: every end bumps the producer epoch, and each copier's
+    # epoch counts at least its committed transactions (under v1 it would
+    # stay at 0).
+    per_copier = n // parts // 100
+    for p in range(parts):
+        tid = f"{dst}-{p}"
+        desc = env.tool(TXNS, "describe", "--transactional-id", tid)
+        m = re.search(rf"{re.escape(tid)}\s+\d+\s+(\d+)\s+Complete", desc)
+        expect(m is not None and int(m.group(1)) >= per_copier,
+               f"describe (v2 bumps the epoch at every end, {per_copier}+ ends):\n{desc}")
     committed = collections.Counter(v.decode() for _, v in read_topic(env, dst, parts))
     dups = [v for v, c in committed.items() if c > 1]
     expect(not dups, f"{len(dups)} records copied twice, e.g. {dups[:5]}")
