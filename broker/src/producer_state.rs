@@ -41,6 +41,11 @@ const NO_SEQUENCE: i32 = -1;
 pub enum Origin {
     Client,
     Coordinator,
+    /// A transactions v2 coordinator's marker (WriteTxnMarkers v2's
+    /// transaction version 2, KIP-1228): its epoch was bumped by the end, so
+    /// it must pass the producer's, unless it repeats a marker already
+    /// written (Kafka's `ProducerAppendInfo.checkProducerEpoch`).
+    CoordinatorV2,
 }
 
 /// What producer state needs to know of a batch.
@@ -468,7 +473,14 @@ fn check_marker(
     let Some(e) = current else {
         return Ok(Verdict::Append);
     };
-    if b.epoch < e.epoch {
+    let stale = if origin == Origin::CoordinatorV2 {
+        // The repeat of a v2 marker finds its epoch and no transaction open.
+        let repeat = b.epoch == e.epoch && (e.txn_first_offset.is_none() || b.epoch == i16::MAX);
+        b.epoch <= e.epoch && !repeat
+    } else {
+        b.epoch < e.epoch
+    };
+    if stale {
         return Err(ProducerError::InvalidProducerEpoch {
             producer_id: b.producer_id,
             got: b.epoch,
@@ -787,6 +799,43 @@ mod tests {
             Ok(Verdict::Append),
             "a marker without an open transaction is harmless"
         );
+    }
+
+    /// KIP-1228: a v2 marker must carry a bumped epoch; repeating one
+    /// already written is allowed, a stale or unbumped one is not.
+    #[test]
+    fn v2_markers_must_pass_the_producers_epoch() {
+        let mut t = ProducerStateTable::new();
+        let mut next = 0;
+        append(&mut t, txn(1, 3, 0, 2), &mut next).unwrap();
+        for epoch in [2, 3] {
+            assert_eq!(
+                t.check(&[marker(1, epoch, true)], Origin::CoordinatorV2, next)
+                    .unwrap_err()
+                    .code(),
+                ResponseError::InvalidProducerEpoch,
+                "epoch {epoch} with the transaction open at 3"
+            );
+        }
+        // v1 takes the equal epoch.
+        assert!(t
+            .check(&[marker(1, 3, true)], Origin::Coordinator, next)
+            .is_ok());
+        let m = marker(1, 4, true);
+        assert_eq!(
+            t.check(&[m], Origin::CoordinatorV2, next),
+            Ok(Verdict::Append)
+        );
+        t.apply(&m, next);
+        next += 1;
+        // Written again (a coordinator finishing after a crash): allowed.
+        assert_eq!(
+            t.check(&[m], Origin::CoordinatorV2, next),
+            Ok(Verdict::Append)
+        );
+        assert!(t
+            .check(&[marker(1, 3, true)], Origin::CoordinatorV2, next)
+            .is_err());
     }
 
     #[test]

@@ -81,8 +81,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     // v2 filters by a transactional id regular expression (KIP-1152).
     (ApiKey::ListTransactions, 0, 2),
-    // Sent by admin clients (abortTransaction) to a partition's leader.
-    (ApiKey::WriteTxnMarkers, 1, 1),
+    // Sent by admin clients (abortTransaction) to a partition's leader,
+    // and by our coordinators to other brokers. v2 (KIP-1228) carries the
+    // transaction version: a v2 marker's epoch must pass the producer's.
+    (ApiKey::WriteTxnMarkers, 1, 2),
     // Answered as Kafka answers them here (broker/src/handlers/admin.rs):
     // no authorizer, one replica per partition, no reassignments.
     (ApiKey::DescribeAcls, 1, 3),

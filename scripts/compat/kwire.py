@@ -50,6 +50,7 @@ ALTER_CLIENT_QUOTAS = 49
 SASL_HANDSHAKE = 17
 ADD_PARTITIONS_TO_TXN = 24
 END_TXN = 26
+WRITE_TXN_MARKERS = 27
 TXN_OFFSET_COMMIT = 28
 SASL_AUTHENTICATE = 36
 DELETE_GROUPS = 42
@@ -77,7 +78,8 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   OFFSET_FOR_LEADER_EPOCH: 4, UNREGISTER_BROKER: 0, DESCRIBE_CLUSTER: 0,
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
-                  DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3}
+                  DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
+                  WRITE_TXN_MARKERS: 1}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1306,6 +1308,30 @@ def txn_offset_commit(conn: Conn, version: int, transactional_id: str, group: st
     r.skip_tags(True)
     r.skip_tags(True)
     r.expect_end(f"TxnOffsetCommit v{version} response")
+    return err
+
+
+def write_txn_marker(conn: Conn, version: int, producer_id: int, epoch: int, commit: bool,
+                     topic: str, partition: int, coordinator_epoch: int = 0,
+                     transaction_version: int = 0) -> int:
+    """WriteTxnMarkers of one marker to one partition (v2: with the
+    marker's transaction version, KIP-1228): the partition's error code."""
+    assert 1 <= version <= 2
+    w = Writer().array_len(1, True).int64(producer_id).int16(epoch).bool(commit)
+    w.array_len(1, True).string(topic, True).array_len(1, True).int32(partition).tags(True)
+    w.int32(coordinator_epoch)
+    if version >= 2:
+        w.int8(transaction_version)
+    w.tags(True).tags(True)
+    r = conn.request(WRITE_TXN_MARKERS, version, w.getvalue())
+    assert r.array_len(True) == 1 and r.int64() == producer_id
+    assert r.array_len(True) == 1 and r.string(True) == topic
+    assert r.array_len(True) == 1 and r.int32() == partition
+    err = r.int16()
+    for _ in range(3):
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end(f"WriteTxnMarkers v{version} response")
     return err
 
 

@@ -415,3 +415,27 @@ def test_transactions_v2_on_the_wire(broker):
 
     assert sorted(read_all(broker, topic, "read_committed")) == sorted(committed)
     assert sorted(read_all(broker, topic, "read_uncommitted")) == sorted(committed + ["two-0", "two-2"])
+
+
+def test_write_txn_markers_v2_checks_the_bumped_epoch(broker):
+    """WriteTxnMarkers v2 (KIP-1228): a marker of transaction version 2 must
+    carry an epoch above the producer's (its end bumped it), except when it
+    repeats a marker already written; v1 keeps Kafka's older rule (not
+    below the producer's)."""
+    topic, pid = unique("wtm"), 777_000 + int(uuid.uuid4().int % 1000)
+    create_topic(broker, topic, 1)
+    batch = kwire.record_batch([kwire.Record(None, b"open")], producer_id=pid, producer_epoch=3,
+                               base_sequence=0, attributes=TRANSACTIONAL)
+    with kwire.Conn(broker.host, leader_port(broker, topic, 0)) as c:
+        body = kwire.produce_body(11, -1, 10000, {topic: {0: batch}}, transactional_id="wtm")
+        assert kwire.parse_produce(c.request(kwire.PRODUCE, 11, body), 11)[(topic, 0)].error_code == 0
+        for epoch in (2, 3):
+            assert kwire.write_txn_marker(c, 2, pid, epoch, True, topic, 0,
+                                          transaction_version=2) == kwire.INVALID_PRODUCER_EPOCH
+        assert kwire.write_txn_marker(c, 2, pid, 4, True, topic, 0, transaction_version=2) == 0
+        # The same marker again (a coordinator finishing after a crash).
+        assert kwire.write_txn_marker(c, 2, pid, 4, True, topic, 0, transaction_version=2) == 0
+        # Older epochs stay fenced, at either version.
+        assert kwire.write_txn_marker(c, 1, pid, 3, False, topic, 0) == kwire.INVALID_PRODUCER_EPOCH
+        assert kwire.write_txn_marker(c, 2, pid, 3, False, topic, 0) == kwire.INVALID_PRODUCER_EPOCH
+    assert read_all(broker, topic, "read_committed", partitions=1) == ["open"]

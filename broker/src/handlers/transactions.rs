@@ -415,6 +415,7 @@ fn txn_offset_commit_error(e: ResponseError) -> ResponseError {
 pub async fn write_txn_markers(
     shard: &Rc<Shard>,
     req: WriteTxnMarkersRequest,
+    version: i16,
 ) -> WriteTxnMarkersResponse {
     let image = shard.image();
     let mut resp = WriteTxnMarkersResponse::default();
@@ -434,6 +435,8 @@ pub async fn write_txn_markers(
                             epoch: m.producer_epoch,
                             commit: m.transaction_result,
                             coordinator_epoch: m.coordinator_epoch,
+                            // v2 (KIP-1228): the marker's transaction version.
+                            tv2: version >= 2 && m.transaction_version >= 2,
                         },
                     )),
                     Err(e) => partitions.push((index, e.code())),

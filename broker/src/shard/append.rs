@@ -90,8 +90,21 @@ impl Shard {
         batches: &[ValidatedBatch],
         log_append_time: Option<i64>,
     ) -> Result<AppendOutcome, ResponseError> {
+        self.append_as(key, batches, log_append_time, Origin::Coordinator)
+            .await
+    }
+
+    /// `append`, checked as `origin` (a transactions v2 marker's stricter
+    /// epoch check).
+    pub async fn append_as(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        batches: &[ValidatedBatch],
+        log_append_time: Option<i64>,
+        origin: Origin,
+    ) -> Result<AppendOutcome, ResponseError> {
         let batches = batches.to_vec();
-        match self.try_append(key, batches, log_append_time, Origin::Coordinator) {
+        match self.try_append(key, batches, log_append_time, origin) {
             Ok(durable) => durable.await,
             Err(e) => e.await,
         }

@@ -649,7 +649,7 @@ impl Shard {
                 handlers::transactions::txn_offset_commit(&self, r, v).await,
             ),
             RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
-                handlers::transactions::write_txn_markers(&self, r).await,
+                handlers::transactions::write_txn_markers(&self, r, v).await,
             ),
             RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
                 handlers::transactions::describe_transactions(&self, r),

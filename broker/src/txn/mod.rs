@@ -34,6 +34,7 @@ use crate::coordinator_partitions::CoordinatorPartitions;
 use crate::group::records::{decode_kv_batches, encode_kv_batch};
 use crate::group::{append_encoded, now_ms, partition_for, OFFSETS_TOPIC};
 use crate::metadata::MetadataImage;
+use crate::producer_state::Origin;
 use crate::shard::{PartitionKey, Replayed, Shard};
 use records::TxnRecord;
 use state::{EndDecision, InitDecision, TxnMeta, TxnState};
@@ -50,6 +51,9 @@ pub struct MarkerReq {
     pub epoch: i16,
     pub commit: bool,
     pub coordinator_epoch: i32,
+    /// Transactions v2 (WriteTxnMarkers v2's transaction version 2): the
+    /// epoch was bumped by the end, so it must pass the producer's.
+    pub tv2: bool,
 }
 
 pub struct TxnCoordinator {
@@ -469,6 +473,7 @@ impl TxnCoordinator {
                     epoch: prepared.epoch,
                     commit,
                     coordinator_epoch: route.coordinator_epoch,
+                    tv2: prepared.tv2,
                 })
             })
             .collect();
@@ -732,7 +737,12 @@ pub async fn write_markers_here(
                 warn!("transaction marker failed validation: {e}");
                 ResponseError::UnknownServerError
             })?;
-            shard.append(m.key, &batches, None).await?;
+            let origin = if m.tv2 {
+                Origin::CoordinatorV2
+            } else {
+                Origin::Coordinator
+            };
+            shard.append_as(m.key, &batches, None, origin).await?;
             let offsets = shard
                 .image()
                 .topic_by_id(&m.key.0)

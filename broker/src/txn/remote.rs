@@ -1,5 +1,6 @@
 //! Transaction markers for partitions led by another broker: the
-//! coordinator sends Kafka's own WriteTxnMarkers request (v1) to the node
+//! coordinator sends Kafka's own WriteTxnMarkers request (v2, with each
+//! marker's transaction version) to the node
 //! leading them, as a Kafka coordinator does, and reads a result per
 //! partition. One short-lived connection per call.
 //!
@@ -21,7 +22,7 @@ use super::MarkerReq;
 use crate::handlers::topic_name;
 use crate::metadata::MetadataImage;
 
-const VERSION: i16 = 1;
+const VERSION: i16 = 2;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes `reqs` on the broker at `addr`; one result per request, in order.
@@ -51,6 +52,7 @@ async fn call(
             .with_producer_epoch(m.epoch)
             .with_transaction_result(m.commit)
             .with_coordinator_epoch(m.coordinator_epoch)
+            .with_transaction_version(if m.tv2 { 2 } else { 0 })
             .with_topics(vec![WritableTxnMarkerTopic::default()
                 .with_name(topic_name(&t.name))
                 .with_partition_indexes(vec![m.key.1])]);
