@@ -70,14 +70,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // verification of a partition outside the transaction). Part 2
     // (transaction.version 2, broker/src/txn/implicit.rs): EndTxn 5 bumps
     // the epoch at every end, TxnOffsetCommit 5 and Produce 12 add their
-    // partitions themselves. InitProducerId 6 is two-phase commit
+    // partitions themselves; TxnOffsetCommit 6 names topics by id
+    // (UNKNOWN_TOPIC_ID for an id we do not know). InitProducerId 6 is two-phase commit
     // (KIP-939). AddPartitionsToTxn v4+ is the batched form brokers use.
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
-    (ApiKey::TxnOffsetCommit, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 6),
     (ApiKey::DescribeTransactions, 0, 0),
     // v2 filters by a transactional id regular expression (KIP-1152).
     (ApiKey::ListTransactions, 0, 2),

@@ -1290,18 +1290,29 @@ def end_txn(conn: Conn, version: int, transactional_id: str, producer_id: int, e
 
 def txn_offset_commit(conn: Conn, version: int, transactional_id: str, group: str,
                       producer_id: int, epoch: int, topic: str, partition: int,
-                      offset: int) -> int:
+                      offset: int, topic_id: uuid.UUID | None = None) -> int:
     """TxnOffsetCommit of one offset (v3+, not a group member): the
-    partition's error code."""
-    assert 3 <= version <= 5
+    partition's error code. From v6 the topic goes by `topic_id`, and the
+    answer must carry it."""
+    assert 3 <= version <= 6
+    assert version < 6 or topic_id is not None, "v6 names the topic by id"
     w = Writer().string(transactional_id, True).string(group, True)
     w.int64(producer_id).int16(epoch).int32(-1).string("", True).string(None, True)
-    w.array_len(1, True).string(topic, True).array_len(1, True)
+    w.array_len(1, True)
+    if version >= 6:
+        w.uuid(topic_id)
+    else:
+        w.string(topic, True)
+    w.array_len(1, True)
     w.int32(partition).int64(offset).int32(-1).string(None, True).tags(True)
     w.tags(True).tags(True)
     r = conn.request(TXN_OFFSET_COMMIT, version, w.getvalue())
     r.int32()  # throttle_time_ms
-    assert r.array_len(True) == 1 and r.string(True) == topic
+    assert r.array_len(True) == 1
+    if version >= 6:
+        assert r.uuid() == topic_id
+    else:
+        assert r.string(True) == topic
     assert r.array_len(True) == 1 and r.int32() == partition
     err = r.int16()
     r.skip_tags(True)

@@ -362,7 +362,8 @@ def produce_v12(broker, topic: str, partition: int, txn_id: str, pid: int, epoch
 
 def test_transactions_v2_on_the_wire(broker):
     """What a Java 4 client with transaction.version 2 sends, byte by byte:
-    no AddPartitionsToTxn or AddOffsetsToTxn; the partition leaders (on both
+    no AddPartitionsToTxn or AddOffsetsToTxn (TxnOffsetCommit v5, and v6 by
+    topic id); the partition leaders (on both
     shards) and the group coordinator add their partitions; EndTxn v5
     answers the bumped epoch; a retried end is answered as done; a late
     batch of the old epoch is fenced; read_committed sees exactly the
@@ -384,6 +385,12 @@ def test_transactions_v2_on_the_wire(broker):
     assert produce_v12(broker, topic, 0, txn_id, pid, 0, 1, ["one-0b"]) == 0
     with kwire.Conn(broker.host, coordinator_port(broker, group, key_type=0)) as g:
         assert kwire.txn_offset_commit(g, 5, txn_id, group, pid, 0, topic, 0, 42) == 0
+        # v6 names the topic by id; an id no topic has is UNKNOWN_TOPIC_ID.
+        tid = kwire.metadata(g, 12, [topic]).topics[topic].topic_id
+        assert kwire.txn_offset_commit(g, 6, txn_id, group, pid, 0, topic, 1, 43,
+                                       topic_id=tid) == 0
+        assert kwire.txn_offset_commit(g, 6, txn_id, group, pid, 0, "", 1, 44,
+                                       topic_id=uuid.uuid4()) == kwire.UNKNOWN_TOPIC_ID
     with kwire.Conn(broker.host, coord) as c:
         d = kwire.describe_transaction(c, txn_id)
         assert d.state == "Ongoing", d
@@ -399,6 +406,7 @@ def test_transactions_v2_on_the_wire(broker):
         while (got := kwire.offset_fetch(g, 7, group, topic, 0)).offset != 42:
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
+        assert kwire.offset_fetch(g, 7, group, topic, 1).offset == 43
 
     # A late batch of the ended transaction's epoch is fenced.
     assert produce_v12(broker, topic, 1, txn_id, pid, 0, 1, ["late"]) == kwire.INVALID_PRODUCER_EPOCH

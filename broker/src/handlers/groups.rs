@@ -373,33 +373,23 @@ pub async fn offset_commit(
 ) -> OffsetCommitResponse {
     let now = now_ms();
     let image = shard.image();
-    let mut wanted = Vec::new();
-    // v10 names topics by id: an id we do not know gets UNKNOWN_TOPIC_ID
-    // for each of its partitions, as Kafka answers.
-    let mut unknown_ids = Vec::new();
-    for t in &req.topics {
-        let name = if version >= 10 {
-            match image.topic_by_id(&t.topic_id) {
-                Some(topic) => topic.name.clone(),
-                None => {
-                    unknown_ids.push((t.topic_id, t.partitions.iter().map(|p| p.partition_index)));
-                    continue;
-                }
-            }
-        } else {
-            t.name.to_string()
-        };
-        let parts = t.partitions.iter().map(|p| {
-            let epoch = if version >= 6 {
-                p.committed_leader_epoch
-            } else {
-                -1
-            };
-            let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
-            (p.partition_index, value)
-        });
-        wanted.push((name, parts.collect()));
-    }
+    // v10 names topics by id.
+    let (wanted, unknown_ids) = commit_topics(
+        &image,
+        version >= 10,
+        req.topics.iter().map(|t| {
+            let parts = t.partitions.iter().map(|p| {
+                let epoch = if version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                };
+                let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
+                (p.partition_index, value)
+            });
+            (t.name.to_string(), t.topic_id, parts.collect())
+        }),
+    );
     let instance_id = if version >= 7 {
         req.group_instance_id.as_ref().map(|s| s.to_string())
     } else {
@@ -437,7 +427,7 @@ pub async fn offset_commit(
     let unknown = ResponseError::UnknownTopicId.code();
     resp.topics
         .extend(unknown_ids.into_iter().map(|(id, parts)| {
-            let parts = parts.map(|index| (index, unknown)).collect();
+            let parts = parts.into_iter().map(|index| (index, unknown)).collect();
             OffsetCommitResponseTopic::default()
                 .with_topic_id(id)
                 .with_partitions(answer(parts))
@@ -459,6 +449,32 @@ pub(crate) fn offset_value(
         commit_timestamp: now,
     }
 }
+
+/// The topics of an OffsetCommit or TxnOffsetCommit, each `(name, id,
+/// offsets)`: by name, or by id (`by_id`: OffsetCommit v10, TxnOffsetCommit
+/// v6). Returns the offsets by topic name, and apart the partitions of ids
+/// no topic has, which Kafka answers with UNKNOWN_TOPIC_ID.
+pub(crate) fn commit_topics(
+    image: &crate::metadata::MetadataImage,
+    by_id: bool,
+    topics: impl Iterator<Item = (String, Uuid, Vec<(i32, OffsetValue)>)>,
+) -> (CommitOffsets, Vec<(Uuid, Vec<i32>)>) {
+    let mut wanted = Vec::new();
+    let mut unknown_ids = Vec::new();
+    for (name, id, parts) in topics {
+        if !by_id {
+            wanted.push((name, parts));
+        } else if let Some(topic) = image.topic_by_id(&id) {
+            wanted.push((topic.name.clone(), parts));
+        } else {
+            unknown_ids.push((id, parts.into_iter().map(|(index, _)| index).collect()));
+        }
+    }
+    (wanted, unknown_ids)
+}
+
+/// Offsets to commit, by topic name.
+pub(crate) type CommitOffsets = Vec<(String, Vec<(i32, OffsetValue)>)>;
 
 /// Partitions of one topic in a commit: the ones refused up front carry
 /// their error.

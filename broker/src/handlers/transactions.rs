@@ -40,7 +40,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use super::groups::{commit_offsets, create_internal_topic, offset_value};
+use super::groups::{commit_offsets, commit_topics, create_internal_topic, offset_value};
 use super::{find_topic, locate, str_bytes, topic_name};
 use crate::group::{now_ms, partition_for, OFFSETS_TOPIC};
 use crate::shard::Shard;
@@ -302,10 +302,12 @@ pub async fn txn_offset_commit(
     version: i16,
 ) -> TxnOffsetCommitResponse {
     let now = now_ms();
-    let wanted = req
-        .topics
-        .iter()
-        .map(|t| {
+    let image = shard.image();
+    // v6 names topics by id.
+    let (wanted, unknown_ids) = commit_topics(
+        &image,
+        version >= 6,
+        req.topics.iter().map(|t| {
             let parts = t.partitions.iter().map(|p| {
                 let epoch = if version >= 2 {
                     p.committed_leader_epoch
@@ -315,9 +317,9 @@ pub async fn txn_offset_commit(
                 let value = offset_value(p.committed_offset, epoch, &p.committed_metadata, now);
                 (p.partition_index, value)
             });
-            (t.name.to_string(), parts.collect())
-        })
-        .collect();
+            (t.name.to_string(), t.topic_id, parts.collect())
+        }),
+    );
     let (member, instance, generation) = if version >= 3 {
         (
             req.member_id.to_string(),
@@ -355,24 +357,37 @@ pub async fn txn_offset_commit(
                 .collect()
         }
     };
+    let answer = |parts: Vec<(i32, i16)>| -> Vec<TxnOffsetCommitResponsePartition> {
+        parts
+            .into_iter()
+            .map(|(index, err)| {
+                TxnOffsetCommitResponsePartition::default()
+                    .with_partition_index(index)
+                    .with_error_code(err)
+            })
+            .collect()
+    };
     let mut resp = TxnOffsetCommitResponse::default();
     resp.topics = answered
         .into_iter()
         .map(|(name, parts)| {
-            TxnOffsetCommitResponseTopic::default()
-                .with_name(topic_name(&name))
-                .with_partitions(
-                    parts
-                        .into_iter()
-                        .map(|(index, err)| {
-                            TxnOffsetCommitResponsePartition::default()
-                                .with_partition_index(index)
-                                .with_error_code(err)
-                        })
-                        .collect(),
-                )
+            let mut topic = TxnOffsetCommitResponseTopic::default().with_partitions(answer(parts));
+            if version >= 6 {
+                topic.topic_id = image.topic(&name).map_or(uuid::Uuid::nil(), |t| t.id);
+            } else {
+                topic.name = topic_name(&name);
+            }
+            topic
         })
         .collect();
+    let unknown = ResponseError::UnknownTopicId.code();
+    resp.topics
+        .extend(unknown_ids.into_iter().map(|(id, parts)| {
+            let parts = parts.into_iter().map(|index| (index, unknown)).collect();
+            TxnOffsetCommitResponseTopic::default()
+                .with_topic_id(id)
+                .with_partitions(answer(parts))
+        }));
     resp
 }
 
