@@ -416,12 +416,14 @@ class Conn:
 
 # --- ApiVersions --------------------------------------------------------------
 
-def api_versions_body(version: int, cluster_id: str | None = None, node_id: int = -1) -> bytes:
+def api_versions_body(version: int, cluster_id: str | None = None, node_id: int = -1,
+                      software: tuple[str, str] = ("kwire", "0.1")) -> bytes:
     """From v5 (KIP-1242) the client may name the cluster and node it means
-    to reach (None and -1 while bootstrapping)."""
+    to reach (None and -1 while bootstrapping). From v3 it names its
+    software and version."""
     if version < 3:
         return b""
-    w = Writer().string("kwire", compact=True).string("0.1", compact=True)
+    w = Writer().string(software[0], compact=True).string(software[1], compact=True)
     if version >= 5:
         w.string(cluster_id, compact=True).int32(node_id)
     return w.tags(True).getvalue()
@@ -466,8 +468,8 @@ def finalized_features(resp: ApiVersionsResponse) -> dict[str, tuple[int, int]]:
 
 
 def api_versions(conn: Conn, version: int = 3, cluster_id: str | None = None,
-                 node_id: int = -1) -> ApiVersionsResponse:
-    body = api_versions_body(version, cluster_id, node_id)
+                 node_id: int = -1, software: tuple[str, str] = ("kwire", "0.1")) -> ApiVersionsResponse:
+    body = api_versions_body(version, cluster_id, node_id, software)
     return parse_api_versions(conn.request(API_VERSIONS, version, body), version)
 
 

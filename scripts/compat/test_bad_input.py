@@ -135,6 +135,19 @@ API_VERSIONS_TAG_DEFAULTS = {
 }
 
 
+def test_api_versions_refuses_a_malformed_software_name(fresh_broker):
+    """From v3 the client names its software and version (KIP-511); one
+    outside Kafka's pattern ([a-zA-Z0-9](?:[a-zA-Z0-9\\-.]*[a-zA-Z0-9])?)
+    gets INVALID_REQUEST and no versions, as Kafka answers, and the
+    connection carries on."""
+    with connect(fresh_broker) as c:
+        for software in (("kafka client", "1.0"), ("kafka", "1.0+local"), ("", "1")):
+            resp = kwire.api_versions(c, 3, software=software)
+            assert (resp.error_code, resp.api_keys) == (kwire.INVALID_REQUEST, {}), software
+        ok = kwire.api_versions(c, 3, software=("apache-kafka-java", "4.4.0"))
+        assert ok.error_code == kwire.NONE and kwire.PRODUCE in ok.api_keys
+
+
 def test_api_versions_v3_omits_default_tagged_fields(fresh_broker):
     with connect(fresh_broker) as c:
         resp = kwire.api_versions(c, 3)

@@ -3,7 +3,10 @@
 //! the node it meant. A client that names a cluster and node gets
 //! REBOOTSTRAP_REQUIRED when either is not this shard's, and
 //! INVALID_REQUEST when it names only one of them, as Kafka's
-//! `KafkaApis.handleApiVersionsRequest` answers.
+//! `KafkaApis.handleApiVersionsRequest` answers. From v3 the client's
+//! software name and version must be Kafka's pattern
+//! (`[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?`, KIP-511), else
+//! INVALID_REQUEST, as `ApiVersionsRequest.isValid` decides.
 //!
 //! Runs on the shard that received the request, SASL exchange included; no
 //! state, no I/O.
@@ -18,6 +21,12 @@ pub fn refusal(
     cluster_id: &str,
     node_id: i32,
 ) -> Option<ResponseError> {
+    if version >= 3
+        && !(is_software_token(&req.client_software_name)
+            && is_software_token(&req.client_software_version))
+    {
+        return Some(ResponseError::InvalidRequest);
+    }
     if version < 5 {
         return None;
     }
@@ -29,6 +38,19 @@ pub fn refusal(
         }
         _ => None,
     }
+}
+
+/// Kafka's `SOFTWARE_NAME_VERSION_PATTERN`: letters and digits, with `-`
+/// and `.` inside.
+fn is_software_token(s: &str) -> bool {
+    let b = s.as_bytes();
+    let (Some(first), Some(last)) = (b.first(), b.last()) else {
+        return false;
+    };
+    first.is_ascii_alphanumeric()
+        && last.is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
 }
 
 pub fn handle(
@@ -52,8 +74,43 @@ mod tests {
 
     fn req(cluster: Option<&str>, node: i32) -> ApiVersionsRequest {
         ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("kgo"))
+            .with_client_software_version(StrBytes::from_static_str("v1.22.3"))
             .with_cluster_id(cluster.map(|c| StrBytes::from_string(c.to_string())))
             .with_node_id(BrokerId(node))
+    }
+
+    #[test]
+    fn software_name_and_version_checked_from_v3() {
+        let with = |name: &'static str, version: &'static str| {
+            req(None, -1)
+                .with_client_software_name(StrBytes::from_static_str(name))
+                .with_client_software_version(StrBytes::from_static_str(version))
+        };
+        for (name, version) in [
+            ("apache-kafka-java", "4.4.0"),
+            ("librdkafka", "2.16.1"),
+            ("a", "1"),
+        ] {
+            assert_eq!(refusal(&with(name, version), 3, "abc", 1), None);
+        }
+        for (name, version) in [
+            ("", "1.0"),
+            ("kafka client", "1.0"),
+            ("-kafka", "1.0"),
+            ("kafka", "1.0-"),
+            ("kafka", "1.0+build"),
+            ("kafka", ""),
+        ] {
+            let r = with(name, version);
+            assert_eq!(
+                refusal(&r, 3, "abc", 1),
+                Some(ResponseError::InvalidRequest),
+                "{name:?} {version:?}"
+            );
+            // Before v3 the fields are not on the wire.
+            assert_eq!(refusal(&r, 2, "abc", 1), None);
+        }
     }
 
     #[test]
