@@ -81,7 +81,7 @@ pub async fn handle(
     }
     // Held until every append below is issued, so that the producer's next
     // request cannot overtake this one.
-    let _place = match &txn_id {
+    let place = match &txn_id {
         Some(id) => add_to_transaction(shard, id, &mut checked).await,
         None => None,
     };
@@ -91,6 +91,8 @@ pub async fn handle(
         .into_iter()
         .map(|c| finish_partition(shard, c.and_then(|c| append_checked(shard, c))))
         .collect();
+    // Issued: the producer's next request may go (not held until durable).
+    drop(place);
     let mut results = futures::future::join_all(pending).await.into_iter();
     if acks == 0 {
         return None;
