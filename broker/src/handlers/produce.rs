@@ -315,13 +315,14 @@ async fn add_to_transaction(
         .iter()
         .flatten()
         .find_map(Checked::transactional_producer)?;
+    // The producer of partition `i`'s transactional batches, if they are
+    // the first of its transaction there (the partition must be added).
     let needs_add = |checked: &[Result<Checked, PartitionError>], i: usize| {
-        checked[i].as_ref().is_ok_and(|c| {
-            c.transactional_producer()
-                .is_some_and(|p| !in_transaction(shard, c.key, p))
-        })
+        let c = checked[i].as_ref().ok()?;
+        let p = c.transactional_producer()?;
+        (!in_transaction(shard, c.key, p)).then_some(p)
     };
-    let any = (0..checked.len()).any(|i| needs_add(checked, i));
+    let any = (0..checked.len()).any(|i| needs_add(checked, i).is_some());
     if !any && !shard.producer_lines.is_waiting(producer.0) {
         return None;
     }
@@ -329,11 +330,8 @@ async fn add_to_transaction(
     // Requests ahead in the line may have opened the transaction here.
     let mut by_producer: BTreeMap<(i64, i16), Vec<usize>> = BTreeMap::new();
     for i in 0..checked.len() {
-        if needs_add(checked, i) {
-            if let Ok(c) = &checked[i] {
-                let p = c.transactional_producer().expect("checked above");
-                by_producer.entry(p).or_default().push(i);
-            }
+        if let Some(p) = needs_add(checked, i) {
+            by_producer.entry(p).or_default().push(i);
         }
     }
     for ((producer_id, epoch), indexes) in by_producer {
