@@ -299,6 +299,18 @@ def test_transactions_across_brokers(cluster):
     read_back(cluster.bootstrap, topic, 6, committed)
 
 
+def connections_accepted(cluster) -> int:
+    """Kafka connections every broker of the cluster has accepted so far
+    (`broker_connections_accepted` of each shard, from /metrics)."""
+    n = 0
+    for b in cluster.state["brokers"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{b['admin']}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if re.match(r"broker_connections_accepted(_total)?[{ ]", line):
+                    n += int(float(line.rsplit(" ", 1)[1]))
+    return n
+
+
 def test_transactions_v2_across_brokers(cluster):
     """Transactions v2 (KIP-890 part 2) as a Java 4 client sends them, byte
     by byte (kwire): partition leaders on every broker add their partitions
@@ -330,7 +342,9 @@ def test_transactions_v2_across_brokers(cluster):
         err, pid, epoch = kwire.init_producer_id(c, 5, txn_id)
         assert (err, epoch) == (0, 0)
     committed: dict[int, list[bytes]] = {i: [] for i in range(6)}
+    accepted = []
     for round_, commit in enumerate([True, False, True]):
+        accepted.append(connections_accepted(cluster))
         for part, node in leaders.items():
             value = f"r{round_}-{part}".encode()
             batch = kwire.record_batch([kwire.Record(None, value)], producer_id=pid,
@@ -345,7 +359,15 @@ def test_transactions_v2_across_brokers(cluster):
             assert kwire.txn_offset_commit(g, 5, txn_id, group, pid, round_, topic, 0, round_) == 0
         with kwire.Conn("127.0.0.1", coord) as c:
             assert kwire.end_txn(c, 5, txn_id, pid, round_, commit) == (0, pid, round_ + 1)
+    accepted.append(connections_accepted(cluster))
     read_back(cluster.bootstrap, topic, 6, committed)
+    # Brokers keep their connections to each other: after the first round
+    # (adds from four leaders on other brokers, markers to them) the later
+    # rounds open none. Each round this test opens eight of its own (six
+    # produces, the offset commit, the end).
+    opened = [b - a - 8 for a, b in zip(accepted, accepted[1:])]
+    assert opened[0] > 0, f"no inter-broker connection in round 0? {accepted}"
+    assert opened[1:] == [0, 0], f"inter-broker connections opened per round: {opened}"
     with kwire.Conn("127.0.0.1", gcoord) as g:
         assert kwire.offset_fetch(g, 7, group, topic, 0).offset == 2
 

@@ -2,7 +2,8 @@
 //! coordinator sends Kafka's own WriteTxnMarkers request (v2, with each
 //! marker's transaction version) to the node
 //! leading them, as a Kafka coordinator does, and reads a result per
-//! partition. One short-lived connection per call.
+//! partition, on one of the shard's kept connections to that node
+//! (`crate::peer`).
 //!
 //! Runs on the coordinator's shard; never blocks (glommio sockets), and
 //! gives up after `TIMEOUT` (the caller retries, as it does for markers on
