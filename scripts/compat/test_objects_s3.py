@@ -11,8 +11,10 @@ same test with OBJECTS_S3_TOTAL_MIB=4096 and a 60 s outage.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -64,6 +66,18 @@ def s3_broker_args(s3_proxy):
 
 
 BROKER_PARAMS = {"shards": SHARDS, "args_fixture": "s3_broker_args"}
+
+
+def object_store_errors(broker) -> dict[str, int]:
+    """`broker_object_store_errors` from /metrics, summed over shards, by
+    cause."""
+    out: dict[str, int] = {}
+    with urllib.request.urlopen(f"{broker.admin_url}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            m = re.match(r'broker_object_store_errors(?:_total)?\{.*cause="(\w+)".*\} (\S+)', line)
+            if m:
+                out[m[1]] = out.get(m[1], 0) + int(float(m[2]))
+    return out
 
 
 def test_s3_with_faults_and_an_outage_loses_nothing(s3_proxy, broker, figures):
@@ -125,6 +139,13 @@ def test_s3_with_faults_and_an_outage_loses_nothing(s3_proxy, broker, figures):
             break
         time.sleep(0.5)
     assert stored >= TOTAL + extra.bytes, f"only {stored} bytes in the bucket"
+
+    # The broker's own count of failed attempts names each fault's cause
+    # (its counters restart with the process, so they are read now).
+    errors = object_store_errors(broker)
+    assert errors.get("throttled", 0) > 0 and errors.get("server", 0) > 0, errors
+    assert errors.get("io", 0) > 0, errors
+    assert errors.get("client", 0) == 0, errors
 
     broker.kill9()
     broker.restart()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use storage::object::s3::{S3Config, S3Store};
-use storage::object::{ObjectError, ObjectStore};
+use storage::object::{ErrorCounts, ObjectError, ObjectStore};
 
 const MIB: usize = 1024 * 1024;
 const MOTO_PIN: &str = "moto[server]==5.2.1";
@@ -364,6 +364,15 @@ fn basic_operations_against_moto() {
         let stats = store.stats();
         assert_eq!(stats.failures, 3, "{stats:?}"); // past end x2, not found
         assert_eq!(stats.retries, 0, "{stats:?}");
+        // A range running past the end comes back short (invalid); one
+        // starting past it is refused (HTTP 416, a client error).
+        let by_cause = ErrorCounts {
+            invalid: 1,
+            client: 1,
+            not_found: 1,
+            ..ErrorCounts::default()
+        };
+        assert_eq!(stats.errors, by_cause, "{stats:?}");
         assert!(stats.puts >= 4 && stats.bytes_put >= len, "{stats:?}");
         let pool = store.pool_stats();
         if std::env::var("S3_TEST_ENDPOINT").is_err() {
@@ -582,6 +591,12 @@ fn faults_are_ridden_out() {
         let stats = store.stats();
         assert_eq!(stats.failures, 0, "{stats:?}");
         assert!(stats.retries > 0, "{stats:?}");
+        // Each injected fault shows under its cause: 503 SlowDown as
+        // throttling, 500 as a server error, cut bodies and lost answers as
+        // I/O.
+        let e = stats.errors;
+        assert!(e.throttled > 0 && e.server > 0 && e.io > 0, "{stats:?}");
+        assert_eq!((e.client, e.not_found, e.config), (0, 0, 0), "{stats:?}");
         let injected = control(&control_url, "GET", "/__stats", "").await;
         for fault in [
             "error500",
@@ -717,6 +732,15 @@ fn outage_gives_a_retriable_error_then_recovers() {
         // At least 3 retries per failed call; a few more when a connection
         // reset by the outage is only found dead when reused afterwards.
         assert!(stats.retries >= 7 * 3, "{stats:?}");
+        // Refused and reset attempts are I/O errors; the silent server's
+        // four attempts timed out.
+        assert!(stats.errors.io >= 6 * 4, "{stats:?}");
+        assert_eq!(stats.errors.timeout, 4, "{stats:?}");
+        assert_eq!(
+            (stats.errors.throttled, stats.errors.server),
+            (0, 0),
+            "{stats:?}"
+        );
         let injected = control(&control_url, "GET", "/__stats", "").await;
         assert!(stat(&injected, "outage_reset") > 0, "{injected}");
     });

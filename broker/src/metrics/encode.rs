@@ -338,6 +338,16 @@ pub fn encode(reports: &[ShardReport], quorum: Option<&QuorumState>) -> String {
                 sl(),
                 s.failures,
             );
+            for (cause, n) in s.errors.by_cause() {
+                let mut l = sl();
+                l.push(("cause", cause.to_string()));
+                f.counter(
+                    "broker_object_store_errors",
+                    "Failed object-store attempts (retried or not) by cause: throttled (HTTP 429/503), server (other 5xx), client (other 4xx), not_found, timeout, io, invalid, config.",
+                    l,
+                    n,
+                );
+            }
             for (dir, n) in [("put", s.bytes_put), ("get", s.bytes_got)] {
                 let mut l = sl();
                 l.push(("direction", dir.to_string()));

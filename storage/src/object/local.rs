@@ -200,7 +200,10 @@ impl LocalStore {
         };
         if let Err(e) = placed {
             let _ = glommio::io::remove(&tmp).await;
-            self.count(|s| s.failures += 1);
+            self.count(|s| {
+                s.failures += 1;
+                s.errors.record(&e);
+            });
             return Err(e);
         }
         let d = Directory::open(&dir)
@@ -267,7 +270,10 @@ impl LocalStore {
                     s.bytes_got += n;
                 });
             }
-            Err(_) => self.count(|s| s.failures += 1),
+            Err(e) => self.count(|s| {
+                s.failures += 1;
+                s.errors.record(e);
+            }),
         }
         read
     }
@@ -297,8 +303,12 @@ impl LocalStore {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => {
-                    self.count(|s| s.failures += 1);
-                    return Err(io_err("deleting", &path, e));
+                    let e = io_err("deleting", &path, e);
+                    self.count(|s| {
+                        s.failures += 1;
+                        s.errors.record(&e);
+                    });
+                    return Err(e);
                 }
             }
             self.count(|s| s.deletes += 1);

@@ -91,6 +91,62 @@ impl ObjectError {
     }
 }
 
+/// Failed object-store attempts by cause, each attempt counted, retried or
+/// not: what an operator asks first when uploads slow down (is the store
+/// throttling us, failing, unreachable, or refusing our credentials?).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    /// HTTP 429, or 503 (S3's SlowDown).
+    pub throttled: u64,
+    /// Any other HTTP 5xx.
+    pub server: u64,
+    /// HTTP 4xx other than throttling: credentials, a missing bucket, a
+    /// request the store refuses.
+    pub client: u64,
+    /// The object is not there.
+    pub not_found: u64,
+    pub timeout: u64,
+    /// No connection, or one cut off before or during the answer.
+    pub io: u64,
+    /// An answer that does not hold what it should.
+    pub invalid: u64,
+    pub config: u64,
+}
+
+impl ErrorCounts {
+    pub fn record(&mut self, e: &ObjectError) {
+        let n = match e {
+            ObjectError::Http {
+                status: 429 | 503, ..
+            } => &mut self.throttled,
+            ObjectError::Http {
+                status: 500..=599, ..
+            } => &mut self.server,
+            ObjectError::Http { .. } => &mut self.client,
+            ObjectError::NotFound(_) => &mut self.not_found,
+            ObjectError::Timeout(_) => &mut self.timeout,
+            ObjectError::Io(_) => &mut self.io,
+            ObjectError::Invalid(_) => &mut self.invalid,
+            ObjectError::Config(_) => &mut self.config,
+        };
+        *n += 1;
+    }
+
+    /// Each count with its `cause` label.
+    pub fn by_cause(&self) -> [(&'static str, u64); 8] {
+        [
+            ("throttled", self.throttled),
+            ("server", self.server),
+            ("client", self.client),
+            ("not_found", self.not_found),
+            ("timeout", self.timeout),
+            ("io", self.io),
+            ("invalid", self.invalid),
+            ("config", self.config),
+        ]
+    }
+}
+
 /// The operations the broker needs from object storage. Keys are
 /// `/`-separated paths relative to the store's root (bucket and prefix, or
 /// directory). Implementations retry transient failures themselves, log and
@@ -197,6 +253,9 @@ pub struct StoreStats {
     pub lists: u64,
     pub retries: u64,
     pub failures: u64,
+    /// Every failed attempt by cause (`failures` counts requests that
+    /// failed for good, after their retries).
+    pub errors: ErrorCounts,
     pub bytes_put: u64,
     pub bytes_got: u64,
 }

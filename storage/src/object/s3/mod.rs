@@ -151,6 +151,7 @@ impl S3Store {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            self.bump(|s| s.errors.record(&err));
             match self.policy.after_failure(made, &err, rand::random::<f64>()) {
                 Verdict::RetryAfter(delay) => {
                     tracing::warn!(
