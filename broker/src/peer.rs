@@ -11,7 +11,9 @@
 //! whole exchange, so a connection in the pool never holds half an answer.
 //! A connection that sat idle past `IDLE_FOR`, or beyond `IDLE_PER_ADDR` per
 //! address, is closed. A pooled connection the peer has since closed fails
-//! before any answer arrives; that call is retried once on a new connection.
+//! before any answer arrives; the call then goes again on the next idle
+//! connection, or on a new one once none is left (at most `IDLE_PER_ADDR`
+//! + 1 tries).
 //!
 //! Runs on a shard; never blocks (glommio sockets), holds no pool borrow
 //! across an await, and gives up after the caller's timeout with

@@ -3,4 +3,3 @@
 //! same source (see `cases/mod.rs`).
 
 pub mod cases;
-pub use cases::{batch, put_varint, record, Choices};

@@ -83,6 +83,14 @@ impl LocalStore {
         self.stats.set(s);
     }
 
+    /// Counts a request that failed (there are no retries here), by cause.
+    fn failed(&self, e: &ObjectError) {
+        self.count(|s| {
+            s.failures += 1;
+            s.errors.record(e);
+        });
+    }
+
     /// The file of `key`; refuses keys that could leave the root.
     fn path(&self, key: &str) -> Result<PathBuf, ObjectError> {
         let bad = key.is_empty()
@@ -200,10 +208,7 @@ impl LocalStore {
         };
         if let Err(e) = placed {
             let _ = glommio::io::remove(&tmp).await;
-            self.count(|s| {
-                s.failures += 1;
-                s.errors.record(&e);
-            });
+            self.failed(&e);
             return Err(e);
         }
         let d = Directory::open(&dir)
@@ -270,10 +275,7 @@ impl LocalStore {
                     s.bytes_got += n;
                 });
             }
-            Err(e) => self.count(|s| {
-                s.failures += 1;
-                s.errors.record(e);
-            }),
+            Err(e) => self.failed(e),
         }
         read
     }
@@ -304,10 +306,7 @@ impl LocalStore {
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => {
                     let e = io_err("deleting", &path, e);
-                    self.count(|s| {
-                        s.failures += 1;
-                        s.errors.record(&e);
-                    });
+                    self.failed(&e);
                     return Err(e);
                 }
             }
