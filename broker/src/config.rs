@@ -113,6 +113,22 @@ pub struct Config {
     pub group_consumer_session_timeout_ms: i32,
     /// `group.consumer.heartbeat.interval.ms`, told to KIP-848 members.
     pub group_consumer_heartbeat_interval_ms: i32,
+    /// `group.share.session.timeout.ms`: a share-group member that sends no
+    /// heartbeat for this long is removed.
+    pub group_share_session_timeout_ms: i32,
+    /// `group.share.heartbeat.interval.ms`, told to share-group members.
+    pub group_share_heartbeat_interval_ms: i32,
+    /// `group.share.max.size`: members per share group.
+    pub group_share_max_size: usize,
+    /// `group.share.record.lock.duration.ms`: how long a share consumer
+    /// holds a record it fetched before it is handed out again.
+    pub group_share_record_lock_duration_ms: i32,
+    /// `group.share.delivery.count.limit`: deliveries of one record before
+    /// it is archived (skipped) instead.
+    pub group_share_delivery_count_limit: i16,
+    /// `group.share.partition.max.record.locks`: records in flight per
+    /// share-partition; bounds its memory.
+    pub group_share_partition_max_record_locks: i32,
     /// Largest total size of one member's JoinGroup protocol metadata.
     pub group_max_member_metadata_bytes: usize,
     /// `offset.metadata.max.bytes`: largest OffsetCommit metadata string.
@@ -303,6 +319,12 @@ impl Default for Config {
             group_max_size: 10_000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
+            group_share_session_timeout_ms: 45_000,
+            group_share_heartbeat_interval_ms: 5_000,
+            group_share_max_size: 200,
+            group_share_record_lock_duration_ms: 30_000,
+            group_share_delivery_count_limit: 5,
+            group_share_partition_max_record_locks: 2_000,
             group_max_member_metadata_bytes: 1 << 20,
             offset_metadata_max_bytes: 4096,
             metadata_snapshot_entries: 1000,
@@ -431,6 +453,18 @@ pub struct Flags {
     pub group_consumer_session_timeout_ms: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
     pub group_consumer_heartbeat_interval_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_SESSION_TIMEOUT_MS")]
+    pub group_share_session_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_HEARTBEAT_INTERVAL_MS")]
+    pub group_share_heartbeat_interval_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_MAX_SIZE")]
+    pub group_share_max_size: Option<usize>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_RECORD_LOCK_DURATION_MS")]
+    pub group_share_record_lock_duration_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_DELIVERY_COUNT_LIMIT")]
+    pub group_share_delivery_count_limit: Option<i16>,
+    #[arg(long, env = "BROKER_GROUP_SHARE_PARTITION_MAX_RECORD_LOCKS")]
+    pub group_share_partition_max_record_locks: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_MAX_MEMBER_METADATA_BYTES")]
     pub group_max_member_metadata_bytes: Option<usize>,
     #[arg(long, env = "BROKER_OFFSET_METADATA_MAX_BYTES")]
@@ -689,6 +723,12 @@ impl Config {
             group_max_size,
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
+            group_share_session_timeout_ms,
+            group_share_heartbeat_interval_ms,
+            group_share_max_size,
+            group_share_record_lock_duration_ms,
+            group_share_delivery_count_limit,
+            group_share_partition_max_record_locks,
             group_max_member_metadata_bytes,
             offset_metadata_max_bytes,
             metadata_snapshot_entries,
@@ -847,6 +887,17 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "group_consumer_heartbeat_interval_ms must be at least 1 and below group_consumer_session_timeout_ms".into(),
+            ));
+        }
+        if self.group_share_heartbeat_interval_ms < 1
+            || self.group_share_session_timeout_ms <= self.group_share_heartbeat_interval_ms
+            || self.group_share_max_size < 1
+            || self.group_share_record_lock_duration_ms < 1
+            || !(2..=10).contains(&self.group_share_delivery_count_limit)
+            || !(100..=10_000).contains(&self.group_share_partition_max_record_locks)
+        {
+            return Err(ConfigError::Invalid(
+                "share group settings: heartbeat interval >= 1 and below the session timeout, max size >= 1, lock duration >= 1, delivery count limit in 2..=10 (Kafka's range), max record locks in 100..=10000".into(),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

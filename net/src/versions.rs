@@ -59,6 +59,26 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // client-chosen member ids and regex subscriptions.
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // KIP-932 share groups (broker/src/group/share.rs, broker/src/share):
+    // v1 is the first production version (v0 was early access, which
+    // Kafka 4.1 dropped). ShareFetch and ShareAcknowledge v2 renew locks
+    // (KIP-1222) and choose an acquire mode (KIP-1206: records are always
+    // acquired one by one here, within MaxRecords, which both modes allow).
+    // Read and WriteShareGroupState are what leaders send the group's
+    // coordinator; Initialize, Delete and ReadShareGroupStateSummary
+    // complete Kafka's share-coordinator set.
+    (ApiKey::ShareGroupHeartbeat, 1, 1),
+    (ApiKey::ShareGroupDescribe, 1, 1),
+    (ApiKey::ShareFetch, 1, 2),
+    (ApiKey::ShareAcknowledge, 1, 2),
+    (ApiKey::InitializeShareGroupState, 0, 0),
+    (ApiKey::ReadShareGroupState, 0, 0),
+    (ApiKey::WriteShareGroupState, 0, 0),
+    (ApiKey::DeleteShareGroupState, 0, 0),
+    (ApiKey::ReadShareGroupStateSummary, 0, 0),
+    (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::AlterShareGroupOffsets, 0, 0),
+    (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     // The legacy form: replaces a topic's configs (librdkafka's
@@ -132,8 +152,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// * `group.version` 1: KIP-848 consumer groups (ConsumerGroupHeartbeat).
 /// * `transaction.version` 2: transactions v2 (KIP-890 part 2), which
 ///   clients use only when it is finalized at 2.
-pub const FEATURES: &[(&str, i16, i16, i16)] =
-    &[("group.version", 0, 1, 1), ("transaction.version", 0, 2, 2)];
+/// * `share.version` 1: KIP-932 share groups (Kafka 4.4's level 2 adds
+///   dead-letter queues, KIP-1191, not served here).
+pub const FEATURES: &[(&str, i16, i16, i16)] = &[
+    ("group.version", 0, 1, 1),
+    ("transaction.version", 0, 2, 2),
+    ("share.version", 0, 1, 1),
+];
 
 /// The supported range of `api`, if the broker serves it at all.
 pub fn supported_range(api: ApiKey) -> Option<(i16, i16)> {
@@ -230,12 +255,13 @@ mod tests {
             names(4),
             vec![
                 ("group.version".to_string(), 0),
-                ("transaction.version".to_string(), 0)
+                ("transaction.version".to_string(), 0),
+                ("share.version".to_string(), 0)
             ]
         );
         assert!(names(3).is_empty());
         // Finalized levels are listed whatever the version.
-        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 2);
+        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 3);
     }
 
     #[test]

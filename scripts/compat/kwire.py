@@ -79,7 +79,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
                   DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
-                  WRITE_TXN_MARKERS: 1}
+                  WRITE_TXN_MARKERS: 1, 83: 0, 84: 0, 86: 0, 87: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1260,6 +1260,83 @@ def find_coordinators(conn: Conn, version: int, keys: list[str], key_type: int
     r.skip_tags(True)
     r.expect_end(f"FindCoordinator v{version} response")
     return out
+
+
+# --- Share-coordinator state APIs (KIP-932, v0, flexible) ------------------------
+
+INITIALIZE_SHARE_GROUP_STATE = 83
+READ_SHARE_GROUP_STATE = 84
+DELETE_SHARE_GROUP_STATE = 86
+READ_SHARE_GROUP_STATE_SUMMARY = 87
+FENCED_STATE_EPOCH = 124
+
+
+def _share_state_request(group: str, topic_id: uuid.UUID, partition: int, extra) -> bytes:
+    w = Writer().string(group, compact=True).array_len(1, compact=True).uuid(topic_id)
+    w.array_len(1, compact=True).int32(partition)
+    extra(w)
+    return w.tags(True).tags(True).tags(True).getvalue()
+
+
+def _share_state_results(r: Reader, fields) -> list:
+    out = []
+    for _ in range(r.array_len(compact=True)):
+        r.uuid()
+        for _ in range(r.array_len(compact=True)):
+            out.append(fields(r))
+            r.skip_tags(True)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    return out
+
+
+def initialize_share_group_state(conn: Conn, group: str, topic_id: uuid.UUID, partition: int,
+                                 state_epoch: int, start_offset: int) -> int:
+    """The partition's error code."""
+    body = _share_state_request(group, topic_id, partition,
+                                lambda w: w.int32(state_epoch).int64(start_offset))
+    r = conn.request(INITIALIZE_SHARE_GROUP_STATE, 0, body)
+    (res,) = _share_state_results(r, lambda r: (r.int32(), r.int16(), r.string(True)))
+    r.expect_end("InitializeShareGroupState v0 response")
+    return res[1]
+
+
+def read_share_group_state_summary(conn: Conn, group: str, topic_id: uuid.UUID,
+                                   partition: int) -> tuple[int, int, int]:
+    """(error code, state epoch, start offset)."""
+    body = _share_state_request(group, topic_id, partition, lambda w: w.int32(-1))
+    r = conn.request(READ_SHARE_GROUP_STATE_SUMMARY, 0, body)
+    (res,) = _share_state_results(
+        r, lambda r: (r.int32(), r.int16(), r.string(True), r.int32(), r.int32(), r.int64()))
+    r.expect_end("ReadShareGroupStateSummary v0 response")
+    return res[1], res[3], res[5]
+
+
+def read_share_group_state(conn: Conn, group: str, topic_id: uuid.UUID, partition: int
+                           ) -> tuple[int, int, int, list[tuple[int, int, int, int]]]:
+    """(error code, state epoch, start offset, state batches as (first,
+    last, state, delivery count))."""
+    body = _share_state_request(group, topic_id, partition, lambda w: w.int32(-1))
+    r = conn.request(READ_SHARE_GROUP_STATE, 0, body)
+
+    def fields(r: Reader):
+        part, err, _msg, epoch, start = r.int32(), r.int16(), r.string(True), r.int32(), r.int64()
+        batches = []
+        for _ in range(r.array_len(compact=True)):
+            batches.append((r.int64(), r.int64(), r.int8(), r.int16()))
+            r.skip_tags(True)
+        return err, epoch, start, batches
+    (res,) = _share_state_results(r, fields)
+    r.expect_end("ReadShareGroupState v0 response")
+    return res
+
+
+def delete_share_group_state(conn: Conn, group: str, topic_id: uuid.UUID, partition: int) -> int:
+    body = _share_state_request(group, topic_id, partition, lambda w: None)
+    r = conn.request(DELETE_SHARE_GROUP_STATE, 0, body)
+    (res,) = _share_state_results(r, lambda r: (r.int32(), r.int16(), r.string(True)))
+    r.expect_end("DeleteShareGroupState v0 response")
+    return res[1]
 
 
 # --- DescribeTransactions (v0) and ListTransactions (v0) -------------------------

@@ -258,7 +258,7 @@ def test_api_versions_kafka_4_added(broker, topic):
     (endpoint types; fenced nodes on request), ListTransactions v2 (a
     transactional id pattern, KIP-1152), AlterPartitionReassignments v1
     (allow_replication_factor_change, KIP-860), FindCoordinator v6 (the
-    share key type: INVALID_REQUEST, as Kafka without share groups)."""
+    share key type, KIP-932)."""
     from confluent_kafka import Consumer, TopicPartition
     u = uuid.uuid4().hex[:8]
     classic, modern = f"classic-{u}", f"modern-{u}"
@@ -307,12 +307,15 @@ def test_api_versions_kafka_4_added(broker, topic):
         assert kwire.alter_partition_reassignment(k, 1, topic, 0, [0, 1], False)[0] == 38
         assert kwire.alter_partition_reassignment(k, 1, topic, 0, [0, 1], True)[0] == 39
         assert kwire.list_transactions_v2(k, "(")[0] == 128  # INVALID_REGULAR_EXPRESSION
-        # FindCoordinator v6: the share key type (2) has no coordinator
-        # here; groups are found as in v4.
-        (share,) = kwire.find_coordinators(k, 6, [f"share-{u}"], 2)
-        assert share[1:3] == (-1, 42) and "share groups are not enabled" in share[3], share
+        # FindCoordinator v6: a share-partition key (2) is
+        # group:topic_id:partition, kept by the group's coordinator; a key
+        # of another shape is INVALID_REQUEST. Groups are found as in v4.
+        (bad,) = kwire.find_coordinators(k, 6, [f"share-{u}"], 2)
+        assert bad[1:3] == (-1, 42) and "not a share coordinator key" in bad[3], bad
         (found,) = kwire.find_coordinators(k, 6, [classic], 0)
         assert found[2] == 0 and found[1] in broker.expected_nodes, found
+        (share,) = kwire.find_coordinators(k, 6, [f"{classic}:{uuid.uuid4()}:3"], 2)
+        assert share[1:3] == (found[1], 0), (share, found)
     # Transactions are listed by their coordinators: ask every node.
     listed = []
     for port in ports:

@@ -6,11 +6,11 @@
 # franz-go/kgo_tests.py) with KGO_TEST_RECORDS=$FRANZ_GO_RECORDS, default
 # franz-go's own 500000 (about a minute here: the ETL chains then still run
 # when their second wave of consumers joins, 5 s in). QUICK=1: a fixed
-# handful of them, including TestGroupETL and TestTxnEtl, with 100000
-# records (ten transactions, so EndAndBeginTransaction runs).
-# Subtests count one each. Tests needing KIP-848 (ConsumerGroupHeartbeat v1),
-# share groups (ShareFetch v2), SCRAM or OAUTHBEARER listeners skip themselves
-# when the broker lacks them. A broker that exited during the run counts as a
+# handful of them, including TestGroupETL, TestTxnEtl and the share-group
+# ETL and admin tests, with 100000 records (ten transactions, so
+# EndAndBeginTransaction runs).
+# Subtests count one each. Tests needing SCRAM or OAUTHBEARER listeners
+# skip themselves when the broker lacks them. A broker that exited during the run counts as a
 # failure named "(broker exited)".
 #
 # Environment: FRANZ_GO_VERSION (default v1.22.3), FRANZ_GO_RECORDS,
@@ -66,7 +66,7 @@ echo "building pkg/kgo tests"
 if [[ -n "${FRANZ_GO_RUN:-}" ]]; then
   RUN="${FRANZ_GO_RUN}"
 elif [[ "${QUICK}" == "1" ]]; then
-  RUN='^(TestPing|TestUnknownGroupOffsetFetchPinned|TestIssue325|TestGroupSimple|TestConsumeTopicRetrieval|TestClient_Produce|TestGroupETL|TestTxnEtl)$'
+  RUN='^(TestPing|TestUnknownGroupOffsetFetchPinned|TestIssue325|TestGroupSimple|TestConsumeTopicRetrieval|TestClient_Produce|TestGroupETL|TestTxnEtl|TestShareGroupETL|TestShareGroupAckOnClose|TestShareGroupOffsetsAdmin)$'
 else
   RUN="$(python3 "${HERE}/franz-go/kgo_tests.py" list "${KGO}")"
 fi

@@ -35,6 +35,7 @@ pub mod kind {
     pub const LEADER_EPOCH_STARTS: u16 = 13;
     pub const NODE_UNREGISTERED: u16 = 14;
     pub const NODE_SHUTTING_DOWN: u16 = 15;
+    pub const GROUP_CONFIG_CHANGED: u16 = 16;
     pub const OBJECT_IDS_RESERVED: u16 = 100;
     pub const OBJECT_COMMITTED: u16 = 101;
     pub const LOG_START_ADVANCED: u16 = 102;
@@ -76,6 +77,13 @@ pub enum Record {
     /// `value: None` removes the key (back to its default).
     TopicConfigChanged {
         topic_id: Uuid,
+        name: String,
+        value: Option<String>,
+    },
+    /// A group config (KIP-848's dynamic group configs: `share.*`,
+    /// `consumer.*`) set, or removed (`None`). The group need not exist.
+    GroupConfigChanged {
+        group: String,
         name: String,
         value: Option<String>,
     },
@@ -306,6 +314,7 @@ impl Record {
             Record::PartitionsAdded { .. } => kind::PARTITIONS_ADDED,
             Record::PartitionLeaderChanged { .. } => kind::PARTITION_LEADER_CHANGED,
             Record::TopicConfigChanged { .. } => kind::TOPIC_CONFIG_CHANGED,
+            Record::GroupConfigChanged { .. } => kind::GROUP_CONFIG_CHANGED,
             Record::NodeRegistered { .. } => kind::NODE_REGISTERED,
             Record::NodeFenced { .. } => kind::NODE_FENCED,
             Record::BrokerRack { .. } => kind::BROKER_RACK,
@@ -527,6 +536,11 @@ impl Record {
                     }
                     None => out.put_u8(0),
                 }
+            }
+            Record::GroupConfigChanged { group, name, value } => {
+                put_str(out, group);
+                put_str(out, name);
+                put_opt_str(out, value.as_deref());
             }
             Record::ScramCredentialChanged {
                 user,
@@ -798,6 +812,16 @@ fn decode_body(kind: u16, version: u16, body: &[u8]) -> Result<Option<Record>, R
                 _ => Some(QuotaValue(f64::from_bits(r.u64()?))),
             };
             Record::ClientQuotaChanged { entity, key, value }
+        }
+        kind::GROUP_CONFIG_CHANGED => {
+            let group = r.string()?;
+            let name = r.string()?;
+            let value = match r.u8()? {
+                0 => None,
+                1 => Some(r.string()?),
+                _ => return Err(r.invalid("bad option tag")),
+            };
+            Record::GroupConfigChanged { group, name, value }
         }
         kind::SCRAM_CREDENTIAL_CHANGED => {
             let user = r.string()?;
@@ -1122,6 +1146,9 @@ impl fmt::Display for Record {
                 write!(f, "ObjectsDestroyed at {at_ms} ms: {ids:?}")
             }
             Record::ObjectsPurged { ids } => write!(f, "ObjectsPurged {ids:?}"),
+            Record::GroupConfigChanged { group, name, value } => {
+                write!(f, "GroupConfigChanged group={group} {name}={value:?}")
+            }
             Record::ScramCredentialChanged {
                 user,
                 mechanism,
@@ -1170,6 +1197,16 @@ pub(crate) mod tests {
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
         vec![
+            Record::GroupConfigChanged {
+                group: "g".into(),
+                name: "share.auto.offset.reset".into(),
+                value: Some("earliest".into()),
+            },
+            Record::GroupConfigChanged {
+                group: "g".into(),
+                name: "share.record.lock.duration.ms".into(),
+                value: None,
+            },
             Record::ScramCredentialChanged {
                 user: "alice".into(),
                 mechanism: 1,
@@ -1337,7 +1374,7 @@ pub(crate) mod tests {
     fn every_type_round_trips() {
         let all = every_type();
         let kinds: std::collections::BTreeSet<u16> = all.iter().map(|r| r.kind()).collect();
-        assert_eq!(kinds.len(), 23, "a record type is missing from the test");
+        assert_eq!(kinds.len(), 24, "a record type is missing from the test");
         for r in &all {
             let mut buf = Vec::new();
             r.encode(&mut buf);

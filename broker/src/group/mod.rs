@@ -13,10 +13,11 @@
 pub mod assignor;
 pub mod consumer;
 pub mod records;
+pub mod share;
 pub mod state;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -31,7 +32,10 @@ use crate::coordinator_partitions::CoordinatorPartitions;
 use crate::metadata::MetadataImage;
 use crate::shard::{PartitionKey, Replayed, Shard};
 use consumer::{ConsumerGroup, ConsumerSettings, Heartbeat, HeartbeatError, HeartbeatOk, Topics};
-use records::{decode_batches, encode_batch, encode_kv_batch, GroupRecord, OffsetValue};
+use records::{
+    decode_batches, encode_batch, encode_kv_batch, GroupRecord, OffsetValue, ShareStateValue,
+};
+use share::{ShareGroup, ShareHeartbeat, ShareHeartbeatOk, ShareSettings};
 use state::{Effects, Group, Outcome, Reply};
 pub use state::{GroupSettings, GroupState, JoinRequest, JoinResult, SyncResult};
 
@@ -117,6 +121,7 @@ pub struct GroupCoordinator {
     shard: Weak<Shard>,
     pub settings: GroupSettings,
     pub consumer_settings: ConsumerSettings,
+    pub share_settings: ShareSettings,
     offset_metadata_max_bytes: usize,
     /// `offsets.retention.minutes`, in ms.
     offsets_retention_ms: i64,
@@ -223,6 +228,11 @@ impl GroupCoordinator {
                 heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
                 max_size: config.group_max_size,
             },
+            share_settings: ShareSettings {
+                session_timeout_ms: config.group_share_session_timeout_ms as i64,
+                heartbeat_interval_ms: config.group_share_heartbeat_interval_ms,
+                max_size: config.group_share_max_size,
+            },
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
             offsets_retention_ms: config.offsets_retention_ms(),
             offsets_retention_check_ms: config.offsets_retention_check_interval_ms,
@@ -241,6 +251,37 @@ impl GroupCoordinator {
         self.shard
             .upgrade()
             .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    /// A consumer group's settings: its group configs over the broker's.
+    pub fn consumer_settings_for(&self, group_id: &str, image: &MetadataImage) -> ConsumerSettings {
+        match self.shard.upgrade() {
+            Some(shard) => {
+                let (session, heartbeat) =
+                    crate::group_config::consumer(image, group_id, &shard.config);
+                ConsumerSettings {
+                    session_timeout_ms: session,
+                    heartbeat_interval_ms: heartbeat,
+                    ..self.consumer_settings
+                }
+            }
+            None => self.consumer_settings,
+        }
+    }
+
+    /// A share group's settings: its group configs over the broker's.
+    pub fn share_settings_for(&self, group_id: &str, image: &MetadataImage) -> ShareSettings {
+        match self.shard.upgrade() {
+            Some(shard) => {
+                let c = crate::group_config::share(image, group_id, &shard.config);
+                ShareSettings {
+                    session_timeout_ms: c.session_timeout_ms,
+                    heartbeat_interval_ms: c.heartbeat_interval_ms,
+                    ..self.share_settings
+                }
+            }
+            None => self.share_settings,
+        }
     }
 
     // ---- routing and loading ----
@@ -530,34 +571,45 @@ impl GroupCoordinator {
         }
     }
 
-    fn deadline_of(&self, g: &Group) -> Option<i64> {
+    fn deadline_of(&self, g: &Group, image: &MetadataImage) -> Option<i64> {
         let consumer = g
             .consumer
             .as_ref()
-            .and_then(|c| c.next_deadline(&self.consumer_settings));
-        g.next_deadline().into_iter().chain(consumer).min()
+            .and_then(|c| c.next_deadline(&self.consumer_settings_for(&g.id, image)));
+        let share = g
+            .share
+            .as_ref()
+            .and_then(|s| s.next_deadline(&self.share_settings_for(&g.id, image)));
+        g.next_deadline()
+            .into_iter()
+            .chain(consumer)
+            .chain(share)
+            .min()
     }
 
     fn next_deadline(&self) -> Option<i64> {
+        let image = self.shard.upgrade()?.image();
         self.groups
             .borrow()
             .values()
-            .filter_map(|g| self.deadline_of(g))
+            .filter_map(|g| self.deadline_of(g, &image))
             .min()
     }
 
     async fn tick(&self, shard: &Rc<Shard>) {
         let now = now_ms();
+        let image = shard.image();
+        let topics = ImageTopics(&image);
         let due: Vec<(String, Effects, Option<i32>)> = {
             let mut groups = self.groups.borrow_mut();
             groups
                 .iter_mut()
-                .filter(|(_, g)| self.deadline_of(g).is_some_and(|d| d <= now))
+                .filter(|(_, g)| self.deadline_of(g, &image).is_some_and(|d| d <= now))
                 .map(|(id, g)| {
                     let fx = g.tick(&self.settings, now);
                     let mut epoch = None;
                     if let Some(c) = g.consumer.as_mut() {
-                        let fenced = c.tick(&self.consumer_settings, now);
+                        let fenced = c.tick(&self.consumer_settings_for(id, &image), now);
                         if !fenced.is_empty() {
                             info!(
                                 group = id,
@@ -567,6 +619,18 @@ impl GroupCoordinator {
                         }
                         epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
                         g.sync_consumer_state(now);
+                    }
+                    if let Some(s) = g.share.as_mut() {
+                        let gone = s.tick(&topics, &self.share_settings_for(id, &image), now);
+                        if !gone.is_empty() {
+                            info!(
+                                group = id,
+                                members = ?gone,
+                                "share group members removed: no heartbeat within the session timeout"
+                            );
+                        }
+                        epoch = std::mem::take(&mut s.epoch_dirty).then_some(s.epoch);
+                        g.sync_share_state(now);
                     }
                     (id.clone(), fx, epoch)
                 })
@@ -592,9 +656,21 @@ impl GroupCoordinator {
         key: PartitionKey,
         epoch: i32,
     ) {
-        let rec = GroupRecord::ConsumerGroup {
-            group: group_id.to_string(),
-            epoch: Some(epoch),
+        let share = self
+            .groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|g| g.share.is_some());
+        let rec = if share {
+            GroupRecord::ShareGroup {
+                group: group_id.to_string(),
+                epoch: Some(epoch),
+            }
+        } else {
+            GroupRecord::ConsumerGroup {
+                group: group_id.to_string(),
+                epoch: Some(epoch),
+            }
         };
         if let Err(e) = write(shard, key, vec![rec]).await {
             warn!(
@@ -602,8 +678,13 @@ impl GroupCoordinator {
                 "cannot write the consumer group's epoch: {e:?}"
             );
             let mut groups = self.groups.borrow_mut();
-            if let Some(c) = groups.get_mut(group_id).and_then(|g| g.consumer.as_mut()) {
-                c.epoch_dirty = true;
+            if let Some(g) = groups.get_mut(group_id) {
+                if let Some(c) = g.consumer.as_mut() {
+                    c.epoch_dirty = true;
+                }
+                if let Some(s) = g.share.as_mut() {
+                    s.epoch_dirty = true;
+                }
             }
         }
     }
@@ -723,6 +804,12 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id, now));
+            if g.share.is_some() {
+                return Err((
+                    ResponseError::GroupIdNotFound,
+                    format!("Group {group_id} is not a consumer group."),
+                ));
+            }
             let converted = g.consumer.is_none();
             if converted {
                 // An empty classic group becomes a consumer group (its
@@ -736,7 +823,8 @@ impl GroupCoordinator {
                 g.consumer = Some(ConsumerGroup::restored(0));
             }
             let c = g.consumer.as_mut().expect("set above");
-            let result = c.heartbeat(hb, &topics, &self.consumer_settings, now);
+            let settings = self.consumer_settings_for(group_id, &image);
+            let result = c.heartbeat(hb, &topics, &settings, now);
             let epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
             if result.is_err() && converted {
                 g.consumer = None;
@@ -754,6 +842,256 @@ impl GroupCoordinator {
         }
         self.timers_changed.notify(usize::MAX);
         result
+    }
+
+    /// ShareGroupHeartbeat (KIP-932): joins, heartbeats, leaves.
+    pub async fn share_heartbeat(
+        &self,
+        group_id: &str,
+        hb: ShareHeartbeat,
+    ) -> Result<ShareHeartbeatOk, HeartbeatError> {
+        if group_id.is_empty() {
+            return Err((
+                ResponseError::InvalidGroupId,
+                "GroupId can't be empty.".into(),
+            ));
+        }
+        let plain = |e: ResponseError| (e, String::new());
+        let shard = self.shard().map_err(plain)?;
+        let key = self.route(group_id).map_err(plain)?;
+        let image = shard.image();
+        let topics = ImageTopics(&image);
+        let now = now_ms();
+        let (result, epoch) = {
+            let mut groups = self.groups.borrow_mut();
+            let fresh = !groups.contains_key(group_id);
+            if fresh && hb.member_epoch != 0 {
+                return Err((
+                    ResponseError::GroupIdNotFound,
+                    format!("Share group {group_id} not found."),
+                ));
+            }
+            let g = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id, now));
+            if g.share.is_none() {
+                // Only a group id nobody uses becomes a share group.
+                if g.consumer.is_some() || !g.is_empty() || !g.offsets.is_empty() || !fresh {
+                    return Err((
+                        ResponseError::GroupIdNotFound,
+                        format!("Group {group_id} is not a share group."),
+                    ));
+                }
+                g.share = Some(ShareGroup::default());
+            }
+            let sg = g.share.as_mut().expect("set above");
+            let settings = self.share_settings_for(group_id, &image);
+            let result = sg.heartbeat(hb, &topics, &settings, now);
+            let epoch = std::mem::take(&mut sg.epoch_dirty).then_some(sg.epoch);
+            if result.is_err() && fresh {
+                groups.remove(group_id);
+            } else {
+                g.sync_share_state(now);
+            }
+            (result, epoch)
+        };
+        if let Some(epoch) = epoch {
+            self.persist_consumer_epoch(&shard, group_id, key, epoch)
+                .await;
+        }
+        self.timers_changed.notify(usize::MAX);
+        result
+    }
+
+    /// A share group as ShareGroupDescribe shows it.
+    pub fn describe_share(&self, group_id: &str) -> Result<ShareGroup, HeartbeatError> {
+        self.route(group_id).map_err(|e| (e, String::new()))?;
+        let groups = self.groups.borrow();
+        match groups.get(group_id).map(|g| g.share.as_ref()) {
+            Some(Some(s)) => Ok(s.clone()),
+            Some(None) => Err((
+                ResponseError::GroupIdNotFound,
+                format!("Group {group_id} is not a share group."),
+            )),
+            None => Err((
+                ResponseError::GroupIdNotFound,
+                format!("Group {group_id} not found."),
+            )),
+        }
+    }
+
+    /// ReadShareGroupState: a share-partition's stored state (`None`: never
+    /// written, the leader initializes it).
+    pub fn read_share_state(
+        &self,
+        group_id: &str,
+        topic_id: uuid::Uuid,
+        partition: i32,
+    ) -> Result<Option<ShareStateValue>, ResponseError> {
+        self.route(group_id)?;
+        let groups = self.groups.borrow();
+        Ok(groups
+            .get(group_id)
+            .and_then(|g| g.share_states.get(&(topic_id, partition)).cloned()))
+    }
+
+    /// WriteShareGroupState: stores a share-partition's state once durable.
+    /// A write from a leader that loaded an older state epoch (an admin
+    /// reset the start offset since) is FENCED_STATE_EPOCH.
+    pub async fn write_share_state(
+        &self,
+        group_id: &str,
+        topic_id: uuid::Uuid,
+        partition: i32,
+        value: ShareStateValue,
+    ) -> Result<(), ResponseError> {
+        let shard = self.shard()?;
+        let key = self.route(group_id)?;
+        {
+            let groups = self.groups.borrow();
+            let g = groups.get(group_id);
+            if g.is_some_and(|g| g.share.is_none()) {
+                return Err(ResponseError::GroupIdNotFound);
+            }
+            let stored = g.and_then(|g| g.share_states.get(&(topic_id, partition)));
+            if stored.is_some_and(|s| s.state_epoch > value.state_epoch) {
+                return Err(ResponseError::FencedStateEpoch);
+            }
+        }
+        let rec = GroupRecord::ShareState {
+            group: group_id.to_string(),
+            topic_id,
+            partition,
+            value: Some(value.clone()),
+        };
+        write(&shard, key, vec![rec]).await?;
+        let now = now_ms();
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id, now));
+        if g.share.is_none() {
+            g.share = Some(ShareGroup::default());
+            g.sync_share_state(now);
+        }
+        let slot = g.share_states.entry((topic_id, partition));
+        match slot {
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                // Fenced meanwhile by a reset: the reset stays.
+                if o.get().state_epoch <= value.state_epoch {
+                    o.insert(value);
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The share group's stored start offsets, by topic id and partition;
+    /// GROUP_ID_NOT_FOUND if it is not a share group.
+    pub fn share_offsets(
+        &self,
+        group_id: &str,
+    ) -> Result<BTreeMap<(uuid::Uuid, i32), ShareStateValue>, ResponseError> {
+        self.route(group_id)?;
+        let groups = self.groups.borrow();
+        match groups.get(group_id) {
+            Some(g) if g.share.is_some() => Ok(g.share_states.clone()),
+            _ => Err(ResponseError::GroupIdNotFound),
+        }
+    }
+
+    /// AlterShareGroupOffsets / DeleteShareGroupOffsets: sets (or, with
+    /// `None`, deletes) the start offsets of an empty share group's
+    /// partitions, bumping each one's state epoch so that a leader still
+    /// holding the old state is fenced and reloads it. Setting them on a
+    /// group id nobody uses creates the (empty) share group, as Kafka does.
+    pub async fn reset_share_offsets(
+        &self,
+        group_id: &str,
+        resets: Vec<(uuid::Uuid, i32, Option<i64>)>,
+    ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let shard = self.shard()?;
+        let key = self.route(group_id)?;
+        let creates = resets.iter().any(|r| r.2.is_some());
+        let records: Vec<GroupRecord> = {
+            let groups = self.groups.borrow();
+            let fresh = Group::new(group_id, now_ms());
+            let g = match groups.get(group_id) {
+                Some(g) if g.share.is_some() => g,
+                None if creates => &fresh,
+                _ => return Err(ResponseError::GroupIdNotFound),
+            };
+            if !g.is_empty() {
+                return Err(ResponseError::NonEmptyGroup);
+            }
+            resets
+                .iter()
+                .map(|&(topic_id, partition, offset)| {
+                    let epoch = g
+                        .share_states
+                        .get(&(topic_id, partition))
+                        .map_or(0, |s| s.state_epoch);
+                    GroupRecord::ShareState {
+                        group: group_id.to_string(),
+                        topic_id,
+                        partition,
+                        value: offset.map(|start_offset| ShareStateValue {
+                            state_epoch: epoch + 1,
+                            leader_epoch: -1,
+                            start_offset,
+                            batches: Vec::new(),
+                        }),
+                    }
+                })
+                .collect()
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut all = records.clone();
+        let known = self.groups.borrow().contains_key(group_id);
+        if !known {
+            all.push(GroupRecord::ShareGroup {
+                group: group_id.to_string(),
+                epoch: Some(0),
+            });
+        }
+        write(&shard, key, all).await?;
+        let mut groups = self.groups.borrow_mut();
+        if !groups.contains_key(group_id) {
+            let now = now_ms();
+            let mut g = Group::new(group_id, now);
+            g.share = Some(ShareGroup::default());
+            g.sync_share_state(now);
+            groups.insert(group_id.to_string(), g);
+        }
+        if let Some(g) = groups.get_mut(group_id).filter(|g| g.share.is_some()) {
+            for r in records {
+                if let GroupRecord::ShareState {
+                    topic_id,
+                    partition,
+                    value,
+                    ..
+                } = r
+                {
+                    match value {
+                        Some(v) => {
+                            g.share_states.insert((topic_id, partition), v);
+                        }
+                        None => {
+                            g.share_states.remove(&(topic_id, partition));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A consumer group as ConsumerGroupDescribe shows it; GROUP_ID_NOT_FOUND
@@ -807,6 +1145,9 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id, now));
+            if g.share.is_some() {
+                return JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id);
+            }
             if g.consumer.is_some() {
                 if !g.is_empty() {
                     return JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id);
@@ -1132,9 +1473,10 @@ impl GroupCoordinator {
             .into_iter()
             .filter_map(|l| {
                 let g = groups.get(&l.id)?;
-                let (members, generation) = match &g.consumer {
-                    Some(c) => (c.members.len(), c.epoch),
-                    None => (g.members.len(), g.generation),
+                let (members, generation) = match (&g.consumer, &g.share) {
+                    (Some(c), _) => (c.members.len(), c.epoch),
+                    (None, Some(s)) => (s.members.len(), s.epoch),
+                    (None, None) => (g.members.len(), g.generation),
                 };
                 Some(crate::metrics::report::GroupReport {
                     id: l.id,
@@ -1167,14 +1509,20 @@ impl GroupCoordinator {
             .borrow()
             .values()
             .filter(|g| self.partitions.is_loaded(partition_for(&g.id, n)))
-            .map(|g| match &g.consumer {
-                Some(c) => ListedGroup {
+            .map(|g| match (&g.consumer, &g.share) {
+                (Some(c), _) => ListedGroup {
                     id: g.id.clone(),
                     protocol_type: "consumer".into(),
                     state: c.state_name().into(),
                     group_type: "consumer",
                 },
-                None => ListedGroup {
+                (None, Some(s)) => ListedGroup {
+                    id: g.id.clone(),
+                    protocol_type: "share".into(),
+                    state: s.state_name().into(),
+                    group_type: "share",
+                },
+                (None, None) => ListedGroup {
                     id: g.id.clone(),
                     protocol_type: g.protocol_type.clone().unwrap_or_default(),
                     state: g.state.name().into(),
@@ -1191,7 +1539,10 @@ impl GroupCoordinator {
         let groups = self.groups.borrow();
         // A consumer group is not a classic group: DescribeGroups before v6
         // shows it as Dead, as Kafka does.
-        let Some(g) = groups.get(group_id).filter(|g| g.consumer.is_none()) else {
+        let Some(g) = groups
+            .get(group_id)
+            .filter(|g| g.consumer.is_none() && g.share.is_none())
+        else {
             let missing = if groups.contains_key(group_id) {
                 format!("Group {group_id} is not a classic group.")
             } else {
@@ -1266,6 +1617,20 @@ impl GroupCoordinator {
             });
             if g.consumer.is_some() {
                 recs.push(GroupRecord::ConsumerGroup {
+                    group: group_id.to_string(),
+                    epoch: None,
+                });
+            }
+            for &(topic_id, partition) in g.share_states.keys() {
+                recs.push(GroupRecord::ShareState {
+                    group: group_id.to_string(),
+                    topic_id,
+                    partition,
+                    value: None,
+                });
+            }
+            if g.share.is_some() {
+                recs.push(GroupRecord::ShareGroup {
                     group: group_id.to_string(),
                     epoch: None,
                 });
@@ -1415,6 +1780,44 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
                 .or_insert_with(|| Group::new(&group, now));
             g.consumer = Some(ConsumerGroup::restored(epoch));
             g.sync_consumer_state(now);
+        }
+        GroupRecord::ShareGroup {
+            group,
+            epoch: Some(epoch),
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now));
+            match g.share.as_mut() {
+                Some(s) => s.epoch = epoch,
+                None => g.share = Some(ShareGroup::restored(epoch)),
+            }
+            g.sync_share_state(now);
+        }
+        GroupRecord::ShareGroup { group, epoch: None } => {
+            groups.remove(&group);
+        }
+        GroupRecord::ShareState {
+            group,
+            topic_id,
+            partition,
+            value,
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now));
+            if g.share.is_none() {
+                g.share = Some(ShareGroup::restored(0));
+                g.sync_share_state(now);
+            }
+            match value {
+                Some(v) => {
+                    g.share_states.insert((topic_id, partition), v);
+                }
+                None => {
+                    g.share_states.remove(&(topic_id, partition));
+                }
+            }
         }
         GroupRecord::ConsumerGroup { group, epoch: None } => {
             if let Some(g) = groups.get_mut(&group) {

@@ -25,6 +25,13 @@ const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
 /// Key version of a consumer (KIP-848) group metadata record.
 const CONSUMER_GROUP_KEY_VERSION: i16 = 3;
+/// Key version of a share group's metadata record (Kafka's
+/// `ShareGroupMetadataKey`): value v0 is its epoch, as for key v3.
+const SHARE_GROUP_KEY_VERSION: i16 = 11;
+/// Key version of a share-partition's state (SPSO and record states). Kafka
+/// keeps these in `__share_group_state`; we keep them with the group, under
+/// a key version Kafka does not use.
+const SHARE_STATE_KEY_VERSION: i16 = 1000;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 
@@ -76,7 +83,31 @@ pub enum GroupRecord {
     },
     /// A consumer-protocol group and its epoch.
     ConsumerGroup { group: String, epoch: Option<i32> },
+    /// A share group and its epoch.
+    ShareGroup { group: String, epoch: Option<i32> },
+    /// A share-partition's state, written by the partition's leader.
+    ShareState {
+        group: String,
+        topic_id: uuid::Uuid,
+        partition: i32,
+        value: Option<ShareStateValue>,
+    },
 }
+
+/// A share-partition's persisted state: its start offset and the states
+/// of the records in flight above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareStateValue {
+    /// Bumped when an admin resets the start offset: a leader holding an
+    /// older epoch is fenced and reloads.
+    pub state_epoch: i32,
+    pub leader_epoch: i32,
+    pub start_offset: i64,
+    pub batches: Vec<crate::share::partition::StateBatch>,
+}
+
+/// Bytes of one stored state batch.
+const STATE_BATCH_BYTES: usize = 8 + 8 + 1 + 2;
 
 impl GroupRecord {
     pub fn key(&self) -> Bytes {
@@ -100,6 +131,21 @@ impl GroupRecord {
             GroupRecord::ConsumerGroup { group, .. } => {
                 b.put_i16(CONSUMER_GROUP_KEY_VERSION);
                 put_str(&mut b, group);
+            }
+            GroupRecord::ShareGroup { group, .. } => {
+                b.put_i16(SHARE_GROUP_KEY_VERSION);
+                put_str(&mut b, group);
+            }
+            GroupRecord::ShareState {
+                group,
+                topic_id,
+                partition,
+                ..
+            } => {
+                b.put_i16(SHARE_STATE_KEY_VERSION);
+                put_str(&mut b, group);
+                b.put_slice(topic_id.as_bytes());
+                b.put_i32(*partition);
             }
         }
         b.freeze()
@@ -136,10 +182,24 @@ impl GroupRecord {
                     put_bytes(&mut b, &m.assignment);
                 }
             }
-            GroupRecord::ConsumerGroup { epoch, .. } => {
+            GroupRecord::ConsumerGroup { epoch, .. } | GroupRecord::ShareGroup { epoch, .. } => {
                 b.put_i16(0);
                 b.put_i32((*epoch)?);
                 b.put_u8(0); // no tagged fields
+            }
+            GroupRecord::ShareState { value, .. } => {
+                let v = value.as_ref()?;
+                b.put_i16(0);
+                b.put_i32(v.state_epoch);
+                b.put_i32(v.leader_epoch);
+                b.put_i64(v.start_offset);
+                b.put_i32(v.batches.len() as i32);
+                for s in &v.batches {
+                    b.put_i64(s.first);
+                    b.put_i64(s.last);
+                    b.put_i8(s.state);
+                    b.put_i16(s.delivery_count);
+                }
             }
         }
         Some(b.freeze())
@@ -174,8 +234,9 @@ impl GroupRecord {
                 };
                 Some(GroupRecord::Group { group, value })
             }
-            3 => {
+            CONSUMER_GROUP_KEY_VERSION | SHARE_GROUP_KEY_VERSION => {
                 let group = get_str(&mut k)?;
+                // Value v0: the epoch (a null value is a tombstone).
                 let epoch = match value {
                     None => None,
                     Some(mut v) => {
@@ -183,11 +244,69 @@ impl GroupRecord {
                         Some(get_i32(&mut v)?)
                     }
                 };
-                Some(GroupRecord::ConsumerGroup { group, epoch })
+                Some(if version == SHARE_GROUP_KEY_VERSION {
+                    GroupRecord::ShareGroup { group, epoch }
+                } else {
+                    GroupRecord::ConsumerGroup { group, epoch }
+                })
+            }
+            SHARE_STATE_KEY_VERSION => {
+                let group = get_str(&mut k)?;
+                if k.len() < 16 {
+                    return None;
+                }
+                let topic_id = uuid::Uuid::from_slice(&k[..16]).ok()?;
+                k = &k[16..];
+                let partition = get_i32(&mut k)?;
+                let value = match value {
+                    None => None,
+                    Some(v) => Some(decode_share_state(v)?),
+                };
+                Some(GroupRecord::ShareState {
+                    group,
+                    topic_id,
+                    partition,
+                    value,
+                })
             }
             _ => None,
         }
     }
+}
+
+fn decode_share_state(mut v: &[u8]) -> Option<ShareStateValue> {
+    if get_i16(&mut v)? != 0 {
+        return None;
+    }
+    let state_epoch = get_i32(&mut v)?;
+    let leader_epoch = get_i32(&mut v)?;
+    let start_offset = get_i64(&mut v)?;
+    let count = usize::try_from(get_i32(&mut v)?).ok()?;
+    // The count is checked against the bytes there before anything is
+    // allocated for it.
+    if count.checked_mul(STATE_BATCH_BYTES)? > v.len() {
+        return None;
+    }
+    let mut batches = Vec::with_capacity(count);
+    for _ in 0..count {
+        let first = get_i64(&mut v)?;
+        let last = get_i64(&mut v)?;
+        let state = *v.first()? as i8;
+        v = &v[1..];
+        let delivery_count = get_i16(&mut v)?;
+        batches.push(crate::share::partition::StateBatch {
+            first,
+            last,
+            state,
+            delivery_count,
+        });
+    }
+    Some(ShareStateValue {
+        state_epoch,
+        leader_epoch,
+        start_offset,
+        batches,
+    })
 }
 
 fn decode_offset_value(mut v: &[u8]) -> Option<OffsetValue> {
@@ -431,6 +550,36 @@ mod tests {
             GroupRecord::ConsumerGroup {
                 group: "k".into(),
                 epoch: Some(12),
+            },
+            GroupRecord::ShareGroup {
+                group: "s".into(),
+                epoch: Some(3),
+            },
+            GroupRecord::ShareGroup {
+                group: "s2".into(),
+                epoch: None,
+            },
+            GroupRecord::ShareState {
+                group: "s".into(),
+                topic_id: uuid::Uuid::from_u128(99),
+                partition: 2,
+                value: Some(ShareStateValue {
+                    state_epoch: 1,
+                    leader_epoch: 4,
+                    start_offset: 100,
+                    batches: vec![crate::share::partition::StateBatch {
+                        first: 100,
+                        last: 104,
+                        state: 2,
+                        delivery_count: 1,
+                    }],
+                }),
+            },
+            GroupRecord::ShareState {
+                group: "s".into(),
+                topic_id: uuid::Uuid::from_u128(99),
+                partition: 3,
+                value: None,
             },
             GroupRecord::ConsumerGroup {
                 group: "k".into(),

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::consumer::ConsumerGroup;
-use super::records::{GroupValue, OffsetValue, StoredMember};
+use super::records::{GroupValue, OffsetValue, ShareStateValue, StoredMember};
+use super::share::ShareGroup;
 
 /// Limits and timings from the broker config.
 #[derive(Debug, Clone)]
@@ -228,6 +229,12 @@ pub struct Group {
     /// Set when the group uses the KIP-848 consumer protocol: its members
     /// live there, and the classic fields stay empty.
     pub consumer: Option<ConsumerGroup>,
+    /// Set when the group is a KIP-932 share group: its members live
+    /// there, and the classic fields stay empty.
+    pub share: Option<ShareGroup>,
+    /// A share group's partition states (start offset, record states), by
+    /// topic id and partition, as their leaders last wrote them.
+    pub share_states: BTreeMap<(uuid::Uuid, i32), ShareStateValue>,
 }
 
 impl Group {
@@ -250,6 +257,8 @@ impl Group {
             sync_deadline: None,
             offsets: BTreeMap::new(),
             consumer: None,
+            share: None,
+            share_states: BTreeMap::new(),
         }
     }
 
@@ -257,6 +266,22 @@ impl Group {
         self.members.is_empty()
             && self.pending_members.is_empty()
             && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
+            && self.share.as_ref().is_none_or(|s| s.members.is_empty())
+    }
+
+    /// Keeps the classic state in step with a share group's members (as
+    /// `sync_consumer_state` does for consumer groups).
+    pub fn sync_share_state(&mut self, now: i64) {
+        let Some(s) = &self.share else { return };
+        self.protocol_type = Some("share".to_string());
+        let state = if s.members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        if self.state != state {
+            self.transition(state, now);
+        }
     }
 
     /// Keeps the classic state in step with a consumer-protocol group's

@@ -1,8 +1,8 @@
-//! DescribeConfigs for topics and brokers: every config of the resource with
-//! its value, its source and its type, not only the ones set explicitly.
-//! IncrementalAlterConfigs for topics, and the legacy AlterConfigs (which
-//! replaces a topic's whole set of configs): committed through the
-//! controller.
+//! DescribeConfigs for topics, brokers and groups: every config of the
+//! resource with its value, its source and its type, not only the ones set
+//! explicitly. IncrementalAlterConfigs for topics and groups, and the legacy
+//! AlterConfigs (which replaces a topic's whole set of configs): committed
+//! through the controller.
 //!
 //! Runs on any shard; reads the metadata image and the broker config, and
 //! goes to shard 0 (through `Control`) only to change topic configs.
@@ -27,6 +27,10 @@ use crate::topic_config::{self, ConfigType, MAX_MESSAGE_BYTES, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+/// Dynamic group configs (`crate::group_config`).
+const RESOURCE_GROUP: i8 = 32;
+/// DescribeConfigs' source of a config set on the group.
+const SOURCE_GROUP: i8 = 8;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -44,11 +48,11 @@ fn alter_command(
     {
         return Ok(None);
     }
-    if res.resource_type != RESOURCE_TOPIC {
+    if res.resource_type != RESOURCE_TOPIC && res.resource_type != RESOURCE_GROUP {
         return Err(CommandError::new(
             ResponseError::InvalidRequest,
             format!(
-                "only topic configs can be altered (resource type {}); broker configs are static",
+                "only topic and group configs can be altered (resource type {}); broker configs are static",
                 res.resource_type
             ),
         ));
@@ -79,6 +83,18 @@ fn alter_command(
             }
         };
         changes.push((c.name.to_string(), value));
+    }
+    if res.resource_type == RESOURCE_GROUP {
+        if res.resource_name.is_empty() {
+            return Err(CommandError::new(
+                ResponseError::InvalidRequest,
+                "a group config needs a group id",
+            ));
+        }
+        return Ok(Some(Command::AlterGroupConfigs {
+            group: res.resource_name.to_string(),
+            changes,
+        }));
     }
     Ok(Some(Command::AlterTopicConfigs {
         name: res.resource_name.to_string(),
@@ -226,6 +242,7 @@ pub fn describe_configs(shard: &Shard, req: DescribeConfigsRequest) -> DescribeC
             RESOURCE_BROKER => {
                 broker_entries(&shard.config, shard.max_batch_bytes(), &res.resource_name)
             }
+            RESOURCE_GROUP => Ok(group_entries(shard, &res.resource_name)),
             other => Err((
                 ResponseError::InvalidRequest,
                 format!("resource type {other} is not supported"),
@@ -268,6 +285,32 @@ fn entry(e: Entry, synonyms: bool) -> DescribeConfigsResourceResult {
         r.synonyms = vec![s];
     }
     r
+}
+
+/// Every group config with its effective value: the group's own, else the
+/// broker's.
+fn group_entries(shard: &Shard, group: &str) -> Vec<Entry> {
+    let image = shard.image();
+    let set = crate::group_config::set_for(&image, group);
+    crate::group_config::GROUP_CONFIGS
+        .iter()
+        .map(|&(name, kind)| {
+            let own = set.and_then(|s| s.get(name));
+            Entry {
+                name: name.to_string(),
+                value: own
+                    .cloned()
+                    .unwrap_or_else(|| crate::group_config::default_value(name, &shard.config)),
+                source: if own.is_some() {
+                    SOURCE_GROUP
+                } else {
+                    SOURCE_DEFAULT
+                },
+                kind,
+                read_only: false,
+            }
+        })
+        .collect()
 }
 
 fn topic_entries(shard: &Shard, name: &str) -> Result<Vec<Entry>, (ResponseError, String)> {

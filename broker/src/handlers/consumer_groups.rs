@@ -72,7 +72,10 @@ pub async fn heartbeat(
         Ok(ok) => {
             resp.member_id = Some(str_bytes(&ok.member_id));
             resp.member_epoch = ok.member_epoch;
-            resp.heartbeat_interval_ms = shard.groups.consumer_settings.heartbeat_interval_ms;
+            resp.heartbeat_interval_ms = shard
+                .groups
+                .consumer_settings_for(&req.group_id, &shard.image())
+                .heartbeat_interval_ms;
             resp.assignment = ok.assignment.map(|a| {
                 WireAssignment::default().with_topic_partitions(
                     a.into_iter()

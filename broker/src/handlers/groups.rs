@@ -48,7 +48,7 @@ use crate::shard::Shard;
 use crate::txn::TXN_TOPIC;
 
 /// FindCoordinator key types.
-const KEY_TYPE_GROUP: i8 = 0;
+pub(crate) const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 const KEY_TYPE_SHARE: i8 = 2;
 
@@ -147,7 +147,7 @@ pub async fn find_coordinator(
 /// The shard coordinating `key`: a group's `__consumer_offsets` partition
 /// or a transactional id's `__transaction_state` partition, creating the
 /// topic on first use.
-async fn locate_coordinator(
+pub(crate) async fn locate_coordinator(
     shard: &Rc<Shard>,
     key: &str,
     key_type: i8,
@@ -163,13 +163,23 @@ async fn locate_coordinator(
             }
             TXN_TOPIC
         }
-        // Kafka without a share coordinator (share groups off) answers
-        // the share key type (2, FindCoordinator v6) so too.
+        // A share-partition key, `group:topic_id:partition`: its state is
+        // kept by the group's own coordinator (broker/src/share/persister.rs).
         KEY_TYPE_SHARE => {
-            return Err((
-                ResponseError::InvalidRequest,
-                "share groups are not enabled: no share coordinator".into(),
-            ))
+            let mut parts = key.rsplitn(3, ':');
+            let (Some(p), Some(t), Some(group)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    format!("{key} is not a share coordinator key (group:topic_id:partition)"),
+                ));
+            };
+            if p.parse::<i32>().is_err() || group.is_empty() || t.is_empty() {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    format!("{key} is not a share coordinator key (group:topic_id:partition)"),
+                ));
+            }
+            return Box::pin(locate_coordinator(shard, group, KEY_TYPE_GROUP)).await;
         }
         other => {
             return Err((

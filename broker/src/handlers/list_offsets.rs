@@ -129,7 +129,7 @@ pub async fn handle(
 /// produce and fetch paths, and never beyond `MAX_EXPANDED_BATCH`. A batch
 /// that does not decode answers with its base offset: the client then skips
 /// the earlier records itself.
-fn record_at_timestamp(batch: &TimestampHit, ts: i64) -> (i64, i64) {
+pub(crate) fn record_at_timestamp(batch: &TimestampHit, ts: i64) -> (i64, i64) {
     let whole_batch = (batch.max_timestamp, batch.base_offset);
     let Ok(header) = parse_header(&batch.bytes) else {
         return whole_batch;

@@ -16,6 +16,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 pub mod quotas;
+pub mod share;
 pub mod topics;
 pub mod transactions;
 

@@ -85,6 +85,9 @@ pub struct MetadataImage {
     /// The first offset of each leader epoch after 0, per partition that
     /// has changed leader (`epochs.rs`).
     pub epoch_starts: imbl::OrdMap<(Uuid, i32), EpochHistory>,
+    /// Dynamic group configs (IncrementalAlterConfigs on GROUP resources),
+    /// by group id; checked by `crate::group_config`.
+    pub group_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Nodes per broker: `node_id = broker_id * NODES_PER_BROKER + shard`.
@@ -335,6 +338,22 @@ impl MetadataImage {
             Record::ClientQuotaChanged { entity, key, value } => {
                 self.quotas.apply(entity, key, value.map(|v| v.0))
             }
+            Record::GroupConfigChanged { group, name, value } => match value {
+                Some(v) => {
+                    self.group_configs
+                        .entry(group.clone())
+                        .or_default()
+                        .insert(name.clone(), v.clone());
+                }
+                None => {
+                    if let Some(c) = self.group_configs.get_mut(group) {
+                        c.remove(name);
+                        if c.is_empty() {
+                            self.group_configs.remove(group);
+                        }
+                    }
+                }
+            },
             Record::ScramCredentialChanged {
                 user,
                 mechanism,
@@ -548,6 +567,15 @@ impl MetadataImage {
                 });
             }
         }
+        for (group, configs) in &self.group_configs {
+            for (name, value) in configs {
+                out.push(Record::GroupConfigChanged {
+                    group: group.clone(),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+        }
         for (user, creds) in &self.scram {
             for (mechanism, c) in creds {
                 out.push(Record::ScramCredentialChanged {
@@ -666,6 +694,11 @@ pub enum Command {
         expire_before: i64,
         producers: Vec<ProducerSnapshot>,
         aborted: Vec<AbortedTxn>,
+    },
+    /// Sets (`Some`) or removes (`None`) a group's dynamic configs.
+    AlterGroupConfigs {
+        group: String,
+        changes: Vec<(String, Option<String>)>,
     },
     /// AlterClientQuotas, one entity: each op sets a key (`Some`) or
     /// removes it (`None`).
@@ -966,6 +999,19 @@ fn plan_one(
                     offset: *offset,
                 }],
             ))
+        }
+        Command::AlterGroupConfigs { group, changes } => {
+            let mut recs = Vec::with_capacity(changes.len());
+            for (name, value) in changes {
+                crate::group_config::validate(name, value.as_deref())
+                    .map_err(|m| CommandError::new(ResponseError::InvalidConfig, m))?;
+                recs.push(Record::GroupConfigChanged {
+                    group: group.clone(),
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
+            Ok((Uuid::nil(), recs))
         }
         Command::AlterClientQuotas { entity, ops } => {
             let (entity, changes) = quota::check_alteration(&image.quotas, entity, ops)?;

@@ -81,6 +81,8 @@ pub struct Shard {
     pub partitions: RefCell<HashMap<PartitionKey, Partition>>,
     control: RefCell<Option<Rc<Control>>>,
     /// The consumer groups whose `__consumer_offsets` partition this shard leads.
+    /// Share groups' record states of partitions led here (KIP-932).
+    pub share: crate::share::ShareLeader,
     pub groups: GroupCoordinator,
     /// The transactional ids whose `__transaction_state` partition this
     /// shard leads.
@@ -142,6 +144,7 @@ impl Shard {
         Rc::new_cyclic(|me| Shard {
             id,
             groups: GroupCoordinator::new(me.clone(), &config),
+            share: crate::share::ShareLeader::new(me.clone(), &config),
             txns: TxnCoordinator::new(me.clone(), &config),
             producer_lines: Rc::new(ProducerLines::default()),
             uploader: Uploader::new(&config),
@@ -330,6 +333,8 @@ impl Shard {
             }
             keep
         });
+        self.share
+            .retain_led(|(id, p)| image.leader_of(id, p) == Some(me));
         for topic in image.topics.values() {
             for (p, &leader) in topic.leader_nodes.iter().enumerate() {
                 if leader != me {
@@ -586,6 +591,42 @@ impl Shard {
             RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
                 handlers::consumer_groups::describe(&self, r, v),
             ),
+            RequestKind::ShareGroupHeartbeat(r) => ResponseKind::ShareGroupHeartbeat(
+                handlers::share::heartbeat(&self, r, client()).await,
+            ),
+            RequestKind::ShareGroupDescribe(r) => {
+                ResponseKind::ShareGroupDescribe(handlers::share::describe(&self, r))
+            }
+            RequestKind::ShareFetch(r) => {
+                ResponseKind::ShareFetch(handlers::share::share_fetch(&self, r, v).await)
+            }
+            RequestKind::ShareAcknowledge(r) => ResponseKind::ShareAcknowledge(
+                handlers::share::share_acknowledge(&self, r, v).await,
+            ),
+            RequestKind::ReadShareGroupState(r) => {
+                ResponseKind::ReadShareGroupState(handlers::share::read_state(&self, r))
+            }
+            RequestKind::WriteShareGroupState(r) => {
+                ResponseKind::WriteShareGroupState(handlers::share::write_state(&self, r).await)
+            }
+            RequestKind::InitializeShareGroupState(r) => ResponseKind::InitializeShareGroupState(
+                handlers::share::initialize_state(&self, r).await,
+            ),
+            RequestKind::DeleteShareGroupState(r) => {
+                ResponseKind::DeleteShareGroupState(handlers::share::delete_state(&self, r).await)
+            }
+            RequestKind::ReadShareGroupStateSummary(r) => ResponseKind::ReadShareGroupStateSummary(
+                handlers::share::read_state_summary(&self, r),
+            ),
+            RequestKind::DescribeShareGroupOffsets(r) => {
+                ResponseKind::DescribeShareGroupOffsets(handlers::share::describe_offsets(&self, r))
+            }
+            RequestKind::AlterShareGroupOffsets(r) => {
+                ResponseKind::AlterShareGroupOffsets(handlers::share::alter_offsets(&self, r).await)
+            }
+            RequestKind::DeleteShareGroupOffsets(r) => ResponseKind::DeleteShareGroupOffsets(
+                handlers::share::delete_offsets(&self, r).await,
+            ),
             RequestKind::CreateDelegationToken(r) => ResponseKind::CreateDelegationToken(
                 handlers::auth::create_delegation_token(r, req.principal.as_deref()),
             ),
@@ -774,7 +815,10 @@ impl Service for Shard {
             let slow = self.config.slow_request_ms;
             // Fetch, JoinGroup and SyncGroup wait by design (for data, for
             // the other members): their time says nothing of the broker.
-            let waits = matches!(api, ApiKey::Fetch | ApiKey::JoinGroup | ApiKey::SyncGroup);
+            let waits = matches!(
+                api,
+                ApiKey::Fetch | ApiKey::ShareFetch | ApiKey::JoinGroup | ApiKey::SyncGroup
+            );
             if slow > 0 && took >= Duration::from_millis(slow) && !waits {
                 self.metrics.slow_request();
                 warn!(

@@ -26,6 +26,14 @@ impl Shard {
             .map(|p| p.last_stable_offset())
     }
 
+    /// The partition's high watermark, if this shard has it.
+    pub fn high_watermark(&self, key: PartitionKey) -> Option<i64> {
+        self.partitions
+            .borrow()
+            .get(&key)
+            .map(|p| p.state.high_watermark)
+    }
+
     /// Like `read`, but nothing at or past the last stable offset, and with
     /// the aborted transactions `(producer id, first offset)` that overlap
     /// the batches returned.

@@ -38,6 +38,13 @@ Each check runs real commands with `java -cp` and checks their output:
                          consume every record once; ConsumerGroupCommand
                          lists the group as a consumer group and describes
                          its offsets and members
+  share-groups           KIP-932: two VerifiableShareConsumers of one share
+                         group (ack pattern accept x3, release, reject):
+                         every accepted record once, rejected ones once,
+                         released ones until the delivery limit (5);
+                         ShareGroupCommand --list, --describe (offsets,
+                         state, members), --reset-offsets (then all
+                         records again), --delete-offsets, --delete
   transactional-copier   TransactionalMessageCopier with random aborts, read
                          back read_committed: output equals input
   streams-eos            Kafka Streams word count, exactly_once_v2: the
@@ -724,6 +731,103 @@ def check_consumer_protocol(env: Env) -> None:
            f"--describe (each of 4 partitions at offset {n // 4}, lag 0):\n{desc}")
 
 
+SHARE_GROUPS = "org.apache.kafka.tools.consumer.group.ShareGroupCommand"
+
+
+def share_consumers(env: Env, t: str, g: str, n: int, pattern: str, want_acks: int,
+                    timeout_s: float = 120) -> dict:
+    """Runs `n` VerifiableShareConsumers until their acknowledgements add up
+    to `want_acks`; returns how often each (partition, offset) was
+    acknowledged."""
+    procs = [subprocess.Popen(
+        ["java", *QUIET, "-cp", env.cp, "org.apache.kafka.tools.VerifiableShareConsumer",
+         "--bootstrap-server", env.bootstrap, "--topic", t, "--group-id", g,
+         "--offset-reset-strategy", "earliest", "--acknowledgement-mode", "sync",
+         "--ack-pattern", pattern],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
+    acked: collections.Counter = collections.Counter()
+    failures: list = []
+    lock = threading.Lock()
+
+    def read(proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for ln in proc.stdout:
+            if not ln.startswith("{"):
+                continue
+            ev = json.loads(ln)
+            if ev.get("name") != "offsets_acknowledged":
+                continue
+            with lock:
+                if not ev.get("success"):
+                    failures.append(ev)
+                for p in ev.get("partitions", []):
+                    for o in p["offsets"]:
+                        acked[(p["partition"], o)] += 1
+
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in procs]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(acked.values()) >= want_acks:
+                    break
+            time.sleep(0.2)
+        time.sleep(1)  # anything beyond the expected count shows up too
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    expect(not failures, f"failed acknowledgements: {failures[:2]}")
+    return dict(acked)
+
+
+def check_share_groups(env: Env) -> None:
+    t, g = unique("share"), unique("share-group")
+    per_partition = 200 if env.quick else 1000
+    create(env, t, 2)
+    produce_lines(env, t, [f"v{i}" for i in range(2 * per_partition)], partitions=2)
+    # By offset % 5: 0-2 accepted, 3 released (back until the delivery
+    # limit of 5, then archived), 4 rejected.
+    kinds = {(p, o): "accept" if o % 5 < 3 else "release" if o % 5 == 3 else "reject"
+             for p in range(2) for o in range(per_partition)}
+    times = {"accept": 1, "release": 5, "reject": 1}
+    want = sum(times[k] for k in kinds.values())
+    acked = share_consumers(env, t, g, 2, "accept,accept,accept,release,reject", want)
+    wrong = {k: (kind, acked.get(k, 0)) for k, kind in kinds.items() if acked.get(k, 0) != times[kind]}
+    expect(not wrong, f"{len(wrong)} records acknowledged a wrong number of times, e.g. "
+           f"{sorted(wrong.items())[:5]} (of {sum(acked.values())} acknowledgements, want {want})")
+    expect(g in env.tool(SHARE_GROUPS, "--list").split(), "--list does not show the share group")
+    deadline = time.monotonic() + 30
+    while True:
+        state = env.tool(SHARE_GROUPS, "--describe", "--group", g, "--state")
+        if re.search(rf"^{g}\s+\S+\s+\(\d+\)\s+Empty\s+0\b", state, re.M) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    expect(re.search(rf"^{g}\s+\S+\s+\(\d+\)\s+Empty\s+0\b", state, re.M) is not None,
+           f"--describe --state (Empty, 0 members, once the consumers left):\n{state}")
+    offsets = env.tool(SHARE_GROUPS, "--describe", "--group", g, "--offsets")
+    rows = sorted(ln.split()[2:4] for ln in offsets.splitlines() if ln.startswith(g))
+    expect(rows == [["0", str(per_partition)], ["1", str(per_partition)]],
+           f"--describe --offsets (every partition done: start offset {per_partition}):\n{offsets}")
+    out = env.tool(SHARE_GROUPS, "--reset-offsets", "--group", g, "--topic", t, "--to-earliest", "--execute")
+    expect(len(re.findall(rf"{t}\s+\d\s+0\b", out)) == 2, f"--reset-offsets --to-earliest:\n{out}")
+    # From the start again: every record, once.
+    again = share_consumers(env, t, g, 1, "accept", 2 * per_partition)
+    expect(sorted(again) == sorted(kinds) and set(again.values()) == {1},
+           f"after the reset: {len(again)} of {len(kinds)} records, counts {set(again.values())}")
+    out = env.tool(SHARE_GROUPS, "--delete-offsets", "--group", g, "--topic", t)
+    expect(re.search(rf"{t}\s+Successful", out) is not None, f"--delete-offsets:\n{out}")
+    out = env.tool(SHARE_GROUPS, "--delete", "--group", g)
+    expect("successful" in out.lower(), f"--delete:\n{out}")
+    expect(g not in env.tool(SHARE_GROUPS, "--list").split(), "deleted share group still listed")
+
+
 def check_transactional_copier(env: Env) -> None:
     src, dst = unique("tmc-in"), unique("tmc-out")
     parts = 2 if env.quick else 4
@@ -806,12 +910,14 @@ CHECKS = {
     "transactions-command": check_transactions_command,
     "verifiable-clients": check_verifiable_clients,
     "consumer-protocol": check_consumer_protocol,
+    "share-groups": check_share_groups,
     "transactional-copier": check_transactional_copier,
     "streams-eos": check_streams_eos,
     "sasl": check_sasl,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
-         "streams-eos", "cluster-reassign", "api-versions", "leader-epochs", "sasl"]
+         "streams-eos", "cluster-reassign", "api-versions", "leader-epochs", "sasl",
+         "share-groups"]
 
 
 def main() -> int:
