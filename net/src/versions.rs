@@ -66,17 +66,19 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // acquired one by one here, within MaxRecords, which both modes allow).
     // Read and WriteShareGroupState are what leaders send the group's
     // coordinator; Initialize, Delete and ReadShareGroupStateSummary
-    // complete Kafka's share-coordinator set.
+    // complete Kafka's share-coordinator set. Their v1 and
+    // DescribeShareGroupOffsets v1 carry KIP-1226's delivery-complete
+    // count and lag.
     (ApiKey::ShareGroupHeartbeat, 1, 1),
     (ApiKey::ShareGroupDescribe, 1, 1),
     (ApiKey::ShareFetch, 1, 2),
     (ApiKey::ShareAcknowledge, 1, 2),
     (ApiKey::InitializeShareGroupState, 0, 0),
     (ApiKey::ReadShareGroupState, 0, 0),
-    (ApiKey::WriteShareGroupState, 0, 0),
+    (ApiKey::WriteShareGroupState, 0, 1),
     (ApiKey::DeleteShareGroupState, 0, 0),
-    (ApiKey::ReadShareGroupStateSummary, 0, 0),
-    (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::ReadShareGroupStateSummary, 0, 1),
+    (ApiKey::DescribeShareGroupOffsets, 0, 1),
     (ApiKey::AlterShareGroupOffsets, 0, 0),
     (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::OffsetDelete, 0, 0),
@@ -120,6 +122,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 5),
     (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
+    // The quorum is static (`controller_quorum_voters`, `kraft.version`
+    // 0): voter changes are refused as Kafka refuses them there.
+    (ApiKey::AddRaftVoter, 0, 1),
+    (ApiKey::RemoveRaftVoter, 0, 0),
     (ApiKey::AlterReplicaLogDirs, 1, 2),
     // Through the controller: a fenced broker leaves the registry.
     (ApiKey::UnregisterBroker, 0, 0),

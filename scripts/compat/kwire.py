@@ -79,7 +79,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
                   DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
-                  WRITE_TXN_MARKERS: 1, 83: 0, 84: 0, 86: 0, 87: 0}
+                  WRITE_TXN_MARKERS: 1, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1260,6 +1260,39 @@ def find_coordinators(conn: Conn, version: int, keys: list[str], key_type: int
     r.skip_tags(True)
     r.expect_end(f"FindCoordinator v{version} response")
     return out
+
+
+# --- AddRaftVoter (v0-1) and RemoveRaftVoter (v0), KIP-853 ------------------------
+
+ADD_RAFT_VOTER = 80
+REMOVE_RAFT_VOTER = 81
+
+
+def _voter_change_result(r: Reader, what: str) -> tuple[int, str | None]:
+    r.int32()  # throttle_time_ms
+    err, msg = r.int16(), r.string(True)
+    r.skip_tags(True)
+    r.expect_end(what)
+    return err, msg
+
+
+def add_raft_voter(conn: Conn, version: int, cluster_id: str | None, voter_id: int,
+                   host: str, port: int) -> tuple[int, str | None]:
+    """(error code, message)."""
+    w = Writer().string(cluster_id, compact=True).int32(30000).int32(voter_id)
+    w.uuid(uuid.uuid4()).array_len(1, compact=True)
+    w.string("CONTROLLER", compact=True).string(host, compact=True).raw(struct.pack(">H", port))
+    w.tags(True)
+    if version >= 1:
+        w.bool(True)
+    r = conn.request(ADD_RAFT_VOTER, version, w.tags(True).getvalue())
+    return _voter_change_result(r, f"AddRaftVoter v{version} response")
+
+
+def remove_raft_voter(conn: Conn, cluster_id: str | None, voter_id: int) -> tuple[int, str | None]:
+    w = Writer().string(cluster_id, compact=True).int32(voter_id).uuid(uuid.uuid4())
+    r = conn.request(REMOVE_RAFT_VOTER, 0, w.tags(True).getvalue())
+    return _voter_change_result(r, "RemoveRaftVoter v0 response")
 
 
 # --- Share-coordinator state APIs (KIP-932, v0, flexible) ------------------------

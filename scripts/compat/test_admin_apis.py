@@ -519,3 +519,24 @@ def test_scram_credentials_altered_described_and_kept_across_a_restart(broker):
     broker.restart()
     admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
     assert described() == {"carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)]}
+
+
+def test_raft_voter_changes_are_refused_as_on_a_static_quorum(broker):
+    """AddRaftVoter (v0, v1) and RemoveRaftVoter on our static quorum, as
+    Kafka answers them with `controller.quorum.voters` (kraft.version 0):
+    UNSUPPORTED_VERSION (35) with Kafka's message; another cluster's id
+    gets INCONSISTENT_CLUSTER_ID (104) first. The quorum stays as it was."""
+    with kwire.Conn(broker.host, broker.ports[0]) as k:
+        cluster = kwire.metadata(k, 12, []).cluster_id
+        before = kwire.negotiate(k)
+        for version in (0, 1):
+            err, msg = kwire.add_raft_voter(k, version, cluster, 7, "127.0.0.1", 9999)
+            assert (err, msg) == (35, "Cluster doesn't support adding voter because the "
+                                      "kraft.version feature is 0"), (version, err, msg)
+        assert kwire.add_raft_voter(k, 1, None, 7, "127.0.0.1", 9999)[0] == 35
+        assert kwire.add_raft_voter(k, 1, "another-cluster", 7, "127.0.0.1", 9999)[0] == 104
+        err, msg = kwire.remove_raft_voter(k, cluster, 0)
+        assert (err, msg) == (35, "Cluster doesn't support removing voter because the "
+                                  "kraft.version feature is 0"), (err, msg)
+        assert kwire.remove_raft_voter(k, "another-cluster", 0)[0] == 104
+        assert before[kwire.ADD_RAFT_VOTER] == (0, 1) and before[kwire.REMOVE_RAFT_VOTER] == (0, 0)

@@ -351,3 +351,57 @@ def test_group_configs_start_earliest_and_skip_aborted_transactions(broker):
     from confluent_kafka import KafkaException
     with pytest.raises(KafkaException, match="not supported"):
         set_group_configs(broker, group, streams_num_standby_replicas="1")
+
+
+def test_share_state_follows_partition_and_coordinator_moves(broker):
+    """Accepted records stay accepted when the partition moves to another
+    node and the group's coordinator (its __consumer_offsets partition)
+    moves too: the new leader reads the state from the new coordinator."""
+    from kafka import KafkaAdminClient
+    from test_groups_wire import java_hash
+    from test_reassign import leader_of, move
+    topic, group = unique("share"), unique("sg")
+    create_topic(broker, topic, 1)
+    set_group_configs(broker, group, share_auto_offset_reset="earliest")
+    produce(broker, topic, [f"v{i}" for i in range(200)])
+    c = share_consumer(broker, group, **{"share.acknowledgement.mode": "explicit"})
+    first: list[str] = []
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + DEADLINE_S
+        while len(first) < 100 and time.monotonic() < deadline:
+            for m in c.poll(0.5):
+                if len(first) < 100:
+                    first.append(m.value().decode())
+                    c.acknowledge(m, AcknowledgeType.ACCEPT)
+                else:
+                    c.acknowledge(m, AcknowledgeType.RELEASE)
+            c.commit_sync(10)
+    finally:
+        c.close()
+    assert len(first) == 100
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        home = leader_of(admin, topic, 0)
+        move(admin, topic, 0, next(n for n in broker.expected_nodes if n != home))
+        parts = admin.describe_topic_partitions(["__consumer_offsets"])["topics"][0]["partitions"]
+        p = (java_hash(group) & 0x7FFFFFFF) % len(parts)
+        coordinator = leader_of(admin, "__consumer_offsets", p)
+        move(admin, "__consumer_offsets", p,
+             next(n for n in broker.expected_nodes if n != coordinator))
+    finally:
+        admin.close()
+    c2 = share_consumer(broker, group)
+    try:
+        c2.subscribe([topic])
+        rest: dict[str, int] = {}
+        deadline = time.monotonic() + DEADLINE_S
+        while len(rest) < 100 and time.monotonic() < deadline:
+            for v in values(c2.poll(0.5)):
+                rest[v] = rest.get(v, 0) + 1
+        c2.commit_sync(10)
+    finally:
+        c2.close()
+    again = set(first) & set(rest)
+    assert not again, f"accepted before the moves, delivered again: {sorted(again)[:5]}"
+    assert set(first) | set(rest) == {f"v{i}" for i in range(200)}

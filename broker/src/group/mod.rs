@@ -1801,7 +1801,7 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
             group,
             topic_id,
             partition,
-            value,
+            value: Some(v),
         } => {
             let g = groups
                 .entry(group.clone())
@@ -1810,13 +1810,17 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
                 g.share = Some(ShareGroup::restored(0));
                 g.sync_share_state(now);
             }
-            match value {
-                Some(v) => {
-                    g.share_states.insert((topic_id, partition), v);
-                }
-                None => {
-                    g.share_states.remove(&(topic_id, partition));
-                }
+            g.share_states.insert((topic_id, partition), v);
+        }
+        GroupRecord::ShareState {
+            group,
+            topic_id,
+            partition,
+            value: None,
+        } => {
+            // A tombstone never brings a deleted group back.
+            if let Some(g) = groups.get_mut(&group) {
+                g.share_states.remove(&(topic_id, partition));
             }
         }
         GroupRecord::ConsumerGroup { group, epoch: None } => {
@@ -1863,6 +1867,59 @@ mod tests {
                 commit_timestamp: 0,
             }),
         }
+    }
+
+    #[test]
+    fn replay_rebuilds_share_groups_and_a_deleted_one_stays_deleted() {
+        let t = uuid::Uuid::from_u128(5);
+        let state = |start| {
+            Some(ShareStateValue {
+                state_epoch: 0,
+                leader_epoch: 0,
+                start_offset: start,
+                batches: Vec::new(),
+            })
+        };
+        let share_state = |g: &str, p, value| GroupRecord::ShareState {
+            group: g.into(),
+            topic_id: t,
+            partition: p,
+            value,
+        };
+        let log = vec![
+            GroupRecord::ShareGroup {
+                group: "s".into(),
+                epoch: Some(3),
+            },
+            share_state("s", 0, state(10)),
+            share_state("s", 1, state(4)),
+            share_state("s", 0, state(12)),
+            share_state("s", 1, None),
+            // "d" is deleted as `delete` writes it: states, then the group.
+            share_state("d", 0, state(1)),
+            GroupRecord::Group {
+                group: "d".into(),
+                value: None,
+            },
+            share_state("d", 0, None),
+            GroupRecord::ShareGroup {
+                group: "d".into(),
+                epoch: None,
+            },
+        ];
+        let mut groups = HashMap::new();
+        for r in decode_batches(encode_batch(&log, 0).unwrap()).unwrap() {
+            replay(&mut groups, r, 100);
+        }
+        assert!(!groups.contains_key("d"));
+        let s = &groups["s"];
+        assert_eq!(s.share.as_ref().map(|g| g.epoch), Some(3));
+        assert_eq!(s.protocol_type.as_deref(), Some("share"));
+        assert_eq!(
+            s.share_states.keys().copied().collect::<Vec<_>>(),
+            vec![(t, 0)]
+        );
+        assert_eq!(s.share_states[&(t, 0)].start_offset, 12);
     }
 
     #[test]

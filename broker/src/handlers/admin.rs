@@ -12,9 +12,11 @@
 //! * DescribeTopicPartitions: Metadata's topic view, paged by cursor;
 //! * DescribeLogDirs: this node's one log directory (the data directory)
 //!   and the size of each partition it leads (objects plus WAL tail);
-//! * ListConfigResources: topics and nodes (v1), client-metrics
-//!   subscriptions (none);
+//! * ListConfigResources: topics, nodes and groups with configs (v1),
+//!   client-metrics subscriptions (none);
 //! * DescribeQuorum: the Raft quorum that keeps the metadata;
+//! * AddRaftVoter, RemoveRaftVoter: the quorum is static (`kraft.version`
+//!   0), so UNSUPPORTED_VERSION, as Kafka answers on a static quorum;
 //! * AlterReplicaLogDirs: one log directory per node, so only no-op moves;
 //! * UnregisterBroker: a fenced broker's nodes leave the registry (through
 //!   the controller).
@@ -45,14 +47,15 @@ use kafka_protocol::messages::describe_topic_partitions_response::{
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::list_config_resources_response::ConfigResource;
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
-    AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, BrokerId, CreateAclsRequest,
-    CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
-    DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeQuorumRequest,
-    DescribeQuorumResponse, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, ListConfigResourcesRequest,
-    ListConfigResourcesResponse, ListPartitionReassignmentsRequest,
-    ListPartitionReassignmentsResponse, UnregisterBrokerRequest, UnregisterBrokerResponse,
+    AddRaftVoterRequest, AddRaftVoterResponse, AlterPartitionReassignmentsRequest,
+    AlterPartitionReassignmentsResponse, AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse,
+    BrokerId, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DescribeAclsRequest, DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    DescribeQuorumRequest, DescribeQuorumResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, ElectLeadersRequest, ElectLeadersResponse,
+    ListConfigResourcesRequest, ListConfigResourcesResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
+    UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -561,6 +564,52 @@ pub fn list_config_resources(
                 .map(|s| resource(shard.config.node_id(s).to_string(), TYPE_BROKER)),
         );
     }
+    if wants(TYPE_GROUP) {
+        // Groups with dynamic configs (they are kept in the metadata).
+        resp.config_resources.extend(
+            image
+                .group_configs
+                .keys()
+                .map(|g| resource(g.clone(), TYPE_GROUP)),
+        );
+    }
+    resp
+}
+
+/// The message Kafka's Raft client gives a voter change on a static quorum.
+fn static_quorum(what: &str) -> String {
+    format!("Cluster doesn't support {what} voter because the kraft.version feature is 0")
+}
+
+/// The error for a request naming another cluster, as Kafka checks first.
+fn other_cluster(shard: &Shard, cluster_id: Option<&str>) -> bool {
+    cluster_id.is_some_and(|c| c != shard.config.cluster_id)
+}
+
+/// AddRaftVoter (KIP-853): the quorum is static (`controller_quorum_voters`,
+/// as Kafka's `controller.quorum.voters`: `kraft.version` 0), so a voter
+/// cannot be added; answered as Kafka's Raft client answers on such a
+/// cluster: UNSUPPORTED_VERSION, after the cluster id check.
+pub fn add_raft_voter(shard: &Shard, req: AddRaftVoterRequest) -> AddRaftVoterResponse {
+    let mut resp = AddRaftVoterResponse::default();
+    if other_cluster(shard, req.cluster_id.as_deref()) {
+        resp.error_code = ResponseError::InconsistentClusterId.code();
+        return resp;
+    }
+    resp.error_code = ResponseError::UnsupportedVersion.code();
+    resp.error_message = Some(str_bytes(&static_quorum("adding")));
+    resp
+}
+
+/// RemoveRaftVoter: as AddRaftVoter, on a static quorum.
+pub fn remove_raft_voter(shard: &Shard, req: RemoveRaftVoterRequest) -> RemoveRaftVoterResponse {
+    let mut resp = RemoveRaftVoterResponse::default();
+    if other_cluster(shard, req.cluster_id.as_deref()) {
+        resp.error_code = ResponseError::InconsistentClusterId.code();
+        return resp;
+    }
+    resp.error_code = ResponseError::UnsupportedVersion.code();
+    resp.error_message = Some(str_bytes(&static_quorum("removing")));
     resp
 }
 

@@ -57,7 +57,7 @@ use crate::group::share::ShareHeartbeat;
 use crate::group_config::ShareConfig;
 use crate::metadata::MetadataImage;
 use crate::shard::Shard;
-use crate::share::partition::{LogBatch, StateBatch, ACK_REJECT, ACK_RENEW};
+use crate::share::partition::{delivery_complete, LogBatch, StateBatch, ACK_REJECT, ACK_RENEW};
 use crate::share::{split_batches, Acks, SessionStep, SpKey};
 
 /// Member type in describe answers: a share-group member.
@@ -363,6 +363,7 @@ pub fn read_state_summary(
                     r.state_epoch = v.state_epoch;
                     r.leader_epoch = v.leader_epoch;
                     r.start_offset = v.start_offset;
+                    r.delivery_complete_count = delivery_complete(&v.batches);
                 }
                 Ok(None) => {}
                 Err(e) => r.error_code = e.code(),
@@ -374,12 +375,28 @@ pub fn read_state_summary(
     resp
 }
 
-pub fn describe_offsets(
+/// A share-partition whose lag a DescribeShareGroupOffsets answer needs.
+struct Lag {
+    /// Where in the answer: group, topic and partition indexes.
+    at: (usize, usize, usize),
+    start: i64,
+    /// Records from `start` on already delivered for good.
+    done: i64,
+    key: (Uuid, i32),
+}
+
+/// DescribeShareGroupOffsets: each share-partition's start offset and, from
+/// v1 (KIP-1226), its lag: the records from the start offset to the
+/// partition's end that are not yet delivered for good (the end asked of
+/// each partition's leader; -1 when it cannot be had).
+pub async fn describe_offsets(
     shard: &Rc<Shard>,
     req: DescribeShareGroupOffsetsRequest,
+    version: i16,
 ) -> DescribeShareGroupOffsetsResponse {
     let image = shard.image();
     let mut resp = DescribeShareGroupOffsetsResponse::default();
+    let mut lags: Vec<Lag> = Vec::new();
     for g in req.groups {
         let mut out = DescribeShareGroupOffsetsResponseGroup::default();
         match shard.groups.share_offsets(&g.group_id) {
@@ -423,6 +440,12 @@ pub fn describe_offsets(
                         } else if let Some(s) = states.get(&(id, p)) {
                             d.start_offset = s.start_offset;
                             d.leader_epoch = s.leader_epoch;
+                            lags.push(Lag {
+                                at: (resp.groups.len(), out.topics.len(), topic.partitions.len()),
+                                start: s.start_offset,
+                                done: i64::from(delivery_complete(&s.batches)),
+                                key: (id, p),
+                            });
                         }
                         topic.partitions.push(d);
                     }
@@ -432,6 +455,16 @@ pub fn describe_offsets(
         }
         out.group_id = g.group_id;
         resp.groups.push(out);
+    }
+    if version >= 1 && !lags.is_empty() {
+        let keys: Vec<(Uuid, i32)> = lags.iter().map(|l| l.key).collect();
+        let ends = crate::share::persister::end_offsets(shard, &image, &keys).await;
+        for l in lags {
+            if let Some(&end) = ends.get(&l.key) {
+                let (g, t, p) = l.at;
+                resp.groups[g].topics[t].partitions[p].lag = (end - l.start - l.done).max(0);
+            }
+        }
     }
     resp
 }

@@ -618,9 +618,9 @@ impl Shard {
             RequestKind::ReadShareGroupStateSummary(r) => ResponseKind::ReadShareGroupStateSummary(
                 handlers::share::read_state_summary(&self, r),
             ),
-            RequestKind::DescribeShareGroupOffsets(r) => {
-                ResponseKind::DescribeShareGroupOffsets(handlers::share::describe_offsets(&self, r))
-            }
+            RequestKind::DescribeShareGroupOffsets(r) => ResponseKind::DescribeShareGroupOffsets(
+                handlers::share::describe_offsets(&self, r, v).await,
+            ),
             RequestKind::AlterShareGroupOffsets(r) => {
                 ResponseKind::AlterShareGroupOffsets(handlers::share::alter_offsets(&self, r).await)
             }
@@ -725,6 +725,12 @@ impl Shard {
             }
             RequestKind::AlterReplicaLogDirs(r) => {
                 ResponseKind::AlterReplicaLogDirs(handlers::admin::alter_replica_log_dirs(&self, r))
+            }
+            RequestKind::AddRaftVoter(r) => {
+                ResponseKind::AddRaftVoter(handlers::admin::add_raft_voter(&self, r))
+            }
+            RequestKind::RemoveRaftVoter(r) => {
+                ResponseKind::RemoveRaftVoter(handlers::admin::remove_raft_voter(&self, r))
             }
             RequestKind::DescribeQuorum(r) => {
                 ResponseKind::DescribeQuorum(handlers::admin::describe_quorum(&self, r).await)

@@ -97,15 +97,19 @@ impl SharePartition {
 
     /// Rebuilds from a persisted snapshot: acquired records were saved as
     /// available, so their locks are gone and they are handed out again.
+    /// Only the window's worth of offsets from `start` is taken, whatever
+    /// the stored batches claim (a WriteShareGroupState may come from any
+    /// client).
     pub fn restore(start: i64, batches: &[StateBatch], limits: Limits) -> Self {
         let mut sp = SharePartition::new(start, limits);
+        let limit = start.saturating_add(limits.max_in_flight.max(1) - 1);
         for b in batches {
             let state = match b.state {
                 STATE_ACKNOWLEDGED => State::Acknowledged,
                 STATE_ARCHIVED => State::Archived,
                 _ => State::Available,
             };
-            let last = b.last.min(b.first.saturating_add(limits.max_in_flight - 1));
+            let last = b.last.min(limit);
             for o in b.first.max(start)..=last {
                 sp.records.insert(
                     o,
@@ -221,13 +225,27 @@ impl SharePartition {
                         r.state = State::Archived;
                     }
                 } else {
-                    if self.window_room() <= 0 || (taken >= max_records && !b.control) {
+                    if taken >= max_records && !b.control {
                         break 'batches;
                     }
-                    // Offsets the log skipped (compacted away) are done.
-                    while self.next < o {
-                        self.records.insert(self.next, archived());
-                        self.next += 1;
+                    // Offsets the log skipped (compacted away) are done:
+                    // with nothing in flight the window jumps over them;
+                    // else they are archived, if the window has room.
+                    if o > self.next {
+                        if self.records.is_empty() {
+                            self.start = o;
+                            self.next = o;
+                        } else if o - self.next >= self.window_room() {
+                            break 'batches;
+                        } else {
+                            while self.next < o {
+                                self.records.insert(self.next, archived());
+                                self.next += 1;
+                            }
+                        }
+                    }
+                    if self.window_room() <= 0 {
+                        break 'batches;
                     }
                     if b.control {
                         self.records.insert(o, archived());
@@ -371,6 +389,17 @@ impl SharePartition {
         }
         out
     }
+}
+
+/// Offsets of a stored state that are done (acknowledged or archived):
+/// KIP-1226's delivery-complete count, which the lag leaves out.
+pub fn delivery_complete(batches: &[StateBatch]) -> i32 {
+    let n: i64 = batches
+        .iter()
+        .filter(|b| b.state == STATE_ACKNOWLEDGED || b.state == STATE_ARCHIVED)
+        .map(|b| (b.last - b.first + 1).max(0))
+        .sum();
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn archived() -> InFlight {
@@ -578,6 +607,47 @@ mod tests {
             Err(ResponseError::InvalidRequest)
         );
         assert_eq!(sp.acquired_by("a"), 3);
+    }
+
+    #[test]
+    fn a_compacted_gap_is_jumped_not_filled() {
+        let mut sp = SharePartition::new(0, LIMITS);
+        // Offsets 2..1_000_000 were compacted away.
+        let log = [batch(0, 1), batch(1_000_000, 1_000_001)];
+        assert_eq!(sp.acquire("a", &log, 1_000_002, 100, 0), vec![acq(0, 1, 1)]);
+        assert_eq!(
+            sp.in_flight(),
+            2,
+            "the gap is not filled while 0-1 are held"
+        );
+        sp.acknowledge("a", (0, 1), &[ACK_ACCEPT], ACK_RENEW, 0)
+            .unwrap();
+        assert_eq!(
+            sp.acquire("a", &log, 1_000_002, 100, 0),
+            vec![acq(1_000_000, 1_000_001, 1)]
+        );
+        assert_eq!((sp.start(), sp.in_flight()), (1_000_000, 2));
+    }
+
+    #[test]
+    fn a_stored_state_cannot_make_the_window_grow() {
+        let far = StateBatch {
+            first: 0,
+            last: 1 << 40,
+            state: STATE_ARCHIVED,
+            delivery_count: 1,
+        };
+        let sp = SharePartition::restore(0, &[far], LIMITS);
+        assert!(sp.in_flight() as i64 <= LIMITS.max_in_flight);
+        let sp = SharePartition::restore(
+            0,
+            &[StateBatch {
+                first: 1 << 40,
+                ..far
+            }],
+            LIMITS,
+        );
+        assert_eq!(sp.in_flight(), 0);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!
 //! Runs on the leader's shard; only awaits the coordinator's answer.
 
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    read_share_group_state_request, write_share_group_state_request, ApiKey,
-    ReadShareGroupStateRequest, ReadShareGroupStateResponse, WriteShareGroupStateRequest,
-    WriteShareGroupStateResponse,
+    read_share_group_state_request, write_share_group_state_request, ApiKey, BrokerId,
+    ListOffsetsRequest, ListOffsetsResponse, ReadShareGroupStateRequest,
+    ReadShareGroupStateResponse, WriteShareGroupStateRequest, WriteShareGroupStateResponse,
 };
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
@@ -20,10 +22,13 @@ use uuid::Uuid;
 use super::partition::StateBatch;
 use crate::group::records::ShareStateValue;
 use crate::handlers::groups::{locate_coordinator, KEY_TYPE_GROUP};
-use crate::handlers::{error_from_code, str_bytes};
+use crate::handlers::{error_from_code, str_bytes, topic_name};
+use crate::metadata::MetadataImage;
 use crate::shard::Shard;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// ListOffsets' timestamp for the latest offset.
+const LATEST: i64 = -1;
 
 /// Where the group's coordinator is: `None` for this shard.
 async fn coordinator(shard: &Rc<Shard>, group: &str) -> Result<Option<String>, ResponseError> {
@@ -99,7 +104,7 @@ pub async fn write(
             .write_share_state(group, topic_id, partition, value)
             .await;
     };
-    let req = WriteShareGroupStateRequest::default()
+    let mut req = WriteShareGroupStateRequest::default()
         .with_group_id(str_bytes(group))
         .with_topics(vec![
             write_share_group_state_request::WriteStateData::default()
@@ -125,8 +130,11 @@ pub async fn write(
                         ),
                 ]),
         ]);
+    for p in req.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        p.delivery_complete_count = super::partition::delivery_complete(&value.batches);
+    }
     let resp: WriteShareGroupStateResponse =
-        crate::peer::call(&addr, ApiKey::WriteShareGroupState, 0, &req, TIMEOUT).await?;
+        crate::peer::call(&addr, ApiKey::WriteShareGroupState, 1, &req, TIMEOUT).await?;
     let code = resp
         .results
         .iter()
@@ -137,4 +145,76 @@ pub async fn write(
         0 => Ok(()),
         c => Err(error_from_code(c)),
     }
+}
+
+/// The end (high watermark) of each partition, asked of its leader: this
+/// shard's own partitions directly, others with one ListOffsets (latest)
+/// per node. A partition whose leader cannot answer is left out.
+pub async fn end_offsets(
+    shard: &Rc<Shard>,
+    image: &MetadataImage,
+    keys: &[(Uuid, i32)],
+) -> HashMap<(Uuid, i32), i64> {
+    let mut out = HashMap::new();
+    let mut by_node: BTreeMap<i32, Vec<(Uuid, i32)>> = BTreeMap::new();
+    for &(t, p) in keys {
+        let Some(node) = image.leader_of(t, p) else {
+            continue;
+        };
+        if node == shard.node_id() {
+            if let Some(hw) = shard.high_watermark((t, p)) {
+                out.insert((t, p), hw);
+            }
+        } else {
+            by_node.entry(node).or_default().push((t, p));
+        }
+    }
+    for (node, parts) in by_node {
+        let Some(n) = image.live_node(node) else {
+            continue;
+        };
+        let addr = format!("{}:{}", n.host, n.port);
+        let mut topics: BTreeMap<Uuid, Vec<i32>> = BTreeMap::new();
+        for (t, p) in parts {
+            topics.entry(t).or_default().push(p);
+        }
+        let names: HashMap<String, Uuid> = topics
+            .keys()
+            .filter_map(|id| image.topic_by_id(id).map(|m| (m.name.clone(), *id)))
+            .collect();
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(
+                names
+                    .iter()
+                    .map(|(name, id)| {
+                        ListOffsetsTopic::default()
+                            .with_name(topic_name(name))
+                            .with_partitions(
+                                topics[id]
+                                    .iter()
+                                    .map(|&p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(p)
+                                            .with_current_leader_epoch(-1)
+                                            .with_timestamp(LATEST)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+        let resp: Result<ListOffsetsResponse, _> =
+            crate::peer::call(&addr, ApiKey::ListOffsets, 7, &req, TIMEOUT).await;
+        let Ok(resp) = resp else { continue };
+        for t in resp.topics {
+            let Some(&id) = names.get(t.name.as_str()) else {
+                continue;
+            };
+            for p in t.partitions.into_iter().filter(|p| p.error_code == 0) {
+                out.insert((id, p.partition_index), p.offset);
+            }
+        }
+    }
+    out
 }

@@ -42,9 +42,9 @@ Each check runs real commands with `java -cp` and checks their output:
                          group (ack pattern accept x3, release, reject):
                          every accepted record once, rejected ones once,
                          released ones until the delivery limit (5);
-                         ShareGroupCommand --list, --describe (offsets,
-                         state, members), --reset-offsets (then all
-                         records again), --delete-offsets, --delete
+                         ShareGroupCommand --list, --describe (offsets and
+                         lag, state), --reset-offsets (then all records
+                         again), --delete-offsets, --delete
   transactional-copier   TransactionalMessageCopier with random aborts, read
                          back read_committed: output equals input
   streams-eos            Kafka Streams word count, exactly_once_v2: the
@@ -812,11 +812,16 @@ def check_share_groups(env: Env) -> None:
     expect(re.search(rf"^{g}\s+\S+\s+\(\d+\)\s+Empty\s+0\b", state, re.M) is not None,
            f"--describe --state (Empty, 0 members, once the consumers left):\n{state}")
     offsets = env.tool(SHARE_GROUPS, "--describe", "--group", g, "--offsets")
-    rows = sorted(ln.split()[2:4] for ln in offsets.splitlines() if ln.startswith(g))
-    expect(rows == [["0", str(per_partition)], ["1", str(per_partition)]],
-           f"--describe --offsets (every partition done: start offset {per_partition}):\n{offsets}")
+    rows = sorted(ln.split()[2:5] for ln in offsets.splitlines() if ln.startswith(g))
+    expect(rows == [["0", str(per_partition), "0"], ["1", str(per_partition), "0"]],
+           f"--describe --offsets (every partition done: start offset {per_partition}, "
+           f"lag 0):\n{offsets}")
     out = env.tool(SHARE_GROUPS, "--reset-offsets", "--group", g, "--topic", t, "--to-earliest", "--execute")
     expect(len(re.findall(rf"{t}\s+\d\s+0\b", out)) == 2, f"--reset-offsets --to-earliest:\n{out}")
+    offsets = env.tool(SHARE_GROUPS, "--describe", "--group", g, "--offsets")
+    rows = sorted(ln.split()[2:5] for ln in offsets.splitlines() if ln.startswith(g))
+    expect(rows == [["0", "0", str(per_partition)], ["1", "0", str(per_partition)]],
+           f"--describe --offsets after the reset (start 0, lag {per_partition}):\n{offsets}")
     # From the start again: every record, once.
     again = share_consumers(env, t, g, 1, "accept", 2 * per_partition)
     expect(sorted(again) == sorted(kinds) and set(again.values()) == {1},
