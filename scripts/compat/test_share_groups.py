@@ -20,6 +20,7 @@ import time
 import pytest
 
 from confluent_kafka import AcknowledgeType, ShareConsumer
+from test_admin_http import scrape, total
 from test_consumer_protocol import produce
 from test_groups import admin_for, create_topic, unique
 
@@ -82,9 +83,21 @@ def test_each_record_reaches_one_of_more_consumers_than_partitions(broker):
         assert not dups, f"delivered more than once: {list(dups.items())[:5]}"
         # Three members on two partitions: one partition is shared.
         assert sum(1 for n in per_consumer if n > 0) >= 2, per_consumer
+        # /metrics: the leaders hold a session per member and partition
+        # leader, and both share-partitions.
+        m = scrape(broker)
+        assert total(m, "broker_share_sessions") >= 3, m
+        assert total(m, "broker_share_partitions") >= 2
     finally:
         for c in consumers:
             c.close()
+    # Closed sessions let the share-partitions go (their states stay with
+    # the coordinator).
+    deadline = time.monotonic() + 10
+    while total(scrape(broker), "broker_share_partitions") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    m = scrape(broker)
+    assert (total(m, "broker_share_sessions"), total(m, "broker_share_partitions")) == (0, 0)
     # ListGroups lists it (librdkafka's list_consumer_groups keeps only
     # consumer and classic groups, as Kafka's AdminClient does).
     with pytest.warns(DeprecationWarning):

@@ -219,6 +219,24 @@ pub fn encode(reports: &[ShardReport], quorum: Option<&QuorumState>) -> String {
             sl(),
             r.partitions.len() as i64,
         );
+        f.gauge(
+            "broker_share_sessions",
+            "Share sessions (KIP-932) open on this shard.",
+            sl(),
+            r.share.sessions as i64,
+        );
+        f.gauge(
+            "broker_share_partitions",
+            "Share-partitions whose record states this shard holds.",
+            sl(),
+            r.share.partitions as i64,
+        );
+        f.gauge(
+            "broker_share_records_in_flight",
+            "Records of share-partitions between their start offset and the last one handed out.",
+            sl(),
+            r.share.records_in_flight as i64,
+        );
 
         if let Some(w) = &r.wal {
             f.counter(

@@ -82,6 +82,8 @@ pub struct ShardReport {
     pub upload: UploadStats,
     pub partitions: Vec<PartitionReport>,
     pub groups: Vec<GroupReport>,
+    /// Share groups' state on this leader (`crate::share`).
+    pub share: crate::share::ShareCounts,
 }
 
 impl ShardReport {
@@ -141,6 +143,7 @@ impl ShardReport {
             upload: shard.uploader.stats(),
             partitions,
             groups: shard.groups.report(),
+            share: shard.share.counts(),
         }
     }
 }

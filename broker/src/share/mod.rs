@@ -77,6 +77,15 @@ struct Entry {
     writing: bool,
 }
 
+/// Share sessions, share-partitions and their records in flight held by a
+/// shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareCounts {
+    pub sessions: usize,
+    pub partitions: usize,
+    pub records_in_flight: usize,
+}
+
 /// What a share session request did to the session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionStep {
@@ -186,8 +195,10 @@ impl ShareLeader {
         }
     }
 
-    /// Checks a ShareAcknowledge's epoch (it never opens a session) and
-    /// closes the session on -1 after `f` ran.
+    /// Checks the epoch of a request that cannot open a session (a
+    /// ShareAcknowledge, or a ShareFetch's final -1, whose caller closes the
+    /// session with `session_step` once its acknowledgements are applied)
+    /// and, for any other epoch, moves the session to its next one.
     pub fn session_acknowledge_check(
         &self,
         group: &str,
@@ -255,8 +266,8 @@ impl ShareLeader {
     }
 
     /// Makes sure the share-partition's state is here: read from the
-    /// coordinator, or initialized at the log end if it has none (Kafka's
-    /// default `share.auto.offset.reset=latest`) and written.
+    /// coordinator, or, if it has none, initialized where the group's
+    /// `share.auto.offset.reset` says (the log end by default) and written.
     pub async fn ensure_loaded(
         &self,
         key: &SpKey,
@@ -453,9 +464,16 @@ impl ShareLeader {
             .retain(|k, e| led((k.1, k.2)) || e.writing);
     }
 
-    /// Share-partitions and sessions held (for tests and metrics).
-    pub fn counts(&self) -> (usize, usize) {
-        (self.parts.borrow().len(), self.sessions.borrow().len())
+    /// What this shard holds, for `/metrics`: bounded by configuration
+    /// (sessions by `MAX_SESSIONS`, each share-partition's records by its
+    /// group's `share.partition.max.record.locks`).
+    pub fn counts(&self) -> ShareCounts {
+        let parts = self.parts.borrow();
+        ShareCounts {
+            sessions: self.sessions.borrow().len(),
+            partitions: parts.len(),
+            records_in_flight: parts.values().map(|e| e.sp.in_flight()).sum(),
+        }
     }
 }
 
