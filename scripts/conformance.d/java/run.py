@@ -38,7 +38,8 @@ Each check runs real commands with `java -cp` and checks their output:
                          consume every record once; ConsumerGroupCommand
                          lists the group as a consumer group and describes
                          its offsets and members
-  share-groups           KIP-932: two VerifiableShareConsumers of one share
+  share-groups           KIP-932: ConfigCommand sets and deletes a group
+                         config; two VerifiableShareConsumers of one share
                          group (ack pattern accept x3, release, reject):
                          every accepted record once, rejected ones once,
                          released ones until the delivery limit (5);
@@ -798,6 +799,11 @@ def check_share_groups(env: Env) -> None:
              for p in range(2) for o in range(per_partition)}
     times = {"accept": 1, "release": 5, "reject": 1}
     want = sum(times[k] for k in kinds.values())
+    # A group config, set with ConfigCommand before the group exists.
+    base = ["--entity-type", "groups", "--entity-name", g]
+    env.tool(CONFIG, *base, "--alter", "--add-config", "share.record.lock.duration.ms=20000")
+    desc = env.tool(CONFIG, *base, "--describe")
+    expect("share.record.lock.duration.ms=20000" in desc, f"ConfigCommand groups --describe:\n{desc}")
     acked = share_consumers(env, t, g, 2, "accept,accept,accept,release,reject", want)
     wrong = {k: (kind, acked.get(k, 0)) for k, kind in kinds.items() if acked.get(k, 0) != times[kind]}
     expect(not wrong, f"{len(wrong)} records acknowledged a wrong number of times, e.g. "
@@ -830,6 +836,9 @@ def check_share_groups(env: Env) -> None:
     expect(re.search(rf"{t}\s+Successful", out) is not None, f"--delete-offsets:\n{out}")
     out = env.tool(SHARE_GROUPS, "--delete", "--group", g)
     expect("successful" in out.lower(), f"--delete:\n{out}")
+    env.tool(CONFIG, *base, "--alter", "--delete-config", "share.record.lock.duration.ms")
+    desc = env.tool(CONFIG, *base, "--describe")
+    expect("share.record.lock.duration.ms" not in desc, f"--delete-config not seen:\n{desc}")
     expect(g not in env.tool(SHARE_GROUPS, "--list").split(), "deleted share group still listed")
 
 
