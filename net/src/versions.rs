@@ -287,3 +287,112 @@ mod tests {
         assert_eq!(api_versions_response(0, 3).api_keys.len(), SUPPORTED.len());
     }
 }
+
+/// The versions patched into the vendored crate (net/vendor/README.md):
+/// each new field survives an encode and decode at the version that has
+/// it, and is dropped (or refused, when it is not ignorable and set) below.
+#[cfg(test)]
+mod patched_messages {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    fn round_trip<T: Encodable + Decodable>(m: &T, version: i16) -> T {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf, version).expect("encodes");
+        let mut bytes = buf.freeze();
+        let back = T::decode(&mut bytes, version).expect("decodes");
+        assert!(bytes.is_empty(), "bytes left over at v{version}");
+        back
+    }
+
+    #[test]
+    fn share_fetch_and_acknowledge_v2() {
+        let batch = share_fetch_request::AcknowledgementBatch::default()
+            .with_first_offset(3)
+            .with_last_offset(5)
+            .with_acknowledge_types(vec![4]);
+        let req = ShareFetchRequest::default()
+            .with_member_id(Some("m".into()))
+            .with_share_session_epoch(2)
+            .with_max_records(10)
+            .with_share_acquire_mode(1)
+            .with_is_renew_ack(true)
+            .with_topics(vec![share_fetch_request::FetchTopic::default()
+                .with_partitions(vec![
+                    share_fetch_request::FetchPartition::default()
+                        .with_partition_index(1)
+                        .with_acknowledgement_batches(vec![batch]),
+                ])]);
+        assert_eq!(round_trip(&req, 2), req);
+        // v1 has neither field: a renew cannot be sent there.
+        let mut buf = BytesMut::new();
+        assert!(req.encode(&mut buf, 1).is_err());
+        let plain = req.clone().with_is_renew_ack(false);
+        assert_eq!(round_trip(&plain, 1), plain.with_share_acquire_mode(0));
+
+        let ack = ShareAcknowledgeRequest::default()
+            .with_member_id(Some("m".into()))
+            .with_share_session_epoch(3)
+            .with_is_renew_ack(true);
+        assert_eq!(round_trip(&ack, 2), ack);
+        let resp = ShareAcknowledgeResponse::default().with_acquisition_lock_timeout_ms(15_000);
+        assert_eq!(round_trip(&resp, 2), resp);
+        assert_eq!(round_trip(&resp, 1).acquisition_lock_timeout_ms, 0);
+    }
+
+    #[test]
+    fn kip_1226_counts_and_lag_v1() {
+        let write = WriteShareGroupStateRequest::default().with_topics(vec![
+            write_share_group_state_request::WriteStateData::default().with_partitions(vec![
+                write_share_group_state_request::PartitionData::default()
+                    .with_start_offset(40)
+                    .with_delivery_complete_count(7),
+            ]),
+        ]);
+        assert_eq!(round_trip(&write, 1), write);
+        let v0 = round_trip(&write, 0);
+        assert_eq!(v0.topics[0].partitions[0].delivery_complete_count, -1);
+        assert_eq!(v0.topics[0].partitions[0].start_offset, 40);
+
+        let summary = ReadShareGroupStateSummaryResponse::default().with_results(vec![
+            read_share_group_state_summary_response::ReadStateSummaryResult::default()
+                .with_partitions(vec![
+                    read_share_group_state_summary_response::PartitionResult::default()
+                        .with_start_offset(40)
+                        .with_delivery_complete_count(7),
+                ]),
+        ]);
+        assert_eq!(round_trip(&summary, 1), summary);
+
+        use describe_share_group_offsets_response::*;
+        let lag = DescribeShareGroupOffsetsResponse::default().with_groups(vec![
+            DescribeShareGroupOffsetsResponseGroup::default().with_topics(vec![
+                DescribeShareGroupOffsetsResponseTopic::default().with_partitions(vec![
+                    DescribeShareGroupOffsetsResponsePartition::default()
+                        .with_start_offset(8)
+                        .with_lag(12),
+                ]),
+            ]),
+        ]);
+        assert_eq!(round_trip(&lag, 1), lag);
+        let v0 = round_trip(&lag, 0);
+        assert_eq!(v0.groups[0].topics[0].partitions[0].lag, -1);
+    }
+
+    #[test]
+    fn add_raft_voter_v1() {
+        let req = AddRaftVoterRequest::default()
+            .with_voter_id(7)
+            .with_ack_when_committed(false);
+        assert_eq!(round_trip(&req, 1), req);
+        let mut buf = BytesMut::new();
+        assert!(
+            req.encode(&mut buf, 0).is_err(),
+            "v0 cannot carry a false ack"
+        );
+        let default = AddRaftVoterRequest::default().with_voter_id(7);
+        assert!(default.ack_when_committed);
+        assert_eq!(round_trip(&default, 0), default);
+    }
+}

@@ -104,7 +104,7 @@ pub async fn write(
             .write_share_state(group, topic_id, partition, value)
             .await;
     };
-    let mut req = WriteShareGroupStateRequest::default()
+    let req = WriteShareGroupStateRequest::default()
         .with_group_id(str_bytes(group))
         .with_topics(vec![
             write_share_group_state_request::WriteStateData::default()
@@ -115,6 +115,9 @@ pub async fn write(
                         .with_state_epoch(value.state_epoch)
                         .with_leader_epoch(value.leader_epoch)
                         .with_start_offset(value.start_offset)
+                        .with_delivery_complete_count(super::partition::delivery_complete(
+                            &value.batches,
+                        ))
                         .with_state_batches(
                             value
                                 .batches
@@ -130,9 +133,6 @@ pub async fn write(
                         ),
                 ]),
         ]);
-    for p in req.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-        p.delivery_complete_count = super::partition::delivery_complete(&value.batches);
-    }
     let resp: WriteShareGroupStateResponse =
         crate::peer::call(&addr, ApiKey::WriteShareGroupState, 1, &req, TIMEOUT).await?;
     let code = resp

@@ -101,6 +101,11 @@ impl AddRaftVoterRequest {
         self.listeners = value;
         self
     }
+    /// Sets `ack_when_committed` to the passed value.
+    pub fn with_ack_when_committed(mut self, value: bool) -> Self {
+        self.ack_when_committed = value;
+        self
+    }
     /// Sets unknown_tagged_fields to the passed value.
     pub fn with_unknown_tagged_fields(mut self, value: BTreeMap<i32, Bytes>) -> Self {
         self.unknown_tagged_fields = value;

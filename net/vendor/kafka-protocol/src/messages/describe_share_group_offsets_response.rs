@@ -397,6 +397,11 @@ impl DescribeShareGroupOffsetsResponsePartition {
         self.error_message = value;
         self
     }
+    /// Sets `lag` to the passed value.
+    pub fn with_lag(mut self, value: i64) -> Self {
+        self.lag = value;
+        self
+    }
     /// Sets unknown_tagged_fields to the passed value.
     pub fn with_unknown_tagged_fields(mut self, value: BTreeMap<i32, Bytes>) -> Self {
         self.unknown_tagged_fields = value;

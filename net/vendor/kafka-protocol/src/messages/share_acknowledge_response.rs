@@ -564,6 +564,11 @@ impl ShareAcknowledgeResponse {
         self.node_endpoints = value;
         self
     }
+    /// Sets `acquisition_lock_timeout_ms` to the passed value.
+    pub fn with_acquisition_lock_timeout_ms(mut self, value: i32) -> Self {
+        self.acquisition_lock_timeout_ms = value;
+        self
+    }
     /// Sets unknown_tagged_fields to the passed value.
     pub fn with_unknown_tagged_fields(mut self, value: BTreeMap<i32, Bytes>) -> Self {
         self.unknown_tagged_fields = value;

@@ -101,6 +101,11 @@ impl PartitionData {
         self.state_batches = value;
         self
     }
+    /// Sets `delivery_complete_count` to the passed value.
+    pub fn with_delivery_complete_count(mut self, value: i32) -> Self {
+        self.delivery_complete_count = value;
+        self
+    }
     /// Sets unknown_tagged_fields to the passed value.
     pub fn with_unknown_tagged_fields(mut self, value: BTreeMap<i32, Bytes>) -> Self {
         self.unknown_tagged_fields = value;
