@@ -640,7 +640,7 @@ impl GroupCoordinator {
             if let Ok(key) = self.route(&id) {
                 self.apply(shard, &id, key, fx).await;
                 if let Some(epoch) = epoch {
-                    self.persist_consumer_epoch(shard, &id, key, epoch).await;
+                    self.persist_group_epoch(shard, &id, key, epoch).await;
                 }
             }
         }
@@ -649,7 +649,7 @@ impl GroupCoordinator {
     /// Stores a consumer group's new epoch (its type and epoch survive a
     /// coordinator change; its members rejoin). A failed write is retried
     /// with the group's next change.
-    async fn persist_consumer_epoch(
+    async fn persist_group_epoch(
         &self,
         shard: &Rc<Shard>,
         group_id: &str,
@@ -837,8 +837,7 @@ impl GroupCoordinator {
             (result, epoch)
         };
         if let Some(epoch) = epoch {
-            self.persist_consumer_epoch(&shard, group_id, key, epoch)
-                .await;
+            self.persist_group_epoch(&shard, group_id, key, epoch).await;
         }
         self.timers_changed.notify(usize::MAX);
         result
@@ -896,8 +895,7 @@ impl GroupCoordinator {
             (result, epoch)
         };
         if let Some(epoch) = epoch {
-            self.persist_consumer_epoch(&shard, group_id, key, epoch)
-                .await;
+            self.persist_group_epoch(&shard, group_id, key, epoch).await;
         }
         self.timers_changed.notify(usize::MAX);
         result

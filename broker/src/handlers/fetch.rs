@@ -24,7 +24,9 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::{check_leader_epoch, find_topic, leader_hint, locate, str_bytes};
+use super::{
+    check_leader_epoch, find_topic, leader_hint, locate, push_node_endpoint, wait_for_append,
+};
 use crate::metadata::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 use crate::metadata::{MetadataImage, TopicMeta};
 use crate::shard::{PartitionKey, ReadError, Shard};
@@ -48,16 +50,7 @@ pub async fn handle(
         if bytes >= min_bytes || errors || now >= deadline || listeners.is_empty() {
             return (resp, spliced);
         }
-        let woken = futures::future::select_all(listeners);
-        futures_lite::future::or(
-            async {
-                woken.await;
-            },
-            async {
-                glommio::timer::sleep(deadline - now).await;
-            },
-        )
-        .await;
+        wait_for_append(listeners, deadline).await;
     }
 }
 
@@ -188,16 +181,8 @@ async fn read_all(
                             d.current_leader = LeaderIdAndEpoch::default()
                                 .with_leader_id(BrokerId(hint.node))
                                 .with_leader_epoch(hint.epoch);
-                            let known = endpoints
-                                .iter()
-                                .any(|e: &NodeEndpoint| e.node_id.0 == hint.node);
-                            if version >= 16 && !known {
-                                endpoints.push(
-                                    NodeEndpoint::default()
-                                        .with_node_id(BrokerId(hint.node))
-                                        .with_host(str_bytes(&hint.host))
-                                        .with_port(hint.port),
-                                );
+                            if version >= 16 {
+                                push_node_endpoint!(endpoints, NodeEndpoint, &hint);
                             }
                         }
                     }

@@ -21,6 +21,7 @@ pub mod topics;
 pub mod transactions;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
@@ -126,4 +127,38 @@ pub fn leader_hint(
         host: live.host.clone(),
         port: i32::from(live.port),
     })
+}
+
+/// Adds the hinted leader to a response's `node_endpoints` unless it is
+/// listed already. Produce, Fetch and ShareFetch each have their own
+/// generated `NodeEndpoint` type with the same fields, hence a macro.
+macro_rules! push_node_endpoint {
+    ($endpoints:expr, $ty:ty, $hint:expr) => {{
+        let hint: &$crate::handlers::LeaderHint = $hint;
+        if !$endpoints.iter().any(|e: &$ty| e.node_id.0 == hint.node) {
+            $endpoints.push(
+                <$ty>::default()
+                    .with_node_id(kafka_protocol::messages::BrokerId(hint.node))
+                    .with_host($crate::handlers::str_bytes(&hint.host))
+                    .with_port(hint.port),
+            );
+        }
+    }};
+}
+pub(crate) use push_node_endpoint;
+
+/// The long poll of Fetch and ShareFetch: waits until one of the
+/// partitions' waiters fires (an append) or the deadline passes. Parks the
+/// task; never blocks the shard.
+pub async fn wait_for_append(listeners: Vec<event_listener::EventListener>, deadline: Instant) {
+    let woken = futures::future::select_all(listeners);
+    futures_lite::future::or(
+        async {
+            woken.await;
+        },
+        async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        },
+    )
+    .await;
 }

@@ -25,7 +25,7 @@ use storage::batch::{
 };
 use tracing::debug;
 
-use super::{find_topic, leader_hint, locate, str_bytes};
+use super::{find_topic, leader_hint, locate, push_node_endpoint, str_bytes};
 use crate::metadata::TopicMeta;
 use crate::producer_state::Origin;
 use crate::shard::{DurableAppend, Shard};
@@ -118,14 +118,7 @@ pub async fn handle(
                     out.current_leader = LeaderIdAndEpoch::default()
                         .with_leader_id(BrokerId(hint.node))
                         .with_leader_epoch(hint.epoch);
-                    if !resp.node_endpoints.iter().any(|e| e.node_id.0 == hint.node) {
-                        resp.node_endpoints.push(
-                            NodeEndpoint::default()
-                                .with_node_id(BrokerId(hint.node))
-                                .with_host(str_bytes(&hint.host))
-                                .with_port(hint.port),
-                        );
-                    }
+                    push_node_endpoint!(resp.node_endpoints, NodeEndpoint, &hint);
                 }
                 out
             })

@@ -35,7 +35,7 @@ use kafka_protocol::messages::{
     delete_share_group_state_response, initialize_share_group_state_response,
     read_share_group_state_response, read_share_group_state_summary_response,
     share_acknowledge_response, write_share_group_state_response, AlterShareGroupOffsetsRequest,
-    AlterShareGroupOffsetsResponse, BrokerId, DeleteShareGroupOffsetsRequest,
+    AlterShareGroupOffsetsResponse, DeleteShareGroupOffsetsRequest,
     DeleteShareGroupOffsetsResponse, DeleteShareGroupStateRequest, DeleteShareGroupStateResponse,
     DescribeShareGroupOffsetsRequest, DescribeShareGroupOffsetsResponse,
     InitializeShareGroupStateRequest, InitializeShareGroupStateResponse,
@@ -50,7 +50,10 @@ use uuid::Uuid;
 
 use super::groups::{Client, GROUP_AUTHORIZED_OPERATIONS};
 use super::AUTH_OPS_OMITTED;
-use super::{check_leader_epoch, find_topic, leader_hint, locate, str_bytes, topic_name};
+use super::{
+    check_leader_epoch, find_topic, leader_hint, locate, push_node_endpoint, str_bytes, topic_name,
+    wait_for_append,
+};
 use crate::group::consumer::Assignment;
 use crate::group::records::ShareStateValue;
 use crate::group::share::ShareHeartbeat;
@@ -239,14 +242,7 @@ pub async fn write_state(
                     })
                     .collect(),
             };
-            let code = match shard
-                .groups
-                .write_share_state(&req.group_id, t.topic_id, p.partition, value)
-                .await
-            {
-                Ok(()) => 0,
-                Err(e) => e.code(),
-            };
+            let code = store_state(shard, &req.group_id, (t.topic_id, p.partition), value).await;
             out.partitions.push(
                 PartitionResult::default()
                     .with_partition(p.partition)
@@ -256,6 +252,24 @@ pub async fn write_state(
         resp.results.push(out);
     }
     resp
+}
+
+/// Writes one share-partition's state at this coordinator; the error code
+/// Write- and InitializeShareGroupState answer with.
+async fn store_state(
+    shard: &Rc<Shard>,
+    group: &str,
+    (topic, partition): (Uuid, i32),
+    value: ShareStateValue,
+) -> i16 {
+    match shard
+        .groups
+        .write_share_state(group, topic, partition, value)
+        .await
+    {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    }
 }
 
 /// InitializeShareGroupState: a share-partition's state set to start at an
@@ -276,14 +290,7 @@ pub async fn initialize_state(
                 start_offset: p.start_offset,
                 batches: Vec::new(),
             };
-            let code = match shard
-                .groups
-                .write_share_state(&req.group_id, t.topic_id, p.partition, value)
-                .await
-            {
-                Ok(()) => 0,
-                Err(e) => e.code(),
-            };
+            let code = store_state(shard, &req.group_id, (t.topic_id, p.partition), value).await;
             out.partitions.push(
                 PartitionResult::default()
                     .with_partition(p.partition)
@@ -920,14 +927,7 @@ pub async fn share_fetch(
                             d.current_leader = LeaderIdAndEpoch::default()
                                 .with_leader_id(hint.node)
                                 .with_leader_epoch(hint.epoch);
-                            if !resp.node_endpoints.iter().any(|e| e.node_id.0 == hint.node) {
-                                resp.node_endpoints.push(
-                                    NodeEndpoint::default()
-                                        .with_node_id(BrokerId(hint.node))
-                                        .with_host(str_bytes(&hint.host))
-                                        .with_port(hint.port),
-                                );
-                            }
+                            push_node_endpoint!(resp.node_endpoints, NodeEndpoint, &hint);
                         }
                     }
                 }
@@ -936,16 +936,7 @@ pub async fn share_fetch(
             }
             break;
         }
-        let woken = futures::future::select_all(listeners);
-        futures_lite::future::or(
-            async {
-                woken.await;
-            },
-            async {
-                glommio::timer::sleep(deadline - now).await;
-            },
-        )
-        .await;
+        wait_for_append(listeners, deadline).await;
     }
     let mut by_topic: BTreeMap<Uuid, Vec<PartitionData>> = BTreeMap::new();
     for ((t, _), d) in results {
