@@ -149,6 +149,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::UpdateFeatures, 0, 2),
+    // The static quorum's voters are the controllers: none registers or
+    // leaves (broker/src/handlers/admin.rs). Last, so the fuzz corpus's
+    // inputs (which pick an API by its index here) keep their meaning.
+    (ApiKey::UnregisterController, 0, 0),
 ];
 
 /// Feature flags as ApiVersions v3+ reports them: `(name, supported min,
@@ -304,6 +308,36 @@ mod patched_messages {
         let back = T::decode(&mut bytes, version).expect("decodes");
         assert!(bytes.is_empty(), "bytes left over at v{version}");
         back
+    }
+
+    /// Added whole (Kafka 4.4's UnregisterController*.json): the bytes are
+    /// Kafka's, as its generated classes write them.
+    #[test]
+    fn unregister_controller_v0() {
+        use kafka_protocol::messages::ApiKey;
+        let req = UnregisterControllerRequest::default().with_controller_id(4242);
+        let mut buf = BytesMut::new();
+        req.encode(&mut buf, 0).unwrap();
+        // int32 id, then no tagged fields.
+        assert_eq!(&buf[..], &[0, 0, 0x10, 0x92, 0]);
+        assert_eq!(round_trip(&req, 0), req);
+        assert!(req.encode(&mut BytesMut::new(), 1).is_err());
+        let decoded =
+            RequestKind::decode(ApiKey::UnregisterController, &mut buf.freeze(), 0).unwrap();
+        assert_eq!(decoded, RequestKind::UnregisterController(req));
+        assert_eq!(ApiKey::try_from(94), Ok(ApiKey::UnregisterController));
+        assert_eq!(ApiKey::UnregisterController.request_header_version(0), 2);
+        assert_eq!(ApiKey::UnregisterController.response_header_version(0), 1);
+
+        let mut resp = UnregisterControllerResponse::default().with_error_code(136);
+        resp.error_message = Some("x".into());
+        let mut buf = BytesMut::new();
+        resp.encode(&mut buf, 0).unwrap();
+        // throttle, error code, compact nullable string "x", no tags.
+        assert_eq!(&buf[..], &[0, 0, 0, 0, 0, 136, 2, b'x', 0]);
+        assert_eq!(round_trip(&resp, 0), resp);
+        resp.error_message = None;
+        assert_eq!(round_trip(&resp, 0), resp);
     }
 
     #[test]

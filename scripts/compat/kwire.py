@@ -79,7 +79,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
                   DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
-                  WRITE_TXN_MARKERS: 1, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0}
+                  WRITE_TXN_MARKERS: 1, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0, 94: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1293,6 +1293,17 @@ def remove_raft_voter(conn: Conn, cluster_id: str | None, voter_id: int) -> tupl
     w = Writer().string(cluster_id, compact=True).int32(voter_id).uuid(uuid.uuid4())
     r = conn.request(REMOVE_RAFT_VOTER, 0, w.tags(True).getvalue())
     return _voter_change_result(r, "RemoveRaftVoter v0 response")
+
+
+UNREGISTER_CONTROLLER = 94
+CONTROLLER_ID_NOT_REGISTERED = 136
+
+
+def unregister_controller(conn: Conn, controller_id: int) -> tuple[int, str | None]:
+    """UnregisterController v0 (flexible): (error code, message)."""
+    r = conn.request(UNREGISTER_CONTROLLER, 0,
+                     Writer().int32(controller_id).tags(True).getvalue())
+    return _voter_change_result(r, "UnregisterController v0 response")
 
 
 # --- Share-coordinator state APIs (KIP-932, v0, flexible) ------------------------

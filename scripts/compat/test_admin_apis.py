@@ -540,3 +540,25 @@ def test_raft_voter_changes_are_refused_as_on_a_static_quorum(broker):
                                   "kraft.version feature is 0"), (err, msg)
         assert kwire.remove_raft_voter(k, "another-cluster", 0)[0] == 104
         assert before[kwire.ADD_RAFT_VOTER] == (0, 1) and before[kwire.REMOVE_RAFT_VOTER] == (0, 0)
+
+
+def test_unregister_controller_keeps_the_static_voters(broker):
+    """UnregisterController (94): a voter's registration stays (a live
+    Kafka controller registers again at once), any other id is
+    CONTROLLER_ID_NOT_REGISTERED (136) with Kafka's message; through either
+    shard, and DescribeQuorum is the same afterwards."""
+    controller = min(broker.expected_nodes)  # node of shard 0
+    for port in broker.ports:
+        with kwire.Conn(broker.host, port) as k:
+            assert kwire.negotiate(k)[kwire.UNREGISTER_CONTROLLER] == (0, 0)
+            # Kafka's success answer leaves the message at its default, "".
+            assert kwire.unregister_controller(k, controller) == (0, "")
+            err, msg = kwire.unregister_controller(k, 4242)
+            assert (err, msg) == (kwire.CONTROLLER_ID_NOT_REGISTERED,
+                                  "Controller ID 4242 is not currently registered.")
+    a = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        (t,) = a.describe_metadata_quorum()["topics"]
+    finally:
+        a.close()
+    assert [v["replica_id"] for v in t["partitions"][0]["current_voters"]] == [controller]

@@ -24,7 +24,7 @@ if [[ ! -f "${STAMP}" ]]; then
 fi
 mkdir -p "${WORK}/classes"
 javac -d "${WORK}/classes" -cp "${LIB}/*" "${HERE}/java/WordCount.java" \
-  "${HERE}/java/EpochCheck.java"
+  "${HERE}/java/EpochCheck.java" "${HERE}/java/UnregisterController.java"
 
 export CONF_PORT="${CONF_PORT:-29292}"
 start_broker --transaction-abort-check-interval-ms 1000

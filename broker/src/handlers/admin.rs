@@ -55,7 +55,8 @@ use kafka_protocol::messages::{
     DescribeTopicPartitionsResponse, ElectLeadersRequest, ElectLeadersResponse,
     ListConfigResourcesRequest, ListConfigResourcesResponse, ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
-    UnregisterBrokerRequest, UnregisterBrokerResponse,
+    UnregisterBrokerRequest, UnregisterBrokerResponse, UnregisterControllerRequest,
+    UnregisterControllerResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -610,6 +611,38 @@ pub fn remove_raft_voter(shard: &Shard, req: RemoveRaftVoterRequest) -> RemoveRa
     }
     resp.error_code = ResponseError::UnsupportedVersion.code();
     resp.error_message = Some(str_bytes(&static_quorum("removing")));
+    resp
+}
+
+/// UnregisterController: Kafka's controllers register themselves at start
+/// (KIP-919) and this removes a registration, typically a controller's that
+/// left the quorum. Here the controllers are the static quorum's voters,
+/// with the ids DescribeQuorum gives them, and a voter cannot leave. For a
+/// voter the answer is Kafka's net effect on a live controller (its
+/// manager re-registers as soon as it sees "Registration removed for this
+/// node ID."): no error, and it stays. Any other id was never registered:
+/// CONTROLLER_ID_NOT_REGISTERED, with Kafka's message.
+pub async fn unregister_controller(
+    shard: &Rc<Shard>,
+    req: UnregisterControllerRequest,
+) -> UnregisterControllerResponse {
+    let mut resp = UnregisterControllerResponse::default();
+    let Some(q) = shard.control().quorum().await else {
+        resp.error_code = ResponseError::NotController.code();
+        return resp;
+    };
+    let node = shard.config.node_id(0);
+    let registered = q
+        .voters
+        .iter()
+        .any(|&v| req.controller_id == if v == q.id { node } else { v as i32 });
+    if !registered {
+        resp.error_code = ResponseError::ControllerIdNotRegistered.code();
+        resp.error_message = Some(str_bytes(&format!(
+            "Controller ID {} is not currently registered.",
+            req.controller_id
+        )));
+    }
     resp
 }
 

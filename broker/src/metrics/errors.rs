@@ -107,6 +107,7 @@ pub fn for_each_error(resp: &ResponseKind, mut f: impl FnMut(i16)) {
         }
         ResponseKind::AlterConfigs(r) => r.responses.iter().for_each(|c| e(c.error_code)),
         ResponseKind::UnregisterBroker(r) => e(r.error_code),
+        ResponseKind::UnregisterController(r) => e(r.error_code),
         _ => {}
     }
 }

@@ -741,6 +741,9 @@ impl Shard {
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 handlers::configs::incremental_alter_configs(&self, r).await,
             ),
+            RequestKind::UnregisterController(r) => ResponseKind::UnregisterController(
+                handlers::admin::unregister_controller(&self, r).await,
+            ),
             RequestKind::UnregisterBroker(r) => {
                 ResponseKind::UnregisterBroker(handlers::admin::unregister_broker(&self, r).await)
             }

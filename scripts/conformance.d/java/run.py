@@ -465,6 +465,14 @@ def check_admin_commands(env: Env) -> None:
     out = env.java(cluster_tool, "unregister", "--bootstrap-server", env.bootstrap, "--id", "0",
                    check=False)
     expect("is live" in out, f"ClusterTool unregister --id 0:\n{out[-800:]}")
+    # Admin.unregisterController (UnregisterController): the quorum's voter
+    # (node 0, as DescribeQuorum names it) stays registered; an unknown id
+    # is CONTROLLER_ID_NOT_REGISTERED.
+    out = env.java("UnregisterController", env.bootstrap, "4242")
+    expect("ControllerIdNotRegisteredException: Controller ID 4242 is not currently registered."
+           in out, f"unregisterController(4242):\n{out[-800:]}")
+    out = env.java("UnregisterController", env.bootstrap, "0")
+    expect("unregistered 0" in out, f"unregisterController(0):\n{out[-800:]}")
     props = env.work / "empty.properties"
     props.write_text("")
     out = env.java("org.apache.kafka.tools.DelegationTokenCommand", "--bootstrap-server", env.bootstrap,
