@@ -232,8 +232,14 @@ pub use broker_registration_request::BrokerRegistrationRequest;
 pub mod broker_heartbeat_request;
 pub use broker_heartbeat_request::BrokerHeartbeatRequest;
 
+pub mod streams_group_describe_request;
+pub mod streams_group_heartbeat_request;
+pub mod streams_group_topology_description_update_request;
 pub mod unregister_broker_request;
 pub mod unregister_controller_request;
+pub use streams_group_describe_request::StreamsGroupDescribeRequest;
+pub use streams_group_heartbeat_request::StreamsGroupHeartbeatRequest;
+pub use streams_group_topology_description_update_request::StreamsGroupTopologyDescriptionUpdateRequest;
 pub use unregister_broker_request::UnregisterBrokerRequest;
 pub use unregister_controller_request::UnregisterControllerRequest;
 
@@ -495,8 +501,14 @@ pub use broker_registration_response::BrokerRegistrationResponse;
 pub mod broker_heartbeat_response;
 pub use broker_heartbeat_response::BrokerHeartbeatResponse;
 
+pub mod streams_group_describe_response;
+pub mod streams_group_heartbeat_response;
+pub mod streams_group_topology_description_update_response;
 pub mod unregister_broker_response;
 pub mod unregister_controller_response;
+pub use streams_group_describe_response::StreamsGroupDescribeResponse;
+pub use streams_group_heartbeat_response::StreamsGroupHeartbeatResponse;
+pub use streams_group_topology_description_update_response::StreamsGroupTopologyDescriptionUpdateResponse;
 pub use unregister_broker_response::UnregisterBrokerResponse;
 pub use unregister_controller_response::UnregisterControllerResponse;
 
@@ -951,6 +963,24 @@ impl Request for UnregisterControllerRequest {
 }
 
 #[cfg(all(feature = "client", feature = "broker"))]
+impl Request for StreamsGroupHeartbeatRequest {
+    const KEY: i16 = 88;
+    type Response = StreamsGroupHeartbeatResponse;
+}
+
+#[cfg(all(feature = "client", feature = "broker"))]
+impl Request for StreamsGroupDescribeRequest {
+    const KEY: i16 = 89;
+    type Response = StreamsGroupDescribeResponse;
+}
+
+#[cfg(all(feature = "client", feature = "broker"))]
+impl Request for StreamsGroupTopologyDescriptionUpdateRequest {
+    const KEY: i16 = 93;
+    type Response = StreamsGroupTopologyDescriptionUpdateResponse;
+}
+
+#[cfg(all(feature = "client", feature = "broker"))]
 impl Request for DescribeTransactionsRequest {
     const KEY: i16 = 65;
     type Response = DescribeTransactionsResponse;
@@ -1233,6 +1263,12 @@ pub enum ApiKey {
     UnregisterBroker = 64,
     /// API key for request UnregisterControllerRequest
     UnregisterController = 94,
+    /// API key for request StreamsGroupHeartbeatRequest
+    StreamsGroupHeartbeat = 88,
+    /// API key for request StreamsGroupDescribeRequest
+    StreamsGroupDescribe = 89,
+    /// API key for request StreamsGroupTopologyDescriptionUpdateRequest
+    StreamsGroupTopologyDescriptionUpdate = 93,
     /// API key for request DescribeTransactionsRequest
     DescribeTransactions = 65,
     /// API key for request ListTransactionsRequest
@@ -1365,6 +1401,11 @@ impl ApiKey {
             ApiKey::BrokerHeartbeat => BrokerHeartbeatRequest::header_version(version),
             ApiKey::UnregisterBroker => UnregisterBrokerRequest::header_version(version),
             ApiKey::UnregisterController => UnregisterControllerRequest::header_version(version),
+            ApiKey::StreamsGroupHeartbeat => StreamsGroupHeartbeatRequest::header_version(version),
+            ApiKey::StreamsGroupDescribe => StreamsGroupDescribeRequest::header_version(version),
+            ApiKey::StreamsGroupTopologyDescriptionUpdate => {
+                StreamsGroupTopologyDescriptionUpdateRequest::header_version(version)
+            }
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::header_version(version),
             ApiKey::ListTransactions => ListTransactionsRequest::header_version(version),
             ApiKey::AllocateProducerIds => AllocateProducerIdsRequest::header_version(version),
@@ -1488,6 +1529,11 @@ impl ApiKey {
             ApiKey::BrokerHeartbeat => BrokerHeartbeatResponse::header_version(version),
             ApiKey::UnregisterBroker => UnregisterBrokerResponse::header_version(version),
             ApiKey::UnregisterController => UnregisterControllerResponse::header_version(version),
+            ApiKey::StreamsGroupHeartbeat => StreamsGroupHeartbeatResponse::header_version(version),
+            ApiKey::StreamsGroupDescribe => StreamsGroupDescribeResponse::header_version(version),
+            ApiKey::StreamsGroupTopologyDescriptionUpdate => {
+                StreamsGroupTopologyDescriptionUpdateResponse::header_version(version)
+            }
             ApiKey::DescribeTransactions => DescribeTransactionsResponse::header_version(version),
             ApiKey::ListTransactions => ListTransactionsResponse::header_version(version),
             ApiKey::AllocateProducerIds => AllocateProducerIdsResponse::header_version(version),
@@ -1599,6 +1645,9 @@ impl ApiKey {
             ApiKey::BrokerHeartbeat => VersionRange { min: 0, max: 1 },
             ApiKey::UnregisterBroker => VersionRange { min: 0, max: 0 },
             ApiKey::UnregisterController => VersionRange { min: 0, max: 0 },
+            ApiKey::StreamsGroupHeartbeat => VersionRange { min: 0, max: 1 },
+            ApiKey::StreamsGroupDescribe => VersionRange { min: 0, max: 1 },
+            ApiKey::StreamsGroupTopologyDescriptionUpdate => VersionRange { min: 0, max: 0 },
             ApiKey::DescribeTransactions => VersionRange { min: 0, max: 0 },
             ApiKey::ListTransactions => VersionRange { min: 0, max: 2 },
             ApiKey::AllocateProducerIds => VersionRange { min: 0, max: 0 },
@@ -1708,6 +1757,11 @@ impl TryFrom<i16> for ApiKey {
             x if x == ApiKey::BrokerHeartbeat as i16 => Ok(ApiKey::BrokerHeartbeat),
             x if x == ApiKey::UnregisterBroker as i16 => Ok(ApiKey::UnregisterBroker),
             x if x == ApiKey::UnregisterController as i16 => Ok(ApiKey::UnregisterController),
+            x if x == ApiKey::StreamsGroupHeartbeat as i16 => Ok(ApiKey::StreamsGroupHeartbeat),
+            x if x == ApiKey::StreamsGroupDescribe as i16 => Ok(ApiKey::StreamsGroupDescribe),
+            x if x == ApiKey::StreamsGroupTopologyDescriptionUpdate as i16 => {
+                Ok(ApiKey::StreamsGroupTopologyDescriptionUpdate)
+            }
             x if x == ApiKey::DescribeTransactions as i16 => Ok(ApiKey::DescribeTransactions),
             x if x == ApiKey::ListTransactions as i16 => Ok(ApiKey::ListTransactions),
             x if x == ApiKey::AllocateProducerIds as i16 => Ok(ApiKey::AllocateProducerIds),
@@ -1876,6 +1930,12 @@ pub enum RequestKind {
     UnregisterBroker(UnregisterBrokerRequest),
     /// UnregisterControllerRequest,
     UnregisterController(UnregisterControllerRequest),
+    /// StreamsGroupHeartbeatRequest,
+    StreamsGroupHeartbeat(StreamsGroupHeartbeatRequest),
+    /// StreamsGroupDescribeRequest,
+    StreamsGroupDescribe(StreamsGroupDescribeRequest),
+    /// StreamsGroupTopologyDescriptionUpdateRequest,
+    StreamsGroupTopologyDescriptionUpdate(StreamsGroupTopologyDescriptionUpdateRequest),
     /// DescribeTransactionsRequest,
     DescribeTransactions(DescribeTransactionsRequest),
     /// ListTransactionsRequest,
@@ -1998,6 +2058,9 @@ impl RequestKind {
             RequestKind::BrokerHeartbeat(x) => encode(x, bytes, version),
             RequestKind::UnregisterBroker(x) => encode(x, bytes, version),
             RequestKind::UnregisterController(x) => encode(x, bytes, version),
+            RequestKind::StreamsGroupHeartbeat(x) => encode(x, bytes, version),
+            RequestKind::StreamsGroupDescribe(x) => encode(x, bytes, version),
+            RequestKind::StreamsGroupTopologyDescriptionUpdate(x) => encode(x, bytes, version),
             RequestKind::DescribeTransactions(x) => encode(x, bytes, version),
             RequestKind::ListTransactions(x) => encode(x, bytes, version),
             RequestKind::AllocateProducerIds(x) => encode(x, bytes, version),
@@ -2127,7 +2190,18 @@ impl RequestKind {
             }
             ApiKey::BrokerHeartbeat => Ok(RequestKind::BrokerHeartbeat(decode(bytes, version)?)),
             ApiKey::UnregisterBroker => Ok(RequestKind::UnregisterBroker(decode(bytes, version)?)),
-            ApiKey::UnregisterController => Ok(RequestKind::UnregisterController(decode(bytes, version)?)),
+            ApiKey::UnregisterController => {
+                Ok(RequestKind::UnregisterController(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupHeartbeat => {
+                Ok(RequestKind::StreamsGroupHeartbeat(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupDescribe => {
+                Ok(RequestKind::StreamsGroupDescribe(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupTopologyDescriptionUpdate => Ok(
+                RequestKind::StreamsGroupTopologyDescriptionUpdate(decode(bytes, version)?),
+            ),
             ApiKey::DescribeTransactions => {
                 Ok(RequestKind::DescribeTransactions(decode(bytes, version)?))
             }
@@ -2630,6 +2704,27 @@ impl From<UnregisterControllerRequest> for RequestKind {
 }
 
 #[cfg(feature = "messages_enums")]
+impl From<StreamsGroupHeartbeatRequest> for RequestKind {
+    fn from(value: StreamsGroupHeartbeatRequest) -> RequestKind {
+        RequestKind::StreamsGroupHeartbeat(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
+impl From<StreamsGroupDescribeRequest> for RequestKind {
+    fn from(value: StreamsGroupDescribeRequest) -> RequestKind {
+        RequestKind::StreamsGroupDescribe(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
+impl From<StreamsGroupTopologyDescriptionUpdateRequest> for RequestKind {
+    fn from(value: StreamsGroupTopologyDescriptionUpdateRequest) -> RequestKind {
+        RequestKind::StreamsGroupTopologyDescriptionUpdate(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
 impl From<DescribeTransactionsRequest> for RequestKind {
     fn from(value: DescribeTransactionsRequest) -> RequestKind {
         RequestKind::DescribeTransactions(value)
@@ -2964,6 +3059,12 @@ pub enum ResponseKind {
     UnregisterBroker(UnregisterBrokerResponse),
     /// UnregisterControllerResponse,
     UnregisterController(UnregisterControllerResponse),
+    /// StreamsGroupHeartbeatResponse,
+    StreamsGroupHeartbeat(StreamsGroupHeartbeatResponse),
+    /// StreamsGroupDescribeResponse,
+    StreamsGroupDescribe(StreamsGroupDescribeResponse),
+    /// StreamsGroupTopologyDescriptionUpdateResponse,
+    StreamsGroupTopologyDescriptionUpdate(StreamsGroupTopologyDescriptionUpdateResponse),
     /// DescribeTransactionsResponse,
     DescribeTransactions(DescribeTransactionsResponse),
     /// ListTransactionsResponse,
@@ -3086,6 +3187,9 @@ impl ResponseKind {
             ResponseKind::BrokerHeartbeat(x) => encode(x, bytes, version),
             ResponseKind::UnregisterBroker(x) => encode(x, bytes, version),
             ResponseKind::UnregisterController(x) => encode(x, bytes, version),
+            ResponseKind::StreamsGroupHeartbeat(x) => encode(x, bytes, version),
+            ResponseKind::StreamsGroupDescribe(x) => encode(x, bytes, version),
+            ResponseKind::StreamsGroupTopologyDescriptionUpdate(x) => encode(x, bytes, version),
             ResponseKind::DescribeTransactions(x) => encode(x, bytes, version),
             ResponseKind::ListTransactions(x) => encode(x, bytes, version),
             ResponseKind::AllocateProducerIds(x) => encode(x, bytes, version),
@@ -3215,7 +3319,18 @@ impl ResponseKind {
             }
             ApiKey::BrokerHeartbeat => Ok(ResponseKind::BrokerHeartbeat(decode(bytes, version)?)),
             ApiKey::UnregisterBroker => Ok(ResponseKind::UnregisterBroker(decode(bytes, version)?)),
-            ApiKey::UnregisterController => Ok(ResponseKind::UnregisterController(decode(bytes, version)?)),
+            ApiKey::UnregisterController => {
+                Ok(ResponseKind::UnregisterController(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupHeartbeat => {
+                Ok(ResponseKind::StreamsGroupHeartbeat(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupDescribe => {
+                Ok(ResponseKind::StreamsGroupDescribe(decode(bytes, version)?))
+            }
+            ApiKey::StreamsGroupTopologyDescriptionUpdate => Ok(
+                ResponseKind::StreamsGroupTopologyDescriptionUpdate(decode(bytes, version)?),
+            ),
             ApiKey::DescribeTransactions => {
                 Ok(ResponseKind::DescribeTransactions(decode(bytes, version)?))
             }
@@ -3378,7 +3493,18 @@ impl ResponseKind {
             }
             ResponseKind::BrokerHeartbeat(_) => BrokerHeartbeatResponse::header_version(version),
             ResponseKind::UnregisterBroker(_) => UnregisterBrokerResponse::header_version(version),
-            ResponseKind::UnregisterController(_) => UnregisterControllerResponse::header_version(version),
+            ResponseKind::UnregisterController(_) => {
+                UnregisterControllerResponse::header_version(version)
+            }
+            ResponseKind::StreamsGroupHeartbeat(_) => {
+                StreamsGroupHeartbeatResponse::header_version(version)
+            }
+            ResponseKind::StreamsGroupDescribe(_) => {
+                StreamsGroupDescribeResponse::header_version(version)
+            }
+            ResponseKind::StreamsGroupTopologyDescriptionUpdate(_) => {
+                StreamsGroupTopologyDescriptionUpdateResponse::header_version(version)
+            }
             ResponseKind::DescribeTransactions(_) => {
                 DescribeTransactionsResponse::header_version(version)
             }
@@ -3878,6 +4004,27 @@ impl From<UnregisterBrokerResponse> for ResponseKind {
 impl From<UnregisterControllerResponse> for ResponseKind {
     fn from(value: UnregisterControllerResponse) -> ResponseKind {
         ResponseKind::UnregisterController(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
+impl From<StreamsGroupHeartbeatResponse> for ResponseKind {
+    fn from(value: StreamsGroupHeartbeatResponse) -> ResponseKind {
+        ResponseKind::StreamsGroupHeartbeat(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
+impl From<StreamsGroupDescribeResponse> for ResponseKind {
+    fn from(value: StreamsGroupDescribeResponse) -> ResponseKind {
+        ResponseKind::StreamsGroupDescribe(value)
+    }
+}
+
+#[cfg(feature = "messages_enums")]
+impl From<StreamsGroupTopologyDescriptionUpdateResponse> for ResponseKind {
+    fn from(value: StreamsGroupTopologyDescriptionUpdateResponse) -> ResponseKind {
+        ResponseKind::StreamsGroupTopologyDescriptionUpdate(value)
     }
 }
 
