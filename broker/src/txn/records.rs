@@ -182,8 +182,11 @@ fn decode_value(mut v: &[u8]) -> Option<TxnMeta> {
             let mut value = v.get(..len)?;
             v = &v[len..];
             match tag {
-                TAG_PREVIOUS_PRODUCER_ID => meta.prev_producer_id = get_i64(&mut value)?,
-                TAG_NEXT_PRODUCER_ID => meta.next_producer_id = get_i64(&mut value)?,
+                // Producer ids are never negative: any negative one is
+                // Kafka's "none" (-1), as the encoder writes it (by leaving
+                // the tag out).
+                TAG_PREVIOUS_PRODUCER_ID => meta.prev_producer_id = get_i64(&mut value)?.max(-1),
+                TAG_NEXT_PRODUCER_ID => meta.next_producer_id = get_i64(&mut value)?.max(-1),
                 TAG_CLIENT_TRANSACTION_VERSION => meta.tv2 = get_i16(&mut value)? >= 2,
                 _ => {}
             }
@@ -310,6 +313,26 @@ mod tests {
         assert!(m.tv2);
         assert_eq!(m.partitions.len(), 2);
         assert_eq!((m.update_ms, m.start_ms), (200, 100));
+    }
+
+    /// Found by the coordinator_records fuzz target: a stored next producer
+    /// id of -54885374190642903 came back as -1 once re-encoded. A negative
+    /// id is "none" as soon as it is read.
+    #[test]
+    fn a_negative_producer_id_tag_reads_as_none() {
+        let mut m = meta();
+        m.next_producer_id = 7;
+        let r = TxnRecord {
+            transactional_id: "tx-3".into(),
+            meta: Some(m),
+        };
+        let mut value = r.value().unwrap().to_vec();
+        let at = value.len() - 8;
+        value[at..].copy_from_slice(&(-54885374190642903i64).to_be_bytes());
+        let back = TxnRecord::decode(&r.key(), Some(&value)).unwrap();
+        assert_eq!(back.meta.as_ref().unwrap().next_producer_id, -1);
+        let again = TxnRecord::decode(&back.key(), back.value().as_deref()).unwrap();
+        assert_eq!(again, back);
     }
 
     #[test]

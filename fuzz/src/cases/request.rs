@@ -37,8 +37,16 @@ pub fn run(data: &[u8]) {
     let mut again: Bytes = again.freeze();
     let header =
         RequestHeader::decode(&mut again, header_version).expect("re-encoded header decodes");
+    let first_body = again.clone();
     let body = RequestKind::decode(api, &mut again, version).expect("re-encoded body decodes");
     assert!(again.is_empty(), "re-encoded body left bytes over");
     assert_eq!(header, req.header, "header changed in a round trip");
-    assert_eq!(body, req.body, "body changed in a round trip");
+    if body != req.body {
+        // A float field holding NaN is not equal to itself (AlterClientQuotas'
+        // values): then the bytes must agree.
+        let mut third = BytesMut::new();
+        body.encode(&mut third, version)
+            .expect("a decoded body encodes");
+        assert_eq!(third.freeze(), first_body, "body changed in a round trip");
+    }
 }
