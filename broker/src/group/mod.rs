@@ -646,7 +646,7 @@ impl GroupCoordinator {
         }
     }
 
-    /// Stores a consumer group's new epoch (its type and epoch survive a
+    /// Stores a consumer or share group's new epoch (its type and epoch survive a
     /// coordinator change; its members rejoin). A failed write is retried
     /// with the group's next change.
     async fn persist_group_epoch(

@@ -635,7 +635,7 @@ pub async fn unregister_controller(
     let registered = q
         .voters
         .iter()
-        .any(|&v| req.controller_id == if v == q.id { node } else { v as i32 });
+        .any(|&v| req.controller_id == voter_id(&q, v, node));
     if !registered {
         resp.error_code = ResponseError::ControllerIdNotRegistered.code();
         resp.error_message = Some(str_bytes(&format!(
@@ -644,6 +644,17 @@ pub async fn unregister_controller(
         )));
     }
     resp
+}
+
+/// The id clients know a quorum voter by (DescribeQuorum, UnregisterController):
+/// this broker's controller is node `node` (shard 0's), any other voter its
+/// Raft id.
+fn voter_id(q: &crate::controller::QuorumState, voter: u64, node: i32) -> i32 {
+    if voter == q.id {
+        node
+    } else {
+        voter as i32
+    }
 }
 
 /// The metadata log as Kafka names it in DescribeQuorum.
@@ -679,7 +690,7 @@ pub async fn describe_quorum(
         .iter()
         .map(|&v| {
             let mut r = ReplicaState::default()
-                .with_replica_id(if v == q.id { node } else { BrokerId(v as i32) })
+                .with_replica_id(BrokerId(voter_id(&q, v, node.0)))
                 .with_log_end_offset(end(q.last_log_index));
             r.last_fetch_timestamp = now;
             r.last_caught_up_timestamp = now;
