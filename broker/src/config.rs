@@ -120,6 +120,18 @@ pub struct Config {
     pub group_share_heartbeat_interval_ms: i32,
     /// `group.share.max.size`: members per share group.
     pub group_share_max_size: usize,
+    /// `group.streams.session.timeout.ms`: a streams-group member that
+    /// sends no heartbeat for this long is removed.
+    pub group_streams_session_timeout_ms: i32,
+    /// `group.streams.heartbeat.interval.ms`, told to streams-group members.
+    pub group_streams_heartbeat_interval_ms: i32,
+    /// `group.streams.num.standby.replicas`: standby copies of each task.
+    pub group_streams_num_standby_replicas: i32,
+    /// `group.streams.initial.rebalance.delay.ms`: a new streams group's
+    /// first assignment waits this long for more members.
+    pub group_streams_initial_rebalance_delay_ms: i64,
+    /// `group.streams.max.size`: members (stream threads) per streams group.
+    pub group_streams_max_size: usize,
     /// `group.share.record.lock.duration.ms`: how long a share consumer
     /// holds a record it fetched before it is handed out again.
     pub group_share_record_lock_duration_ms: i32,
@@ -322,6 +334,11 @@ impl Default for Config {
             group_share_session_timeout_ms: 45_000,
             group_share_heartbeat_interval_ms: 5_000,
             group_share_max_size: 200,
+            group_streams_session_timeout_ms: 45_000,
+            group_streams_heartbeat_interval_ms: 5_000,
+            group_streams_num_standby_replicas: 0,
+            group_streams_initial_rebalance_delay_ms: 3_000,
+            group_streams_max_size: 10_000,
             group_share_record_lock_duration_ms: 30_000,
             group_share_delivery_count_limit: 5,
             group_share_partition_max_record_locks: 2_000,
@@ -459,6 +476,16 @@ pub struct Flags {
     pub group_share_heartbeat_interval_ms: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_SHARE_MAX_SIZE")]
     pub group_share_max_size: Option<usize>,
+    #[arg(long, env = "BROKER_GROUP_STREAMS_SESSION_TIMEOUT_MS")]
+    pub group_streams_session_timeout_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_STREAMS_HEARTBEAT_INTERVAL_MS")]
+    pub group_streams_heartbeat_interval_ms: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_STREAMS_NUM_STANDBY_REPLICAS")]
+    pub group_streams_num_standby_replicas: Option<i32>,
+    #[arg(long, env = "BROKER_GROUP_STREAMS_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_streams_initial_rebalance_delay_ms: Option<i64>,
+    #[arg(long, env = "BROKER_GROUP_STREAMS_MAX_SIZE")]
+    pub group_streams_max_size: Option<usize>,
     #[arg(long, env = "BROKER_GROUP_SHARE_RECORD_LOCK_DURATION_MS")]
     pub group_share_record_lock_duration_ms: Option<i32>,
     #[arg(long, env = "BROKER_GROUP_SHARE_DELIVERY_COUNT_LIMIT")]
@@ -726,6 +753,11 @@ impl Config {
             group_share_session_timeout_ms,
             group_share_heartbeat_interval_ms,
             group_share_max_size,
+            group_streams_session_timeout_ms,
+            group_streams_heartbeat_interval_ms,
+            group_streams_num_standby_replicas,
+            group_streams_initial_rebalance_delay_ms,
+            group_streams_max_size,
             group_share_record_lock_duration_ms,
             group_share_delivery_count_limit,
             group_share_partition_max_record_locks,
@@ -887,6 +919,16 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "group_consumer_heartbeat_interval_ms must be at least 1 and below group_consumer_session_timeout_ms".into(),
+            ));
+        }
+        if self.group_streams_heartbeat_interval_ms < 1
+            || self.group_streams_session_timeout_ms <= self.group_streams_heartbeat_interval_ms
+            || !(0..=2).contains(&self.group_streams_num_standby_replicas)
+            || self.group_streams_initial_rebalance_delay_ms < 0
+            || self.group_streams_max_size < 1
+        {
+            return Err(ConfigError::Invalid(
+                "streams group settings: heartbeat interval >= 1 and below the session timeout, standby replicas in 0..=2 (Kafka's group.streams.max.standby.replicas), initial rebalance delay >= 0, max size >= 1".into(),
             ));
         }
         if self.group_share_heartbeat_interval_ms < 1

@@ -6,10 +6,11 @@
 //! The configs served are those this broker applies: the share-group ones
 //! (session and heartbeat, the record lock, the delivery limit, the records
 //! in flight, where a new share-partition starts, which records it
-//! delivers, lock renewal) and the KIP-848 consumer-group session and
-//! heartbeat. Anything else Kafka 4.4 knows (streams groups, dead-letter
-//! queues, assignor offload) is refused with INVALID_CONFIG, so that
-//! nobody believes it took effect.
+//! delivers, lock renewal), the KIP-848 consumer-group session and
+//! heartbeat, and the streams-group session, heartbeat, standby replicas
+//! and initial rebalance delay. Anything else Kafka 4.4 knows (the streams
+//! assignment interval, dead-letter queues, assignor offload) is refused
+//! with INVALID_CONFIG, so that nobody believes it took effect.
 //!
 //! Pure: parsing and lookups, used by the controller (validation), the
 //! group coordinator and the share-partition leaders.
@@ -22,6 +23,10 @@ use crate::topic_config::ConfigType;
 
 pub const CONSUMER_SESSION_TIMEOUT_MS: &str = "consumer.session.timeout.ms";
 pub const CONSUMER_HEARTBEAT_INTERVAL_MS: &str = "consumer.heartbeat.interval.ms";
+pub const STREAMS_SESSION_TIMEOUT_MS: &str = "streams.session.timeout.ms";
+pub const STREAMS_HEARTBEAT_INTERVAL_MS: &str = "streams.heartbeat.interval.ms";
+pub const STREAMS_NUM_STANDBY_REPLICAS: &str = "streams.num.standby.replicas";
+pub const STREAMS_INITIAL_REBALANCE_DELAY_MS: &str = "streams.initial.rebalance.delay.ms";
 pub const SHARE_SESSION_TIMEOUT_MS: &str = "share.session.timeout.ms";
 pub const SHARE_HEARTBEAT_INTERVAL_MS: &str = "share.heartbeat.interval.ms";
 pub const SHARE_RECORD_LOCK_DURATION_MS: &str = "share.record.lock.duration.ms";
@@ -43,6 +48,10 @@ pub const GROUP_CONFIGS: &[(&str, ConfigType)] = &[
     (SHARE_RECORD_LOCK_DURATION_MS, ConfigType::Int),
     (SHARE_RENEW_ACKNOWLEDGE_ENABLE, ConfigType::Boolean),
     (SHARE_SESSION_TIMEOUT_MS, ConfigType::Int),
+    (STREAMS_HEARTBEAT_INTERVAL_MS, ConfigType::Int),
+    (STREAMS_INITIAL_REBALANCE_DELAY_MS, ConfigType::Int),
+    (STREAMS_NUM_STANDBY_REPLICAS, ConfigType::Int),
+    (STREAMS_SESSION_TIMEOUT_MS, ConfigType::Int),
 ];
 
 /// Where a new share-partition starts.
@@ -91,6 +100,12 @@ pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
     match name {
         CONSUMER_SESSION_TIMEOUT_MS | SHARE_SESSION_TIMEOUT_MS => int(1_000, 3_600_000),
         CONSUMER_HEARTBEAT_INTERVAL_MS | SHARE_HEARTBEAT_INTERVAL_MS => int(100, 3_600_000),
+        // Kafka 4.4's group.streams.{min,max}.session.timeout.ms and
+        // max.heartbeat.interval.ms / min.heartbeat.interval.ms defaults.
+        STREAMS_SESSION_TIMEOUT_MS => int(45_000, 60_000),
+        STREAMS_HEARTBEAT_INTERVAL_MS => int(5_000, 15_000),
+        STREAMS_NUM_STANDBY_REPLICAS => int(0, 2),
+        STREAMS_INITIAL_REBALANCE_DELAY_MS => int(0, i64::from(i32::MAX)),
         SHARE_RECORD_LOCK_DURATION_MS => int(1_000, 3_600_000),
         SHARE_DELIVERY_COUNT_LIMIT => int(2, 10),
         SHARE_PARTITION_MAX_RECORD_LOCKS => int(100, 10_000),
@@ -117,6 +132,12 @@ pub fn default_value(name: &str, cfg: &Config) -> String {
     match name {
         CONSUMER_SESSION_TIMEOUT_MS => cfg.group_consumer_session_timeout_ms.to_string(),
         CONSUMER_HEARTBEAT_INTERVAL_MS => cfg.group_consumer_heartbeat_interval_ms.to_string(),
+        STREAMS_SESSION_TIMEOUT_MS => cfg.group_streams_session_timeout_ms.to_string(),
+        STREAMS_HEARTBEAT_INTERVAL_MS => cfg.group_streams_heartbeat_interval_ms.to_string(),
+        STREAMS_NUM_STANDBY_REPLICAS => cfg.group_streams_num_standby_replicas.to_string(),
+        STREAMS_INITIAL_REBALANCE_DELAY_MS => {
+            cfg.group_streams_initial_rebalance_delay_ms.to_string()
+        }
         SHARE_SESSION_TIMEOUT_MS => cfg.group_share_session_timeout_ms.to_string(),
         SHARE_HEARTBEAT_INTERVAL_MS => cfg.group_share_heartbeat_interval_ms.to_string(),
         SHARE_RECORD_LOCK_DURATION_MS => cfg.group_share_record_lock_duration_ms.to_string(),
@@ -197,6 +218,42 @@ pub fn consumer(image: &MetadataImage, group: &str, cfg: &Config) -> (i64, i32) 
     )
 }
 
+/// A streams group's effective settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamsConfig {
+    pub session_timeout_ms: i64,
+    pub heartbeat_interval_ms: i32,
+    pub num_standby_replicas: i32,
+    pub initial_rebalance_delay_ms: i64,
+}
+
+/// A streams group's settings: its own configs over the broker's.
+pub fn streams(image: &MetadataImage, group: &str, cfg: &Config) -> StreamsConfig {
+    let set = set_for(image, group);
+    StreamsConfig {
+        session_timeout_ms: get(
+            set,
+            STREAMS_SESSION_TIMEOUT_MS,
+            i64::from(cfg.group_streams_session_timeout_ms),
+        ),
+        heartbeat_interval_ms: get(
+            set,
+            STREAMS_HEARTBEAT_INTERVAL_MS,
+            cfg.group_streams_heartbeat_interval_ms,
+        ),
+        num_standby_replicas: get(
+            set,
+            STREAMS_NUM_STANDBY_REPLICAS,
+            cfg.group_streams_num_standby_replicas,
+        ),
+        initial_rebalance_delay_ms: get(
+            set,
+            STREAMS_INITIAL_REBALANCE_DELAY_MS,
+            cfg.group_streams_initial_rebalance_delay_ms,
+        ),
+    }
+}
+
 fn parse_reset(v: &str) -> Option<AutoOffsetReset> {
     match v {
         "latest" => Some(AutoOffsetReset::Latest),
@@ -272,7 +329,11 @@ mod tests {
         assert!(validate(SHARE_RECORD_LOCK_DURATION_MS, Some("15000")).is_ok());
         assert!(validate(SHARE_RECORD_LOCK_DURATION_MS, Some("10")).is_err());
         assert!(validate(SHARE_ISOLATION_LEVEL, Some("read_committed")).is_ok());
-        assert!(validate("streams.num.standby.replicas", Some("1")).is_err());
+        assert!(validate(STREAMS_NUM_STANDBY_REPLICAS, Some("1")).is_ok());
+        assert!(validate(STREAMS_NUM_STANDBY_REPLICAS, Some("3")).is_err());
+        assert!(validate(STREAMS_INITIAL_REBALANCE_DELAY_MS, Some("0")).is_ok());
+        assert!(validate(STREAMS_SESSION_TIMEOUT_MS, Some("10000")).is_err());
+        assert!(validate("streams.assignment.interval.ms", Some("0")).is_err());
         assert!(validate("nope", None).is_err());
         assert!(validate(SHARE_DELIVERY_COUNT_LIMIT, None).is_ok());
     }

@@ -153,6 +153,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // leaves (broker/src/handlers/admin.rs). Last, so the fuzz corpus's
     // inputs (which pick an API by its index here) keep their meaning.
     (ApiKey::UnregisterController, 0, 0),
+    // KIP-1071 streams groups (broker/src/group/streams.rs). v1 adds the
+    // heartbeat's TopologyDescriptionRequired (always false here: the
+    // broker keeps no topology descriptions, so StreamsGroupTopology-
+    // DescriptionUpdate, 93, is not served) and Describe's description
+    // status (NOT_STORED when asked for).
+    (ApiKey::StreamsGroupHeartbeat, 0, 1),
+    (ApiKey::StreamsGroupDescribe, 0, 1),
 ];
 
 /// Feature flags as ApiVersions v3+ reports them: `(name, supported min,
@@ -164,10 +171,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 ///   clients use only when it is finalized at 2.
 /// * `share.version` 1: KIP-932 share groups (Kafka 4.4's level 2 adds
 ///   dead-letter queues, KIP-1191, not served here).
+/// * `streams.version` 1: KIP-1071 streams groups (StreamsGroupHeartbeat).
 pub const FEATURES: &[(&str, i16, i16, i16)] = &[
     ("group.version", 0, 1, 1),
     ("transaction.version", 0, 2, 2),
     ("share.version", 0, 1, 1),
+    ("streams.version", 0, 1, 1),
 ];
 
 /// The supported range of `api`, if the broker serves it at all.
@@ -266,12 +275,13 @@ mod tests {
             vec![
                 ("group.version".to_string(), 0),
                 ("transaction.version".to_string(), 0),
-                ("share.version".to_string(), 0)
+                ("share.version".to_string(), 0),
+                ("streams.version".to_string(), 0)
             ]
         );
         assert!(names(3).is_empty());
         // Finalized levels are listed whatever the version.
-        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 3);
+        assert_eq!(api_versions_response(0, 3).finalized_features.len(), 4);
     }
 
     #[test]

@@ -79,7 +79,8 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
                   DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
-                  WRITE_TXN_MARKERS: 1, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0, 94: 0}
+                  WRITE_TXN_MARKERS: 1, 16: 3, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0, 88: 0, 89: 0,
+                  94: 0}
 
 
 def is_flexible(api_key: int, version: int) -> bool:
@@ -1510,4 +1511,253 @@ def list_transactions(conn: Conn) -> list[tuple[str, int, str]]:
         r.skip_tags(True)
     r.skip_tags(True)
     r.expect_end("ListTransactions v0 response")
+    return out
+
+
+# --- Streams groups (KIP-1071, flexible from v0) ---------------------------------
+
+STREAMS_GROUP_HEARTBEAT = 88
+STREAMS_GROUP_DESCRIBE = 89
+
+
+@dataclass
+class StreamsSubtopology:
+    id: str
+    source_topics: list[str] = field(default_factory=list)
+    repartition_sinks: list[str] = field(default_factory=list)
+    # (name, partitions, configs)
+    repartition_sources: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    changelogs: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+
+
+def _topic_infos(w: Writer, infos: list[tuple[str, int, dict[str, str]]]) -> None:
+    w.array_len(len(infos), compact=True)
+    for name, partitions, configs in infos:
+        w.string(name, compact=True).int32(partitions).int16(0)
+        w.array_len(len(configs), compact=True)
+        for k, v in configs.items():
+            w.string(k, compact=True).string(v, compact=True).tags(True)
+        w.tags(True)
+
+
+def _strings(w: Writer, xs: list[str] | None) -> None:
+    w.array_len(None if xs is None else len(xs), compact=True)
+    for x in xs or []:
+        w.string(x, compact=True)
+
+
+def _task_ids(w: Writer, tasks: dict[str, list[int]] | None) -> None:
+    w.array_len(None if tasks is None else len(tasks), compact=True)
+    for sub, parts in (tasks or {}).items():
+        w.string(sub, compact=True).array_len(len(parts), compact=True)
+        for p in parts:
+            w.int32(p)
+        w.tags(True)
+
+
+def _read_task_ids(r: Reader) -> dict[str, list[int]] | None:
+    n = r.array_len(compact=True)
+    if n < 0:
+        return None
+    out = {}
+    for _ in range(n):
+        sub = r.string(compact=True)
+        out[sub] = [r.int32() for _ in range(r.array_len(compact=True))]
+        r.skip_tags(True)
+    return out
+
+
+@dataclass
+class StreamsHeartbeatResponse:
+    error_code: int
+    error_message: str | None
+    member_id: str
+    member_epoch: int
+    heartbeat_interval_ms: int
+    status: list[tuple[int, str]] | None
+    active: dict[str, list[int]] | None
+    standby: dict[str, list[int]] | None
+    warmup: dict[str, list[int]] | None
+    endpoint_epoch: int
+
+
+def streams_group_heartbeat(conn: Conn, group: str, member_id: str, epoch: int, *,
+                            topology: list[StreamsSubtopology] | None = None,
+                            topology_epoch: int = 0, process_id: str | None = None,
+                            owned: dict[str, list[int]] | None = None,
+                            rebalance_timeout_ms: int = -1,
+                            shutdown: bool = False, version: int = 1) -> StreamsHeartbeatResponse:
+    """StreamsGroupHeartbeat v0/v1. `owned` (active tasks) also stands for
+    empty standby and warm-up lists; `None` sends all three as null."""
+    w = Writer().string(group, compact=True).string(member_id, compact=True)
+    w.int32(epoch).int32(0).string(None, compact=True).string(None, compact=True)
+    w.int32(rebalance_timeout_ms)
+    if topology is None:
+        w.int8(-1)
+    else:
+        w.int8(1).int32(topology_epoch).array_len(len(topology), compact=True)
+        for s in topology:
+            w.string(s.id, compact=True)
+            _strings(w, s.source_topics)
+            _strings(w, [])  # source topic regexes
+            _topic_infos(w, s.changelogs)
+            _strings(w, s.repartition_sinks)
+            _topic_infos(w, s.repartition_sources)
+            w.array_len(0, compact=True)  # copartition groups
+            w.tags(True)
+        w.tags(True)
+    _task_ids(w, owned)
+    _task_ids(w, None if owned is None else {})
+    _task_ids(w, None if owned is None else {})
+    w.string(process_id, compact=True)
+    w.int8(-1)  # user endpoint
+    w.array_len(None, compact=True)  # client tags
+    w.array_len(None, compact=True)  # task offsets
+    w.array_len(None, compact=True)  # task end offsets
+    w.bool(shutdown).tags(True)
+    r = conn.request(STREAMS_GROUP_HEARTBEAT, version, w.getvalue())
+    r.int32()  # throttle
+    error_code, error_message = r.int16(), r.string(compact=True)
+    member, member_epoch, interval = r.string(compact=True), r.int32(), r.int32()
+    if version == 0:
+        r.int32()  # acceptable recovery lag (legacy)
+    r.int32()  # task offset interval
+    if version >= 1:
+        r.int64()  # acceptable recovery lag
+    n = r.array_len(compact=True)
+    status = None
+    if n >= 0:
+        status = []
+        for _ in range(n):
+            status.append((r.int8(), r.string(compact=True)))
+            r.skip_tags(True)
+    active, standby, warmup = _read_task_ids(r), _read_task_ids(r), _read_task_ids(r)
+    if version >= 1:
+        r.bool()  # topology description required
+    endpoint_epoch = r.int32()
+    n = r.array_len(compact=True)
+    for _ in range(max(n, 0)):
+        r.string(compact=True), r.take(2)  # endpoint host, port (uint16)
+        r.skip_tags(True)
+        for _ in range(2):
+            for _ in range(r.array_len(compact=True)):
+                r.string(compact=True)
+                [r.int32() for _ in range(r.array_len(compact=True))]
+                r.skip_tags(True)
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("StreamsGroupHeartbeat response")
+    return StreamsHeartbeatResponse(error_code, error_message, member, member_epoch, interval,
+                                    status, active, standby, warmup, endpoint_epoch)
+
+
+@dataclass
+class DescribedStreamsGroup:
+    error_code: int
+    error_message: str | None
+    group_id: str
+    state: str
+    epoch: int
+    assignment_epoch: int
+    subtopologies: list[str]
+    # member id -> (epoch, process id, active tasks)
+    members: dict[str, tuple[int, str, dict[str, list[int]]]]
+
+
+def streams_group_describe(conn: Conn, groups: list[str], version: int = 0
+                           ) -> list[DescribedStreamsGroup]:
+    """StreamsGroupDescribe v0/v1 (parsing what the tests read)."""
+    w = Writer().array_len(len(groups), compact=True)
+    for g in groups:
+        w.string(g, compact=True)
+    w.bool(False)
+    if version >= 1:
+        w.bool(False)
+    r = conn.request(STREAMS_GROUP_DESCRIBE, version, w.tags(True).getvalue())
+    r.int32()
+    out = []
+
+    def skip_topic_info() -> None:
+        r.string(compact=True), r.int32(), r.int16()
+        for _ in range(r.array_len(compact=True)):
+            r.string(compact=True), r.string(compact=True), r.skip_tags(True)
+        r.skip_tags(True)
+
+    def task_offsets() -> None:
+        for _ in range(r.array_len(compact=True)):
+            r.string(compact=True), r.int32(), r.int64(), r.skip_tags(True)
+
+    def assignment() -> dict[str, list[int]]:
+        active = _read_task_ids(r) or {}
+        _read_task_ids(r), _read_task_ids(r)
+        r.skip_tags(True)
+        return active
+
+    for _ in range(r.array_len(compact=True)):
+        error_code, error_message = r.int16(), r.string(compact=True)
+        group_id, state = r.string(compact=True), r.string(compact=True)
+        epoch, assignment_epoch = r.int32(), r.int32()
+        subs = []
+        if r.int8() >= 0:  # topology
+            r.int32()
+            n = r.array_len(compact=True)
+            for _ in range(max(n, 0)):
+                subs.append(r.string(compact=True))
+                [r.string(compact=True) for _ in range(r.array_len(compact=True))]
+                [r.string(compact=True) for _ in range(r.array_len(compact=True))]
+                for _ in range(r.array_len(compact=True)):
+                    skip_topic_info()
+                for _ in range(r.array_len(compact=True)):
+                    skip_topic_info()
+                r.skip_tags(True)
+            r.skip_tags(True)
+        members = {}
+        for _ in range(r.array_len(compact=True)):
+            mid, mepoch = r.string(compact=True), r.int32()
+            r.string(compact=True), r.string(compact=True)  # instance, rack
+            r.string(compact=True), r.string(compact=True)  # client id, host
+            r.int32()  # topology epoch
+            process = r.string(compact=True)
+            if r.int8() >= 0:  # endpoint
+                r.string(compact=True), r.take(2), r.skip_tags(True)
+            for _ in range(r.array_len(compact=True)):
+                r.string(compact=True), r.string(compact=True), r.skip_tags(True)
+            task_offsets()
+            task_offsets()
+            active = assignment()
+            assignment()  # target
+            r.bool()  # is classic
+            r.skip_tags(True)
+            members[mid] = (mepoch, process, active)
+        r.int32()  # authorized operations
+        if version >= 1:
+            if r.int8() >= 0:
+                raise DecodeError("a topology description this test never asks for")
+            r.int8(), r.string(compact=True)
+        r.skip_tags(True)
+        out.append(DescribedStreamsGroup(error_code, error_message, group_id, state, epoch,
+                                         assignment_epoch, subs, members))
+    r.skip_tags(True)
+    r.expect_end("StreamsGroupDescribe response")
+    return out
+
+
+def list_groups_v5(conn: Conn, types: list[str] | None = None) -> list[tuple[str, str, str, str]]:
+    """ListGroups v5 (flexible), filtered by group type: (group id,
+    protocol type, state, type) of each group."""
+    w = Writer().array_len(0, compact=True).array_len(len(types or []), compact=True)
+    for t in types or []:
+        w.string(t, compact=True)
+    r = conn.request(16, 5, w.tags(True).getvalue())
+    r.int32()
+    err = r.int16()
+    if err:
+        raise DecodeError(f"ListGroups error {err}")
+    out = []
+    for _ in range(r.array_len(compact=True)):
+        out.append((r.string(compact=True), r.string(compact=True), r.string(compact=True),
+                    r.string(compact=True)))
+        r.skip_tags(True)
+    r.skip_tags(True)
+    r.expect_end("ListGroups v5 response")
     return out

@@ -170,19 +170,21 @@ def supported_features(tags: dict[int, bytes]) -> dict[str, tuple[int, int]]:
 
 def test_api_versions_v4_lists_features_starting_at_level_0(fresh_broker):
     """KAFKA-17011, as Kafka: a supported feature whose lowest level is 0
-    (group.version 0-1, transaction.version 0-2, share.version 0-1) is listed from v4 on, and
+    (group.version 0-1, transaction.version 0-2, share.version 0-1, streams.version 0-1) is
+    listed from v4 on, and
     left out before, where older clients fail to parse it. Their finalized
     levels are listed in both."""
     with connect(fresh_broker) as c:
         v3, v4 = kwire.api_versions(c, 3), kwire.api_versions(c, 4)
     assert v4.api_keys[kwire.API_VERSIONS] == (0, 5)
     assert supported_features(v4.tags) == {"group.version": (0, 1), "transaction.version": (0, 2),
-                                           "share.version": (0, 1)}
+                                           "share.version": (0, 1), "streams.version": (0, 1)}
     assert supported_features(v3.tags) == {}
     for v in (v3, v4):
         assert kwire.finalized_features(v) == {"group.version": (1, 1),
                                                "transaction.version": (2, 2),
-                                               "share.version": (1, 1)}
+                                               "share.version": (1, 1),
+                                               "streams.version": (1, 1)}
 
 
 def test_unknown_tagged_fields_are_skipped(fresh_broker):

@@ -363,7 +363,7 @@ def test_group_configs_start_earliest_and_skip_aborted_transactions(broker):
     # A config Kafka has and this broker does not apply is refused.
     from confluent_kafka import KafkaException
     with pytest.raises(KafkaException, match="not supported"):
-        set_group_configs(broker, group, streams_num_standby_replicas="1")
+        set_group_configs(broker, group, streams_assignment_interval_ms="0")
 
 
 def test_share_state_follows_partition_and_coordinator_moves(broker):

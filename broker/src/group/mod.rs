@@ -15,6 +15,8 @@ pub mod consumer;
 pub mod records;
 pub mod share;
 pub mod state;
+pub mod streams;
+pub mod streams_assignor;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +40,7 @@ use records::{
 use share::{ShareGroup, ShareHeartbeat, ShareHeartbeatOk, ShareSettings};
 use state::{Effects, Group, Outcome, Reply};
 pub use state::{GroupSettings, GroupState, JoinRequest, JoinResult, SyncResult};
+use streams::{StreamsGroup, StreamsHeartbeat, StreamsHeartbeatOk, StreamsSettings};
 
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -122,6 +125,7 @@ pub struct GroupCoordinator {
     pub settings: GroupSettings,
     pub consumer_settings: ConsumerSettings,
     pub share_settings: ShareSettings,
+    pub streams_settings: StreamsSettings,
     offset_metadata_max_bytes: usize,
     /// `offsets.retention.minutes`, in ms.
     offsets_retention_ms: i64,
@@ -233,6 +237,13 @@ impl GroupCoordinator {
                 heartbeat_interval_ms: config.group_share_heartbeat_interval_ms,
                 max_size: config.group_share_max_size,
             },
+            streams_settings: StreamsSettings {
+                session_timeout_ms: config.group_streams_session_timeout_ms as i64,
+                heartbeat_interval_ms: config.group_streams_heartbeat_interval_ms,
+                num_standby_replicas: config.group_streams_num_standby_replicas,
+                initial_rebalance_delay_ms: config.group_streams_initial_rebalance_delay_ms,
+                max_size: config.group_streams_max_size,
+            },
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
             offsets_retention_ms: config.offsets_retention_ms(),
             offsets_retention_check_ms: config.offsets_retention_check_interval_ms,
@@ -281,6 +292,23 @@ impl GroupCoordinator {
                 }
             }
             None => self.share_settings,
+        }
+    }
+
+    /// A streams group's settings: its group configs over the broker's.
+    pub fn streams_settings_for(&self, group_id: &str, image: &MetadataImage) -> StreamsSettings {
+        match self.shard.upgrade() {
+            Some(shard) => {
+                let c = crate::group_config::streams(image, group_id, &shard.config);
+                StreamsSettings {
+                    session_timeout_ms: c.session_timeout_ms,
+                    heartbeat_interval_ms: c.heartbeat_interval_ms,
+                    num_standby_replicas: c.num_standby_replicas,
+                    initial_rebalance_delay_ms: c.initial_rebalance_delay_ms,
+                    ..self.streams_settings
+                }
+            }
+            None => self.streams_settings,
         }
     }
 
@@ -580,10 +608,15 @@ impl GroupCoordinator {
             .share
             .as_ref()
             .and_then(|s| s.next_deadline(&self.share_settings_for(&g.id, image)));
+        let streams = g
+            .streams
+            .as_ref()
+            .and_then(|s| s.next_deadline(&self.streams_settings_for(&g.id, image)));
         g.next_deadline()
             .into_iter()
             .chain(consumer)
             .chain(share)
+            .chain(streams)
             .min()
     }
 
@@ -632,6 +665,18 @@ impl GroupCoordinator {
                         epoch = std::mem::take(&mut s.epoch_dirty).then_some(s.epoch);
                         g.sync_share_state(now);
                     }
+                    if let Some(s) = g.streams.as_mut() {
+                        let gone = s.tick(&self.streams_settings_for(id, &image), now);
+                        if !gone.is_empty() {
+                            info!(
+                                group = id,
+                                members = ?gone,
+                                "streams group members removed: no heartbeat within the session timeout, or no revocation within the rebalance timeout"
+                            );
+                        }
+                        epoch = std::mem::take(&mut s.epoch_dirty).then_some(s.epoch);
+                        g.sync_streams_state(now);
+                    }
                     (id.clone(), fx, epoch)
                 })
                 .collect()
@@ -646,7 +691,7 @@ impl GroupCoordinator {
         }
     }
 
-    /// Stores a consumer or share group's new epoch (its type and epoch survive a
+    /// Stores a consumer, share or streams group's new epoch (its type and epoch survive a
     /// coordinator change; its members rejoin). A failed write is retried
     /// with the group's next change.
     async fn persist_group_epoch(
@@ -656,13 +701,18 @@ impl GroupCoordinator {
         key: PartitionKey,
         epoch: i32,
     ) {
-        let share = self
+        let (share, streams) = self
             .groups
             .borrow()
             .get(group_id)
-            .is_some_and(|g| g.share.is_some());
+            .map_or((false, false), |g| (g.share.is_some(), g.streams.is_some()));
         let rec = if share {
             GroupRecord::ShareGroup {
+                group: group_id.to_string(),
+                epoch: Some(epoch),
+            }
+        } else if streams {
+            GroupRecord::StreamsGroup {
                 group: group_id.to_string(),
                 epoch: Some(epoch),
             }
@@ -683,6 +733,9 @@ impl GroupCoordinator {
                     c.epoch_dirty = true;
                 }
                 if let Some(s) = g.share.as_mut() {
+                    s.epoch_dirty = true;
+                }
+                if let Some(s) = g.streams.as_mut() {
                     s.epoch_dirty = true;
                 }
             }
@@ -774,73 +827,103 @@ impl GroupCoordinator {
 
     // ---- the APIs ----
 
-    /// ConsumerGroupHeartbeat (KIP-848): joins, heartbeats, leaves.
-    pub async fn consumer_heartbeat(
+    /// What ConsumerGroupHeartbeat, ShareGroupHeartbeat and
+    /// StreamsGroupHeartbeat share: the group's coordinator, a group
+    /// created by a join (and dropped again if that join fails), the
+    /// group's new epoch stored before the answer. `run` checks the
+    /// group's type and runs the heartbeat; it returns the answer and the
+    /// epoch to store.
+    async fn typed_heartbeat<T>(
         &self,
         group_id: &str,
-        hb: Heartbeat,
-    ) -> Result<HeartbeatOk, HeartbeatError> {
+        joining: bool,
+        what: &str,
+        empty_id: ResponseError,
+        run: impl FnOnce(
+            &mut Group,
+            &MetadataImage,
+            bool,
+            i64,
+        ) -> (Result<T, HeartbeatError>, Option<i32>),
+    ) -> Result<T, HeartbeatError> {
         if group_id.is_empty() {
-            return Err((
-                ResponseError::InvalidGroupId,
-                "GroupId can't be empty.".into(),
-            ));
+            return Err((empty_id, "GroupId can't be empty.".into()));
         }
         let plain = |e: ResponseError| (e, String::new());
         let shard = self.shard().map_err(plain)?;
         let key = self.route(group_id).map_err(plain)?;
         let image = shard.image();
-        let topics = ImageTopics(&image);
         let now = now_ms();
         let (result, epoch) = {
             let mut groups = self.groups.borrow_mut();
             let fresh = !groups.contains_key(group_id);
-            if fresh && hb.member_epoch != 0 {
+            if fresh && !joining {
                 return Err((
                     ResponseError::GroupIdNotFound,
-                    format!("Consumer group {group_id} not found."),
+                    format!("{what} {group_id} not found."),
                 ));
             }
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id, now));
-            if g.share.is_some() {
-                return Err((
-                    ResponseError::GroupIdNotFound,
-                    format!("Group {group_id} is not a consumer group."),
-                ));
+            let out = run(g, &image, fresh, now);
+            if out.0.is_err() && fresh {
+                groups.remove(group_id);
             }
-            let converted = g.consumer.is_none();
-            if converted {
-                // An empty classic group becomes a consumer group (its
-                // offsets stay); one with members cannot.
-                if !g.is_empty() || hb.member_epoch != 0 {
-                    return Err((
-                        ResponseError::GroupIdNotFound,
-                        format!("Group {group_id} is not a consumer group."),
-                    ));
-                }
-                g.consumer = Some(ConsumerGroup::restored(0));
-            }
-            let c = g.consumer.as_mut().expect("set above");
-            let settings = self.consumer_settings_for(group_id, &image);
-            let result = c.heartbeat(hb, &topics, &settings, now);
-            let epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
-            if result.is_err() && converted {
-                g.consumer = None;
-                if fresh {
-                    groups.remove(group_id);
-                }
-            } else {
-                g.sync_consumer_state(now);
-            }
-            (result, epoch)
+            out
         };
         if let Some(epoch) = epoch {
             self.persist_group_epoch(&shard, group_id, key, epoch).await;
         }
         self.timers_changed.notify(usize::MAX);
         result
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848): joins, heartbeats, leaves.
+    pub async fn consumer_heartbeat(
+        &self,
+        group_id: &str,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatOk, HeartbeatError> {
+        let joining = hb.member_epoch == 0;
+        let not_consumer = || {
+            (
+                ResponseError::GroupIdNotFound,
+                format!("Group {group_id} is not a consumer group."),
+            )
+        };
+        let run = |g: &mut Group, image: &MetadataImage, _fresh: bool, now: i64| {
+            if g.share.is_some() || g.streams.is_some() {
+                return (Err(not_consumer()), None);
+            }
+            let converted = g.consumer.is_none();
+            if converted {
+                // An empty classic group becomes a consumer group (its
+                // offsets stay); one with members cannot.
+                if !g.is_empty() || !joining {
+                    return (Err(not_consumer()), None);
+                }
+                g.consumer = Some(ConsumerGroup::restored(0));
+            }
+            let c = g.consumer.as_mut().expect("set above");
+            let settings = self.consumer_settings_for(group_id, image);
+            let result = c.heartbeat(hb, &ImageTopics(image), &settings, now);
+            let epoch = std::mem::take(&mut c.epoch_dirty).then_some(c.epoch);
+            if result.is_err() && converted {
+                g.consumer = None;
+            } else {
+                g.sync_consumer_state(now);
+            }
+            (result, epoch)
+        };
+        self.typed_heartbeat(
+            group_id,
+            joining,
+            "Consumer group",
+            ResponseError::InvalidGroupId,
+            run,
+        )
+        .await
     }
 
     /// ShareGroupHeartbeat (KIP-932): joins, heartbeats, leaves.
@@ -849,73 +932,113 @@ impl GroupCoordinator {
         group_id: &str,
         hb: ShareHeartbeat,
     ) -> Result<ShareHeartbeatOk, HeartbeatError> {
-        if group_id.is_empty() {
-            return Err((
-                ResponseError::InvalidGroupId,
-                "GroupId can't be empty.".into(),
-            ));
-        }
-        let plain = |e: ResponseError| (e, String::new());
-        let shard = self.shard().map_err(plain)?;
-        let key = self.route(group_id).map_err(plain)?;
-        let image = shard.image();
-        let topics = ImageTopics(&image);
-        let now = now_ms();
-        let (result, epoch) = {
-            let mut groups = self.groups.borrow_mut();
-            let fresh = !groups.contains_key(group_id);
-            if fresh && hb.member_epoch != 0 {
-                return Err((
-                    ResponseError::GroupIdNotFound,
-                    format!("Share group {group_id} not found."),
-                ));
-            }
-            let g = groups
-                .entry(group_id.to_string())
-                .or_insert_with(|| Group::new(group_id, now));
+        let joining = hb.member_epoch == 0;
+        let run = |g: &mut Group, image: &MetadataImage, fresh: bool, now: i64| {
             if g.share.is_none() {
                 // Only a group id nobody uses becomes a share group.
-                if g.consumer.is_some() || !g.is_empty() || !g.offsets.is_empty() || !fresh {
-                    return Err((
+                if g.consumer.is_some()
+                    || g.streams.is_some()
+                    || !g.is_empty()
+                    || !g.offsets.is_empty()
+                    || !fresh
+                {
+                    let e = (
                         ResponseError::GroupIdNotFound,
                         format!("Group {group_id} is not a share group."),
-                    ));
+                    );
+                    return (Err(e), None);
                 }
                 g.share = Some(ShareGroup::default());
             }
             let sg = g.share.as_mut().expect("set above");
-            let settings = self.share_settings_for(group_id, &image);
-            let result = sg.heartbeat(hb, &topics, &settings, now);
+            let settings = self.share_settings_for(group_id, image);
+            let result = sg.heartbeat(hb, &ImageTopics(image), &settings, now);
             let epoch = std::mem::take(&mut sg.epoch_dirty).then_some(sg.epoch);
-            if result.is_err() && fresh {
-                groups.remove(group_id);
+            g.sync_share_state(now);
+            (result, epoch)
+        };
+        self.typed_heartbeat(
+            group_id,
+            joining,
+            "Share group",
+            ResponseError::InvalidGroupId,
+            run,
+        )
+        .await
+    }
+
+    /// StreamsGroupHeartbeat (KIP-1071): joins, heartbeats, leaves. The
+    /// internal topics the group lacks come back in the answer for the
+    /// caller to create.
+    pub async fn streams_heartbeat(
+        &self,
+        group_id: &str,
+        hb: StreamsHeartbeat,
+    ) -> Result<StreamsHeartbeatOk, HeartbeatError> {
+        let joining = hb.member_epoch == 0;
+        let run = |g: &mut Group, image: &MetadataImage, _fresh: bool, now: i64| {
+            let converted = g.streams.is_none();
+            if converted {
+                // An empty classic group (offsets only, as a reset leaves
+                // it) becomes a streams group; nothing else does.
+                if g.consumer.is_some() || g.share.is_some() || !g.is_empty() {
+                    let e = (
+                        ResponseError::GroupIdNotFound,
+                        format!("Group {group_id} is not a streams group."),
+                    );
+                    return (Err(e), None);
+                }
+                g.streams = Some(StreamsGroup::new());
+            }
+            let sg = g.streams.as_mut().expect("set above");
+            let settings = self.streams_settings_for(group_id, image);
+            let result = sg.heartbeat(hb, &ImageTopics(image), &settings, now);
+            let epoch = std::mem::take(&mut sg.epoch_dirty).then_some(sg.epoch);
+            if result.is_err() && converted {
+                g.streams = None;
             } else {
-                g.sync_share_state(now);
+                g.sync_streams_state(now);
             }
             (result, epoch)
         };
-        if let Some(epoch) = epoch {
-            self.persist_group_epoch(&shard, group_id, key, epoch).await;
-        }
-        self.timers_changed.notify(usize::MAX);
-        result
+        // Kafka answers an empty streams group id with INVALID_REQUEST.
+        self.typed_heartbeat(
+            group_id,
+            joining,
+            "Streams group",
+            ResponseError::InvalidRequest,
+            run,
+        )
+        .await
     }
 
-    /// A share group as ShareGroupDescribe shows it.
-    pub fn describe_share(&self, group_id: &str) -> Result<ShareGroup, HeartbeatError> {
+    /// A group of one type as its Describe API shows it: GROUP_ID_NOT_FOUND
+    /// for a group of another type and for an unknown one.
+    fn describe_typed<T: Clone>(
+        &self,
+        group_id: &str,
+        kind: &str,
+        pick: impl Fn(&Group) -> Option<&T>,
+    ) -> Result<T, HeartbeatError> {
         self.route(group_id).map_err(|e| (e, String::new()))?;
         let groups = self.groups.borrow();
-        match groups.get(group_id).map(|g| g.share.as_ref()) {
-            Some(Some(s)) => Ok(s.clone()),
-            Some(None) => Err((
-                ResponseError::GroupIdNotFound,
-                format!("Group {group_id} is not a share group."),
-            )),
+        match groups.get(group_id) {
+            Some(g) => pick(g).cloned().ok_or_else(|| {
+                (
+                    ResponseError::GroupIdNotFound,
+                    format!("Group {group_id} is not a {kind} group."),
+                )
+            }),
             None => Err((
                 ResponseError::GroupIdNotFound,
                 format!("Group {group_id} not found."),
             )),
         }
+    }
+
+    /// A share group as ShareGroupDescribe shows it.
+    pub fn describe_share(&self, group_id: &str) -> Result<ShareGroup, HeartbeatError> {
+        self.describe_typed(group_id, "share", |g| g.share.as_ref())
     }
 
     /// ReadShareGroupState: a share-partition's stored state (`None`: never
@@ -1092,22 +1215,15 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// A streams group as StreamsGroupDescribe shows it.
+    pub fn describe_streams(&self, group_id: &str) -> Result<StreamsGroup, HeartbeatError> {
+        self.describe_typed(group_id, "streams", |g| g.streams.as_ref())
+    }
+
     /// A consumer group as ConsumerGroupDescribe shows it; GROUP_ID_NOT_FOUND
     /// for classic groups and unknown ones.
     pub fn describe_consumer(&self, group_id: &str) -> Result<ConsumerGroup, HeartbeatError> {
-        self.route(group_id).map_err(|e| (e, String::new()))?;
-        let groups = self.groups.borrow();
-        match groups.get(group_id).map(|g| g.consumer.as_ref()) {
-            Some(Some(c)) => Ok(c.clone()),
-            Some(None) => Err((
-                ResponseError::GroupIdNotFound,
-                format!("Group {group_id} is not a consumer group."),
-            )),
-            None => Err((
-                ResponseError::GroupIdNotFound,
-                format!("Group {group_id} not found."),
-            )),
-        }
+        self.describe_typed(group_id, "consumer", |g| g.consumer.as_ref())
     }
 
     /// OffsetFetch v9+ names the member asking: it must be in the group at
@@ -1119,9 +1235,14 @@ impl GroupCoordinator {
         epoch: i32,
     ) -> Result<(), ResponseError> {
         let groups = self.groups.borrow();
-        match groups.get(group_id).and_then(|g| g.consumer.as_ref()) {
-            Some(c) => c.check_member_epoch(member_id, epoch, false),
-            None => Ok(()),
+        match groups.get(group_id) {
+            Some(Group {
+                consumer: Some(c), ..
+            }) => c.check_member_epoch(member_id, epoch, false),
+            Some(Group {
+                streams: Some(s), ..
+            }) => s.check_offset_fetch(member_id, epoch),
+            _ => Ok(()),
         }
     }
 
@@ -1145,6 +1266,13 @@ impl GroupCoordinator {
                 .or_insert_with(|| Group::new(group_id, now));
             if g.share.is_some() {
                 return JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id);
+            }
+            if g.streams.is_some() {
+                if !g.is_empty() {
+                    return JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id);
+                }
+                // An empty streams group becomes a classic one, as in Kafka.
+                g.streams = None;
             }
             if g.consumer.is_some() {
                 if !g.is_empty() {
@@ -1318,7 +1446,15 @@ impl GroupCoordinator {
                 groups.insert(group_id.to_string(), Group::new(group_id, now));
             }
             let g = groups.get_mut(group_id).expect("inserted above");
-            if let Err(e) = g.check_commit(member_id, instance_id, generation, now) {
+            let checked = match &g.streams {
+                Some(s) => {
+                    let parts: Vec<(&str, i32)> =
+                        offsets.iter().map(|(t, p, _)| (t.as_str(), *p)).collect();
+                    s.check_offset_commit(member_id, generation, &parts, txn.is_some())
+                }
+                None => g.check_commit(member_id, instance_id, generation, now),
+            };
+            if let Err(e) = checked {
                 return all(e);
             }
         }
@@ -1471,10 +1607,11 @@ impl GroupCoordinator {
             .into_iter()
             .filter_map(|l| {
                 let g = groups.get(&l.id)?;
-                let (members, generation) = match (&g.consumer, &g.share) {
-                    (Some(c), _) => (c.members.len(), c.epoch),
-                    (None, Some(s)) => (s.members.len(), s.epoch),
-                    (None, None) => (g.members.len(), g.generation),
+                let (members, generation) = match (&g.consumer, &g.share, &g.streams) {
+                    (Some(c), _, _) => (c.members.len(), c.epoch),
+                    (None, Some(s), _) => (s.members.len(), s.epoch),
+                    (None, None, Some(s)) => (s.members.len(), s.epoch),
+                    (None, None, None) => (g.members.len(), g.generation),
                 };
                 Some(crate::metrics::report::GroupReport {
                     id: l.id,
@@ -1507,20 +1644,26 @@ impl GroupCoordinator {
             .borrow()
             .values()
             .filter(|g| self.partitions.is_loaded(partition_for(&g.id, n)))
-            .map(|g| match (&g.consumer, &g.share) {
-                (Some(c), _) => ListedGroup {
+            .map(|g| match (&g.consumer, &g.share, &g.streams) {
+                (Some(c), _, _) => ListedGroup {
                     id: g.id.clone(),
                     protocol_type: "consumer".into(),
                     state: c.state_name().into(),
                     group_type: "consumer",
                 },
-                (None, Some(s)) => ListedGroup {
+                (None, Some(s), _) => ListedGroup {
                     id: g.id.clone(),
                     protocol_type: "share".into(),
                     state: s.state_name().into(),
                     group_type: "share",
                 },
-                (None, None) => ListedGroup {
+                (None, None, Some(s)) => ListedGroup {
+                    id: g.id.clone(),
+                    protocol_type: "streams".into(),
+                    state: s.state_name().into(),
+                    group_type: "streams",
+                },
+                (None, None, None) => ListedGroup {
                     id: g.id.clone(),
                     protocol_type: g.protocol_type.clone().unwrap_or_default(),
                     state: g.state.name().into(),
@@ -1539,7 +1682,7 @@ impl GroupCoordinator {
         // shows it as Dead, as Kafka does.
         let Some(g) = groups
             .get(group_id)
-            .filter(|g| g.consumer.is_none() && g.share.is_none())
+            .filter(|g| g.consumer.is_none() && g.share.is_none() && g.streams.is_none())
         else {
             let missing = if groups.contains_key(group_id) {
                 format!("Group {group_id} is not a classic group.")
@@ -1633,6 +1776,12 @@ impl GroupCoordinator {
                     epoch: None,
                 });
             }
+            if g.streams.is_some() {
+                recs.push(GroupRecord::StreamsGroup {
+                    group: group_id.to_string(),
+                    epoch: None,
+                });
+            }
             recs
         };
         write(&shard, key, records).await?;
@@ -1651,10 +1800,11 @@ impl GroupCoordinator {
         let (results, records) = {
             let groups = self.groups.borrow();
             let g = groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
-            let subscribed = match &g.consumer {
-                Some(c) => Some(c.subscribed_topics()),
-                None if g.members.is_empty() => Some(Vec::new()),
-                None => g.subscribed_topics(),
+            let subscribed = match (&g.consumer, &g.streams) {
+                (Some(c), _) => Some(c.subscribed_topics()),
+                (None, Some(s)) => Some(s.subscribed_topics()),
+                (None, None) if g.members.is_empty() => Some(Vec::new()),
+                (None, None) => g.subscribed_topics(),
             };
             let Some(subscribed) = subscribed else {
                 return Err(ResponseError::NonEmptyGroup);
@@ -1795,6 +1945,16 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
         GroupRecord::ShareGroup { group, epoch: None } => {
             groups.remove(&group);
         }
+        GroupRecord::StreamsGroup {
+            group,
+            epoch: Some(epoch),
+        } => {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now));
+            g.streams = Some(StreamsGroup::restored(epoch));
+            g.sync_streams_state(now);
+        }
         GroupRecord::ShareState {
             group,
             topic_id,
@@ -1821,9 +1981,13 @@ fn replay(groups: &mut HashMap<String, Group>, rec: GroupRecord, now: i64) {
                 g.share_states.remove(&(topic_id, partition));
             }
         }
-        GroupRecord::ConsumerGroup { group, epoch: None } => {
+        // A consumer or streams group's tombstone (the group was deleted;
+        // a group is only ever of one type).
+        GroupRecord::ConsumerGroup { group, epoch: None }
+        | GroupRecord::StreamsGroup { group, epoch: None } => {
             if let Some(g) = groups.get_mut(&group) {
                 g.consumer = None;
+                g.streams = None;
                 if g.offsets.is_empty() {
                     groups.remove(&group);
                 }

@@ -8,6 +8,10 @@
 //! * consumer (KIP-848) group metadata: key v3 `(group)`, value v0
 //!   (`epoch`, flexible: a trailing empty tag buffer). Only the group's
 //!   type and epoch are kept; its members rejoin after a coordinator change.
+//! * share and streams group metadata: Kafka's `ShareGroupMetadataKey`
+//!   (11) and `StreamsGroupMetadataKey` (17), their epoch likewise (the
+//!   streams value's metadata hash is written as 0: members rejoin and
+//!   send their topology again).
 //!
 //! A null value is a tombstone (offset or group deleted), so compaction can
 //! later keep only the latest record of each key. Pure encoding: no I/O.
@@ -28,6 +32,9 @@ const CONSUMER_GROUP_KEY_VERSION: i16 = 3;
 /// Key version of a share group's metadata record (Kafka's
 /// `ShareGroupMetadataKey`): value v0 is its epoch, as for key v3.
 const SHARE_GROUP_KEY_VERSION: i16 = 11;
+/// Key version of a streams group's metadata record (Kafka's
+/// `StreamsGroupMetadataKey`): value v0 is its epoch and metadata hash.
+const STREAMS_GROUP_KEY_VERSION: i16 = 17;
 /// Key version of a share-partition's state (SPSO and record states). Kafka
 /// keeps these in `__share_group_state`; we keep them with the group, under
 /// a key version Kafka does not use.
@@ -85,6 +92,8 @@ pub enum GroupRecord {
     ConsumerGroup { group: String, epoch: Option<i32> },
     /// A share group and its epoch.
     ShareGroup { group: String, epoch: Option<i32> },
+    /// A streams group and its epoch.
+    StreamsGroup { group: String, epoch: Option<i32> },
     /// A share-partition's state, written by the partition's leader.
     ShareState {
         group: String,
@@ -134,6 +143,10 @@ impl GroupRecord {
             }
             GroupRecord::ShareGroup { group, .. } => {
                 b.put_i16(SHARE_GROUP_KEY_VERSION);
+                put_str(&mut b, group);
+            }
+            GroupRecord::StreamsGroup { group, .. } => {
+                b.put_i16(STREAMS_GROUP_KEY_VERSION);
                 put_str(&mut b, group);
             }
             GroupRecord::ShareState {
@@ -187,6 +200,12 @@ impl GroupRecord {
                 b.put_i32((*epoch)?);
                 b.put_u8(0); // no tagged fields
             }
+            GroupRecord::StreamsGroup { epoch, .. } => {
+                b.put_i16(0);
+                b.put_i32((*epoch)?);
+                b.put_i64(0); // metadata hash
+                b.put_u8(0); // no tagged fields
+            }
             GroupRecord::ShareState { value, .. } => {
                 let v = value.as_ref()?;
                 b.put_i16(0);
@@ -233,6 +252,17 @@ impl GroupRecord {
                     Some(v) => Some(decode_group_value(v)?),
                 };
                 Some(GroupRecord::Group { group, value })
+            }
+            STREAMS_GROUP_KEY_VERSION => {
+                let group = get_str(&mut k)?;
+                let epoch = match value {
+                    None => None,
+                    Some(mut v) => {
+                        get_i16(&mut v)?;
+                        Some(get_i32(&mut v)?)
+                    }
+                };
+                Some(GroupRecord::StreamsGroup { group, epoch })
             }
             CONSUMER_GROUP_KEY_VERSION | SHARE_GROUP_KEY_VERSION => {
                 let group = get_str(&mut k)?;
@@ -583,6 +613,14 @@ mod tests {
             },
             GroupRecord::ConsumerGroup {
                 group: "k".into(),
+                epoch: None,
+            },
+            GroupRecord::StreamsGroup {
+                group: "wc".into(),
+                epoch: Some(7),
+            },
+            GroupRecord::StreamsGroup {
+                group: "wc".into(),
                 epoch: None,
             },
         ]

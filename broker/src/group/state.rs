@@ -17,6 +17,7 @@ use kafka_protocol::ResponseError;
 use super::consumer::ConsumerGroup;
 use super::records::{GroupValue, OffsetValue, ShareStateValue, StoredMember};
 use super::share::ShareGroup;
+use super::streams::StreamsGroup;
 
 /// Limits and timings from the broker config.
 #[derive(Debug, Clone)]
@@ -232,6 +233,9 @@ pub struct Group {
     /// Set when the group is a KIP-932 share group: its members live
     /// there, and the classic fields stay empty.
     pub share: Option<ShareGroup>,
+    /// Set when the group is a KIP-1071 streams group: its members live
+    /// there, and the classic fields stay empty.
+    pub streams: Option<StreamsGroup>,
     /// A share group's partition states (start offset, record states), by
     /// topic id and partition, as their leaders last wrote them.
     pub share_states: BTreeMap<(uuid::Uuid, i32), ShareStateValue>,
@@ -258,6 +262,7 @@ impl Group {
             offsets: BTreeMap::new(),
             consumer: None,
             share: None,
+            streams: None,
             share_states: BTreeMap::new(),
         }
     }
@@ -267,6 +272,22 @@ impl Group {
             && self.pending_members.is_empty()
             && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
             && self.share.as_ref().is_none_or(|s| s.members.is_empty())
+            && self.streams.as_ref().is_none_or(|s| s.members.is_empty())
+    }
+
+    /// Keeps the classic state in step with a streams group's members (as
+    /// `sync_consumer_state` does for consumer groups).
+    pub fn sync_streams_state(&mut self, now: i64) {
+        let Some(s) = &self.streams else { return };
+        self.protocol_type = Some("streams".to_string());
+        let state = if s.members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        if self.state != state {
+            self.transition(state, now);
+        }
     }
 
     /// Keeps the classic state in step with a share group's members (as

@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod produce;
 pub mod quotas;
 pub mod share;
+pub mod streams_groups;
 pub mod topics;
 pub mod transactions;
 

@@ -591,6 +591,12 @@ impl Shard {
             RequestKind::ConsumerGroupDescribe(r) => ResponseKind::ConsumerGroupDescribe(
                 handlers::consumer_groups::describe(&self, r, v),
             ),
+            RequestKind::StreamsGroupHeartbeat(r) => ResponseKind::StreamsGroupHeartbeat(
+                handlers::streams_groups::heartbeat(&self, r, v, client()).await,
+            ),
+            RequestKind::StreamsGroupDescribe(r) => {
+                ResponseKind::StreamsGroupDescribe(handlers::streams_groups::describe(&self, r, v))
+            }
             RequestKind::ShareGroupHeartbeat(r) => ResponseKind::ShareGroupHeartbeat(
                 handlers::share::heartbeat(&self, r, client()).await,
             ),

@@ -1,9 +1,13 @@
 // Kafka Streams word count with processing.guarantee=exactly_once_v2, for
 // scripts/conformance.d/java/run.py: reads lines from the input topic,
 // writes (word, running count) to the output topic, and exits after
-// args[4] seconds without input (or on SIGTERM).
+// args[4] seconds without input (or on SIGTERM). GROUP_PROTOCOL (optional)
+// is Kafka Streams' `group.protocol`: classic (its default) or streams
+// (KIP-1071, the broker assigns the tasks); THREADS (optional) its
+// `num.stream.threads`.
 //
 // Usage: WordCount BOOTSTRAP APP_ID INPUT OUTPUT IDLE_SECONDS STATE_DIR
+//        [GROUP_PROTOCOL [THREADS]]
 import java.time.Duration;
 import java.util.Arrays;
 import java.util.Locale;
@@ -31,6 +35,12 @@ public final class WordCount {
         props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
         props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
         props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
+        if (args.length > 6) {
+            props.put(StreamsConfig.GROUP_PROTOCOL_CONFIG, args[6]);
+        }
+        if (args.length > 7) {
+            props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, Integer.parseInt(args[7]));
+        }
 
         StreamsBuilder builder = new StreamsBuilder();
         AtomicLong lastInput = new AtomicLong(System.currentTimeMillis());

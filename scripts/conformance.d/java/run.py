@@ -50,6 +50,11 @@ Each check runs real commands with `java -cp` and checks their output:
                          back read_committed: output equals input
   streams-eos            Kafka Streams word count, exactly_once_v2: the
                          final counts are exact
+  streams-protocol       the same with group.protocol=streams (KIP-1071):
+                         two instances, the second joining mid-stream;
+                         exact counts, each once; StreamsGroupCommand
+                         --describe --members/--state, --list,
+                         --reset-offsets, --delete
   sasl                   our broker with SASL_PLAINTEXT listeners:
                          ConfigCommand (PLAIN) sets a user's SCRAM
                          credentials, VerifiableProducer (SCRAM-SHA-512)
@@ -919,6 +924,98 @@ def check_streams_eos(env: Env) -> None:
         expect(counts == list(range(1, want[w] + 1)), f"{w}: counts not 1..{want[w]} once each")
 
 
+STREAMS_GROUPS = "org.apache.kafka.tools.streams.StreamsGroupCommand"
+
+
+def check_streams_protocol(env: Env) -> None:
+    """Kafka Streams with group.protocol=streams (KIP-1071): the broker
+    keeps the topology, creates the internal topics and assigns the tasks.
+    Two instances (two threads and one) share the exactly-once word count;
+    the second joins while the first runs, so tasks are revoked and handed
+    over mid-stream. Then StreamsGroupCommand lists, describes, resets and
+    deletes the group."""
+    src, dst, app = unique("sp-in"), unique("sp-out"), unique("sp-app")
+    create(env, src, 4)
+    create(env, dst, 4)
+    rng = random.Random(11)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"]
+    n = 2000 if env.quick else 20000
+    lines = [" ".join(rng.choice(words) for _ in range(5)) for _ in range(n)]
+    want = collections.Counter(w for ln in lines for w in ln.split())
+    produce_lines(env, src, lines[: n // 2])
+    logs = {name: env.work / f"{app}-{name}.log" for name in ("a", "b")}
+
+    def start(name: str, threads: int) -> subprocess.Popen:
+        with open(logs[name], "w") as log:
+            return subprocess.Popen(
+                ["java", *QUIET, "-cp", env.cp, "WordCount", env.bootstrap, app, src, dst, "15",
+                 str(env.work / f"streams-{app}-{name}"), "streams", str(threads)],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def running(name: str) -> bool:
+        return "REBALANCING -> RUNNING" in logs[name].read_text()
+
+    def members() -> list[list[str]]:
+        out = env.tool(STREAMS_GROUPS, "--describe", "--group", app, "--members", check=False)
+        return [ln.split() for ln in out.splitlines() if ln.startswith(app)]
+
+    def has_tasks(row: list[str]) -> bool:
+        return re.search(r"ACTIVE: \d+:\[", " ".join(row)) is not None
+
+    procs = [start("a", 2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not running("a"):
+            expect(time.monotonic() < deadline and procs[0].poll() is None,
+                   f"instance a never ran:\n{logs['a'].read_text()[-2000:]}")
+            time.sleep(0.5)
+        procs.append(start("b", 1))
+        # Both processes, three members (stream threads), each with tasks.
+        deadline = time.monotonic() + 120
+        rows: list[list[str]] = []
+        while time.monotonic() < deadline:
+            rows = members()
+            if len(rows) == 3 and running("b") and all(has_tasks(r) for r in rows):
+                break
+            time.sleep(1)
+        # Instance a held all 8 tasks before b joined: b's now came from a.
+        expect(len(rows) == 3 and all(has_tasks(r) for r in rows) and len({r[2] for r in rows}) == 2,
+               f"--describe --members while both run (3 members of 2 processes, each with "
+               f"active tasks): {rows}")
+        state = env.tool(STREAMS_GROUPS, "--describe", "--group", app, "--state")
+        expect(re.search(rf"^{re.escape(app)}\s.*\b(Stable|Reconciling)\b", state, re.M) is not None,
+               f"--describe --state while both run:\n{state}")
+        produce_lines(env, src, lines[n // 2:])
+        for p in procs:
+            p.wait(300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for name in ("a", "b"):
+        out = logs[name].read_text()
+        expect("final state RUNNING" in out, f"instance {name} did not run cleanly:\n{out[-2000:]}")
+    records = read_topic(env, dst, 4)
+    per_word = collections.defaultdict(list)
+    for k, v in records:
+        per_word[k.decode()].append(int.from_bytes(v, "big", signed=True))
+    latest = {w: c[-1] for w, c in per_word.items()}
+    expect(latest == dict(want), f"counts {latest} != {dict(want)}")
+    for w, counts in per_word.items():
+        expect(counts == list(range(1, want[w] + 1)), f"{w}: counts not 1..{want[w]} once each")
+    # The group, now empty, as Kafka's tool sees it.
+    expect(app in env.tool(STREAMS_GROUPS, "--list").split(), "--list lacks the group")
+    state = env.tool(STREAMS_GROUPS, "--describe", "--group", app, "--state")
+    expect(re.search(rf"^{re.escape(app)}\s.*\bsticky\s+Empty\b", state, re.M) is not None,
+           f"--describe --state after both left:\n{state}")
+    reset = env.tool(STREAMS_GROUPS, "--reset-offsets", "--group", app, "--all-input-topics",
+                     "--to-earliest", "--execute")
+    rows = [ln.split() for ln in reset.splitlines() if ln.startswith(app)]
+    expect(sorted((r[1], r[2], r[3]) for r in rows) == [(src, str(p), "0") for p in range(4)],
+           f"--reset-offsets --to-earliest:\n{reset}")
+    env.tool(STREAMS_GROUPS, "--delete", "--group", app)
+    expect(app not in env.tool(STREAMS_GROUPS, "--list").split(), "--delete left the group listed")
+
 CHECKS = {
     "topic-command": check_topic_command,
     "config-command": check_config_command,
@@ -935,11 +1032,12 @@ CHECKS = {
     "share-groups": check_share_groups,
     "transactional-copier": check_transactional_copier,
     "streams-eos": check_streams_eos,
+    "streams-protocol": check_streams_protocol,
     "sasl": check_sasl,
 }
 QUICK = ["topic-command", "admin-commands", "transactions-command", "transactional-copier",
          "streams-eos", "cluster-reassign", "api-versions", "leader-epochs", "sasl",
-         "share-groups"]
+         "share-groups", "streams-protocol"]
 
 
 def main() -> int:
