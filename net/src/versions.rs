@@ -154,12 +154,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // inputs (which pick an API by its index here) keep their meaning.
     (ApiKey::UnregisterController, 0, 0),
     // KIP-1071 streams groups (broker/src/group/streams.rs). v1 adds the
-    // heartbeat's TopologyDescriptionRequired (always false here: the
-    // broker keeps no topology descriptions, so StreamsGroupTopology-
-    // DescriptionUpdate, 93, is not served) and Describe's description
-    // status (NOT_STORED when asked for).
+    // heartbeat's TopologyDescriptionRequired (always false here) and
+    // Describe's description status (NOT_STORED when asked for): like
+    // Kafka 4.4 without a topology-description plugin, the broker keeps no
+    // descriptions and answers StreamsGroupTopologyDescriptionUpdate with
+    // Kafka's UNSUPPORTED_VERSION and message.
     (ApiKey::StreamsGroupHeartbeat, 0, 1),
     (ApiKey::StreamsGroupDescribe, 0, 1),
+    (ApiKey::StreamsGroupTopologyDescriptionUpdate, 0, 0),
 ];
 
 /// Feature flags as ApiVersions v3+ reports them: `(name, supported min,

@@ -79,7 +79,7 @@ FIRST_FLEXIBLE = {PRODUCE: 9, METADATA: 9, API_VERSIONS: 3, CREATE_TOPICS: 5, FE
                   ALTER_PARTITION_REASSIGNMENTS: 0, SASL_AUTHENTICATE: 2,
                   ADD_PARTITIONS_TO_TXN: 3, LIST_OFFSETS: 6,
                   DELETE_GROUPS: 2, END_TXN: 3, TXN_OFFSET_COMMIT: 3,
-                  WRITE_TXN_MARKERS: 1, 16: 3, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0, 88: 0, 89: 0,
+                  WRITE_TXN_MARKERS: 1, 16: 3, 80: 0, 81: 0, 83: 0, 84: 0, 86: 0, 87: 0, 88: 0, 89: 0, 93: 0,
                   94: 0}
 
 
@@ -1761,3 +1761,17 @@ def list_groups_v5(conn: Conn, types: list[str] | None = None) -> list[tuple[str
     r.skip_tags(True)
     r.expect_end("ListGroups v5 response")
     return out
+
+
+def streams_group_topology_description_update(conn: Conn, group: str, member_id: str,
+                                              topology_epoch: int) -> tuple[int, str | None]:
+    """StreamsGroupTopologyDescriptionUpdate v0 with an empty description:
+    (error code, message)."""
+    w = Writer().string(group, compact=True).string(member_id, compact=True).int32(topology_epoch)
+    w.array_len(0, compact=True).array_len(0, compact=True).tags(True)  # the description
+    r = conn.request(93, 0, w.tags(True).getvalue())
+    r.int32()
+    err, msg = r.int16(), r.string(compact=True)
+    r.skip_tags(True)
+    r.expect_end("StreamsGroupTopologyDescriptionUpdate v0 response")
+    return err, msg

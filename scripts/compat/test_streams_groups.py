@@ -117,6 +117,15 @@ def test_a_new_group_waits_for_its_initial_rebalance_delay(broker):
         assert ASSIGNMENT_DELAYED not in [s for s, _ in hb.status]
 
 
+def test_topology_descriptions_are_refused_as_kafka_without_a_plugin(broker):
+    """Kafka 4.4 advertises StreamsGroupTopologyDescriptionUpdate; with no
+    description plugin (its default) it answers every push so."""
+    app = unique("sg-desc")
+    with coordinator(broker, app) as k:
+        assert kwire.streams_group_topology_description_update(k, app, "m1", 0) == (
+            35, "The broker has no streams group topology description plugin configured.")
+
+
 def test_a_missing_source_topic_is_a_status_not_an_error(broker):
     app = unique("sg-miss")
     with coordinator(broker, app) as k:

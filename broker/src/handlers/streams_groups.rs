@@ -1,5 +1,5 @@
-//! KIP-1071 streams-group APIs: StreamsGroupHeartbeat and
-//! StreamsGroupDescribe.
+//! KIP-1071 streams-group APIs: StreamsGroupHeartbeat,
+//! StreamsGroupDescribe and StreamsGroupTopologyDescriptionUpdate.
 //!
 //! Runs on the shard that received the request; only the group's
 //! coordinator shard answers (`NOT_COORDINATOR` elsewhere), through
@@ -25,7 +25,7 @@ use kafka_protocol::messages::streams_group_heartbeat_response::{
 };
 use kafka_protocol::messages::{
     StreamsGroupDescribeRequest, StreamsGroupDescribeResponse, StreamsGroupHeartbeatRequest,
-    StreamsGroupHeartbeatResponse,
+    StreamsGroupHeartbeatResponse, StreamsGroupTopologyDescriptionUpdateResponse,
 };
 use tracing::{info, warn};
 
@@ -316,6 +316,18 @@ fn described_offsets(
                 .with_offset(*o)
         })
         .collect()
+}
+
+/// StreamsGroupTopologyDescriptionUpdate: what Kafka 4.4 answers when no
+/// topology-description plugin is configured (its
+/// `GroupCoordinatorService` checks that first). Clients only send it when
+/// a heartbeat asks for a description, which this broker never does.
+pub fn topology_description_update() -> StreamsGroupTopologyDescriptionUpdateResponse {
+    StreamsGroupTopologyDescriptionUpdateResponse::default()
+        .with_error_code(kafka_protocol::ResponseError::UnsupportedVersion.code())
+        .with_error_message(Some(str_bytes(
+            "The broker has no streams group topology description plugin configured.",
+        )))
 }
 
 pub fn describe(

@@ -75,6 +75,7 @@ pub fn for_each_error(resp: &ResponseKind, mut f: impl FnMut(i16)) {
         }
         ResponseKind::ConsumerGroupHeartbeat(r) => e(r.error_code),
         ResponseKind::StreamsGroupHeartbeat(r) => e(r.error_code),
+        ResponseKind::StreamsGroupTopologyDescriptionUpdate(r) => e(r.error_code),
         ResponseKind::DescribeGroups(r) => r.groups.iter().for_each(|g| e(g.error_code)),
         ResponseKind::ListGroups(r) => e(r.error_code),
         ResponseKind::ApiVersions(r) => e(r.error_code),

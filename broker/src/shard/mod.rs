@@ -597,6 +597,11 @@ impl Shard {
             RequestKind::StreamsGroupDescribe(r) => {
                 ResponseKind::StreamsGroupDescribe(handlers::streams_groups::describe(&self, r, v))
             }
+            RequestKind::StreamsGroupTopologyDescriptionUpdate(_) => {
+                ResponseKind::StreamsGroupTopologyDescriptionUpdate(
+                    handlers::streams_groups::topology_description_update(),
+                )
+            }
             RequestKind::ShareGroupHeartbeat(r) => ResponseKind::ShareGroupHeartbeat(
                 handlers::share::heartbeat(&self, r, client()).await,
             ),
