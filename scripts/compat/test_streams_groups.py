@@ -102,6 +102,21 @@ def test_internal_topics_are_created_then_tasks_assigned(broker):
     assert configs["cleanup.policy"].value == "compact"
 
 
+def test_an_internal_topic_that_cannot_be_created_is_reported(broker):
+    """As Kafka appends it: the MISSING_INTERNAL_TOPICS detail says which
+    creation failed and why; the group gets no tasks."""
+    app, src = unique("sg-bad"), unique("sg-in")
+    create_topic(broker, src, 1)
+    topo = topology(app, src)
+    topo[1].changelogs = [(f"{app}-count-changelog", 0, {"cleanup.policy": "sideways"})]
+    with coordinator(broker, app) as k:
+        hb = join(k, app, "m1", topo)
+        assert hb.error_code == 0, hb.error_message
+        (status,) = [d for s, d in hb.status if s == MISSING_INTERNAL_TOPICS]
+        assert f"; Creation failed: {app}-count-changelog (" in status, status
+        assert tasks(hb) == set()
+
+
 def test_a_new_group_waits_for_its_initial_rebalance_delay(broker):
     from test_share_groups import set_group_configs
     app, src = unique("sg-delay"), unique("sg-in")

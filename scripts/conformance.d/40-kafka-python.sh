@@ -14,9 +14,11 @@
 # broker when KAFKA_URI is set (KAFKA_ROOT must merely name a directory).
 #
 # KAFKA_VERSION drives the tests' skipif markers and expectations and is
-# passed as every client's api_version: 4.1, the Kafka version we implement,
-# so the tests expect what Kafka 4.1 does (test_kafka_version_infer checks
-# that kafka-python infers 4.1 from our ApiVersions answer).
+# passed as every client's api_version: 4.3, the newest Kafka version
+# kafka-python 3.0.12 knows (it infers 4.3 from DescribeLogDirs v5, which we
+# serve as Kafka 4.3+ does), so the tests expect what Kafka 4.3 does
+# (test_kafka_version_infer checks that kafka-python infers 4.3 from our
+# ApiVersions answer).
 #
 # One shard (one Kafka node, id 0): the tests were written for kafka-python's
 # single-broker fixture (test_alter_partition_reassignments assigns to every
@@ -32,7 +34,7 @@
 #
 # Environment: KAFKA_PYTHON_VERSION (default 3.0.12), KAFKA_PYTHON_K (a
 # pytest -k expression overriding the selection), KAFKA_PYTHON_KAFKA_VERSION
-# (default 4.1), KAFKA_PYTHON_SHARDS (default 1), CONF_PORT (default here
+# (default 4.3), KAFKA_PYTHON_SHARDS (default 1), CONF_PORT (default here
 # 29392). Output: $WORK/pytest.log (pytest -v with kafka-python's DEBUG logs
 # of failing tests), $WORK/junit.xml, $WORK/summary.txt,
 # $WORK/broker/broker.log.
@@ -88,10 +90,11 @@ mkdir -p "${WORK}/no-kafka-root"
 start_broker --shards "${KAFKA_PYTHON_SHARDS:-1}" --auto-create-topics true \
   --num-partitions 4 --group-initial-rebalance-delay-ms 0 \
   --group-min-session-timeout-ms 1000
-# The tests expect the Kafka version we implement (4.1), so that
-# test_kafka_version_infer checks that kafka-python infers it from our
-# ApiVersions answer; KAFKA_PYTHON_KAFKA_VERSION overrides it.
-KAFKA_VERSION="${KAFKA_PYTHON_KAFKA_VERSION:-4.1}"
+# The tests expect the newest Kafka version kafka-python knows (4.3; we
+# implement 4.4's APIs), so that test_kafka_version_infer checks that
+# kafka-python infers it from our ApiVersions answer;
+# KAFKA_PYTHON_KAFKA_VERSION overrides it.
+KAFKA_VERSION="${KAFKA_PYTHON_KAFKA_VERSION:-4.3}"
 INFERRED="$(cd "${SRC}" && timeout 60 "${PY}" - "${BOOTSTRAP}" <<'EOF'
 import sys
 from kafka.net.compat import KafkaNetClient

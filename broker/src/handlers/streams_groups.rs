@@ -183,9 +183,11 @@ pub async fn heartbeat(
     let mut resp = StreamsGroupHeartbeatResponse::default();
     match shard.groups.streams_heartbeat(&req.group_id, hb).await {
         Ok(ok) => {
-            if !ok.to_create.is_empty() {
-                create_internal_topics(shard, &req.group_id, ok.to_create.clone()).await;
-            }
+            let failed = if ok.to_create.is_empty() {
+                Vec::new()
+            } else {
+                create_internal_topics(shard, &req.group_id, ok.to_create.clone()).await
+            };
             resp.member_id = str_bytes(&ok.member_id);
             resp.member_epoch = ok.member_epoch;
             resp.heartbeat_interval_ms = shard
@@ -201,9 +203,13 @@ pub async fn heartbeat(
                 ok.status
                     .iter()
                     .map(|(s, detail)| {
+                        let mut detail = detail.clone();
+                        if *s == streams::Status::MissingInternalTopics && !failed.is_empty() {
+                            detail.push_str(&creation_failed(&failed));
+                        }
                         Status::default()
                             .with_status_code(*s as i8)
-                            .with_status_detail(str_bytes(detail))
+                            .with_status_detail(str_bytes(&detail))
                     })
                     .collect(),
             );
@@ -236,11 +242,31 @@ pub async fn heartbeat(
     resp
 }
 
+/// Kafka's addition to the MISSING_INTERNAL_TOPICS detail when creating
+/// them failed: "; Creation failed: t1 (why), t2 (why) and N more."
+fn creation_failed(failed: &[(String, String)]) -> String {
+    let head: Vec<String> = failed
+        .iter()
+        .take(3)
+        .map(|(t, why)| format!("{t} ({why})"))
+        .collect();
+    let more = match failed.len() {
+        0..=3 => String::new(),
+        n => format!(" and {} more", n - 3),
+    };
+    format!("; Creation failed: {}{more}.", head.join(", "))
+}
+
 /// Creates a group's missing internal topics (as Kafka's
 /// `AutoTopicCreationManager.createStreamsInternalTopics` does, with the
 /// configs the topology gives). A topic another heartbeat created first is
-/// fine; any other refusal is logged and retried on the next heartbeat.
-async fn create_internal_topics(shard: &Rc<Shard>, group: &str, topics: Vec<NewTopic>) {
+/// fine; any other refusal is logged, returned for the member's status, and
+/// tried again on the next heartbeat.
+async fn create_internal_topics(
+    shard: &Rc<Shard>,
+    group: &str,
+    topics: Vec<NewTopic>,
+) -> Vec<(String, String)> {
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
     let cmds = topics
         .into_iter()
@@ -253,21 +279,26 @@ async fn create_internal_topics(shard: &Rc<Shard>, group: &str, topics: Vec<NewT
         .collect();
     let results = shard.control().submit(cmds, false).await;
     let mut created = Vec::new();
+    let mut failed = Vec::new();
     for (name, r) in names.iter().zip(results) {
         match r {
             Ok(_) => created.push(name.as_str()),
             Err(e) if e.code == kafka_protocol::ResponseError::TopicAlreadyExists.code() => {}
-            Err(e) => warn!(
-                group,
-                topic = name.as_str(),
-                "cannot create the streams group's internal topic: {}",
-                e.message
-            ),
+            Err(e) => {
+                warn!(
+                    group,
+                    topic = name.as_str(),
+                    "cannot create the streams group's internal topic: {}",
+                    e.message
+                );
+                failed.push((name.clone(), e.message));
+            }
         }
     }
     if !created.is_empty() {
         info!(group, topics = ?created, "created the streams group's internal topics");
     }
+    failed
 }
 
 fn described_tasks(t: &Tasks) -> Vec<DescribedTaskIds> {
