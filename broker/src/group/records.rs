@@ -253,8 +253,10 @@ impl GroupRecord {
                 };
                 Some(GroupRecord::Group { group, value })
             }
-            STREAMS_GROUP_KEY_VERSION => {
+            CONSUMER_GROUP_KEY_VERSION | SHARE_GROUP_KEY_VERSION | STREAMS_GROUP_KEY_VERSION => {
                 let group = get_str(&mut k)?;
+                // Value v0 starts with the epoch (a null value is a
+                // tombstone); what follows it is not kept.
                 let epoch = match value {
                     None => None,
                     Some(mut v) => {
@@ -262,22 +264,10 @@ impl GroupRecord {
                         Some(get_i32(&mut v)?)
                     }
                 };
-                Some(GroupRecord::StreamsGroup { group, epoch })
-            }
-            CONSUMER_GROUP_KEY_VERSION | SHARE_GROUP_KEY_VERSION => {
-                let group = get_str(&mut k)?;
-                // Value v0: the epoch (a null value is a tombstone).
-                let epoch = match value {
-                    None => None,
-                    Some(mut v) => {
-                        get_i16(&mut v)?;
-                        Some(get_i32(&mut v)?)
-                    }
-                };
-                Some(if version == SHARE_GROUP_KEY_VERSION {
-                    GroupRecord::ShareGroup { group, epoch }
-                } else {
-                    GroupRecord::ConsumerGroup { group, epoch }
+                Some(match version {
+                    SHARE_GROUP_KEY_VERSION => GroupRecord::ShareGroup { group, epoch },
+                    STREAMS_GROUP_KEY_VERSION => GroupRecord::StreamsGroup { group, epoch },
+                    _ => GroupRecord::ConsumerGroup { group, epoch },
                 })
             }
             SHARE_STATE_KEY_VERSION => {

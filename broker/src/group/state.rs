@@ -275,12 +275,15 @@ impl Group {
             && self.streams.as_ref().is_none_or(|s| s.members.is_empty())
     }
 
-    /// Keeps the classic state in step with a streams group's members (as
-    /// `sync_consumer_state` does for consumer groups).
-    pub fn sync_streams_state(&mut self, now: i64) {
-        let Some(s) = &self.streams else { return };
-        self.protocol_type = Some("streams".to_string());
-        let state = if s.members.is_empty() {
+    /// Keeps the classic state in step with the members of a group of the
+    /// newer protocols (`empty`: whether it has none; `None`: the group is
+    /// not of that type), which is what offset expiry and ListGroups
+    /// filters read: Stable while it has members, Empty (since `now`) once
+    /// it has none.
+    fn sync_typed_state(&mut self, protocol: &str, empty: Option<bool>, now: i64) {
+        let Some(empty) = empty else { return };
+        self.protocol_type = Some(protocol.to_string());
+        let state = if empty {
             GroupState::Empty
         } else {
             GroupState::Stable
@@ -290,35 +293,22 @@ impl Group {
         }
     }
 
-    /// Keeps the classic state in step with a share group's members (as
-    /// `sync_consumer_state` does for consumer groups).
-    pub fn sync_share_state(&mut self, now: i64) {
-        let Some(s) = &self.share else { return };
-        self.protocol_type = Some("share".to_string());
-        let state = if s.members.is_empty() {
-            GroupState::Empty
-        } else {
-            GroupState::Stable
-        };
-        if self.state != state {
-            self.transition(state, now);
-        }
-    }
-
-    /// Keeps the classic state in step with a consumer-protocol group's
-    /// members, which is what offset expiry and ListGroups filters read:
-    /// Stable while it has members, Empty (since `now`) once it has none.
+    /// `sync_typed_state` for a KIP-848 consumer group.
     pub fn sync_consumer_state(&mut self, now: i64) {
-        let Some(c) = &self.consumer else { return };
-        self.protocol_type = Some("consumer".to_string());
-        let state = if c.is_empty() {
-            GroupState::Empty
-        } else {
-            GroupState::Stable
-        };
-        if self.state != state {
-            self.transition(state, now);
-        }
+        let empty = self.consumer.as_ref().map(ConsumerGroup::is_empty);
+        self.sync_typed_state("consumer", empty, now);
+    }
+
+    /// `sync_typed_state` for a share group.
+    pub fn sync_share_state(&mut self, now: i64) {
+        let empty = self.share.as_ref().map(|s| s.members.is_empty());
+        self.sync_typed_state("share", empty, now);
+    }
+
+    /// `sync_typed_state` for a streams group.
+    pub fn sync_streams_state(&mut self, now: i64) {
+        let empty = self.streams.as_ref().map(|s| s.members.is_empty());
+        self.sync_typed_state("streams", empty, now);
     }
 
     /// The committed offsets `offsets.retention` expires at `now` (Kafka's
