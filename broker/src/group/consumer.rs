@@ -191,30 +191,21 @@ impl ConsumerGroup {
 
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self, settings: &ConsumerSettings) -> Option<i64> {
-        self.members
+        let times = self
+            .members
             .values()
-            .flat_map(|m| {
-                [
-                    Some(m.last_heartbeat + settings.session_timeout_ms),
-                    m.revoke_deadline,
-                ]
-            })
-            .flatten()
-            .min()
+            .map(|m| (m.last_heartbeat, m.revoke_deadline));
+        earliest_deadline(times, settings.session_timeout_ms)
     }
 
     /// Fences members whose session or revocation time is up. Returns the
     /// ids fenced.
     pub fn tick(&mut self, settings: &ConsumerSettings, now: i64) -> Vec<String> {
-        let expired: Vec<String> = self
+        let times = self
             .members
             .values()
-            .filter(|m| {
-                m.last_heartbeat + settings.session_timeout_ms <= now
-                    || m.revoke_deadline.is_some_and(|d| d <= now)
-            })
-            .map(|m| m.id.clone())
-            .collect();
+            .map(|m| (&m.id, m.last_heartbeat, m.revoke_deadline));
+        let expired = expired_members(times, settings.session_timeout_ms, now);
         for id in &expired {
             self.remove_member(id);
         }
@@ -642,6 +633,34 @@ impl ConsumerGroup {
             m.epoch = target_epoch;
         }
     }
+}
+
+/// The earliest session end or revocation deadline of members given as
+/// (last heartbeat, revocation deadline): when a KIP-848-style group
+/// (consumer or streams) next has a member to fence.
+pub fn earliest_deadline(
+    members: impl Iterator<Item = (i64, Option<i64>)>,
+    session_timeout_ms: i64,
+) -> Option<i64> {
+    members
+        .flat_map(|(heartbeat, revoke)| [Some(heartbeat + session_timeout_ms), revoke])
+        .flatten()
+        .min()
+}
+
+/// The members, given as (id, last heartbeat, revocation deadline), whose
+/// session or revocation time is up at `now`.
+pub fn expired_members<'a>(
+    members: impl Iterator<Item = (&'a String, i64, Option<i64>)>,
+    session_timeout_ms: i64,
+    now: i64,
+) -> Vec<String> {
+    members
+        .filter(|(_, heartbeat, revoke)| {
+            heartbeat + session_timeout_ms <= now || revoke.is_some_and(|d| d <= now)
+        })
+        .map(|(id, _, _)| id.clone())
+        .collect()
 }
 
 fn unknown_member(id: &str) -> HeartbeatError {

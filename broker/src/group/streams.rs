@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::ResponseError;
 
-use super::consumer::{HeartbeatError, Topics, LEAVE_EPOCH, LEAVE_STATIC_EPOCH};
+use super::consumer::{
+    earliest_deadline, expired_members, HeartbeatError, Topics, LEAVE_EPOCH, LEAVE_STATIC_EPOCH,
+};
 use super::streams_assignor;
 
 /// Partitions by subtopology id.
@@ -76,6 +78,16 @@ pub struct Subtopology {
     pub repartition_sinks: Vec<String>,
     pub repartition_sources: Vec<TopicInfo>,
     pub copartition_groups: Vec<CopartitionGroup>,
+}
+
+impl Subtopology {
+    /// The topics its tasks read: source topics, then repartition sources.
+    pub fn inputs(&self) -> impl Iterator<Item = &str> {
+        self.source_topics
+            .iter()
+            .map(String::as_str)
+            .chain(self.repartition_sources.iter().map(|r| r.name.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,11 +206,7 @@ pub fn configure(topology: &Topology, topics: &dyn Topics) -> Result<Configured,
             existing(t)
         }
     };
-    let inputs_of = |s: &Subtopology| -> Vec<String> {
-        let mut v = s.source_topics.clone();
-        v.extend(s.repartition_sources.iter().map(|r| r.name.clone()));
-        v
-    };
+    let inputs_of = |s: &Subtopology| -> Vec<String> { s.inputs().map(str::to_string).collect() };
     let writers = |r: &str| -> Vec<&Subtopology> {
         topology
             .subtopologies
@@ -612,8 +620,7 @@ impl StreamsGroup {
             .collect();
         for (topic, p) in partitions {
             let held = subs.iter().any(|s| {
-                let reads = s.source_topics.iter().any(|t| t == topic)
-                    || s.repartition_sources.iter().any(|r| r.name == *topic);
+                let reads = s.inputs().any(|t| t == *topic);
                 let key = (s.id.clone(), *p);
                 reads
                     && (has(&m.assigned.active, &s.id, *p)
@@ -651,8 +658,7 @@ impl StreamsGroup {
         let mut out: BTreeSet<String> = BTreeSet::new();
         if let Some(t) = &self.topology {
             for s in &t.subtopologies {
-                out.extend(s.source_topics.iter().cloned());
-                out.extend(s.repartition_sources.iter().map(|r| r.name.clone()));
+                out.extend(s.inputs().map(str::to_string));
             }
         }
         out.into_iter().collect()
@@ -660,15 +666,12 @@ impl StreamsGroup {
 
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self, settings: &StreamsSettings) -> Option<i64> {
-        self.members
+        let times = self
+            .members
             .values()
-            .flat_map(|m| {
-                [
-                    Some(m.last_heartbeat + settings.session_timeout_ms),
-                    m.revoke_deadline,
-                ]
-            })
-            .flatten()
+            .map(|m| (m.last_heartbeat, m.revoke_deadline));
+        earliest_deadline(times, settings.session_timeout_ms)
+            .into_iter()
             .chain(self.delay_until)
             .min()
     }
@@ -676,15 +679,11 @@ impl StreamsGroup {
     /// Fences members whose session or revocation time is up, and ends
     /// the initial rebalance delay. Returns the ids fenced.
     pub fn tick(&mut self, settings: &StreamsSettings, now: i64) -> Vec<String> {
-        let expired: Vec<String> = self
+        let times = self
             .members
             .values()
-            .filter(|m| {
-                m.last_heartbeat + settings.session_timeout_ms <= now
-                    || m.revoke_deadline.is_some_and(|d| d <= now)
-            })
-            .map(|m| m.id.clone())
-            .collect();
+            .map(|m| (&m.id, m.last_heartbeat, m.revoke_deadline));
+        let expired = expired_members(times, settings.session_timeout_ms, now);
         for id in &expired {
             self.remove_member(id);
         }
@@ -1056,8 +1055,7 @@ impl StreamsGroup {
         };
         let mut names: BTreeSet<&str> = BTreeSet::new();
         for s in &t.subtopologies {
-            names.extend(s.source_topics.iter().map(String::as_str));
-            names.extend(s.repartition_sources.iter().map(|r| r.name.as_str()));
+            names.extend(s.inputs());
             names.extend(s.changelogs.iter().map(|r| r.name.as_str()));
         }
         names

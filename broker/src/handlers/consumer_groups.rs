@@ -21,8 +21,8 @@ use kafka_protocol::messages::{
 };
 use uuid::Uuid;
 
-use super::groups::{Client, GROUP_AUTHORIZED_OPERATIONS};
-use super::{str_bytes, topic_name, AUTH_OPS_OMITTED};
+use super::groups::{group_authorized_operations, Client};
+use super::{str_bytes, topic_name};
 use crate::group::consumer::{Assignment, Heartbeat};
 use crate::metadata::MetadataImage;
 use crate::shard::Shard;
@@ -122,11 +122,8 @@ pub fn describe(
         .into_iter()
         .map(|group_id| {
             let mut d = DescribedGroup::default();
-            d.authorized_operations = if req.include_authorized_operations {
-                GROUP_AUTHORIZED_OPERATIONS
-            } else {
-                AUTH_OPS_OMITTED
-            };
+            d.authorized_operations =
+                group_authorized_operations(req.include_authorized_operations);
             match shard.groups.describe_consumer(&group_id) {
                 Err((e, msg)) => {
                     d.error_code = e.code();

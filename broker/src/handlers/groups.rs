@@ -56,6 +56,17 @@ const KEY_TYPE_SHARE: i8 = 2;
 /// READ, DELETE, DESCRIBE).
 pub(crate) const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
+/// A described group's authorized operations: Kafka's for a group (READ,
+/// DELETE, DESCRIBE) when the client asked for them, else the "omitted"
+/// marker.
+pub(crate) fn group_authorized_operations(asked: bool) -> i32 {
+    if asked {
+        GROUP_AUTHORIZED_OPERATIONS
+    } else {
+        AUTH_OPS_OMITTED
+    }
+}
+
 /// Who sent a request, as groups report it.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
@@ -775,11 +786,8 @@ pub fn describe_groups(
         .into_iter()
         .map(|group_id| {
             let mut d = DescribedGroup::default();
-            d.authorized_operations = if version >= 3 && req.include_authorized_operations {
-                GROUP_AUTHORIZED_OPERATIONS
-            } else {
-                AUTH_OPS_OMITTED
-            };
+            d.authorized_operations =
+                group_authorized_operations(version >= 3 && req.include_authorized_operations);
             match shard.groups.describe(&group_id) {
                 Err(e) => {
                     d.error_code = e.code();

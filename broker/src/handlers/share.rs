@@ -48,8 +48,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::groups::{Client, GROUP_AUTHORIZED_OPERATIONS};
-use super::AUTH_OPS_OMITTED;
+use super::groups::{group_authorized_operations, Client};
 use super::{
     check_leader_epoch, find_topic, leader_hint, locate, push_node_endpoint, str_bytes, topic_name,
     wait_for_append,
@@ -136,11 +135,8 @@ pub fn describe(shard: &Rc<Shard>, req: ShareGroupDescribeRequest) -> ShareGroup
         .into_iter()
         .map(|group_id| {
             let mut d = DescribedGroup::default();
-            d.authorized_operations = if req.include_authorized_operations {
-                GROUP_AUTHORIZED_OPERATIONS
-            } else {
-                AUTH_OPS_OMITTED
-            };
+            d.authorized_operations =
+                group_authorized_operations(req.include_authorized_operations);
             match shard.groups.describe_share(&group_id) {
                 Err((e, msg)) => {
                     d.error_code = e.code();
