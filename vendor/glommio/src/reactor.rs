@@ -206,7 +206,10 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // SAFETY: (upstream) the pointers are the latency ring's CQ head and tail.
+        let ring =
+            unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        ring || self.sys.preempt_deadline_passed()
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     io,
     net::{self, Shutdown, SocketAddr, ToSocketAddrs},
-    os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
+    os::unix::io::{AsRawFd, FromRawFd, RawFd},
     pin::Pin,
     rc::{Rc, Weak},
     task::{Context, Poll},
@@ -311,10 +311,13 @@ pub struct AcceptedTcpStream {
 impl AcceptedTcpStream {
     /// Returns the socket address of the remote peer
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        let socket = unsafe { Socket::from_raw_fd(self.fd) };
+        // Patched: the socket only borrows the fd; upstream closed it when
+        // `peer_addr` failed (a peer already gone).
+        let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(self.fd) });
         let sock_addr = socket.peer_addr()?;
-        socket.into_raw_fd();
-        Ok(sock_addr.as_socket().unwrap())
+        sock_addr
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an inet socket").into())
     }
 
     /// Binds this `AcceptedTcpStream` to the current executor

@@ -224,6 +224,13 @@ impl Source {
         })
     }
 
+    /// Whether the request is queued or in the kernel (not yet completed
+    /// nor cancelled). Patched in: the reactor keeps its ring link and
+    /// throughput timer armed across wake-ups instead of re-arming them.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -637,6 +637,7 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
+    #[allow(dead_code)]
     fn in_kernel(&self) -> usize;
     fn waiting_kernel_collection(&self) -> usize;
     fn needs_kernel_enter(&self) -> bool;
@@ -1044,13 +1045,35 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    /// Whether `io_uring_enter` takes a timeout argument (Linux 5.11+), so a
+    /// sleep with a deadline needs no timeout request (patched in).
+    fn has_ext_arg(&self) -> bool {
+        self.ring.raw().features & uring_sys::IORING_FEAT_EXT_ARG != 0
+    }
+
+    /// Sleeps until a completion arrives, or `timeout` passes (only with
+    /// [`Self::has_ext_arg`]). `link` polls the other ring's fd; it is
+    /// submitted only if it is not pending already: a link that did not fire
+    /// stays armed for the next sleep instead of being cancelled on every
+    /// wake-up (patched in, for the wake-up's latency).
+    fn sleep(&mut self, link: &Source, timeout: Option<Duration>) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
-        if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
+        if !link.is_pending() {
+            let mut sq = self.ring.sq();
+            let Some(mut sqe) = sq.prepare_sqe() else {
+                // Can't link rings because we ran out of `SQE`s. Just can't sleep.
+                // Submit what we have, once we're out of here we'll consume them
+                // and at some point will be able to sleep again.
+                return self
+                    .submit_sqes()
+                    .or_else(Reactor::busy_ok)
+                    .or_else(Reactor::again_ok)
+                    .or_else(Reactor::intr_ok);
+            };
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
                 fd: link.raw(),
@@ -1071,7 +1094,6 @@ impl SleepableRing {
 
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
-
             if self
                 .submit_sqes()
                 .or_else(Reactor::busy_ok)
@@ -1084,25 +1106,48 @@ impl SleepableRing {
                 // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
-        } else {
-            // Can't link rings because we ran out of `CQE`s. Just can't sleep.
-            // Submit what we have, once we're out of here we'll consume them
-            // and at some point will be able to sleep again.
-            self.submit_sqes()
+        }
+        // The rings are linked. Goodnight!
+        match timeout {
+            None => self
+                .ring
+                .cq()
+                .wait(1)
+                .map(|_| 1)
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
+                .or_else(Reactor::intr_ok),
+            Some(d) => {
+                let ts = uring_sys::__kernel_timespec {
+                    tv_sec: d.as_secs() as _,
+                    tv_nsec: d.subsec_nanos() as _,
+                };
+                let mut cqe = std::ptr::null_mut();
+                // SAFETY: the ring is ours and initialized; with EXT_ARG
+                // liburing neither submits nor consumes, it only waits.
+                let r = unsafe {
+                    uring_sys::io_uring_wait_cqes(
+                        self.ring.raw_mut(),
+                        &mut cqe,
+                        1,
+                        &ts,
+                        std::ptr::null(),
+                    )
+                };
+                match r {
+                    r if r >= 0 => Ok(1),
+                    r if r == -libc::ETIME
+                        || r == -libc::EINTR
+                        || r == -libc::EAGAIN
+                        || r == -libc::EBUSY =>
+                    {
+                        Ok(0)
+                    }
+                    r => Err(io::Error::from_raw_os_error(-r)),
+                }
+            }
         }
     }
 }
@@ -1223,8 +1268,15 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// When the running task queue must yield (patched in: a deadline read
+    /// by `need_preempt` instead of a timeout request re-armed in the
+    /// latency ring on every reactor pass).
+    preempt_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
+    /// The poll of the latency ring's fd from the main ring, kept armed
+    /// across wake-ups (patched in).
+    link_src: RefCell<Option<Source>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1354,8 +1406,10 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
+            link_src: RefCell::new(None),
             notifier,
             eventfd_src,
             source_map,
@@ -1725,15 +1779,32 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        let link_rings = Source::new(
-            IoRequirements::default(),
-            self.link_fd,
-            SourceType::LinkRings,
-            None,
-            None,
-        );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+    fn link_rings_and_sleep(
+        &self,
+        ring: &mut SleepableRing,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let mut link = self.link_src.borrow_mut();
+        if !link.as_ref().is_some_and(Source::is_pending) {
+            *link = Some(Source::new(
+                IoRequirements::default(),
+                self.link_fd,
+                SourceType::LinkRings,
+                None,
+                None,
+            ));
+        }
+        let link = link.as_ref().unwrap();
+        ring.sleep(link, timeout).or_else(Self::busy_ok).map(|_| {})
+    }
+
+    /// Whether the running task queue's time slice is over (patched in; see
+    /// `preempt_deadline`).
+    #[inline(always)]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .is_some_and(|d| Instant::now() >= d)
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1805,7 +1876,14 @@ impl Reactor {
         Preempt: Fn() -> Option<Duration>,
         F: Fn() -> usize,
     {
+        // Patched: preemption is a deadline (`preempt_deadline`), the
+        // throughput timer and the ring link stay armed until they fire, and
+        // a sleep's user timer is the wait's own timeout (IORING_ENTER_EXT_ARG)
+        // where the kernel has it. So a wake-up to a completion costs no
+        // further `io_uring_enter` before the woken tasks run; upstream made
+        // three (cancel the sleep timer and the link, re-arm both timers).
         woke += self.flush_syscall_thread();
+        self.preempt_deadline.set(None);
 
         let mut poll_ring = self.poll_ring.borrow_mut();
         let mut main_ring = self.main_ring.borrow_mut();
@@ -1814,22 +1892,21 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
+        // A sleep timer armed in the latency ring (kernels without EXT_ARG)
+        // is only needed for that sleep.
         drop(self.latency_preemption_timeout_src.take());
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput-based timeout counts completions in the main ring;
+        // it is re-armed only once it fired.
+        let throughput = self.throughput_preemption_timeout_src.take();
+        self.throughput_preemption_timeout_src
+            .set(Some(match throughput {
+                Some(t) if t.is_pending() => t,
+                _ => main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            }));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,10 +1927,15 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            let mut wait_timeout = None;
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if main_ring.has_ext_arg() {
+                    wait_timeout = Some(dur);
+                } else {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1867,11 +1949,8 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
+                    self.link_rings_and_sleep(&mut main_ring, wait_timeout)
                         .expect("some error");
-                    // May have new cancellations related to the link ring fd.
-                    flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
-                    flush_rings!(lat_ring, poll_ring, main_ring)?;
                     consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
                 }
                 // Woke up, so no need to notify us anymore.
@@ -1880,9 +1959,7 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            self.preempt_deadline.set(Some(Instant::now() + preempt));
         }
 
         // A Note about `need_preempt`:
