@@ -150,9 +150,11 @@ impl BlockDevice for DmaDevice {
                     b
                 }
             };
+            // Submitted at once: a produce waits for this write, and the
+            // executor's pass may still run other tasks (vendor/glommio).
             let n = self
                 .file
-                .write_at(dma, pos)
+                .write_at_now(dma, pos)
                 .await
                 .map_err(io::Error::from)?;
             if n != len {
