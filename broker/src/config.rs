@@ -195,6 +195,12 @@ pub struct Config {
     /// the lower produce latency and CPU in `scripts/bench-latency` runs
     /// (docs/bench/README.md).
     pub wal_dsync: bool,
+    /// With `wal_dsync`, how many WAL batches a shard may have in flight
+    /// before a new small one waits for the device: 2 lets a produce that
+    /// arrives during a write start its own write at once instead of
+    /// queueing behind it; 1 waits for the device to be idle (fewer, larger
+    /// writes). Large backlogs are written up to 8 writes at once either way.
+    pub wal_batches_in_flight: usize,
     /// Upload to object storage (false: the WAL and the log cache hold
     /// everything, as before object storage; for benchmarks).
     pub uploads_enabled: bool,
@@ -363,6 +369,7 @@ impl Default for Config {
             object_block_bytes: 512 << 10,
             wal_full_wait_ms: 5000,
             wal_dsync: true,
+            wal_batches_in_flight: 2,
             uploads_enabled: true,
             object_orphan_grace_ms: 3_600_000,
             object_gc_interval_ms: 300_000,
@@ -534,6 +541,8 @@ pub struct Flags {
     pub wal_full_wait_ms: Option<u64>,
     #[arg(long, env = "BROKER_WAL_DSYNC")]
     pub wal_dsync: Option<bool>,
+    #[arg(long, env = "BROKER_WAL_BATCHES_IN_FLIGHT")]
+    pub wal_batches_in_flight: Option<usize>,
     #[arg(long, env = "BROKER_UPLOADS_ENABLED")]
     pub uploads_enabled: Option<bool>,
     #[arg(long, env = "BROKER_OBJECT_ORPHAN_GRACE_MS")]
@@ -774,6 +783,7 @@ impl Config {
             object_block_bytes,
             wal_full_wait_ms,
             wal_dsync,
+            wal_batches_in_flight,
             uploads_enabled,
             object_orphan_grace_ms,
             object_gc_interval_ms,
@@ -893,6 +903,11 @@ impl Config {
         if self.base_port as usize + self.shards > 65536 {
             return Err(ConfigError::Invalid(
                 "base_port + shards exceeds 65535".into(),
+            ));
+        }
+        if !(1..=8).contains(&self.wal_batches_in_flight) {
+            return Err(ConfigError::Invalid(
+                "wal_batches_in_flight must be in 1..=8".into(),
             ));
         }
         if self.num_partitions < 1 {

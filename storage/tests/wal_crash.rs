@@ -87,11 +87,15 @@ async fn open(layout: &WalLayout, dev: &MemDevice) -> (WalSlice, Vec<RecoveredRe
 /// times and hits backpressure), with I/O delays so writes and flushes
 /// overlap.
 async fn record_run(layout: &WalLayout, dev: &MemDevice, seed: u64) -> Run {
-    // Both pipeline policies: odd seeds also write while a flush runs.
-    let (wal, recs) =
-        WalSlice::open_device(Rc::new(dev.clone()), layout, 0, tuning_with(seed % 2 == 1))
-            .await
-            .expect("open");
+    // Both pipeline policies: odd seeds also write while a flush runs; with
+    // O_DSYNC (seeds 5 and 6) seed 6 keeps up to 3 small batches in flight.
+    let tuning = WalTuning {
+        batches_in_flight: if seed == 6 { 3 } else { 1 },
+        ..tuning_with(seed % 2 == 1)
+    };
+    let (wal, recs) = WalSlice::open_device(Rc::new(dev.clone()), layout, 0, tuning)
+        .await
+        .expect("open");
     assert!(recs.is_empty());
     dev.set_delay(Duration::from_micros(200));
     let run = Rc::new(RefCell::new(Run::default()));

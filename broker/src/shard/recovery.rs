@@ -31,6 +31,7 @@ impl Shard {
     pub async fn open_wal(self: &Rc<Self>, layout: &WalLayout) -> Result<(), WalError> {
         let tuning = WalTuning {
             dsync_writes: self.config.wal_dsync,
+            batches_in_flight: self.config.wal_batches_in_flight,
             ..WalTuning::default()
         };
         let (wal, records) = WalSlice::open_tuned(layout, self.id as u32, tuning).await?;

@@ -64,6 +64,13 @@ pub struct WalTuning {
     /// Open the device `O_DSYNC` (`open_tuned` only): a batch is durable
     /// when its writes complete, so it is acknowledged with no fdatasync.
     pub dsync_writes: bool,
+    /// On a device whose writes are durable on completion (`O_DSYNC`), how
+    /// many small batches (each under `eager_write_bytes`) may be in flight
+    /// before a new one waits. 1 waits for the device to be idle (the most
+    /// coalescing); 2 lets an append that arrives during a small write start
+    /// its own write at once instead of queueing behind it
+    /// (acknowledgements stay in order). Ignored with write + fdatasync.
+    pub batches_in_flight: usize,
 }
 
 impl Default for WalTuning {
@@ -76,6 +83,7 @@ impl Default for WalTuning {
             read_chunk_bytes: 1 << 20,
             write_during_flush: false,
             dsync_writes: false,
+            batches_in_flight: 1,
         }
     }
 }
@@ -616,14 +624,24 @@ impl State {
     }
 
     /// Whether the writer should start a batch now: at once when the device
-    /// has no write in flight, otherwise only for a large backlog.
-    fn wants_write(&self, t: &WalTuning) -> bool {
+    /// has no write in flight (or, with `durable` writes, fewer than
+    /// `batches_in_flight` batches), otherwise only for a large backlog.
+    fn wants_write(&self, t: &WalTuning, durable: bool) -> bool {
         if self.pending.is_empty() {
             return false;
         }
         let idle = self.writes_in_flight == 0 && (t.write_during_flush || !self.flushing);
-        idle || (self.pending_bytes >= t.eager_write_bytes as u64
-            && self.writes_in_flight < t.max_inflight_writes)
+        // Overlapping small batches only: under load (batches of a large
+        // write or more) waiting lets the next batch grow instead.
+        let overlap = durable
+            && self.inflight.len() < t.batches_in_flight
+            && self
+                .inflight
+                .iter()
+                .all(|b| b.end - b.start < t.eager_write_bytes as u64);
+        idle || overlap
+            || (self.pending_bytes >= t.eager_write_bytes as u64
+                && self.writes_in_flight < t.max_inflight_writes)
     }
 }
 
@@ -648,7 +666,8 @@ impl Inner {
                 if !matches!(st.status, Status::Open) {
                     return Poll::Ready(None);
                 }
-                if st.wants_write(&self.tuning) {
+                let durable = self.dev.borrow().durable_writes();
+                if st.wants_write(&self.tuning, durable) {
                     if let Some(plan) = self.plan_batch(&mut st) {
                         return Poll::Ready(Some(plan));
                     }
@@ -1486,6 +1505,35 @@ mod tests {
             let recs = recover_image(&layout, &dev).await;
             assert_eq!(recs.len(), 41);
         });
+    }
+
+    #[test]
+    fn with_durable_writes_an_append_during_a_write_starts_its_own_if_allowed() {
+        for (batches_in_flight, expected) in [(1, 1), (2, 2)] {
+            run(move || async move {
+                let (layout, dev) = mem_wal(1 << 20);
+                dev.set_durable_writes(true);
+                let tuning = WalTuning {
+                    batches_in_flight,
+                    ..tuning()
+                };
+                let (wal, _) = WalSlice::open_device(Rc::new(dev.clone()), &layout, 0, tuning)
+                    .await
+                    .unwrap();
+                dev.set_delay(Duration::from_millis(50));
+                let a = wal.append(body(0, 100));
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                let b = wal.append(body(1, 100));
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                // While the first write runs: is the second one running too?
+                let writing = wal.inner().st.borrow().writes_in_flight;
+                assert_eq!(writing, expected, "batches_in_flight {batches_in_flight}");
+                let (a, b) = (a.await.unwrap(), b.await.unwrap());
+                assert!(a < b);
+                dev.set_delay(Duration::ZERO);
+                assert_eq!(recover_image(&layout, &dev).await.len(), 2);
+            });
+        }
     }
 
     #[test]
