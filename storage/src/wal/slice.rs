@@ -623,6 +623,15 @@ impl State {
         scan
     }
 
+    /// How many in-flight batches at the front are fully written (ready to
+    /// be acknowledged, after a flush unless the device writes durably).
+    fn written_front(&self) -> usize {
+        self.inflight
+            .iter()
+            .take_while(|b| b.writes_left == 0)
+            .count()
+    }
+
     /// Whether the writer should start a batch now: at once when the device
     /// has no write in flight (or, with `durable` writes, fewer than
     /// `batches_in_flight` batches), otherwise only for a large backlog.
@@ -689,11 +698,7 @@ impl Inner {
                 if !matches!(st.status, Status::Open) {
                     return Poll::Ready(None);
                 }
-                let n = st
-                    .inflight
-                    .iter()
-                    .take_while(|b| b.writes_left == 0)
-                    .count();
+                let n = st.written_front();
                 if n > 0 {
                     return Poll::Ready(Some(n));
                 }
@@ -872,11 +877,7 @@ impl Inner {
             // Each completed write is durable already (O_DSYNC): the
             // written batches at the front are acknowledged here, without a
             // hand-off to the syncer (a produce waits for this).
-            let n = {
-                let st = self.st.borrow();
-                let n = st.inflight.iter().take_while(|b| b.writes_left == 0);
-                n.count()
-            };
+            let n = self.st.borrow().written_front();
             if n > 0 {
                 self.acknowledge(n);
             }
