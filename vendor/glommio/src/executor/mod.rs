@@ -1461,6 +1461,11 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
+            // Patched: set by a park that slept. Its wake-up consumed the
+            // rings and ran the timers and remote channels already, so the
+            // next pass only starts the time slice: a second `poll_io`
+            // would find nothing and delay the woken tasks.
+            let mut woken = false;
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1475,9 +1480,15 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
-                this.parker
-                    .poll_io(|| Some(this.preempt_timer_duration()))
-                    .expect("Failed to poll io! This is actually pretty bad!");
+                if std::mem::take(&mut woken) {
+                    this.reactor
+                        .sys
+                        .start_preempt_deadline(this.preempt_timer_duration());
+                } else {
+                    this.parker
+                        .poll_io(|| Some(this.preempt_timer_duration()))
+                        .expect("Failed to poll io! This is actually pretty bad!");
+                }
 
                 // run user code
                 let run = this.run_task_queues();
@@ -1496,7 +1507,8 @@ impl LocalExecutor {
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
-                                this.parker
+                                woken = this
+                                    .parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;

@@ -1798,6 +1798,13 @@ impl Reactor {
         ring.sleep(link, timeout).or_else(Self::busy_ok).map(|_| {})
     }
 
+    /// Starts the running task queue's time slice (patched in): what the
+    /// executor's `poll_io` does right after a wake-up, without another
+    /// pass over the rings that the wake-up just consumed.
+    pub(crate) fn start_preempt_deadline(&self, preempt: Duration) {
+        self.preempt_deadline.set(Some(Instant::now() + preempt));
+    }
+
     /// Whether the running task queue's time slice is over (patched in; see
     /// `preempt_deadline`).
     #[inline(always)]
