@@ -91,6 +91,11 @@ pub async fn handle(
         .into_iter()
         .map(|c| finish_partition(shard, c.and_then(|c| append_checked(shard, c))))
         .collect();
+    // Their WAL write starts now (one batch for all of them), not when
+    // the WAL's writer task comes round.
+    if let Some(wal) = shard.wal() {
+        wal.start_writes();
+    }
     // Issued: the producer's next request may go (not held until durable).
     drop(place);
     let mut results = futures::future::join_all(pending).await.into_iter();

@@ -140,6 +140,11 @@ impl MemDevice {
         self.st.durable_writes.set(on);
     }
 
+    /// Writes called so far (counted when a write starts, before its delay).
+    pub fn writes_started(&self) -> u64 {
+        self.st.writes.get()
+    }
+
     pub fn set_delay(&self, d: Duration) {
         self.st.delay.set(d);
     }

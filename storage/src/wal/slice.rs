@@ -416,6 +416,30 @@ impl WalSlice {
         AppendFuture { slot }
     }
 
+    /// Starts writing what is queued, now and in the caller's task, if the
+    /// writer would start a batch (see `wants_write`); the writer task
+    /// takes what is left. A caller that queued its appends (a produce
+    /// request's partitions) calls this once it has queued them all, so
+    /// they share one batch and its write is submitted before the caller
+    /// returns, not when the writer task's turn comes.
+    pub fn start_writes(&self) {
+        let inner = self.inner();
+        let plan = {
+            let mut st = inner.st.borrow_mut();
+            if !matches!(st.status, Status::Open) {
+                return;
+            }
+            let durable = inner.dev.borrow().durable_writes();
+            if !st.wants_write(&inner.tuning, durable) {
+                return;
+            }
+            inner.plan_batch(&mut st)
+        };
+        if let Some(plan) = plan {
+            inner.issue(plan);
+        }
+    }
+
     /// Discards every record whose offset is below `offset` (to drop record
     /// R and everything before it, pass `R.offset + 1`, or
     /// [`WalSlice::durable_offset`] to drop all). The new trim point is
@@ -654,6 +678,20 @@ impl State {
     }
 }
 
+/// Runs `fut` up to its first wait here, in the caller's task, and the
+/// rest in a task of its own: a device write is then submitted now (the
+/// device starts on it while the caller goes on), not when the new task's
+/// turn comes. The first poll's waker is a no-op; the task's first poll
+/// registers its own, and a completion that came in between is kept by
+/// the I/O until then.
+fn start_task(fut: impl Future<Output = ()> + 'static) {
+    let mut fut = Box::pin(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        glommio::spawn_local(fut).detach();
+    }
+}
+
 /// A batch ready to be written: its id and the writes (device position and
 /// buffer).
 struct Plan {
@@ -848,13 +886,12 @@ impl Inner {
         for (pos, buf) in plan.writes {
             let inner = self.clone();
             let dev = dev.clone();
-            glommio::spawn_local(async move {
+            start_task(async move {
                 let started = std::time::Instant::now();
                 let r = dev.write_at(buf, pos).await;
                 inner.stages.write.record(started.elapsed());
                 inner.write_done(plan.id, r);
-            })
-            .detach();
+            });
         }
     }
 
@@ -885,7 +922,12 @@ impl Inner {
         if !durable {
             self.syncer_wake.wake();
         }
-        self.writer_wake.wake();
+        // The writer has something to do only if appends are queued (a
+        // finished write may let them start); with none, waking it would
+        // only put its task ahead of the produce this write completes.
+        if !self.st.borrow().pending.is_empty() {
+            self.writer_wake.wake();
+        }
         self.idle_wake.wake();
     }
 
@@ -1506,6 +1548,32 @@ mod tests {
             let recs = recover_image(&layout, &dev).await;
             assert_eq!(recs.len(), 41);
         });
+    }
+
+    #[test]
+    fn start_writes_starts_one_write_for_what_is_queued_before_the_caller_yields() {
+        for durable in [true, false] {
+            run(move || async move {
+                let (layout, dev) = mem_wal(1 << 20);
+                dev.set_durable_writes(durable);
+                let (wal, _) = open(&layout, &dev).await;
+                dev.set_delay(Duration::from_millis(2));
+                let started = dev.writes_started();
+                let a = wal.append(body(1, 100));
+                let b = wal.append(body(2, 5000));
+                // Not yet: the writer task has not had its turn.
+                assert_eq!(dev.writes_started(), started);
+                wal.start_writes();
+                assert_eq!(dev.writes_started(), started + 1, "durable: {durable}");
+                let (x, y) = (a.await.unwrap(), b.await.unwrap());
+                assert!(x < y);
+                // Both went in that one write; nothing was left for the writer.
+                assert_eq!(dev.writes_started(), started + 1, "durable: {durable}");
+                // Nothing queued: nothing to start.
+                wal.start_writes();
+                assert_eq!(dev.writes_started(), started + 1);
+            });
+        }
     }
 
     #[test]
