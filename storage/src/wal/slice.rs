@@ -417,11 +417,12 @@ impl WalSlice {
     }
 
     /// Starts writing what is queued, now and in the caller's task, if the
-    /// writer would start a batch (see `wants_write`); the writer task
-    /// takes what is left. A caller that queued its appends (a produce
-    /// request's partitions) calls this once it has queued them all, so
-    /// they share one batch and its write is submitted before the caller
-    /// returns, not when the writer task's turn comes.
+    /// device has no write in flight; otherwise (under load) the writer
+    /// task takes it when its turn comes, with whatever else was queued
+    /// meanwhile, so batches keep growing with the load. A caller that
+    /// queued its appends (a produce request's partitions) calls this once
+    /// it has queued them all, so they share one batch and a lone produce's
+    /// write is submitted before the caller returns.
     pub fn start_writes(&self) {
         let inner = self.inner();
         let plan = {
@@ -430,7 +431,7 @@ impl WalSlice {
                 return;
             }
             let durable = inner.dev.borrow().durable_writes();
-            if !st.wants_write(&inner.tuning, durable) {
+            if st.writes_in_flight > 0 || !st.wants_write(&inner.tuning, durable) {
                 return;
             }
             inner.plan_batch(&mut st)
