@@ -430,11 +430,10 @@ impl WalSlice {
             if !matches!(st.status, Status::Open) {
                 return;
             }
-            let durable = inner.dev.borrow().durable_writes();
-            if st.writes_in_flight > 0 || !st.wants_write(&inner.tuning, durable) {
+            if st.writes_in_flight > 0 {
                 return;
             }
-            inner.plan_batch(&mut st)
+            inner.due_batch(&mut st)
         };
         if let Some(plan) = plan {
             inner.issue(plan);
@@ -714,11 +713,8 @@ impl Inner {
                 if !matches!(st.status, Status::Open) {
                     return Poll::Ready(None);
                 }
-                let durable = self.dev.borrow().durable_writes();
-                if st.wants_write(&self.tuning, durable) {
-                    if let Some(plan) = self.plan_batch(&mut st) {
-                        return Poll::Ready(Some(plan));
-                    }
+                if let Some(plan) = self.due_batch(&mut st) {
+                    return Poll::Ready(Some(plan));
                 }
                 self.writer_wake.register(cx);
                 Poll::Pending
@@ -796,6 +792,17 @@ impl Inner {
                 "WAL device flush was slow: produce waits for it (the device or its host is busy)"
             );
         }
+    }
+
+    /// The batch to write now, if one is due (`State::wants_write`) and the
+    /// ring has room for it: what the writer task and `start_writes` both
+    /// ask.
+    fn due_batch(&self, st: &mut State) -> Option<Plan> {
+        let durable = self.dev.borrow().durable_writes();
+        if !st.wants_write(&self.tuning, durable) {
+            return None;
+        }
+        self.plan_batch(st)
     }
 
     /// Takes queued appends into a batch if the ring has room, packs them
