@@ -427,10 +427,7 @@ impl WalSlice {
         let inner = self.inner();
         let plan = {
             let mut st = inner.st.borrow_mut();
-            if !matches!(st.status, Status::Open) {
-                return;
-            }
-            if st.writes_in_flight > 0 {
+            if !matches!(st.status, Status::Open) || st.writes_in_flight > 0 {
                 return;
             }
             inner.due_batch(&mut st)
